@@ -1,0 +1,207 @@
+// The RAM archive: `ARCHIVE_DIR/<domain>/<id>.save` (a libvirt save image,
+// restorable with `virsh restore`), `<id>.json` (its manifest) and
+// `<id>.meta/` (domain XML, NVRAM, TPM state). The manifest names every ZFS
+// snapshot the dump belongs to; a dump is only useful together with one of
+// them.
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream, readdirSync, readFileSync, renameSync, statSync, unlinkSync, chmodSync, fsyncSync, openSync, closeSync, cpSync, rmSync } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
+import { Transform } from 'node:stream';
+import path from 'node:path';
+import { VirtsnapError } from './errors.js';
+import { ensureDir, exists, fileSafe, fsyncDir, PRIVATE_FILE, writeJsonAtomic } from './fsutil.js';
+import type { CompletedJob } from './libvirt/virsh.js';
+
+export interface DumpDisk {
+  target: string;
+  /** The disk's own image (in the snapshot), as the domain uses it. */
+  source: string;
+  dataset: string;
+  format: string | null;
+  bytes: number | null;
+}
+
+export interface Manifest {
+  format: 'virtsnap-dump/1';
+  id: string;
+  domain: { name: string; uuid: string };
+  /** Every ZFS snapshot the dump belongs to, as dataset@snapname. */
+  snapshots: string[];
+  types: string[];
+  /** Absolute path of the memory file. */
+  memoryFile: string;
+  bytes: number;
+  sha256: string;
+  /** Directory with domain XML, NVRAM and TPM state copies. */
+  metaDir: string | null;
+  disks: DumpDisk[];
+  times: {
+    startedAt: string;
+    frozenAt: string | null;
+    archivedAt: string;
+    /** How long the guest's vCPUs were stopped, as libvirt reports it. */
+    pauseMs: number | null;
+    /** How long the RAM save took. */
+    saveMs: number | null;
+  };
+  libvirtUri: string;
+  hostname: string;
+}
+
+export interface ArchivedDump {
+  manifest: Manifest;
+  manifestFile: string;
+}
+
+export function domainDir(archiveDir: string, domainName: string): string {
+  return path.join(archiveDir, fileSafe(domainName));
+}
+
+class HashingCounter extends Transform {
+  readonly hash = createHash('sha256');
+  bytes = 0;
+  override _transform(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null, data?: Buffer) => void): void {
+    this.hash.update(chunk);
+    this.bytes += chunk.length;
+    done(null, chunk);
+  }
+}
+
+export async function sha256File(file: string): Promise<{ sha256: string; bytes: number }> {
+  const counter = new HashingCounter();
+  await pipeline(createReadStream(file), counter, async function* (source) {
+    for await (const _ of source) {
+      // drain
+    }
+  });
+  return { sha256: counter.hash.digest('hex'), bytes: counter.bytes };
+}
+
+function fsyncFile(file: string): void {
+  const fd = openSync(file, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Moves a file into `dest` and hashes it. Same filesystem: a rename, then a
+ * read to hash. Across filesystems: one streaming pass copies and hashes, and
+ * the source is removed only after the copy is on disk.
+ */
+export async function moveAndHash(src: string, dest: string): Promise<{ sha256: string; bytes: number }> {
+  const sameFs = statSync(src).dev === statSync(path.dirname(dest)).dev;
+  if (sameFs) {
+    chmodSync(src, PRIVATE_FILE);
+    renameSync(src, dest);
+    fsyncDir(path.dirname(dest));
+    return sha256File(dest);
+  }
+  const tmp = `${dest}.part`;
+  const counter = new HashingCounter();
+  await pipeline(createReadStream(src), counter, createWriteStream(tmp, { mode: PRIVATE_FILE }));
+  fsyncFile(tmp);
+  renameSync(tmp, dest);
+  fsyncDir(path.dirname(dest));
+  unlinkSync(src);
+  return { sha256: counter.hash.digest('hex'), bytes: counter.bytes };
+}
+
+export interface ArchiveInput {
+  id: string;
+  domain: { name: string; uuid: string };
+  snapshots: string[];
+  types: string[];
+  memoryFile: string;
+  metaDir: string | null;
+  disks: DumpDisk[];
+  startedAt: string;
+  frozenAt: string | null;
+  job: CompletedJob | null;
+  libvirtUri: string;
+  hostname: string;
+}
+
+/** Moves a finished memory file (and its meta dir) into the archive and writes its manifest. */
+export async function archiveDump(archiveDir: string, input: ArchiveInput): Promise<ArchivedDump> {
+  ensureDir(archiveDir);
+  const dir = domainDir(archiveDir, input.domain.name);
+  ensureDir(dir);
+  const memoryFile = path.join(dir, `${input.id}.save`);
+  const { sha256, bytes } = await moveAndHash(input.memoryFile, memoryFile);
+  let metaDir: string | null = null;
+  if (input.metaDir !== null && exists(input.metaDir)) {
+    metaDir = path.join(dir, `${input.id}.meta`);
+    // cpSync+rm rather than rename: the staging dir may be on another filesystem.
+    cpSync(input.metaDir, metaDir, { recursive: true });
+    chmodSync(metaDir, 0o700);
+    rmSync(input.metaDir, { recursive: true, force: true });
+  }
+  const manifest: Manifest = {
+    format: 'virtsnap-dump/1',
+    id: input.id,
+    domain: input.domain,
+    snapshots: input.snapshots,
+    types: input.types,
+    memoryFile,
+    bytes,
+    sha256,
+    metaDir,
+    disks: input.disks,
+    times: {
+      startedAt: input.startedAt,
+      frozenAt: input.frozenAt,
+      archivedAt: new Date().toISOString(),
+      pauseMs: input.job?.downtimeMs ?? null,
+      saveMs: input.job?.elapsedMs ?? null,
+    },
+    libvirtUri: input.libvirtUri,
+    hostname: input.hostname,
+  };
+  const manifestFile = path.join(dir, `${input.id}.json`);
+  writeJsonAtomic(manifestFile, manifest);
+  return { manifest, manifestFile };
+}
+
+function readManifest(file: string): Manifest {
+  let value: unknown;
+  try {
+    value = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw new VirtsnapError(`manifest ${file} is not readable JSON (${(err as Error).message}): run \`virtsnap gc\` or remove it`);
+  }
+  const m = value as Partial<Manifest>;
+  if (m.format !== 'virtsnap-dump/1' || !Array.isArray(m.snapshots) || typeof m.memoryFile !== 'string') {
+    throw new VirtsnapError(`manifest ${file} is not a virtsnap dump manifest: remove it or move it out of the archive`);
+  }
+  return m as Manifest;
+}
+
+/** Every dump in the archive, oldest first. A missing archive dir is an empty archive. */
+export function listDumps(archiveDir: string): ArchivedDump[] {
+  let domains: string[];
+  try {
+    domains = readdirSync(archiveDir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw new VirtsnapError(`cannot read archive ${archiveDir}: ${(err as Error).message}`);
+  }
+  const dumps: ArchivedDump[] = [];
+  for (const d of domains.sort()) {
+    const dir = path.join(archiveDir, d);
+    let files: string[];
+    try {
+      files = readdirSync(dir);
+    } catch {
+      continue; // not a directory
+    }
+    for (const f of files.sort()) {
+      if (!f.endsWith('.json') || f.startsWith('.')) continue;
+      const manifestFile = path.join(dir, f);
+      dumps.push({ manifest: readManifest(manifestFile), manifestFile });
+    }
+  }
+  return dumps.sort((a, b) => a.manifest.times.startedAt.localeCompare(b.manifest.times.startedAt));
+}

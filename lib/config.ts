@@ -1,0 +1,118 @@
+// virtsnap's settings: environment variables, optionally from an env file
+// (VIRTSNAP_CONFIG, default /etc/virtsnap/virtsnap.env) read with dotenv.
+// The real environment wins over the file, so a one-off
+// `VIRTSNAP_LOG=debug virtsnap ...` works without editing it.
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import dotenv from 'dotenv';
+import { ConfigError } from './errors.js';
+
+export interface Config {
+  /** libvirt connection URI. */
+  libvirtUri: string;
+  /** Where overlays and in-flight memory files live while a VM is frozen. Never inside a snapshotted dataset. */
+  overlayDir: string;
+  /** Where RAM dumps and their manifests are kept. */
+  archiveDir: string;
+  /** Journal and locks. */
+  stateDir: string;
+  /** sanoid's config, read to learn whether a dataset is snapshotted with `recursive = zfs`. */
+  sanoidConf: string;
+  /** Save RAM while the guest runs (pause only for the last pass), or paused for the whole write. */
+  live: boolean;
+  /** Bounds, in milliseconds. */
+  saveTimeoutMs: number;
+  commitTimeoutMs: number;
+  lockTimeoutMs: number;
+  /** The env file that was read, if any. */
+  configFile: string | null;
+}
+
+export const DEFAULT_CONFIG_FILE = '/etc/virtsnap/virtsnap.env';
+
+const defaults: Record<string, string> = {
+  VIRTSNAP_LIBVIRT_URI: 'qemu:///system',
+  VIRTSNAP_OVERLAY_DIR: '/var/lib/virtsnap/overlay',
+  VIRTSNAP_ARCHIVE_DIR: '/var/lib/virtsnap/archive',
+  VIRTSNAP_STATE_DIR: '/var/lib/virtsnap/state',
+  VIRTSNAP_SANOID_CONF: '/etc/sanoid/sanoid.conf',
+  VIRTSNAP_LIVE: 'yes',
+  VIRTSNAP_SAVE_TIMEOUT: '600',
+  VIRTSNAP_COMMIT_TIMEOUT: '300',
+  VIRTSNAP_LOCK_TIMEOUT: '120',
+  VIRTSNAP_LOG: 'info',
+};
+
+const known = new Set([...Object.keys(defaults), 'VIRTSNAP_CONFIG']);
+
+/** Reads the env file (if any) under the real environment and returns the settings. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const configFile = env.VIRTSNAP_CONFIG ?? DEFAULT_CONFIG_FILE;
+  const fromFile = readEnvFile(configFile, env.VIRTSNAP_CONFIG !== undefined);
+  const merged: Record<string, string> = { ...defaults, ...fromFile.values };
+  for (const [key, value] of Object.entries(env)) {
+    if (key.startsWith('VIRTSNAP_') && value !== undefined) merged[key] = value;
+  }
+  // Logging is read from process.env by lib/log; let the file set it too.
+  if (process.env.VIRTSNAP_LOG === undefined && merged.VIRTSNAP_LOG !== undefined) {
+    process.env.VIRTSNAP_LOG = merged.VIRTSNAP_LOG;
+  }
+  return {
+    libvirtUri: nonEmpty(merged, 'VIRTSNAP_LIBVIRT_URI'),
+    overlayDir: absolutePath(merged, 'VIRTSNAP_OVERLAY_DIR'),
+    archiveDir: absolutePath(merged, 'VIRTSNAP_ARCHIVE_DIR'),
+    stateDir: absolutePath(merged, 'VIRTSNAP_STATE_DIR'),
+    sanoidConf: absolutePath(merged, 'VIRTSNAP_SANOID_CONF'),
+    live: yesNo(merged, 'VIRTSNAP_LIVE'),
+    saveTimeoutMs: seconds(merged, 'VIRTSNAP_SAVE_TIMEOUT'),
+    commitTimeoutMs: seconds(merged, 'VIRTSNAP_COMMIT_TIMEOUT'),
+    lockTimeoutMs: seconds(merged, 'VIRTSNAP_LOCK_TIMEOUT'),
+    configFile: fromFile.path,
+  };
+}
+
+function readEnvFile(file: string, explicit: boolean): { path: string | null; values: Record<string, string> } {
+  if (!existsSync(file)) {
+    if (explicit) throw new ConfigError(`config file ${file} (VIRTSNAP_CONFIG) does not exist: create it or unset VIRTSNAP_CONFIG`);
+    return { path: null, values: {} };
+  }
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`cannot read config file ${file}: ${(err as Error).message}`);
+  }
+  const values = dotenv.parse(text);
+  for (const key of Object.keys(values)) {
+    if (key.startsWith('VIRTSNAP_') && !known.has(key)) {
+      throw new ConfigError(`unknown setting ${key} in ${file}: see README.md for the settings virtsnap knows`);
+    }
+  }
+  return { path: file, values };
+}
+
+function nonEmpty(values: Record<string, string>, key: string): string {
+  const value = (values[key] ?? '').trim();
+  if (value === '') throw new ConfigError(`${key} is empty: set it or remove it to get the default (${defaults[key]})`);
+  return value;
+}
+
+function absolutePath(values: Record<string, string>, key: string): string {
+  const value = nonEmpty(values, key);
+  if (!path.isAbsolute(value)) throw new ConfigError(`${key}=${value} is not an absolute path: give a path starting with /`);
+  return path.normalize(value).replace(/\/+$/, '') || '/';
+}
+
+function yesNo(values: Record<string, string>, key: string): boolean {
+  const value = nonEmpty(values, key).toLowerCase();
+  if (['1', 'yes', 'true', 'on'].includes(value)) return true;
+  if (['0', 'no', 'false', 'off'].includes(value)) return false;
+  throw new ConfigError(`${key}=${value} is not yes or no`);
+}
+
+function seconds(values: Record<string, string>, key: string): number {
+  const value = nonEmpty(values, key);
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0) throw new ConfigError(`${key}=${value} is not a positive number of seconds`);
+  return Math.round(n * 1000);
+}

@@ -1,0 +1,81 @@
+// Every error virtsnap raises on purpose is a VirtsnapError: its message is
+// the one line a user sees (what went wrong, naming the thing, and what to do).
+
+export class VirtsnapError extends Error {
+  override name = 'VirtsnapError';
+  /** Exit code for the process that ends with this error. */
+  readonly exitCode: number = 1;
+}
+
+/** The caller gave us something we cannot work with (arguments, environment). */
+export class UsageError extends VirtsnapError {
+  override name = 'UsageError';
+  override readonly exitCode = 2;
+}
+
+/** The configuration (env file, directories, sanoid.conf) is wrong. */
+export class ConfigError extends VirtsnapError {
+  override name = 'ConfigError';
+}
+
+/** An external command failed. Carries the command's own error text. */
+export class CommandError extends VirtsnapError {
+  override name = 'CommandError';
+  constructor(
+    readonly command: string,
+    readonly args: readonly string[],
+    readonly status: number,
+    readonly stderr: string,
+    readonly timedOut = false,
+  ) {
+    super(
+      timedOut
+        ? `${command} ${args[0] ?? ''} timed out`
+        : `${command} ${args[0] ?? ''} failed: ${firstLine(stderr) || `exit code ${status}`}`,
+    );
+  }
+}
+
+/** libvirt (through virsh) refused or failed. `message` carries libvirt's text. */
+export class LibvirtError extends VirtsnapError {
+  override name = 'LibvirtError';
+  constructor(
+    message: string,
+    readonly libvirtMessage: string,
+  ) {
+    super(message);
+  }
+}
+
+/** ZFS refused or failed. `message` carries the zfs command's text. */
+export class ZfsError extends VirtsnapError {
+  override name = 'ZfsError';
+  constructor(
+    message: string,
+    readonly zfsMessage: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Another run holds the lock on a domain for longer than we may wait. */
+export class LockTimeoutError extends VirtsnapError {
+  override name = 'LockTimeoutError';
+}
+
+export function firstLine(text: string): string {
+  const lines = text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l !== '');
+  return lines[0] ?? '';
+}
+
+/** All of a command's error text on one line: libvirt often puts the reason on line 2. */
+export function oneLine(text: string): string {
+  return text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l !== '')
+    .join(' ');
+}

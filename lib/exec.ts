@@ -1,0 +1,42 @@
+// The one place where virtsnap starts other programs.
+//
+// zx's `$` quotes every interpolated value (an array becomes one quoted word
+// per element), so the command and its arguments reach the program exactly
+// as given: no value we pass is ever parsed by the shell. Every call has a
+// timeout and runs with LC_ALL=C, so error texts are the ones we match on.
+import { $ } from 'zx';
+import { CommandError, oneLine } from './errors.js';
+
+export interface RunOptions {
+  /** Milliseconds before the command is killed. */
+  timeoutMs?: number;
+  /** Written to the command's standard input. */
+  input?: string;
+  /** Extra environment variables. */
+  env?: Record<string, string>;
+}
+
+export interface RunResult {
+  stdout: string;
+  stderr: string;
+}
+
+export const DEFAULT_TIMEOUT_MS = 60_000;
+
+export async function run(command: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const shell = $({
+    quiet: true,
+    nothrow: true,
+    verbose: false,
+    timeout: timeoutMs,
+    timeoutSignal: 'SIGKILL',
+    env: { ...process.env, ...options.env, LC_ALL: 'C', LANG: 'C' },
+    ...(options.input !== undefined ? { input: options.input } : {}),
+  });
+  const out = await shell`${command} ${[...args]}`;
+  const result = { stdout: out.stdout, stderr: out.stderr };
+  if (out.exitCode === 0) return result;
+  const timedOut = out.exitCode === null || out.signal === 'SIGKILL';
+  throw new CommandError(command, args, out.exitCode ?? -1, oneLine(out.stderr || out.stdout), timedOut);
+}

@@ -1,0 +1,300 @@
+// Freeze and thaw: the only module that changes VMs.
+//
+// freeze: per domain, claim it in the journal, copy its XML/NVRAM into the
+//   datasets, then one atomic external snapshot of RAM and disks: the RAM goes
+//   to a file, the disks switch to overlays outside the datasets, and the
+//   datasets stop changing at the instant the RAM was saved.
+// thaw: per domain, active block commit of each overlay back into its own
+//   image and pivot, check the domain is on its own disks, delete the
+//   overlays, archive the RAM dump.
+//
+// Any failure half-way through a freeze undoes what was frozen, so a VM is
+// never left on an overlay or paused because of us.
+import { hostname } from 'node:os';
+import { rmSync } from 'node:fs';
+import { archiveDump, type ArchivedDump } from './archive.js';
+import type { Config } from './config.js';
+import { saveDomainFiles } from './domain-files.js';
+import { LibvirtError, VirtsnapError } from './errors.js';
+import { exists, removeIfExists } from './fsutil.js';
+import type { JournalEntry, OverlayRecord } from './journal.js';
+import { Journal } from './journal.js';
+import { readSaveImageHeader } from './libvirt/save-image.js';
+import type { Domain, LibvirtClient } from './libvirt/virsh.js';
+import { log } from './log.js';
+import type { DomainPlan, FreezePlan } from './plan.js';
+import type { ZfsClient } from './zfs.js';
+
+export interface Deps {
+  virsh: LibvirtClient;
+  zfs: ZfsClient;
+  config: Config;
+  journal: Journal;
+  /** The process that owns the run (see journal.ownerPid). */
+  ownerPid: number;
+}
+
+function ctx(name: string, dataset?: string) {
+  return dataset === undefined ? { domain: name } : { domain: name, dataset };
+}
+
+function overlaysOf(dp: DomainPlan): OverlayRecord[] {
+  return dp.disks
+    .filter((d) => d.overlay !== null)
+    .map((d) => ({ target: d.target, original: d.source as string, dataset: d.dataset as string, overlay: d.overlay as string }));
+}
+
+function entryOf(dp: DomainPlan, plan: FreezePlan, deps: Deps): JournalEntry {
+  const now = new Date().toISOString();
+  return {
+    format: 'virtsnap-journal/1',
+    runId: plan.runId,
+    targets: plan.targets,
+    snapnames: plan.snapnames,
+    types: plan.types,
+    domain: { name: dp.name, uuid: dp.uuid },
+    step: 'snapshotting',
+    tag: dp.tag,
+    memoryFile: dp.memoryFile as string,
+    metaDir: dp.metaDir,
+    overlays: overlaysOf(dp),
+    snapshots: dp.snapshots,
+    ownerPid: deps.ownerPid,
+    startedAt: now,
+    updatedAt: now,
+  };
+}
+
+/** After waiting for another run, the domain must still be what we planned for. */
+function assertUnchanged(dp: DomainPlan, domain: Domain): void {
+  for (const o of overlaysOf(dp)) {
+    const disk = domain.disks.find((d) => d.target === o.target);
+    if (disk?.source !== o.original) {
+      throw new VirtsnapError(
+        `domain ${JSON.stringify(dp.name)} disk ${o.target} is now on ${disk?.source ?? 'nothing'}, not ${o.original}: run again`,
+      );
+    }
+  }
+  if (domain.state === 'shut off') {
+    throw new VirtsnapError(`domain ${JSON.stringify(dp.name)} shut down while we planned: run again`);
+  }
+}
+
+async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<JournalEntry | null> {
+  const { virsh, config, journal } = deps;
+  if (dp.action === 'record') {
+    await saveDomainFiles(dp, virsh, dp.datasetMetaDirs);
+    log.info(`saved XML of shut-off domain into ${dp.datasetMetaDirs.join(', ')}`, ctx(dp.name));
+    return null;
+  }
+  let entry = entryOf(dp, plan, deps);
+  await journal.claim(entry, config.lockTimeoutMs);
+  try {
+    assertUnchanged(dp, await virsh.domain(dp.uuid));
+    await saveDomainFiles(dp, virsh, [dp.metaDir, ...dp.datasetMetaDirs]);
+  } catch (err) {
+    rmSync(dp.metaDir, { recursive: true, force: true });
+    journal.remove(dp.uuid);
+    throw err;
+  }
+  const started = Date.now();
+  log.info(`saving RAM to ${dp.memoryFile} and switching ${entry.overlays.map((o) => o.target).join(',')} to overlays${dp.live ? ' (live)' : ''}`, ctx(dp.name, plan.targets.join(',')));
+  try {
+    await virsh.createSnapshot(dp.uuid, dp.snapshotXml as string, { live: dp.live, timeoutMs: config.saveTimeoutMs });
+  } catch (err) {
+    await undoFailedSnapshot(entry, dp, deps);
+    throw err;
+  }
+  const job = await virsh.completedJob(dp.uuid).catch(() => null);
+  entry = journal.update(entry, { step: 'frozen', frozenAt: new Date().toISOString(), ...(job ? { job } : {}) });
+  log.info(
+    `frozen in ${Date.now() - started} ms (guest paused ${job?.downtimeMs ?? '?'} ms)`,
+    ctx(dp.name, plan.targets.join(',')),
+  );
+  return entry;
+}
+
+/**
+ * snapshot-create failed. With --atomic libvirt takes either every disk or
+ * none; if it did switch some, thaw them. Then nothing of ours may remain.
+ */
+async function undoFailedSnapshot(entry: JournalEntry, dp: DomainPlan, deps: Deps): Promise<void> {
+  try {
+    const domain = await deps.virsh.domain(dp.uuid);
+    const switched = entry.overlays.some((o) => domain.disks.find((d) => d.target === o.target)?.source === o.overlay);
+    if (switched) {
+      await thawDomain({ ...entry, step: 'frozen' }, deps, { keepDump: false });
+      return;
+    }
+    if (domain.state === 'paused' && dp.state === 'running') {
+      log.warn('libvirt left the domain paused after the failed snapshot: resuming it', ctx(dp.name));
+      await deps.virsh.resume(dp.uuid);
+    }
+    for (const o of entry.overlays) removeIfExists(o.overlay);
+    removeIfExists(entry.memoryFile);
+    rmSync(entry.metaDir, { recursive: true, force: true });
+    deps.journal.remove(dp.uuid);
+  } catch (err) {
+    log.error(`could not clean up after the failed snapshot (${(err as Error).message}): the journal is kept, run \`virtsnap recover\``, ctx(dp.name));
+  }
+}
+
+export interface FreezeResult {
+  frozen: JournalEntry[];
+}
+
+export async function freeze(plan: FreezePlan, deps: Deps): Promise<FreezeResult> {
+  if (plan.problems.length > 0) {
+    for (const p of plan.problems) log.error(p);
+    const more = plan.problems.length > 1 ? ` (and ${plan.problems.length - 1} more, see above)` : '';
+    throw new VirtsnapError(`${plan.problems[0]}${more}`);
+  }
+  const frozen: JournalEntry[] = [];
+  try {
+    for (const dp of plan.domains) {
+      const entry = await freezeDomain(dp, plan, deps);
+      if (entry !== null) frozen.push(entry);
+    }
+  } catch (err) {
+    if (frozen.length > 0) log.error(`freeze failed: thawing the ${frozen.length} domain(s) already frozen`);
+    for (const entry of frozen.reverse()) {
+      try {
+        await thawDomain(entry, deps, { keepDump: false });
+      } catch (thawErr) {
+        log.error(`could not thaw: ${(thawErr as Error).message}`, ctx(entry.domain.name));
+      }
+    }
+    throw err;
+  }
+  return { frozen };
+}
+
+async function commitDisk(entry: JournalEntry, o: OverlayRecord, domain: Domain, deps: Deps): Promise<void> {
+  const disk = domain.disks.find((d) => d.target === o.target);
+  if (disk?.source === o.original) return; // committed before a crash
+  if (disk?.source !== o.overlay) {
+    throw new VirtsnapError(
+      `domain ${JSON.stringify(entry.domain.name)} disk ${o.target} is on ${disk?.source ?? 'nothing'}, neither our overlay ${o.overlay} nor ${o.original}: leaving it alone, check it by hand`,
+    );
+  }
+  const started = Date.now();
+  try {
+    await deps.virsh.activeCommit(entry.domain.uuid, o.target, deps.config.commitTimeoutMs);
+  } catch (err) {
+    // virsh aborts the job itself on --timeout; make sure no job is left in any case.
+    if (await deps.virsh.hasBlockJob(entry.domain.uuid, o.target).catch(() => false)) {
+      await deps.virsh.abortBlockJob(entry.domain.uuid, o.target).catch(() => undefined);
+    }
+    const reason = err instanceof LibvirtError ? err.libvirtMessage.replace(/\berror: /g, '').trim() : (err as Error).message;
+    throw new VirtsnapError(
+      `block commit of ${o.target} failed, the domain stays on overlay ${o.overlay} (${reason}): fix the cause, then run \`virtsnap recover\``,
+    );
+  }
+  log.info(`committed ${o.target} back into ${o.original} in ${Date.now() - started} ms`, ctx(entry.domain.name, o.dataset));
+}
+
+function assertOnOriginals(entry: JournalEntry, domain: Domain): void {
+  for (const o of entry.overlays) {
+    const source = domain.disks.find((d) => d.target === o.target)?.source;
+    if (source !== o.original) {
+      throw new VirtsnapError(`domain ${JSON.stringify(entry.domain.name)} disk ${o.target} is on ${source ?? 'nothing'} after the commit, expected ${o.original}`);
+    }
+  }
+}
+
+export interface ThawOptions {
+  /** Archive the RAM dump (post hook), or throw it away (undoing a failed freeze). */
+  keepDump: boolean;
+}
+
+/** Brings one domain back onto its own disks and deals with its RAM dump. */
+export async function thawDomain(entry: JournalEntry, deps: Deps, options: ThawOptions): Promise<ArchivedDump | null> {
+  const { virsh, journal } = deps;
+  const dumpComplete = entry.step !== 'snapshotting';
+  entry = journal.update(entry, { step: 'committing' });
+  const before = await virsh.domain(entry.domain.uuid);
+  if (before.state === 'shut off' && entry.overlays.some((o) => before.disks.find((d) => d.target === o.target)?.source === o.overlay)) {
+    throw new VirtsnapError(
+      `domain ${JSON.stringify(entry.domain.name)} was shut down while on overlays: start it (it runs on the overlays) and run \`virtsnap recover\``,
+    );
+  }
+  for (const o of entry.overlays) await commitDisk(entry, o, before, deps);
+  assertOnOriginals(entry, await virsh.domain(entry.domain.uuid));
+  for (const o of entry.overlays) removeIfExists(o.overlay);
+  entry = journal.update(entry, { step: 'committed' });
+  const dump = options.keepDump && dumpComplete ? await keepDump(entry, deps) : null;
+  if (dump === null) dropDump(entry);
+  journal.remove(entry.domain.uuid);
+  return dump;
+}
+
+function dropDump(entry: JournalEntry): void {
+  removeIfExists(entry.memoryFile);
+  rmSync(entry.metaDir, { recursive: true, force: true });
+}
+
+/** Archives the dump, tied to the snapshots that really exist (sanoid runs post even when `zfs snapshot` failed). */
+async function keepDump(entry: JournalEntry, deps: Deps): Promise<ArchivedDump | null> {
+  const name = entry.domain.name;
+  if (!exists(entry.memoryFile)) {
+    log.error(`memory file ${entry.memoryFile} is missing: no RAM dump for this snapshot`, ctx(name));
+    return null;
+  }
+  const header = readSaveImageHeader(entry.memoryFile);
+  if (header === null || !header.complete) {
+    log.error(`memory file ${entry.memoryFile} is incomplete: no RAM dump for this snapshot`, ctx(name));
+    return null;
+  }
+  const snapshots = await existingSnapshots(entry.snapshots, deps.zfs);
+  const missing = entry.snapshots.filter((s) => !snapshots.includes(s));
+  if (missing.length > 0) log.warn(`snapshot(s) ${missing.join(', ')} do not exist: the dump is not tied to them`, ctx(name));
+  if (snapshots.length === 0) {
+    log.error('none of the snapshots of this run exist (did zfs snapshot fail?): RAM dump discarded', ctx(name));
+    return null;
+  }
+  const dump = await archiveDump(deps.config.archiveDir, {
+    id: entry.tag,
+    domain: entry.domain,
+    snapshots,
+    types: entry.types,
+    memoryFile: entry.memoryFile,
+    metaDir: entry.metaDir,
+    disks: entry.overlays.map((o) => ({ target: o.target, source: o.original, dataset: o.dataset, format: null, bytes: null })),
+    startedAt: entry.startedAt,
+    frozenAt: entry.frozenAt ?? null,
+    job: entry.job ?? null,
+    libvirtUri: deps.config.libvirtUri,
+    hostname: hostname(),
+  });
+  log.info(`archived RAM dump ${dump.manifest.memoryFile} (${dump.manifest.bytes} bytes) for ${snapshots.join(', ')}`, ctx(name));
+  return dump;
+}
+
+async function existingSnapshots(wanted: string[], zfs: ZfsClient): Promise<string[]> {
+  const datasets = [...new Set(wanted.map((s) => s.slice(0, s.indexOf('@'))))];
+  const present = new Set<string>();
+  for (const ds of datasets) {
+    for (const s of await zfs.listSnapshots(ds, false)) present.add(s);
+  }
+  return wanted.filter((s) => present.has(s));
+}
+
+export interface ThawResult {
+  dumps: ArchivedDump[];
+  failures: string[];
+}
+
+/** post: thaw every domain the run froze. One domain's failure does not stop the others. */
+export async function thawRun(runId: string, deps: Deps): Promise<ThawResult> {
+  const result: ThawResult = { dumps: [], failures: [] };
+  for (const entry of deps.journal.list().filter((e) => e.runId === runId)) {
+    try {
+      const dump = await thawDomain(entry, deps, { keepDump: true });
+      if (dump !== null) result.dumps.push(dump);
+    } catch (err) {
+      log.error((err as Error).message, ctx(entry.domain.name));
+      result.failures.push((err as Error).message);
+    }
+  }
+  return result;
+}

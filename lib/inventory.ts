@@ -1,0 +1,96 @@
+// Gathering the facts a freeze plan is made from: which datasets the run
+// snapshots, which domains exist, and which dataset each disk lives in
+// (resolved from the disk's path, no naming convention needed).
+import { existsSync, realpathSync } from 'node:fs';
+import path from 'node:path';
+import type { Config } from './config.js';
+import { UsageError } from './errors.js';
+import type { Domain, LibvirtClient } from './libvirt/virsh.js';
+import { log } from './log.js';
+import { readSanoidConf, recursionOf } from './sanoid/conf.js';
+import { datasetOfFile, datasetOfZvolPath, readMounts, zvolDeviceMap, type Mount, type ZfsClient } from './zfs.js';
+
+export interface Inventory {
+  /** UTC time of this run, compact, used in file names: 20261122T002717.123Z */
+  stamp: string;
+  /** Datasets this run snapshots. */
+  datasets: string[];
+  domains: Domain[];
+  /** Disk source path -> dataset it lives in. Sources outside ZFS are absent. */
+  datasetOfSource: Map<string, string>;
+  /** Mounted datasets -> mountpoint. */
+  mountpointOf: Map<string, string>;
+  /** The dataset VIRTSNAP_OVERLAY_DIR lives in, if it is on ZFS. */
+  datasetOfOverlayDir: string | null;
+  problems: string[];
+}
+
+export interface Clients {
+  virsh: LibvirtClient;
+  zfs: ZfsClient;
+}
+
+export function stampOf(date: Date): string {
+  return date.toISOString().replace(/[-:]/g, '');
+}
+
+/** The datasets a run on `targets` snapshots: a target's subtree when sanoid uses `recursive = zfs` for it. */
+export async function snapshottedDatasets(targets: string[], config: Config, zfs: ZfsClient, recursive?: boolean): Promise<string[]> {
+  const ini = recursive === undefined ? readSanoidConf(config.sanoidConf) : null;
+  const result = new Set<string>();
+  for (const target of targets) {
+    if (!(await zfs.exists(target))) {
+      throw new UsageError(`dataset ${target} does not exist: check the dataset name (zfs list ${target})`);
+    }
+    const whole = recursive ?? (ini !== null && recursionOf(ini, target) === 'zfs');
+    if (whole) {
+      log.debug('snapshot covers the whole subtree (recursive = zfs)', { dataset: target });
+      for (const ds of await zfs.subtree(target)) result.add(ds);
+    } else {
+      result.add(target);
+    }
+  }
+  return [...result];
+}
+
+function realPathOrSelf(p: string): string {
+  try {
+    return realpathSync(p);
+  } catch {
+    return path.resolve(p);
+  }
+}
+
+/** The dataset of a path that may not exist yet: look at its nearest existing parent. */
+function datasetOfDir(dir: string, mounts: Mount[]): string | null {
+  let p = dir;
+  while (!existsSync(p) && p !== '/') p = path.dirname(p);
+  return datasetOfFile(realPathOrSelf(p), mounts)?.dataset ?? null;
+}
+
+export function resolveSources(domains: Domain[], mounts: Mount[], zvols: Map<string, string>): Map<string, string> {
+  const result = new Map<string, string>();
+  for (const domain of domains) {
+    for (const disk of domain.disks) {
+      if (disk.source === null || result.has(disk.source)) continue;
+      const dataset = datasetOfZvolPath(disk.source) ?? zvols.get(realPathOrSelf(disk.source)) ?? datasetOfFile(realPathOrSelf(disk.source), mounts)?.dataset;
+      if (dataset !== undefined && dataset !== null) result.set(disk.source, dataset);
+    }
+  }
+  return result;
+}
+
+export async function takeInventory(targets: string[], config: Config, clients: Clients, options: { recursive?: boolean; now?: Date } = {}): Promise<Inventory> {
+  const datasets = await snapshottedDatasets(targets, config, clients.zfs, options.recursive);
+  const mounts = readMounts();
+  const domains = await clients.virsh.domains();
+  return {
+    stamp: stampOf(options.now ?? new Date()),
+    datasets,
+    domains,
+    datasetOfSource: resolveSources(domains, mounts, zvolDeviceMap()),
+    mountpointOf: new Map(mounts.map((m) => [m.dataset, m.mountpoint])),
+    datasetOfOverlayDir: datasetOfDir(config.overlayDir, mounts),
+    problems: [],
+  };
+}

@@ -1,0 +1,217 @@
+// The journal: what virtsnap has done to each domain that is not yet undone.
+//
+// One file per domain, `STATE_DIR/journal/<uuid>.json`, written *before* each
+// step that changes the VM. While it exists the domain belongs to the run
+// named in it: another run waits for it to go away (bounded), and after a
+// crash it says exactly what to undo (`virtsnap recover`). Updates of a
+// domain's journal happen under a short mutex, `STATE_DIR/locks/<uuid>.lock`.
+import { openSync, closeSync, readFileSync, readdirSync, unlinkSync, writeSync } from 'node:fs';
+import path from 'node:path';
+import { LockTimeoutError, VirtsnapError } from './errors.js';
+import { ensureDir, removeIfExists, writeJsonAtomic } from './fsutil.js';
+import type { CompletedJob } from './libvirt/virsh.js';
+
+export type Step =
+  /** snapshot-create is about to run: overlays and memory file may exist. */
+  | 'snapshotting'
+  /** The domain runs on overlays; the memory file is complete. */
+  | 'frozen'
+  /** Block commits are running or about to. */
+  | 'committing'
+  /** The domain is back on its own disks; the memory file still waits in the overlay dir. */
+  | 'committed';
+
+export interface OverlayRecord {
+  target: string;
+  /** The disk's own image, in a snapshotted dataset. */
+  original: string;
+  dataset: string;
+  overlay: string;
+}
+
+export interface JournalEntry {
+  format: 'virtsnap-journal/1';
+  runId: string;
+  targets: string[];
+  snapnames: string[];
+  types: string[];
+  domain: { name: string; uuid: string };
+  step: Step;
+  /** Unique tag of this freeze, used in every file name it makes. */
+  tag: string;
+  memoryFile: string;
+  /** Domain XML, NVRAM and TPM copies waiting to go into the archive with the dump. */
+  metaDir: string;
+  overlays: OverlayRecord[];
+  /** Every `dataset@snapname` that holds this domain's frozen disks. */
+  snapshots: string[];
+  /** The process that owns this run (sanoid, or virtsnap itself); its death makes the entry stale. */
+  ownerPid: number;
+  startedAt: string;
+  frozenAt?: string;
+  job?: CompletedJob;
+  updatedAt: string;
+}
+
+export class Journal {
+  readonly dir: string;
+  readonly lockDir: string;
+
+  constructor(stateDir: string) {
+    this.dir = path.join(stateDir, 'journal');
+    this.lockDir = path.join(stateDir, 'locks');
+  }
+
+  private file(uuid: string): string {
+    return path.join(this.dir, `${uuid}.json`);
+  }
+
+  read(uuid: string): JournalEntry | null {
+    let text: string;
+    try {
+      text = readFileSync(this.file(uuid), 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw err;
+    }
+    try {
+      return JSON.parse(text) as JournalEntry;
+    } catch {
+      throw new VirtsnapError(`journal ${this.file(uuid)} is damaged (not JSON): inspect the domain by hand, then delete the file`);
+    }
+  }
+
+  write(entry: JournalEntry): void {
+    ensureDir(this.dir);
+    writeJsonAtomic(this.file(entry.domain.uuid), { ...entry, updatedAt: new Date().toISOString() });
+  }
+
+  update(entry: JournalEntry, changes: Partial<JournalEntry>): JournalEntry {
+    const next = { ...entry, ...changes };
+    this.write(next);
+    return next;
+  }
+
+  remove(uuid: string): void {
+    removeIfExists(this.file(uuid));
+  }
+
+  list(): JournalEntry[] {
+    let names: string[];
+    try {
+      names = readdirSync(this.dir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw err;
+    }
+    const entries: JournalEntry[] = [];
+    for (const name of names.sort()) {
+      if (!name.endsWith('.json') || name.startsWith('.')) continue;
+      const entry = this.read(name.slice(0, -'.json'.length));
+      if (entry) entries.push(entry);
+    }
+    return entries;
+  }
+
+  /**
+   * Makes `entry` the domain's journal once no other run holds the domain,
+   * waiting at most `timeoutMs`. Two runs on one domain never interleave.
+   */
+  async claim(entry: JournalEntry, timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const holder = await this.withMutex(entry.domain.uuid, deadline, () => {
+        const current = this.read(entry.domain.uuid);
+        if (current === null) this.write(entry);
+        return current;
+      });
+      if (holder === null) return;
+      if (Date.now() >= deadline) {
+        throw new LockTimeoutError(
+          `domain ${JSON.stringify(entry.domain.name)} is held by run ${holder.runId} (step ${holder.step}, since ${holder.startedAt}); ` +
+            `waited ${Math.round(timeoutMs / 1000)}s: if no sanoid or virtsnap is running, run \`virtsnap recover\``,
+        );
+      }
+      await sleep(250);
+    }
+  }
+
+  /** Runs `fn` holding the domain's mutex. A mutex left by a dead process is taken over. */
+  async withMutex<T>(uuid: string, deadline: number, fn: () => T): Promise<T> {
+    ensureDir(this.lockDir);
+    const lock = path.join(this.lockDir, `${uuid}.lock`);
+    for (;;) {
+      let fd: number;
+      try {
+        fd = openSync(lock, 'wx', 0o600);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        if (lockHolderIsDead(lock)) {
+          removeIfExists(lock);
+          continue;
+        }
+        if (Date.now() >= deadline) throw new LockTimeoutError(`lock ${lock} is held by another virtsnap process: wait for it, or remove the file if none runs`);
+        await sleep(50);
+        continue;
+      }
+      try {
+        writeSync(fd, String(process.pid));
+        closeSync(fd);
+        return fn();
+      } finally {
+        try {
+          unlinkSync(lock);
+        } catch {
+          // already taken over as stale: nothing to release
+        }
+      }
+    }
+  }
+}
+
+function lockHolderIsDead(lock: string): boolean {
+  let pid: number;
+  try {
+    pid = Number(readFileSync(lock, 'utf8'));
+  } catch {
+    return false; // just created, pid not written yet
+  }
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  return !processIsAlive(pid);
+}
+
+export function processIsAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * The process a hook works for: sanoid runs hooks with Perl's system(), which
+ * goes through /bin/sh when the command has shell syntax in it. Skip shells.
+ */
+export function ownerPid(): number {
+  let pid = process.ppid;
+  for (let i = 0; i < 3; i++) {
+    let comm: string;
+    let stat: string;
+    try {
+      comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+      stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    } catch {
+      return pid;
+    }
+    if (!['sh', 'dash', 'bash', 'env'].includes(comm)) return pid;
+    const parent = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    if (!Number.isInteger(parent) || parent <= 1) return pid;
+    pid = parent;
+  }
+  return pid;
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

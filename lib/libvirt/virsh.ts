@@ -1,0 +1,179 @@
+// libvirt, reached through virsh: the npm binding (node-libvirt) does not
+// build on Node 20 and @unraid/libvirt has no snapshots or block jobs.
+//
+// Domains are addressed by UUID once found: virsh takes a numeric name for a
+// domain ID and a name starting with -- for an option, a UUID is neither.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { CommandError, LibvirtError } from '../errors.js';
+import { run } from '../exec.js';
+import { parseDomainXml, type DomainDef } from './domain-xml.js';
+
+export type DomainState = 'running' | 'paused' | 'shut off' | 'pmsuspended' | 'crashed' | 'in shutdown' | 'blocked' | 'idle' | 'dying';
+
+export interface Domain extends DomainDef {
+  state: DomainState;
+  /** The live definition, as `virsh dumpxml` printed it. */
+  xml: string;
+}
+
+/** What libvirt reports about a finished job (`virsh domjobinfo --completed`). */
+export interface CompletedJob {
+  elapsedMs: number | null;
+  downtimeMs: number | null;
+  memoryBytes: number | null;
+}
+
+export interface RestoreOptions {
+  /** Alternative domain XML (disk paths changed, for a clone). */
+  xmlFile?: string;
+  paused?: boolean;
+}
+
+export interface LibvirtClientOptions {
+  uri: string;
+  /** Bound for quick calls (state, XML, lists). */
+  timeoutMs?: number;
+}
+
+function libvirtText(err: CommandError): string {
+  return err.stderr.replace(/\berror: /g, '').trim() || err.message;
+}
+
+export class LibvirtClient {
+  readonly uri: string;
+  private readonly timeoutMs: number;
+
+  constructor(options: LibvirtClientOptions) {
+    this.uri = options.uri;
+    this.timeoutMs = options.timeoutMs ?? 30_000;
+  }
+
+  private async virsh(args: string[], what: string, options: { timeoutMs?: number; input?: string } = {}): Promise<string> {
+    try {
+      const out = await run('virsh', ['-q', '-c', this.uri, ...args], {
+        timeoutMs: options.timeoutMs ?? this.timeoutMs,
+        ...(options.input !== undefined ? { input: options.input } : {}),
+      });
+      return out.stdout;
+    } catch (err) {
+      if (!(err instanceof CommandError)) throw err;
+      const reason = err.timedOut ? `no answer from libvirt within ${Math.round((options.timeoutMs ?? this.timeoutMs) / 1000)}s` : libvirtText(err);
+      throw new LibvirtError(`${what}: ${reason}`, err.stderr);
+    }
+  }
+
+  async version(): Promise<string> {
+    const out = await this.virsh(['version', '--daemon'], `cannot reach libvirt at ${this.uri} (is libvirtd running?)`);
+    return /Running against daemon: (\S+)/.exec(out)?.[1] ?? /Running hypervisor: \S+ (\S+)/.exec(out)?.[1] ?? 'unknown';
+  }
+
+  /** UUIDs of every domain, running or not. */
+  async listDomainUuids(): Promise<string[]> {
+    const out = await this.virsh(['list', '--all', '--uuid'], `cannot list domains at ${this.uri} (is libvirtd running?)`);
+    return out.split('\n').map((l) => l.trim()).filter((l) => l !== '');
+  }
+
+  async state(uuid: string): Promise<DomainState> {
+    const out = await this.virsh(['domstate', uuid], `cannot get the state of domain ${uuid}`);
+    return out.trim() as DomainState;
+  }
+
+  async dumpxml(uuid: string, inactive = false): Promise<string> {
+    return this.virsh(['dumpxml', uuid, ...(inactive ? ['--inactive'] : [])], `cannot get the XML of domain ${uuid}`);
+  }
+
+  async domain(uuid: string): Promise<Domain> {
+    const xml = await this.dumpxml(uuid);
+    const state = await this.state(uuid);
+    return { ...parseDomainXml(xml), state, xml };
+  }
+
+  async domains(): Promise<Domain[]> {
+    const result: Domain[] = [];
+    for (const uuid of await this.listDomainUuids()) {
+      try {
+        result.push(await this.domain(uuid));
+      } catch (err) {
+        // undefined between list and dumpxml: it is gone, not ours to freeze
+        if (err instanceof LibvirtError && /not found|no domain/i.test(err.libvirtMessage)) continue;
+        throw err;
+      }
+    }
+    return result;
+  }
+
+  /**
+   * External snapshot of memory and the given disks, without libvirt
+   * metadata: we commit the overlays away ourselves, so libvirt's record of
+   * the snapshot would only be stale.
+   */
+  async createSnapshot(uuid: string, snapshotXml: string, options: { live: boolean; timeoutMs: number }): Promise<void> {
+    // virsh needs a file: node's stdio pipes are sockets, which /dev/stdin cannot open.
+    const dir = mkdtempSync(path.join(tmpdir(), 'virtsnap-'));
+    const xmlFile = path.join(dir, 'snapshot.xml');
+    try {
+      writeFileSync(xmlFile, snapshotXml, { mode: 0o600 });
+      const args = ['snapshot-create', uuid, '--xmlfile', xmlFile, '--no-metadata', '--atomic'];
+      if (options.live) args.push('--live');
+      await this.virsh(args, 'external snapshot failed', { timeoutMs: options.timeoutMs });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  async completedJob(uuid: string): Promise<CompletedJob> {
+    const out = await this.virsh(['domjobinfo', uuid, '--completed'], `cannot get job info of domain ${uuid}`);
+    const field = (label: string): number | null => {
+      const m = new RegExp(`^${label}:\\s+([0-9.]+)\\s*(\\S*)`, 'm').exec(out);
+      if (!m) return null;
+      const n = Number(m[1]);
+      const unit = m[2] ?? '';
+      const scale: Record<string, number> = { ms: 1, 'B': 1, KiB: 1024, MiB: 1024 ** 2, GiB: 1024 ** 3 };
+      return Math.round(n * (scale[unit] ?? 1));
+    };
+    return { elapsedMs: field('Time elapsed'), downtimeMs: field('Total downtime'), memoryBytes: field('Memory processed') };
+  }
+
+  /**
+   * Active block commit of the top image into the one right below it, then
+   * pivot. --shallow matters: without it libvirt commits into the deepest
+   * image of the chain, which for a disk with its own backing file would
+   * write our changes into the shared base image. --wait with --pivot waits
+   * for the job to report ready (not for cur == end); on --timeout virsh
+   * aborts the job without pivoting, leaving the disk on the overlay.
+   */
+  async activeCommit(uuid: string, target: string, timeoutMs: number): Promise<void> {
+    const seconds = Math.max(1, Math.ceil(timeoutMs / 1000));
+    await this.virsh(
+      ['blockcommit', uuid, target, '--active', '--shallow', '--pivot', '--wait', '--timeout', String(seconds)],
+      `block commit of ${target} failed`,
+      { timeoutMs: timeoutMs + 30_000 },
+    );
+  }
+
+  async hasBlockJob(uuid: string, target: string): Promise<boolean> {
+    const out = await this.virsh(['blockjob', uuid, target, '--info'], `cannot query block jobs of ${target}`);
+    return out.trim() !== '' && !/No current block job/i.test(out);
+  }
+
+  async abortBlockJob(uuid: string, target: string): Promise<void> {
+    await this.virsh(['blockjob', uuid, target, '--abort'], `cannot abort the block job on ${target}`);
+  }
+
+  async resume(uuid: string): Promise<void> {
+    await this.virsh(['resume', uuid], `cannot resume domain ${uuid}`);
+  }
+
+  async restore(file: string, options: RestoreOptions = {}, timeoutMs = 600_000): Promise<void> {
+    const args = ['restore', file];
+    if (options.xmlFile) args.push('--xml', options.xmlFile);
+    args.push(options.paused ? '--paused' : '--running');
+    await this.virsh(args, `cannot restore ${file}`, { timeoutMs });
+  }
+
+  async destroy(uuid: string): Promise<void> {
+    await this.virsh(['destroy', uuid], `cannot stop domain ${uuid}`);
+  }
+}

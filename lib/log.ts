@@ -1,0 +1,38 @@
+// One line per action on stderr. sanoid passes its hooks' stderr through to
+// wherever its own output goes (the journal under systemd, mail under cron),
+// so each line names the domain and dataset it is about.
+
+export type Level = 'debug' | 'info' | 'warn' | 'error';
+
+export interface LogContext {
+  domain?: string;
+  dataset?: string;
+}
+
+const order: Record<Level, number> = { debug: 0, info: 1, warn: 2, error: 3 };
+
+function threshold(): number {
+  const wanted = (process.env.VIRTSNAP_LOG ?? 'info').toLowerCase();
+  return order[wanted as Level] ?? order.info;
+}
+
+function format(level: Level, message: string, ctx: LogContext): string {
+  const parts = ['virtsnap:'];
+  if (level !== 'info') parts.push(`${level.toUpperCase()}:`);
+  if (ctx.domain !== undefined) parts.push(`domain=${JSON.stringify(ctx.domain)}`);
+  if (ctx.dataset !== undefined) parts.push(`dataset=${ctx.dataset}`);
+  parts.push(message);
+  return parts.join(' ');
+}
+
+function write(level: Level, message: string, ctx: LogContext = {}): void {
+  if (order[level] < threshold()) return;
+  process.stderr.write(format(level, message, ctx) + '\n');
+}
+
+export const log = {
+  debug: (message: string, ctx?: LogContext) => write('debug', message, ctx),
+  info: (message: string, ctx?: LogContext) => write('info', message, ctx),
+  warn: (message: string, ctx?: LogContext) => write('warn', message, ctx),
+  error: (message: string, ctx?: LogContext) => write('error', message, ctx),
+};

@@ -1,0 +1,183 @@
+// Planning a freeze: which domains, which disks, which files. Pure: it takes
+// the facts gathered by lib/inventory and returns a plain object that
+// `--dry-run` prints and lib/freeze carries out.
+import path from 'node:path';
+import type { Config } from './config.js';
+import type { Disk } from './libvirt/domain-xml.js';
+import { snapshotXml } from './libvirt/snapshot-xml.js';
+import type { Domain, DomainState } from './libvirt/virsh.js';
+import { fileSafe, isInsideDir } from './fsutil.js';
+import type { Inventory } from './inventory.js';
+
+export interface RunRequest {
+  targets: string[];
+  snapnames: string[];
+  types: string[];
+}
+
+export interface DiskPlan {
+  target: string;
+  device: string;
+  source: string | null;
+  format: string | null;
+  /** The ZFS dataset the source lives in, if any. */
+  dataset: string | null;
+  /** Overlay the disk switches to while frozen; null when the disk is left alone. */
+  overlay: string | null;
+  /** Why the disk is left alone. */
+  skip: string | null;
+}
+
+/** freeze: external snapshot of RAM + disks. record: shut off, only its XML/NVRAM are saved. */
+export type DomainAction = 'freeze' | 'record';
+
+export interface DomainPlan {
+  name: string;
+  uuid: string;
+  state: DomainState;
+  action: DomainAction;
+  /** Paused domains are saved without --live and stay paused. */
+  live: boolean;
+  tag: string;
+  disks: DiskPlan[];
+  /** In-flight memory file (in the overlay dir) for action freeze. */
+  memoryFile: string | null;
+  /** Staging dir for XML/NVRAM copies that go into the archive with the dump. */
+  metaDir: string;
+  /** `<mountpoint>/.virtsnap/<domain>` in each snapshotted dataset holding its disks. */
+  datasetMetaDirs: string[];
+  /** Every `dataset@snapname` that will hold this domain's disks as they were frozen. */
+  snapshots: string[];
+  nvram: string | null;
+  tpmEmulator: boolean;
+  snapshotXml: string | null;
+}
+
+export interface FreezePlan {
+  runId: string;
+  targets: string[];
+  snapnames: string[];
+  types: string[];
+  /** Every dataset the run snapshots: the targets, and their subtrees under `recursive = zfs`. */
+  datasets: string[];
+  domains: DomainPlan[];
+  /** Reasons not to start at all. Nothing is touched when this is not empty. */
+  problems: string[];
+}
+
+export function runIdOf(request: Pick<RunRequest, 'targets' | 'snapnames'>): string {
+  return `${request.targets.join(',')}@${request.snapnames[0] ?? ''}`;
+}
+
+const FREEZABLE: readonly DomainState[] = ['running', 'paused', 'blocked', 'idle'];
+
+function skipReason(disk: Disk, dataset: string | null, datasets: ReadonlySet<string>): string | null {
+  if (disk.device === 'cdrom' || disk.device === 'floppy') return disk.device;
+  if (disk.device === 'lun') return 'lun (SCSI passthrough)';
+  if (disk.source === null) return disk.type === 'network' ? 'network disk' : 'empty';
+  if (disk.readonly) return 'read-only';
+  if (disk.shareable) return 'shareable';
+  if (disk.type !== 'file' && disk.type !== 'block') return `${disk.type} disk`;
+  if (dataset === null || !datasets.has(dataset)) return 'outside the snapshotted datasets';
+  return null;
+}
+
+function planDisks(domain: Domain, inv: Inventory, datasets: ReadonlySet<string>, overlayBase: string): DiskPlan[] {
+  return domain.disks.map((disk) => {
+    const dataset = disk.source === null ? null : (inv.datasetOfSource.get(disk.source) ?? null);
+    const skip = skipReason(disk, dataset, datasets);
+    return {
+      target: disk.target,
+      device: disk.device,
+      source: disk.source,
+      format: disk.format,
+      dataset,
+      overlay: skip === null ? `${overlayBase}.${fileSafe(disk.target)}.qcow2` : null,
+      skip,
+    };
+  });
+}
+
+function datasetMetaDir(dataset: string, inv: Inventory, domainName: string): string | null {
+  const mountpoint = inv.mountpointOf.get(dataset);
+  return mountpoint === undefined ? null : path.join(mountpoint, '.virtsnap', fileSafe(domainName));
+}
+
+function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config: Config, datasets: ReadonlySet<string>): DomainPlan | null {
+  const tag = `${inv.stamp}-${domain.uuid.slice(0, 8)}`;
+  const base = path.join(config.overlayDir, `${fileSafe(domain.name)}.${tag}`);
+  const disks = planDisks(domain, inv, datasets, base);
+  const frozen = disks.filter((d) => d.overlay !== null);
+  if (frozen.length === 0) return null;
+  const holding = [...new Set(frozen.map((d) => d.dataset as string))].sort();
+  const action: DomainAction = domain.state === 'shut off' ? 'record' : 'freeze';
+  const memoryFile = action === 'freeze' ? `${base}.save` : null;
+  const plan: DomainPlan = {
+    name: domain.name,
+    uuid: domain.uuid,
+    state: domain.state,
+    action,
+    live: config.live && domain.state === 'running',
+    tag,
+    disks: action === 'freeze' ? disks : disks.map((d) => ({ ...d, overlay: null })),
+    memoryFile,
+    metaDir: `${base}.meta`,
+    datasetMetaDirs: holding.map((ds) => datasetMetaDir(ds, inv, domain.name)).filter((d): d is string => d !== null),
+    snapshots: holding.flatMap((ds) => request.snapnames.map((s) => `${ds}@${s}`)),
+    nvram: domain.nvram,
+    tpmEmulator: domain.tpmEmulator,
+    snapshotXml: null,
+  };
+  if (memoryFile !== null) {
+    plan.snapshotXml = snapshotXml({
+      name: `virtsnap-${tag}`,
+      description: `virtsnap freeze for ${request.targets.join(',')}@${request.snapnames.join(',')}`,
+      memoryFile,
+      disks: plan.disks.map((d) => ({ target: d.target, overlay: d.overlay })),
+    });
+  }
+  return plan;
+}
+
+function domainProblems(domain: Domain, plan: DomainPlan, config: Config): string[] {
+  const problems: string[] = [];
+  const name = JSON.stringify(domain.name);
+  if (plan.action === 'freeze' && !FREEZABLE.includes(domain.state)) {
+    problems.push(`domain ${name} is ${domain.state}: its RAM cannot be saved; resume or shut it down before the snapshot`);
+  }
+  for (const disk of domain.disks) {
+    if (disk.source !== null && isInsideDir(disk.source, config.overlayDir)) {
+      problems.push(
+        `domain ${name} disk ${disk.target} still runs on overlay ${disk.source} from an earlier run: run \`virtsnap recover\``,
+      );
+    }
+  }
+  return problems;
+}
+
+export function planFreeze(request: RunRequest, inv: Inventory, config: Config): FreezePlan {
+  const datasets = new Set(inv.datasets);
+  const problems: string[] = [...inv.problems];
+  const overlayDataset = inv.datasetOfOverlayDir;
+  if (overlayDataset !== null && datasets.has(overlayDataset)) {
+    problems.push(
+      `VIRTSNAP_OVERLAY_DIR ${config.overlayDir} is inside dataset ${overlayDataset}, which this run snapshots: move it to a directory or dataset outside it`,
+    );
+  }
+  const domains: DomainPlan[] = [];
+  for (const domain of [...inv.domains].sort((a, b) => a.name.localeCompare(b.name))) {
+    const plan = planDomain(domain, request, inv, config, datasets);
+    if (plan === null) continue;
+    problems.push(...domainProblems(domain, plan, config));
+    domains.push(plan);
+  }
+  return {
+    runId: runIdOf(request),
+    targets: request.targets,
+    snapnames: request.snapnames,
+    types: request.types,
+    datasets: [...datasets].sort(),
+    domains,
+    problems,
+  };
+}

@@ -1,0 +1,53 @@
+// The pre and post halves of a snapshot run, shared by the sanoid hooks and
+// by `virtsnap snapshot`: parse input -> inventory -> plan -> freeze/thaw.
+import type { Config } from './config.js';
+import { VirtsnapError } from './errors.js';
+import { freeze, thawRun, type Deps, type ThawResult } from './freeze.js';
+import { takeInventory } from './inventory.js';
+import { Journal, ownerPid } from './journal.js';
+import { LibvirtClient } from './libvirt/virsh.js';
+import { log } from './log.js';
+import { planFreeze, runIdOf, type FreezePlan, type RunRequest } from './plan.js';
+import { ZfsClient } from './zfs.js';
+
+export function makeDeps(config: Config, owner = ownerPid()): Deps {
+  return {
+    virsh: new LibvirtClient({ uri: config.libvirtUri }),
+    zfs: new ZfsClient(),
+    config,
+    journal: new Journal(config.stateDir),
+    ownerPid: owner,
+  };
+}
+
+export interface PreOptions {
+  /** Override sanoid.conf: snapshot the targets' whole subtrees (`zfs snapshot -r`). */
+  recursive?: boolean;
+}
+
+export async function planRun(request: RunRequest, deps: Deps, options: PreOptions = {}): Promise<FreezePlan> {
+  await deps.virsh.version(); // fail early, with a clear message, when libvirt is unreachable
+  const inventory = await takeInventory(request.targets, deps.config, deps, options);
+  return planFreeze(request, inventory, deps.config);
+}
+
+/** pre: freeze every domain with disks in the run's datasets. */
+export async function runPre(request: RunRequest, deps: Deps, options: PreOptions = {}): Promise<FreezePlan> {
+  const plan = await planRun(request, deps, options);
+  const dataset = request.targets.join(',');
+  if (plan.domains.length === 0 && plan.problems.length === 0) {
+    log.debug('no domain has disks here: nothing to freeze', { dataset });
+    return plan;
+  }
+  await freeze(plan, deps);
+  return plan;
+}
+
+/** post: thaw what pre froze and archive the RAM dumps. Throws when any domain could not be thawed. */
+export async function runPost(request: RunRequest, deps: Deps): Promise<ThawResult> {
+  const result = await thawRun(runIdOf(request), deps);
+  if (result.failures.length > 0) {
+    throw new VirtsnapError(result.failures.length === 1 ? result.failures[0]! : `${result.failures.length} domains could not be thawed (see above)`);
+  }
+  return result;
+}

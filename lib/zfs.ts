@@ -1,0 +1,161 @@
+// ZFS: names, where datasets are mounted, and the few zfs commands we run.
+//
+// Only options that both OpenZFS and zfs-fuse understand are used: zfs-fuse's
+// `zfs get` has no -t and its `zfs list` has no -p.
+import { readFileSync, readdirSync, realpathSync, lstatSync } from 'node:fs';
+import path from 'node:path';
+import { CommandError, UsageError, ZfsError } from './errors.js';
+import { run } from './exec.js';
+
+// OpenZFS's valid_char(): alphanumerics and - _ . : and space.
+const COMPONENT = /^[A-Za-z0-9_.: -]+$/;
+
+export function isDatasetName(name: string): boolean {
+  if (name === '' || name.startsWith('/') || name.endsWith('/')) return false;
+  return name.split('/').every((c) => COMPONENT.test(c) && c !== '.' && c !== '..');
+}
+
+export function assertDatasetName(name: string, what: string): void {
+  if (!isDatasetName(name)) throw new UsageError(`${what}: ${JSON.stringify(name)} is not a ZFS dataset name (like tank/vm)`);
+}
+
+export function assertSnapshotName(name: string, what: string): void {
+  if (!COMPONENT.test(name)) throw new UsageError(`${what}: ${JSON.stringify(name)} is not a ZFS snapshot name (the part after @)`);
+}
+
+/** `a/b` is `a/b` itself or below it. */
+export function isInSubtree(dataset: string, root: string): boolean {
+  return dataset === root || dataset.startsWith(root + '/');
+}
+
+export interface Mount {
+  dataset: string;
+  mountpoint: string;
+}
+
+/** /proc/self/mounts escapes space, tab, newline and backslash as octal. */
+function unescapeMount(field: string): string {
+  return field.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8)));
+}
+
+/** Mounted ZFS filesystems (OpenZFS: type zfs; zfs-fuse: fuse.zfs), from a mounts table. */
+export function parseMounts(table: string): Mount[] {
+  const mounts: Mount[] = [];
+  for (const line of table.split('\n')) {
+    const [source, mountpoint, type] = line.split(' ');
+    if (source === undefined || mountpoint === undefined) continue;
+    if (type !== 'zfs' && type !== 'fuse.zfs') continue;
+    const dataset = unescapeMount(source);
+    if (dataset.includes('@')) continue; // a mounted snapshot is not where disks live
+    mounts.push({ dataset, mountpoint: unescapeMount(mountpoint) });
+  }
+  return mounts;
+}
+
+export function readMounts(): Mount[] {
+  return parseMounts(readFileSync('/proc/self/mounts', 'utf8'));
+}
+
+/**
+ * The dataset a file path lives in: the deepest ZFS mountpoint above it.
+ * `realPath` must already have symlinks resolved.
+ */
+export function datasetOfFile(realPath: string, mounts: readonly Mount[]): Mount | null {
+  let best: Mount | null = null;
+  for (const m of mounts) {
+    const inside = realPath === m.mountpoint || realPath.startsWith(m.mountpoint === '/' ? '/' : m.mountpoint + '/');
+    if (inside && (best === null || m.mountpoint.length > best.mountpoint.length)) best = m;
+  }
+  return best;
+}
+
+/** `/dev/zvol/tank/vm/disk0` (or `-part1`) -> `tank/vm/disk0`. */
+export function datasetOfZvolPath(devPath: string): string | null {
+  const prefix = '/dev/zvol/';
+  if (!devPath.startsWith(prefix)) return null;
+  const name = devPath.slice(prefix.length).replace(/-part[0-9]+$/, '');
+  return isDatasetName(name) ? name : null;
+}
+
+/** Maps /dev/zdN (what /dev/zvol/... links point to) back to the zvol's name. */
+export function zvolDeviceMap(root = '/dev/zvol'): Map<string, string> {
+  const map = new Map<string, string>();
+  const walk = (dir: string): void => {
+    let entries: string[];
+    try {
+      entries = readdirSync(dir);
+    } catch {
+      return;
+    }
+    for (const entry of entries) {
+      const p = path.join(dir, entry);
+      try {
+        if (lstatSync(p).isSymbolicLink()) {
+          const name = datasetOfZvolPath(p);
+          if (name !== null) map.set(realpathSync(p), name);
+        } else {
+          walk(p);
+        }
+      } catch {
+        // a link that vanished while we looked: not ours to worry about
+      }
+    }
+  };
+  walk(root);
+  return map;
+}
+
+export interface ZfsClientOptions {
+  timeoutMs?: number;
+}
+
+/** The zfs commands virtsnap runs. */
+export class ZfsClient {
+  private readonly timeoutMs: number;
+
+  constructor(options: ZfsClientOptions = {}) {
+    this.timeoutMs = options.timeoutMs ?? 60_000;
+  }
+
+  private async zfs(args: string[], what: string): Promise<string> {
+    try {
+      return (await run('zfs', args, { timeoutMs: this.timeoutMs })).stdout;
+    } catch (err) {
+      if (err instanceof CommandError) throw new ZfsError(`${what}: ${err.stderr || err.message}`, err.stderr);
+      throw err;
+    }
+  }
+
+  async exists(dataset: string): Promise<boolean> {
+    try {
+      await run('zfs', ['list', '-H', '-o', 'name', dataset], { timeoutMs: this.timeoutMs });
+      return true;
+    } catch (err) {
+      if (err instanceof CommandError && !err.timedOut) return false;
+      throw err;
+    }
+  }
+
+  /** The dataset and everything below it (filesystems and volumes). */
+  async subtree(dataset: string): Promise<string[]> {
+    const out = await this.zfs(['list', '-H', '-r', '-o', 'name', '-t', 'filesystem,volume', dataset], `cannot list ${dataset}`);
+    return out.split('\n').filter((l) => l !== '');
+  }
+
+  async snapshot(names: string[], recursive: boolean): Promise<void> {
+    const args = ['snapshot', ...(recursive ? ['-r'] : []), ...names];
+    await this.zfs(args, `cannot snapshot ${names.join(' ')}`);
+  }
+
+  /**
+   * Snapshots as `dataset@name`: of `dataset` only, of its whole subtree
+   * (`recursive`), or of every pool (no dataset).
+   */
+  async listSnapshots(dataset?: string, recursive = true): Promise<string[]> {
+    const args = ['list', '-H', '-t', 'snapshot', '-o', 'name', ...(dataset ? ['-r', dataset] : [])];
+    const out = await this.zfs(args, `cannot list snapshots${dataset ? ` of ${dataset}` : ''}`);
+    const all = out.split('\n').filter((l) => l !== '');
+    if (dataset === undefined || recursive) return all;
+    return all.filter((s) => s.startsWith(`${dataset}@`));
+  }
+}

@@ -1,0 +1,365 @@
+// The test bed from the tests' side: read what test/bed/up made, make guests,
+// read their consoles, run sanoid. Everything here stays inside the bed's
+// pool, its dirs and domains named vsbed-*.
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, chmodSync } from 'node:fs';
+import path from 'node:path';
+import { run } from '../../lib/exec.js';
+
+export interface Bed {
+  dir: string;
+  pool: string;
+  vmDataset: string;
+  kernel: string;
+  initrd: string;
+  virtType: string;
+  sanoid: Record<SanoidVersion, string>;
+  sanoidPath: string;
+  overlayDir: string;
+  archiveDir: string;
+  stateDir: string;
+  consoleDir: string;
+}
+
+export type SanoidVersion = '2.1.0' | '2.2.0';
+
+let cached: Bed | null = null;
+
+/** The bed, checked to be up. Throws (never skips) when it is not. */
+export async function bed(): Promise<Bed> {
+  if (cached) return cached;
+  const dir = process.env.VSBED_DIR ?? '/var/lib/vsbed';
+  const envFile = path.join(dir, 'bed.env');
+  if (!existsSync(envFile)) throw new Error(`the test bed is not up (${envFile} missing): run \`sudo bash test/bed/up\``);
+  const env: Record<string, string> = {};
+  for (const line of readFileSync(envFile, 'utf8').split('\n')) {
+    const eq = line.indexOf('=');
+    if (eq > 0) env[line.slice(0, eq)] = line.slice(eq + 1);
+  }
+  const get = (k: string): string => {
+    const v = env[k];
+    if (v === undefined) throw new Error(`${envFile} has no ${k}: run test/bed/up again`);
+    return v;
+  };
+  const b: Bed = {
+    dir,
+    pool: get('VSBED_POOL'),
+    vmDataset: get('VSBED_VM_DATASET'),
+    kernel: get('VSBED_KERNEL'),
+    initrd: get('VSBED_INITRD'),
+    virtType: get('VSBED_VIRT_TYPE'),
+    sanoid: { '2.1.0': get('VSBED_SANOID21'), '2.2.0': get('VSBED_SANOID22') },
+    sanoidPath: get('VSBED_SANOID_PATH'),
+    overlayDir: get('VSBED_OVERLAY_DIR'),
+    archiveDir: get('VSBED_ARCHIVE_DIR'),
+    stateDir: get('VSBED_STATE_DIR'),
+    consoleDir: get('VSBED_CONSOLE_DIR'),
+  };
+  try {
+    await sh('virsh', ['-c', 'qemu:///system', 'version']);
+  } catch (err) {
+    throw new Error(`libvirtd is not answering: run \`sudo bash test/bed/up\` (${(err as Error).message})`);
+  }
+  try {
+    await sh('zpool', ['list', '-H', b.pool]);
+  } catch (err) {
+    throw new Error(`pool ${b.pool} is not imported: run \`sudo bash test/bed/up\` (${(err as Error).message})`);
+  }
+  cached = b;
+  return b;
+}
+
+export async function sh(command: string, args: string[], options: { timeoutMs?: number; env?: Record<string, string> } = {}): Promise<string> {
+  return (await run(command, args, { timeoutMs: options.timeoutMs ?? 120_000, ...(options.env ? { env: options.env } : {}) })).stdout;
+}
+
+export async function virsh(...args: string[]): Promise<string> {
+  return sh('virsh', ['-q', '-c', 'qemu:///system', ...args]);
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** zfs-fuse says "dataset is busy" for a moment after a guest lets go of a file. */
+export async function zfsRetry(args: string[], tries = 20): Promise<void> {
+  for (let i = 0; ; i++) {
+    try {
+      await sh('zfs', args);
+      return;
+    } catch (err) {
+      if (i >= tries || !/busy/.test((err as Error).message)) throw err;
+      await sleep(500);
+    }
+  }
+}
+
+export async function datasetExists(name: string): Promise<boolean> {
+  try {
+    await sh('zfs', ['list', '-H', '-o', 'name', name]);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export async function destroyDataset(name: string): Promise<void> {
+  if (await datasetExists(name)) await zfsRetry(['destroy', '-r', name]);
+}
+
+export async function mountpointOf(dataset: string): Promise<string> {
+  return (await sh('zfs', ['get', '-H', '-o', 'value', 'mountpoint', dataset])).trim();
+}
+
+export async function snapshotsOf(dataset: string): Promise<string[]> {
+  const out = await sh('zfs', ['list', '-H', '-t', 'snapshot', '-o', 'name', '-r', dataset]);
+  return out.split('\n').filter((l) => l.startsWith(`${dataset}@`));
+}
+
+export interface GuestDisk {
+  target: string;
+  format: 'qcow2' | 'raw';
+  /** Dataset the image lives in; the guest's own dataset by default. */
+  dataset?: string;
+  /** The guest writes its counter to it (all writable disks by default). */
+  counter?: boolean;
+}
+
+export interface GuestOptions {
+  name: string;
+  dataset: string;
+  disks?: GuestDisk[];
+  /** A read-only cdrom with media. */
+  cdrom?: boolean;
+  memoryMiB?: number;
+}
+
+const BOOT_TIMEOUT_MS = 90_000;
+
+/** A test guest running the consistency oracle (test/bed/guest/init). */
+export class Guest {
+  readonly consoleLog: string;
+  uuid = '';
+
+  private constructor(
+    readonly b: Bed,
+    readonly options: Required<Pick<GuestOptions, 'name' | 'dataset'>> & GuestOptions,
+  ) {
+    if (!options.name.startsWith('vsbed-')) throw new Error(`test domains must be named vsbed-*: ${options.name}`);
+    this.consoleLog = path.join(b.consoleDir, `${options.name}.log`);
+  }
+
+  get name(): string {
+    return this.options.name;
+  }
+
+  get disks(): GuestDisk[] {
+    return this.options.disks ?? [{ target: 'vda', format: 'qcow2' }];
+  }
+
+  static async create(options: GuestOptions): Promise<Guest> {
+    const b = await bed();
+    const g = new Guest(b, options);
+    await g.remove();
+    rmSync(g.consoleLog, { force: true });
+    for (const ds of new Set([options.dataset, ...g.disks.map((d) => d.dataset ?? options.dataset)])) {
+      if (!(await datasetExists(ds))) await sh('zfs', ['create', '-p', ds]);
+    }
+    const devices: string[] = [];
+    for (const d of g.disks) {
+      const file = await g.imagePath(d);
+      await sh('qemu-img', ['create', '-q', '-f', d.format, file, '64M']);
+      devices.push(
+        `<disk type='file' device='disk'><driver name='qemu' type='${d.format}'/><source file='${xmlEscape(file)}'/><target dev='${d.target}' bus='virtio'/></disk>`,
+      );
+    }
+    if (options.cdrom) {
+      const iso = path.join(await mountpointOf(options.dataset), 'media.iso');
+      writeFileSync(iso, Buffer.alloc(1024 * 1024));
+      devices.push(
+        `<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='${xmlEscape(iso)}'/><target dev='hdc' bus='ide'/><readonly/></disk>`,
+      );
+    }
+    const counterDisks = g.disks.filter((d) => d.counter !== false).map((d) => d.target);
+    const xml = `<domain type='${b.virtType}'>
+  <name>${xmlEscape(options.name)}</name>
+  <memory unit='MiB'>${options.memoryMiB ?? 96}</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>${b.kernel}</kernel><initrd>${b.initrd}</initrd>
+    <cmdline>console=ttyS0 panic=-1 quiet vsbed.disks=${counterDisks.join(',') || 'none'}</cmdline></os>
+  <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
+  <devices>
+    ${devices.join('\n    ')}
+    <serial type='file'><source path='${xmlEscape(g.consoleLog)}' append='on'/><target port='0'/></serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>`;
+    const dir = mkdtempSync('/tmp/vsbed-xml-');
+    try {
+      writeFileSync(path.join(dir, 'domain.xml'), xml);
+      await virsh('define', path.join(dir, 'domain.xml'));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    g.uuid = (await virsh('domuuid', options.name)).trim();
+    return g;
+  }
+
+  async imagePath(d: GuestDisk): Promise<string> {
+    return path.join(await mountpointOf(d.dataset ?? this.options.dataset), `${d.target}.${d.format}`);
+  }
+
+  async start(): Promise<void> {
+    const offset = this.consoleSize();
+    await virsh('start', this.name);
+    await this.waitForConsole(/TICK \d+/, offset, BOOT_TIMEOUT_MS);
+  }
+
+  async state(): Promise<string> {
+    try {
+      return (await virsh('domstate', this.name)).trim();
+    } catch {
+      return 'undefined';
+    }
+  }
+
+  async stop(): Promise<void> {
+    if ((await this.state()) !== 'shut off') await virsh('destroy', this.name).catch(() => undefined);
+  }
+
+  async sources(): Promise<Record<string, string>> {
+    const out = await virsh('domblklist', this.name);
+    const map: Record<string, string> = {};
+    for (const line of out.split('\n')) {
+      const m = /^\s*(\S+)\s+(.+?)\s*$/.exec(line);
+      if (m) map[m[1]!] = m[2]!;
+    }
+    return map;
+  }
+
+  consoleSize(): number {
+    try {
+      return statSync(this.consoleLog).size;
+    } catch {
+      return 0;
+    }
+  }
+
+  consoleSince(offset: number): string {
+    try {
+      return readFileSync(this.consoleLog).subarray(offset).toString('latin1');
+    } catch {
+      return '';
+    }
+  }
+
+  /** Waits for `pattern` to appear on the console after `offset`. */
+  async waitForConsole(pattern: RegExp, offset: number, timeoutMs = 60_000): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const text = this.consoleSince(offset);
+      if (pattern.test(text)) return text;
+      if (Date.now() > deadline) {
+        throw new Error(`${this.name}: no ${pattern} on the console within ${timeoutMs / 1000}s; last output: ${text.slice(-300)}`);
+      }
+      await sleep(200);
+    }
+  }
+
+  /**
+   * Lets the oracle run `ticks` progress lines after `offset` and returns the
+   * console text since then: a restored guest that disagrees with its disk
+   * prints MISMATCH before its next TICK.
+   */
+  async oracleAfter(offset: number, ticks = 2, timeoutMs = 60_000): Promise<string> {
+    const pattern = new RegExp(`(TICK \\d+[\\s\\S]*){${ticks}}`);
+    return this.waitForConsole(pattern, offset, timeoutMs);
+  }
+
+  async remove(): Promise<void> {
+    await this.stop();
+    await virsh('undefine', this.name, '--nvram').catch(() => virsh('undefine', this.name).catch(() => undefined));
+  }
+}
+
+export function mismatches(consoleText: string): string[] {
+  return consoleText.split('\n').filter((l) => l.includes('MISMATCH'));
+}
+
+export function lastTick(consoleText: string): number {
+  const ticks = [...consoleText.matchAll(/TICK (\d+)/g)];
+  return ticks.length === 0 ? -1 : Number(ticks[ticks.length - 1]![1]);
+}
+
+function xmlEscape(s: string): string {
+  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
+}
+
+export interface SanoidRun {
+  stdout: string;
+  stderr: string;
+  code: number;
+}
+
+/**
+ * Runs a real sanoid with `conf` as its sanoid.conf. Only sanoid (not the
+ * hooks, nor the code under test) gets the zfs-fuse adapter first on PATH.
+ * `hoursAhead` runs sanoid's clock that far ahead (libfaketime), so a new
+ * hourly/daily snapshot is due without waiting for one.
+ */
+export async function runSanoid(version: SanoidVersion, conf: string, args: string[], options: { hoursAhead?: number; env?: Record<string, string> } = {}): Promise<SanoidRun> {
+  const b = await bed();
+  const dir = mkdtempSync('/tmp/vsbed-sanoid-');
+  mkdirSync(path.join(dir, 'cache'));
+  mkdirSync(path.join(dir, 'run'));
+  writeFileSync(path.join(dir, 'sanoid.conf'), conf);
+  const env: Record<string, string> = {
+    PATH: `${b.sanoidPath}:/usr/sbin:/usr/bin:/sbin:/bin`,
+    TZ: 'UTC',
+    ...options.env,
+  };
+  if (options.hoursAhead) {
+    env.LD_PRELOAD = '/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1';
+    env.FAKETIME = `+${options.hoursAhead}h`;
+    env.FAKETIME_DONT_FAKE_MONOTONIC = '1';
+  }
+  const argv = [b.sanoid[version], '--configdir', dir, '--cache-dir', path.join(dir, 'cache'), '--run-dir', path.join(dir, 'run'), ...args];
+  try {
+    const out = await run('/usr/bin/env', ['-i', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...argv], { timeoutMs: 600_000 });
+    return { ...out, code: 0 };
+  } catch (err) {
+    const e = err as { status?: number; stderr?: string; message: string };
+    return { stdout: '', stderr: e.stderr ?? e.message, code: e.status ?? -1 };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * A hook command line for sanoid.conf. Hooks must not run under sanoid's
+ * faked clock: `env -u` drops libfaketime before our code starts.
+ */
+export function hookCommand(program: string, env: Record<string, string> = {}): string {
+  const vars = Object.entries(env).map(([k, v]) => `${k}=${shellQuote(v)}`);
+  return ['/usr/bin/env', '-u', 'LD_PRELOAD', '-u', 'FAKETIME', ...vars, shellQuote(program)].join(' ');
+}
+
+export function shellQuote(s: string): string {
+  return /^[A-Za-z0-9_./:=@%+-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/** A small shell hook that appends its SANOID_* environment, one JSON object a line, to `logFile`. */
+export function writeEnvLoggingHook(file: string, logFile: string): void {
+  writeFileSync(
+    file,
+    `#!/bin/sh
+{
+  printf '{'
+  env | grep '^SANOID_' | sort | sed 's/\\\\/\\\\\\\\/g; s/"/\\\\"/g; s/^\\([^=]*\\)=\\(.*\\)$/"\\1":"\\2",/' | tr -d '\\n'
+  printf '"argv0":"%s"}\\n' "$0"
+} >> ${shellQuote(logFile)}
+`,
+  );
+  chmodSync(file, 0o755);
+  appendFileSync(logFile, '');
+}

@@ -34,9 +34,11 @@ export async function run(command: string, args: readonly string[], options: Run
     env: { ...process.env, ...options.env, LC_ALL: 'C', LANG: 'C' },
     ...(options.input !== undefined ? { input: options.input } : {}),
   });
+  const started = Date.now();
   const out = await shell`${command} ${[...args]}`;
   const result = { stdout: out.stdout, stderr: out.stderr };
   if (out.exitCode === 0) return result;
-  const timedOut = out.exitCode === null || out.signal === 'SIGKILL';
+  // zx kills with SIGKILL on timeout; any other death by signal is a crash.
+  const timedOut = out.signal === 'SIGKILL' && Date.now() - started >= timeoutMs;
   throw new CommandError(command, args, out.exitCode ?? -1, oneLine(out.stderr || out.stdout), timedOut);
 }

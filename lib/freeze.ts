@@ -17,7 +17,7 @@ import type { Config } from './config.js';
 import { saveDomainFiles } from './domain-files.js';
 import { LibvirtError, VirtsnapError } from './errors.js';
 import { exists, removeIfExists } from './fsutil.js';
-import type { JournalEntry, OverlayRecord } from './journal.js';
+import type { JournalEntry, OverlayRecord, Owner } from './journal.js';
 import { Journal } from './journal.js';
 import { readSaveImageHeader } from './libvirt/save-image.js';
 import type { Domain, LibvirtClient } from './libvirt/virsh.js';
@@ -30,8 +30,8 @@ export interface Deps {
   zfs: ZfsClient;
   config: Config;
   journal: Journal;
-  /** The process that owns the run (see journal.ownerPid). */
-  ownerPid: number;
+  /** The process that owns the run (sanoid for the hooks, see journal.hookOwnerPid). */
+  owner: Owner;
 }
 
 function ctx(name: string, dataset?: string) {
@@ -59,7 +59,7 @@ function entryOf(dp: DomainPlan, plan: FreezePlan, deps: Deps): JournalEntry {
     metaDir: dp.metaDir,
     overlays: overlaysOf(dp),
     snapshots: dp.snapshots,
-    ownerPid: deps.ownerPid,
+    owner: deps.owner,
     startedAt: now,
     updatedAt: now,
   };

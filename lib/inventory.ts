@@ -71,10 +71,11 @@ function datasetOfDir(dir: string, mounts: Mount[]): string | null {
 export function resolveSources(domains: Domain[], mounts: Mount[], zvols: Map<string, string>): Map<string, string> {
   const result = new Map<string, string>();
   for (const domain of domains) {
-    for (const disk of domain.disks) {
-      if (disk.source === null || result.has(disk.source)) continue;
-      const dataset = datasetOfZvolPath(disk.source) ?? zvols.get(realPathOrSelf(disk.source)) ?? datasetOfFile(realPathOrSelf(disk.source), mounts)?.dataset;
-      if (dataset !== undefined && dataset !== null) result.set(disk.source, dataset);
+    // Backing images too: a disk left on an overlay is known by the image below it.
+    for (const p of domain.disks.flatMap((d) => [d.source, d.backing])) {
+      if (p === null || result.has(p)) continue;
+      const dataset = datasetOfZvolPath(p) ?? zvols.get(realPathOrSelf(p)) ?? datasetOfFile(realPathOrSelf(p), mounts)?.dataset;
+      if (dataset !== undefined && dataset !== null) result.set(p, dataset);
     }
   }
   return result;

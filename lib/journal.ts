@@ -46,7 +46,7 @@ export interface JournalEntry {
   /** Every `dataset@snapname` that holds this domain's frozen disks. */
   snapshots: string[];
   /** The process that owns this run (sanoid, or virtsnap itself); its death makes the entry stale. */
-  ownerPid: number;
+  owner: Owner;
   startedAt: string;
   frozenAt?: string;
   job?: CompletedJob;
@@ -180,6 +180,44 @@ function lockHolderIsDead(lock: string): boolean {
   return !processIsAlive(pid);
 }
 
+/**
+ * A process, identified so that a reboot or a reused pid cannot pass for it:
+ * pid + the kernel's boot id + the process's start time (in clock ticks).
+ */
+export interface Owner {
+  pid: number;
+  bootId: string;
+  startTime: string;
+}
+
+function bootId(): string {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    return 'unknown';
+  }
+}
+
+function startTimeOf(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+export function ownerOf(pid: number): Owner {
+  return { pid, bootId: bootId(), startTime: startTimeOf(pid) ?? 'unknown' };
+}
+
+export function ownerIsAlive(owner: Owner): boolean {
+  if (owner.bootId !== bootId()) return false;
+  if (!processIsAlive(owner.pid)) return false;
+  const now = startTimeOf(owner.pid);
+  return now === null || owner.startTime === 'unknown' || now === owner.startTime;
+}
+
 export function processIsAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -193,7 +231,7 @@ export function processIsAlive(pid: number): boolean {
  * The process a hook works for: sanoid runs hooks with Perl's system(), which
  * goes through /bin/sh when the command has shell syntax in it. Skip shells.
  */
-export function ownerPid(): number {
+export function hookOwnerPid(): number {
   let pid = process.ppid;
   for (let i = 0; i < 3; i++) {
     let comm: string;

@@ -139,20 +139,27 @@ function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config:
   return plan;
 }
 
-function domainProblems(domain: Domain, plan: DomainPlan, config: Config): string[] {
-  const problems: string[] = [];
-  const name = JSON.stringify(domain.name);
-  if (plan.action === 'freeze' && !FREEZABLE.includes(domain.state)) {
-    problems.push(`domain ${name} is ${domain.state}: its RAM cannot be saved; resume or shut it down before the snapshot`);
-  }
-  for (const disk of domain.disks) {
-    if (disk.source !== null && isInsideDir(disk.source, config.overlayDir)) {
-      problems.push(
-        `domain ${name} disk ${disk.target} still runs on overlay ${disk.source} from an earlier run: run \`virtsnap recover\``,
-      );
-    }
-  }
-  return problems;
+function stateProblems(domain: Domain, plan: DomainPlan): string[] {
+  if (plan.action !== 'freeze' || FREEZABLE.includes(domain.state)) return [];
+  return [`domain ${JSON.stringify(domain.name)} is ${domain.state}: its RAM cannot be saved; resume or shut it down before the snapshot`];
+}
+
+/**
+ * A domain still on one of our overlays (a run that crashed or whose commit
+ * failed) has its sources in the overlay dir, so it has nothing to freeze;
+ * what matters is whether the image below the overlay is in these datasets.
+ */
+function leftoverProblems(domain: Domain, inv: Inventory, datasets: ReadonlySet<string>, config: Config): string[] {
+  return domain.disks
+    .filter((d) => d.source !== null && isInsideDir(d.source, config.overlayDir))
+    .filter((d) => {
+      const below = d.backing === null ? undefined : inv.datasetOfSource.get(d.backing);
+      return below === undefined || datasets.has(below);
+    })
+    .map(
+      (d) =>
+        `domain ${JSON.stringify(domain.name)} disk ${d.target} still runs on overlay ${d.source} from an earlier run: run \`virtsnap recover\``,
+    );
 }
 
 export function planFreeze(request: RunRequest, inv: Inventory, config: Config): FreezePlan {
@@ -166,9 +173,10 @@ export function planFreeze(request: RunRequest, inv: Inventory, config: Config):
   }
   const domains: DomainPlan[] = [];
   for (const domain of [...inv.domains].sort((a, b) => a.name.localeCompare(b.name))) {
+    problems.push(...leftoverProblems(domain, inv, datasets, config));
     const plan = planDomain(domain, request, inv, config, datasets);
     if (plan === null) continue;
-    problems.push(...domainProblems(domain, plan, config));
+    problems.push(...stateProblems(domain, plan));
     domains.push(plan);
   }
   return {

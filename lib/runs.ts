@@ -4,19 +4,20 @@ import type { Config } from './config.js';
 import { VirtsnapError } from './errors.js';
 import { freeze, thawRun, type Deps, type ThawResult } from './freeze.js';
 import { takeInventory } from './inventory.js';
-import { Journal, ownerPid } from './journal.js';
+import { hookOwnerPid, Journal, ownerOf } from './journal.js';
 import { LibvirtClient } from './libvirt/virsh.js';
 import { log } from './log.js';
 import { planFreeze, runIdOf, type FreezePlan, type RunRequest } from './plan.js';
 import { ZfsClient } from './zfs.js';
 
-export function makeDeps(config: Config, owner = ownerPid()): Deps {
+/** `ownerPid`: the process whose death ends the run; the hooks' is sanoid. */
+export function makeDeps(config: Config, ownerPid = hookOwnerPid()): Deps {
   return {
     virsh: new LibvirtClient({ uri: config.libvirtUri }),
     zfs: new ZfsClient(),
     config,
     journal: new Journal(config.stateDir),
-    ownerPid: owner,
+    owner: ownerOf(ownerPid),
   };
 }
 

@@ -45,9 +45,14 @@ export function settingOf(ini: Ini, section: string, key: string): string | unde
   return found;
 }
 
+/**
+ * sanoid reads `recursive` from the dataset's own section only, never from a
+ * template (it skips the key when applying templates), and takes any value
+ * containing "zfs" as zfs recursion.
+ */
 export function recursionOf(ini: Ini, dataset: string): Recursion {
-  const value = (settingOf(ini, dataset, 'recursive') ?? '').toLowerCase();
-  if (value === 'zfs') return 'zfs';
+  const value = (ini.get(dataset)?.get('recursive') ?? '').toLowerCase();
+  if (value.includes('zfs')) return 'zfs';
   if (['1', 'yes', 'true', 'on'].includes(value)) return 'yes';
   return 'no';
 }

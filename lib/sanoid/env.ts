@@ -73,13 +73,14 @@ export function parsePruneEnv(env: NodeJS.ProcessEnv): PruneEvent {
 }
 
 function parseTargets(env: NodeJS.ProcessEnv): string[] {
-  const raw = env.SANOID_TARGETS || env.SANOID_TARGET;
+  const name = env.SANOID_TARGETS ? 'SANOID_TARGETS' : 'SANOID_TARGET';
+  const raw = env[name];
   if (raw === undefined || raw === '') {
     throw new UsageError('neither SANOID_TARGETS nor SANOID_TARGET is set: run this hook from sanoid 2.1.0 or newer');
   }
   const targets = splitList(raw);
-  if (targets.length === 0) throw new UsageError(`SANOID_TARGETS=${JSON.stringify(raw)} names no dataset`);
-  for (const t of targets) assertDatasetName(t, 'SANOID_TARGETS');
+  if (targets.length === 0) throw new UsageError(`${name}=${JSON.stringify(raw)} names no dataset`);
+  for (const t of targets) assertDatasetName(t, name);
   return targets;
 }
 

@@ -110,9 +110,20 @@ export async function mountpointOf(dataset: string): Promise<string> {
   return (await sh('zfs', ['get', '-H', '-o', 'value', 'mountpoint', dataset])).trim();
 }
 
-export async function snapshotsOf(dataset: string): Promise<string[]> {
+/** Snapshots of `dataset` (and of its whole subtree with `recursive`). */
+export async function snapshotsOf(dataset: string, recursive = false): Promise<string[]> {
   const out = await sh('zfs', ['list', '-H', '-t', 'snapshot', '-o', 'name', '-r', dataset]);
-  return out.split('\n').filter((l) => l.startsWith(`${dataset}@`));
+  const all = out.split('\n').filter((l) => l !== '');
+  return recursive ? all : all.filter((l) => l.startsWith(`${dataset}@`));
+}
+
+/** Stops and undefines test domains left by an earlier, interrupted run. */
+export async function removeDomains(...names: string[]): Promise<void> {
+  for (const name of names) {
+    if (!name.startsWith('vsbed-')) throw new Error(`test domains must be named vsbed-*: ${name}`);
+    await virsh('destroy', name).catch(() => undefined);
+    await virsh('undefine', name).catch(() => undefined);
+  }
 }
 
 export interface GuestDisk {
@@ -173,7 +184,7 @@ export class Guest {
       );
     }
     if (options.cdrom) {
-      const iso = path.join(await mountpointOf(options.dataset), 'media.iso');
+      const iso = path.join(await mountpointOf(options.dataset), `${options.name}-media.iso`);
       writeFileSync(iso, Buffer.alloc(1024 * 1024));
       devices.push(
         `<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='${xmlEscape(iso)}'/><target dev='hdc' bus='ide'/><readonly/></disk>`,
@@ -206,7 +217,7 @@ export class Guest {
   }
 
   async imagePath(d: GuestDisk): Promise<string> {
-    return path.join(await mountpointOf(d.dataset ?? this.options.dataset), `${d.target}.${d.format}`);
+    return path.join(await mountpointOf(d.dataset ?? this.options.dataset), `${this.name}-${d.target}.${d.format}`);
   }
 
   async start(): Promise<void> {
@@ -307,12 +318,19 @@ export interface SanoidRun {
  * `hoursAhead` runs sanoid's clock that far ahead (libfaketime), so a new
  * hourly/daily snapshot is due without waiting for one.
  */
-export async function runSanoid(version: SanoidVersion, conf: string, args: string[], options: { hoursAhead?: number; env?: Record<string, string> } = {}): Promise<SanoidRun> {
+export async function runSanoid(
+  version: SanoidVersion,
+  conf: string,
+  args: string[],
+  options: { hoursAhead?: number; env?: Record<string, string>; configDir?: string } = {},
+): Promise<SanoidRun> {
   const b = await bed();
   const dir = mkdtempSync('/tmp/vsbed-sanoid-');
   mkdirSync(path.join(dir, 'cache'));
   mkdirSync(path.join(dir, 'run'));
-  writeFileSync(path.join(dir, 'sanoid.conf'), conf);
+  const configDir = options.configDir ?? dir;
+  mkdirSync(configDir, { recursive: true });
+  writeFileSync(path.join(configDir, 'sanoid.conf'), conf);
   const env: Record<string, string> = {
     PATH: `${b.sanoidPath}:/usr/sbin:/usr/bin:/sbin:/bin`,
     TZ: 'UTC',
@@ -323,7 +341,7 @@ export async function runSanoid(version: SanoidVersion, conf: string, args: stri
     env.FAKETIME = `+${options.hoursAhead}h`;
     env.FAKETIME_DONT_FAKE_MONOTONIC = '1';
   }
-  const argv = [b.sanoid[version], '--configdir', dir, '--cache-dir', path.join(dir, 'cache'), '--run-dir', path.join(dir, 'run'), ...args];
+  const argv = [b.sanoid[version], '--configdir', configDir, '--cache-dir', path.join(dir, 'cache'), '--run-dir', path.join(dir, 'run'), ...args];
   try {
     const out = await run('/usr/bin/env', ['-i', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...argv], { timeoutMs: 600_000 });
     return { ...out, code: 0 };
@@ -362,4 +380,35 @@ export function writeEnvLoggingHook(file: string, logFile: string): void {
   );
   chmodSync(file, 0o755);
   appendFileSync(logFile, '');
+}
+
+/**
+ * Restores a RAM dump onto a clone of `snapshot` (the original dataset is
+ * left as it is) and returns the console text of the restored guest after a
+ * few rounds of the oracle. The guest must be stopped; it is stopped again
+ * and the clone destroyed afterwards.
+ */
+export async function restoreOnClone(guest: Guest, dumpFile: string, snapshot: string, rounds = 2): Promise<string> {
+  const b = await bed();
+  const [dataset] = snapshot.split('@') as [string];
+  const parent = `${b.pool}/restore`;
+  if (!(await datasetExists(parent))) await sh('zfs', ['create', parent]);
+  const clone = `${parent}/${guest.name}`;
+  await destroyDataset(clone);
+  await sh('zfs', ['clone', snapshot, clone]);
+  const from = await mountpointOf(dataset);
+  const to = await mountpointOf(clone);
+  const dir = mkdtempSync('/tmp/vsbed-restore-');
+  try {
+    const xml = (await virsh('save-image-dumpxml', dumpFile)).split(`'${from}/`).join(`'${to}/`);
+    writeFileSync(path.join(dir, 'domain.xml'), xml);
+    await guest.stop();
+    const offset = guest.consoleSize();
+    await virsh('restore', dumpFile, '--xml', path.join(dir, 'domain.xml'), '--running');
+    return await guest.oracleAfter(offset, rounds);
+  } finally {
+    await guest.stop();
+    rmSync(dir, { recursive: true, force: true });
+    await destroyDataset(clone);
+  }
 }

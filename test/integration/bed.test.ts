@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { bed, destroyDataset, Guest, mismatches, runSanoid, sh, snapshotsOf, virsh, writeEnvLoggingHook, zfsRetry, type Bed, type SanoidVersion } from '../helpers/bed.js';
+import { bed, destroyDataset, removeDomains, Guest, mismatches, runSanoid, sh, snapshotsOf, virsh, writeEnvLoggingHook, zfsRetry, type Bed, type SanoidVersion } from '../helpers/bed.js';
 
 const versions: SanoidVersion[] = ['2.1.0', '2.2.0'];
 
@@ -17,6 +17,7 @@ describe('test bed', () => {
   before(async () => {
     b = await bed();
     dataset = `${b.vmDataset}/bed`;
+    await removeDomains('vsbed-bed');
     await destroyDataset(dataset);
     guest = await Guest.create({ name: 'vsbed-bed', dataset });
     await guest.start();

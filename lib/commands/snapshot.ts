@@ -1,0 +1,57 @@
+// `virtsnap snapshot DATASET [-r] [--name NAME]`: a one-off consistent
+// snapshot, the same freeze/thaw as the hooks with `zfs snapshot` between.
+import type { ArchivedDump } from '../archive.js';
+import { VirtsnapError } from '../errors.js';
+import type { Deps } from '../freeze.js';
+import { stampOf } from '../inventory.js';
+import { log } from '../log.js';
+import type { FreezePlan } from '../plan.js';
+import { planRun, runPost, runPre } from '../runs.js';
+import { assertDatasetName, assertSnapshotName } from '../zfs.js';
+
+export interface SnapshotOptions {
+  dataset: string;
+  recursive: boolean;
+  name?: string;
+  dryRun: boolean;
+}
+
+export interface SnapshotResult {
+  snapshots: string[];
+  plan: FreezePlan;
+  dumps: ArchivedDump[];
+}
+
+export function defaultSnapshotName(now = new Date()): string {
+  return `virtsnap_${stampOf(now).replace(/\.\d+Z$/, 'Z')}`;
+}
+
+export async function oneOffSnapshot(options: SnapshotOptions, deps: Deps): Promise<SnapshotResult> {
+  assertDatasetName(options.dataset, 'virtsnap snapshot');
+  const name = options.name ?? defaultSnapshotName();
+  assertSnapshotName(name, '--name');
+  const request = { targets: [options.dataset], snapnames: [name], types: [] };
+  const snapshot = `${options.dataset}@${name}`;
+  if (options.dryRun) {
+    return { snapshots: [snapshot], plan: await planRun(request, deps, { recursive: options.recursive }), dumps: [] };
+  }
+  if ((await deps.zfs.listSnapshots(options.dataset, false)).includes(snapshot)) {
+    throw new VirtsnapError(`snapshot ${snapshot} already exists: choose another --name`);
+  }
+  const plan = await runPre(request, deps, { recursive: options.recursive });
+  let snapshotError: unknown = null;
+  try {
+    await deps.zfs.snapshot([snapshot], options.recursive);
+    log.info(`took ZFS snapshot ${snapshot}${options.recursive ? ' (recursive)' : ''}`, { dataset: options.dataset });
+  } catch (err) {
+    snapshotError = err;
+  }
+  // Thaw whether or not the snapshot worked: the VMs must leave their overlays.
+  const { dumps } = await runPost(request, deps);
+  if (snapshotError !== null) throw snapshotError;
+  const frozen = plan.domains.filter((d) => d.action === 'freeze').length;
+  if (dumps.length !== frozen) {
+    throw new VirtsnapError(`snapshot ${snapshot} was taken but only ${dumps.length} of ${frozen} RAM dumps were archived (see above)`);
+  }
+  return { snapshots: [snapshot], plan, dumps };
+}

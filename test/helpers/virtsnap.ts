@@ -1,0 +1,94 @@
+// virtsnap as sanoid and users run it, pointed at the test bed.
+import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { listDumps, type ArchivedDump } from '../../lib/archive.js';
+import { bed, hookCommand, runSanoid, type SanoidRun, type SanoidVersion } from './bed.js';
+
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+export const hooks = {
+  pre: path.join(repoRoot, 'hooks/pre-snapshot'),
+  post: path.join(repoRoot, 'hooks/post-snapshot'),
+  prune: path.join(repoRoot, 'hooks/prune'),
+};
+export const cli = path.join(repoRoot, 'bin/virtsnap');
+
+/** One virtsnap installation for a test: its env file, archive and state dirs, sanoid.conf. */
+export class Setup {
+  readonly envFile: string;
+  readonly archiveDir: string;
+  readonly stateDir: string;
+  readonly sanoidDir: string;
+
+  constructor(
+    readonly root: string,
+    readonly overlayDir: string,
+  ) {
+    this.envFile = path.join(root, 'virtsnap.env');
+    this.archiveDir = path.join(root, 'archive');
+    this.stateDir = path.join(root, 'state');
+    this.sanoidDir = path.join(root, 'sanoid');
+  }
+
+  static async create(name: string, settings: Record<string, string> = {}): Promise<Setup> {
+    const b = await bed();
+    const root = path.join(b.dir, 'tests', name);
+    rmSync(root, { recursive: true, force: true });
+    mkdirSync(root, { recursive: true, mode: 0o700 });
+    const s = new Setup(root, b.overlayDir);
+    s.writeEnv(settings);
+    return s;
+  }
+
+  writeEnv(settings: Record<string, string> = {}): void {
+    const values: Record<string, string> = {
+      VIRTSNAP_OVERLAY_DIR: this.overlayDir,
+      VIRTSNAP_ARCHIVE_DIR: this.archiveDir,
+      VIRTSNAP_STATE_DIR: this.stateDir,
+      VIRTSNAP_SANOID_CONF: path.join(this.sanoidDir, 'sanoid.conf'),
+      ...settings,
+    };
+    writeFileSync(this.envFile, Object.entries(values).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join('\n') + '\n');
+  }
+
+  /** Environment for running a hook or the CLI directly. */
+  env(extra: Record<string, string> = {}): Record<string, string> {
+    return { VIRTSNAP_CONFIG: this.envFile, ...extra };
+  }
+
+  /** A sanoid.conf section for `dataset` with our hooks, as the README tells users to write it. */
+  section(dataset: string, options: Record<string, string> = {}): string {
+    const values: Record<string, string> = {
+      autosnap: 'yes',
+      autoprune: 'no',
+      hourly: '3',
+      daily: '2',
+      monthly: '0',
+      yearly: '0',
+      pre_snapshot_script: hookCommand(hooks.pre, { VIRTSNAP_CONFIG: this.envFile }),
+      post_snapshot_script: hookCommand(hooks.post, { VIRTSNAP_CONFIG: this.envFile }),
+      script_timeout: '300',
+      force_post_snapshot_script: 'yes',
+      ...options,
+    };
+    return `[${dataset}]\n${Object.entries(values).map(([k, v]) => `  ${k} = ${v}`).join('\n')}\n`;
+  }
+
+  async sanoid(version: SanoidVersion, conf: string, args: string[], hoursAhead = 0): Promise<SanoidRun> {
+    return runSanoid(version, conf, args, { hoursAhead, configDir: this.sanoidDir });
+  }
+
+  dumps(): ArchivedDump[] {
+    return listDumps(this.archiveDir);
+  }
+
+  journalFiles(): string[] {
+    const dir = path.join(this.stateDir, 'journal');
+    return existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith('.json')) : [];
+  }
+}
+
+/** Files in the overlay dir that belong to domain `name` (overlays, memory files, meta dirs). */
+export function leftovers(overlayDir: string, name: string): string[] {
+  return existsSync(overlayDir) ? readdirSync(overlayDir).filter((f) => f.startsWith(`${name}.`)) : [];
+}

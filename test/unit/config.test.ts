@@ -1,0 +1,135 @@
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { loadConfig } from '../../lib/config.js';
+import { ConfigError } from '../../lib/errors.js';
+
+let dir: string;
+let empty: string;
+const savedLog = process.env.VIRTSNAP_LOG;
+
+before(() => {
+  dir = mkdtempSync(path.join(tmpdir(), 'virtsnap-config-'));
+  empty = path.join(dir, 'empty.env');
+  writeFileSync(empty, '');
+  // loadConfig copies VIRTSNAP_LOG into process.env when unset; keep it quiet and restorable
+  process.env.VIRTSNAP_LOG = 'error';
+});
+
+after(() => {
+  rmSync(dir, { recursive: true, force: true });
+  if (savedLog === undefined) delete process.env.VIRTSNAP_LOG;
+  else process.env.VIRTSNAP_LOG = savedLog;
+});
+
+function envFile(name: string, text: string): string {
+  const file = path.join(dir, name);
+  writeFileSync(file, text);
+  return file;
+}
+
+function assertConfigError(fn: () => unknown, message: RegExp): void {
+  assert.throws(fn, (err: unknown) => {
+    assert.ok(err instanceof ConfigError, `expected ConfigError, got ${String(err)}`);
+    assert.match(err.message, message);
+    return true;
+  });
+}
+
+describe('loadConfig', () => {
+  it('defaults', () => {
+    const c = loadConfig({ VIRTSNAP_CONFIG: empty });
+    assert.deepEqual(c, {
+      libvirtUri: 'qemu:///system',
+      overlayDir: '/var/lib/virtsnap/overlay',
+      archiveDir: '/var/lib/virtsnap/archive',
+      stateDir: '/var/lib/virtsnap/state',
+      sanoidConf: '/etc/sanoid/sanoid.conf',
+      live: true,
+      saveTimeoutMs: 600_000,
+      commitTimeoutMs: 300_000,
+      lockTimeoutMs: 120_000,
+      configFile: empty,
+    });
+  });
+
+  it('values from an env file (comments, quotes, export-less lines)', () => {
+    const file = envFile(
+      'values.env',
+      [
+        '# virtsnap settings',
+        'VIRTSNAP_LIBVIRT_URI=qemu+ssh://host/system',
+        'VIRTSNAP_OVERLAY_DIR="/srv/overlay dir/"',
+        "VIRTSNAP_ARCHIVE_DIR='/srv/archive'",
+        'VIRTSNAP_STATE_DIR=/srv/state//x/..',
+        'VIRTSNAP_SANOID_CONF=/opt/sanoid/sanoid.conf',
+        'VIRTSNAP_LIVE=no',
+        'VIRTSNAP_SAVE_TIMEOUT=1.5',
+        'VIRTSNAP_COMMIT_TIMEOUT=10',
+        'VIRTSNAP_LOCK_TIMEOUT=2',
+        'OTHER_TOOL_SETTING=ignored',
+      ].join('\n'),
+    );
+    const c = loadConfig({ VIRTSNAP_CONFIG: file });
+    assert.equal(c.libvirtUri, 'qemu+ssh://host/system');
+    assert.equal(c.overlayDir, '/srv/overlay dir');
+    assert.equal(c.archiveDir, '/srv/archive');
+    assert.equal(c.stateDir, '/srv/state');
+    assert.equal(c.sanoidConf, '/opt/sanoid/sanoid.conf');
+    assert.equal(c.live, false);
+    assert.equal(c.saveTimeoutMs, 1500);
+    assert.equal(c.commitTimeoutMs, 10_000);
+    assert.equal(c.lockTimeoutMs, 2000);
+    assert.equal(c.configFile, file);
+  });
+
+  it('the real environment wins over the file', () => {
+    const file = envFile('wins.env', 'VIRTSNAP_OVERLAY_DIR=/from/file\nVIRTSNAP_LIVE=no\nVIRTSNAP_LOCK_TIMEOUT=5\n');
+    const c = loadConfig({ VIRTSNAP_CONFIG: file, VIRTSNAP_OVERLAY_DIR: '/from/env', VIRTSNAP_LIVE: 'yes' });
+    assert.equal(c.overlayDir, '/from/env');
+    assert.equal(c.live, true);
+    assert.equal(c.lockTimeoutMs, 5000);
+  });
+
+  it('reads the env it is given, not process.env', () => {
+    const saved = process.env.VIRTSNAP_OVERLAY_DIR;
+    process.env.VIRTSNAP_OVERLAY_DIR = '/from/process/env';
+    try {
+      assert.equal(loadConfig({ VIRTSNAP_CONFIG: empty }).overlayDir, '/var/lib/virtsnap/overlay');
+    } finally {
+      if (saved === undefined) delete process.env.VIRTSNAP_OVERLAY_DIR;
+      else process.env.VIRTSNAP_OVERLAY_DIR = saved;
+    }
+  });
+
+  it('unknown VIRTSNAP_ key in the file -> ConfigError naming key and file', () => {
+    const file = envFile('unknown.env', 'VIRTSNAP_OVERLAYDIR=/typo\n');
+    assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: file }), /VIRTSNAP_OVERLAYDIR.*unknown\.env/);
+  });
+
+  it('relative path -> ConfigError naming the setting', () => {
+    assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_OVERLAY_DIR: 'overlay' }), /VIRTSNAP_OVERLAY_DIR=overlay.*absolute/);
+    const file = envFile('relative.env', 'VIRTSNAP_ARCHIVE_DIR=./archive\n');
+    assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: file }), /VIRTSNAP_ARCHIVE_DIR/);
+  });
+
+  it('VIRTSNAP_CONFIG pointing at a missing file -> ConfigError', () => {
+    const missing = path.join(dir, 'missing.env');
+    assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: missing }), /missing\.env.*VIRTSNAP_CONFIG/);
+  });
+
+  it('bad VIRTSNAP_LIVE -> ConfigError; all yes/no spellings are accepted', () => {
+    assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_LIVE: 'maybe' }), /VIRTSNAP_LIVE=maybe/);
+    for (const v of ['1', 'yes', 'TRUE', 'on']) assert.equal(loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_LIVE: v }).live, true, v);
+    for (const v of ['0', 'no', 'False', 'OFF']) assert.equal(loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_LIVE: v }).live, false, v);
+  });
+
+  it('bad timeouts and empty values -> ConfigError', () => {
+    assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_SAVE_TIMEOUT: 'ten' }), /VIRTSNAP_SAVE_TIMEOUT/);
+    assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_COMMIT_TIMEOUT: '0' }), /VIRTSNAP_COMMIT_TIMEOUT/);
+    assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_LOCK_TIMEOUT: '-5' }), /VIRTSNAP_LOCK_TIMEOUT/);
+    assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_LIBVIRT_URI: '  ' }), /VIRTSNAP_LIBVIRT_URI is empty/);
+  });
+});

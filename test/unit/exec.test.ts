@@ -1,0 +1,122 @@
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { run } from '../../lib/exec.js';
+import { CommandError } from '../../lib/errors.js';
+
+let dir: string;
+
+before(() => {
+  dir = mkdtempSync(path.join(tmpdir(), 'virtsnap-exec-'));
+});
+
+after(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('run', () => {
+  it('passes arguments with shell metacharacters verbatim and runs nothing else', async () => {
+    const marker = path.join(dir, 'pwned');
+    const marker2 = path.join(dir, 'pwned2');
+    const marker3 = path.join(dir, 'pwned3');
+    const args = [
+      `$(touch ${marker})`,
+      `\`touch ${marker2}\``,
+      `; touch ${marker3}; rm -rf ${dir}`,
+      `| cat /etc/passwd`,
+      `&& echo hi`,
+      `it's "quoted"`,
+      'two  spaces and\ttab',
+      'line one\nline two',
+      '*',
+      '~',
+      '$HOME',
+      '\\back\\slash',
+      '',
+      '-n',
+      '--',
+      '> out.txt',
+      'ünïcødé ✓',
+    ];
+    const out = await run('node', ['-e', 'process.stdout.write(JSON.stringify(process.argv.slice(1)))', ...args], { timeoutMs: 10_000 });
+    assert.deepEqual(JSON.parse(out.stdout), args);
+    assert.equal(existsSync(marker), false);
+    assert.equal(existsSync(marker2), false);
+    assert.equal(existsSync(marker3), false);
+    assert.ok(existsSync(dir));
+    assert.deepEqual(readdirSync(dir), []);
+  });
+
+  it("printf '%s\\n' prints each argument on its own line", async () => {
+    const out = await run('printf', ['%s\n', 'a b', '$(id)', "c'd"]);
+    assert.equal(out.stdout, "a b\n$(id)\nc'd\n");
+  });
+
+  it('a command name with spaces or metacharacters is one word, not shell code', async () => {
+    const marker = path.join(dir, 'cmd-pwned');
+    await assert.rejects(run(`true; touch ${marker}`, []), CommandError);
+    assert.equal(existsSync(marker), false);
+  });
+
+  it('a failing command throws CommandError carrying its stderr and exit code', async () => {
+    await assert.rejects(run('sh', ['-c', 'echo "first problem" >&2; echo second >&2; exit 3']), (err: unknown) => {
+      assert.ok(err instanceof CommandError);
+      assert.equal(err.status, 3);
+      assert.equal(err.timedOut, false);
+      assert.equal(err.command, 'sh');
+      assert.match(err.stderr, /first problem/);
+      assert.match(err.stderr, /second/);
+      assert.match(err.message, /first problem/);
+      assert.equal(err.exitCode, 1);
+      return true;
+    });
+  });
+
+  it('a missing program throws CommandError', async () => {
+    await assert.rejects(run('/nonexistent/virtsnap-no-such-program', []), CommandError);
+  });
+
+  it('a timeout kills the command and throws CommandError with timedOut', async () => {
+    const start = Date.now();
+    await assert.rejects(run('sleep', ['5'], { timeoutMs: 300 }), (err: unknown) => {
+      assert.ok(err instanceof CommandError);
+      assert.equal(err.timedOut, true);
+      assert.match(err.message, /timed out/);
+      return true;
+    });
+    assert.ok(Date.now() - start < 3000, 'did not wait for sleep to finish');
+  });
+
+  it(
+    'a command killed by a signal (not by our timeout) is not reported as timed out',
+    async () => {
+      await assert.rejects(run('sh', ['-c', 'kill -TERM $$'], { timeoutMs: 10_000 }), (err: unknown) => {
+        assert.ok(err instanceof CommandError);
+        assert.equal(err.timedOut, false);
+        return true;
+      });
+    },
+  );
+
+  it('LC_ALL and LANG are C in the child, even if the caller asks otherwise', async () => {
+    const out = await run('sh', ['-c', 'printf "%s|%s" "$LC_ALL" "$LANG"']);
+    assert.equal(out.stdout, 'C|C');
+    const out2 = await run('sh', ['-c', 'printf "%s" "$LC_ALL"'], { env: { LC_ALL: 'de_DE.UTF-8' } });
+    assert.equal(out2.stdout, 'C');
+  });
+
+  it('extra env reaches the child; input goes to stdin', async () => {
+    const out = await run('sh', ['-c', 'printf "%s" "$VIRTSNAP_TEST_X"'], { env: { VIRTSNAP_TEST_X: 'a $(b) c' } });
+    assert.equal(out.stdout, 'a $(b) c');
+    const cat = await run('cat', [], { input: 'line1\n$(line2)\n' });
+    assert.equal(cat.stdout, 'line1\n$(line2)\n');
+  });
+
+  it('returns stdout and stderr of a successful command', async () => {
+    const out = await run('sh', ['-c', 'echo out; echo err >&2']);
+    assert.equal(out.stdout, 'out\n');
+    assert.equal(out.stderr, 'err\n');
+  });
+});

@@ -1,0 +1,357 @@
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { XMLValidator } from 'fast-xml-parser';
+import { loadConfig, type Config } from '../../lib/config.js';
+import type { Inventory } from '../../lib/inventory.js';
+import { parseDomainXml, type Disk } from '../../lib/libvirt/domain-xml.js';
+import type { Domain, DomainState } from '../../lib/libvirt/virsh.js';
+import { planFreeze, runIdOf, type RunRequest } from '../../lib/plan.js';
+
+const OVERLAY = '/var/lib/virtsnap/overlay';
+const STAMP = '20240102T030405.678Z';
+const SNAP1 = 'autosnap_2024-01-02_03:04:05_monthly';
+const SNAP2 = 'autosnap_2024-01-02_03:04:05_daily';
+
+let tmp: string;
+let config: Config;
+
+before(() => {
+  tmp = mkdtempSync(path.join(tmpdir(), 'virtsnap-plan-'));
+  const envFile = path.join(tmp, 'virtsnap.env');
+  writeFileSync(envFile, '');
+  config = loadConfig({
+    VIRTSNAP_CONFIG: envFile,
+    VIRTSNAP_OVERLAY_DIR: OVERLAY,
+    VIRTSNAP_ARCHIVE_DIR: path.join(tmp, 'archive'),
+    VIRTSNAP_STATE_DIR: path.join(tmp, 'state'),
+    VIRTSNAP_LOG: 'error',
+  });
+});
+
+after(() => {
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+function disk(target: string, source: string | null, more: Partial<Disk> = {}): Disk {
+  return { target, device: 'disk', type: 'file', source, format: 'qcow2', readonly: false, shareable: false, backing: null, ...more };
+}
+
+let uuidCounter = 0;
+function dom(name: string, state: DomainState, disks: Disk[], more: Partial<Domain> = {}): Domain {
+  uuidCounter++;
+  const uuid = `${uuidCounter.toString(16).padStart(8, '0')}-0000-4000-8000-000000000000`;
+  return { name, uuid, memoryKiB: 1024, disks, nvram: null, tpmEmulator: false, state, xml: '<domain/>', ...more };
+}
+
+function inventory(domains: Domain[], more: Partial<Inventory> = {}): Inventory {
+  return {
+    stamp: STAMP,
+    datasets: ['tank/vm'],
+    domains,
+    datasetOfSource: new Map([
+      ['/tank/vm/a.qcow2', 'tank/vm'],
+      ['/tank/vm/b.raw', 'tank/vm'],
+      ['/tank/vm/c.qcow2', 'tank/vm'],
+      ['/tank/vm/sub/d.qcow2', 'tank/vm/sub'],
+      ['/tank/other/e.qcow2', 'tank/other'],
+      ['/dev/zvol/tank/vm/z0', 'tank/vm/z0'],
+      ['/tank/vm/cd.iso', 'tank/vm'],
+      ['/tank/vm/shared.img', 'tank/vm'],
+      ['/tank/vm/ro.img', 'tank/vm'],
+    ]),
+    mountpointOf: new Map([
+      ['tank/vm', '/tank/vm'],
+      ['tank/vm/sub', '/tank/vm/sub'],
+      ['tank/other', '/tank/other'],
+    ]),
+    datasetOfOverlayDir: null,
+    problems: [],
+    ...more,
+  };
+}
+
+const request: RunRequest = { targets: ['tank/vm'], snapnames: [SNAP1, SNAP2], types: ['monthly', 'daily'] };
+
+describe('runIdOf', () => {
+  it('is targets@first snapname', () => {
+    assert.equal(runIdOf({ targets: ['tank/vm'], snapnames: [SNAP1, SNAP2] }), `tank/vm@${SNAP1}`);
+    assert.equal(runIdOf({ targets: ['tank/a', 'tank/b'], snapnames: ['s'] }), 'tank/a,tank/b@s');
+    assert.notEqual(runIdOf({ targets: ['tank/vm'], snapnames: ['x'] }), runIdOf({ targets: ['tank/vm'], snapnames: ['y'] }));
+  });
+});
+
+describe('planFreeze', () => {
+  it('plan header: runId, targets, snapnames, types, datasets sorted', () => {
+    const plan = planFreeze(request, inventory([], { datasets: ['tank/vm/sub', 'tank/vm'] }), config);
+    assert.equal(plan.runId, runIdOf(request));
+    assert.deepEqual(plan.targets, ['tank/vm']);
+    assert.deepEqual(plan.snapnames, [SNAP1, SNAP2]);
+    assert.deepEqual(plan.types, ['monthly', 'daily']);
+    assert.deepEqual(plan.datasets, ['tank/vm', 'tank/vm/sub']);
+    assert.deepEqual(plan.domains, []);
+    assert.deepEqual(plan.problems, []);
+  });
+
+  it('skips cdrom, read-only, shareable, network, empty and lun disks with a reason', () => {
+    const d = dom('web', 'running', [
+      disk('vda', '/tank/vm/a.qcow2'),
+      disk('hdc', '/tank/vm/cd.iso', { device: 'cdrom', readonly: true, format: 'raw' }),
+      disk('vdb', '/tank/vm/ro.img', { readonly: true }),
+      disk('vdc', '/tank/vm/shared.img', { shareable: true }),
+      disk('vdd', null, { type: 'network' }),
+      disk('sdb', null, { device: 'cdrom' }),
+      disk('sdc', '/dev/sg0', { device: 'lun', type: 'block' }),
+      disk('fda', '/tank/vm/c.qcow2', { device: 'floppy' }),
+    ]);
+    const plan = planFreeze(request, inventory([d]), config);
+    assert.equal(plan.domains.length, 1);
+    const byTarget = new Map(plan.domains[0]!.disks.map((x) => [x.target, x]));
+    assert.equal(byTarget.get('vda')!.skip, null);
+    assert.ok(byTarget.get('vda')!.overlay !== null);
+    const expected: Record<string, RegExp> = {
+      hdc: /cdrom/,
+      vdb: /read-only/,
+      vdc: /shareable/,
+      vdd: /network/,
+      sdb: /cdrom/,
+      sdc: /lun/,
+      fda: /floppy/,
+    };
+    for (const [target, reason] of Object.entries(expected)) {
+      const p = byTarget.get(target)!;
+      assert.ok(p.skip !== null, `${target} should be skipped`);
+      assert.match(p.skip, reason, target);
+      assert.equal(p.overlay, null, target);
+    }
+    // snapshot XML names every disk, the skipped ones with snapshot='no'
+    const xml = plan.domains[0]!.snapshotXml!;
+    assert.equal(XMLValidator.validate(xml), true);
+    for (const t of byTarget.keys()) assert.ok(xml.includes(`name='${t}'`), t);
+    assert.equal((xml.match(/snapshot='no'/g) ?? []).length, 7);
+  });
+
+  it('a disk in a dataset not in inventory.datasets is skipped; one outside ZFS too', () => {
+    const d = dom('mixed', 'running', [
+      disk('vda', '/tank/vm/a.qcow2'),
+      disk('vdb', '/tank/vm/sub/d.qcow2'),
+      disk('vdc', '/tank/other/e.qcow2'),
+      disk('vdd', '/srv/plain/f.qcow2'),
+    ]);
+    const plan = planFreeze(request, inventory([d]), config);
+    const disks = plan.domains[0]!.disks;
+    assert.equal(disks[0]!.skip, null);
+    assert.equal(disks[0]!.dataset, 'tank/vm');
+    assert.equal(disks[1]!.dataset, 'tank/vm/sub');
+    assert.match(disks[1]!.skip!, /outside the snapshotted datasets/);
+    assert.equal(disks[2]!.dataset, 'tank/other');
+    assert.match(disks[2]!.skip!, /outside/);
+    assert.equal(disks[3]!.dataset, null);
+    assert.match(disks[3]!.skip!, /outside/);
+    // only tank/vm holds a frozen disk
+    assert.deepEqual(plan.domains[0]!.snapshots, [`tank/vm@${SNAP1}`, `tank/vm@${SNAP2}`]);
+  });
+
+  it('with the subtree in datasets (recursive = zfs), child datasets freeze too', () => {
+    const d = dom('mixed', 'running', [disk('vda', '/tank/vm/a.qcow2'), disk('vdb', '/tank/vm/sub/d.qcow2'), disk('vdc', '/dev/zvol/tank/vm/z0', { type: 'block', format: 'raw' })]);
+    const plan = planFreeze(request, inventory([d], { datasets: ['tank/vm', 'tank/vm/sub', 'tank/vm/z0'] }), config);
+    const p = plan.domains[0]!;
+    assert.deepEqual(
+      p.disks.map((x) => x.skip),
+      [null, null, null],
+    );
+    // snapshots = every dataset holding a frozen disk x every snapname
+    assert.deepEqual(
+      [...p.snapshots].sort(),
+      [
+        `tank/vm/sub@${SNAP1}`,
+        `tank/vm/sub@${SNAP2}`,
+        `tank/vm/z0@${SNAP1}`,
+        `tank/vm/z0@${SNAP2}`,
+        `tank/vm@${SNAP1}`,
+        `tank/vm@${SNAP2}`,
+      ].sort(),
+    );
+    assert.equal(p.snapshots.length, 6);
+    assert.equal(new Set(p.snapshots).size, 6);
+    // meta dirs only for mounted datasets (a zvol has none)
+    assert.deepEqual([...p.datasetMetaDirs].sort(), ['/tank/vm/.virtsnap/mixed', '/tank/vm/sub/.virtsnap/mixed']);
+  });
+
+  it('two disks in one dataset give that dataset once per snapname', () => {
+    const d = dom('two', 'running', [disk('vda', '/tank/vm/a.qcow2'), disk('vdb', '/tank/vm/b.raw', { format: 'raw' })]);
+    const plan = planFreeze(request, inventory([d]), config);
+    assert.deepEqual(plan.domains[0]!.snapshots, [`tank/vm@${SNAP1}`, `tank/vm@${SNAP2}`]);
+  });
+
+  it('running domain: action freeze, live, memory file and overlays inside the overlay dir, unique', () => {
+    const d = dom('web', 'running', [disk('vda', '/tank/vm/a.qcow2'), disk('vdb', '/tank/vm/b.raw', { format: 'raw' }), disk('vdc', '/tank/vm/c.qcow2')], {
+      nvram: '/var/lib/libvirt/qemu/nvram/web_VARS.fd',
+      tpmEmulator: true,
+    });
+    const plan = planFreeze(request, inventory([d]), config);
+    assert.deepEqual(plan.problems, []);
+    const p = plan.domains[0]!;
+    assert.equal(p.action, 'freeze');
+    assert.equal(p.live, true);
+    assert.equal(p.name, 'web');
+    assert.equal(p.uuid, d.uuid);
+    assert.equal(p.state, 'running');
+    assert.ok(p.tag.includes(STAMP));
+    assert.ok(p.tag.includes(d.uuid.slice(0, 8)));
+    assert.equal(p.nvram, d.nvram);
+    assert.equal(p.tpmEmulator, true);
+    assert.ok(p.memoryFile !== null);
+    assert.equal(path.dirname(p.memoryFile), OVERLAY);
+    assert.equal(path.dirname(p.metaDir), OVERLAY);
+    const overlays = p.disks.map((x) => x.overlay);
+    for (const o of overlays) {
+      assert.ok(o !== null);
+      assert.equal(path.dirname(o), OVERLAY, o);
+      assert.ok(o.endsWith('.qcow2'), o);
+    }
+    const files = [...overlays, p.memoryFile, p.metaDir];
+    assert.equal(new Set(files).size, files.length, 'every file name is unique');
+    assert.ok(p.snapshotXml !== null);
+    for (const o of overlays) assert.ok(p.snapshotXml.includes(`file='${o}'`));
+    assert.ok(p.snapshotXml.includes(`file='${p.memoryFile}'`));
+  });
+
+  it('overlay names are unique across domains, even with equal names and disk targets', () => {
+    const a = dom('same', 'running', [disk('vda', '/tank/vm/a.qcow2')]);
+    const b = dom('same', 'running', [disk('vda', '/tank/vm/b.raw')]);
+    const plan = planFreeze(request, inventory([a, b]), config);
+    assert.equal(plan.domains.length, 2);
+    const files = plan.domains.flatMap((p) => [p.memoryFile, p.metaDir, ...p.disks.map((x) => x.overlay)]);
+    assert.equal(new Set(files).size, files.length);
+  });
+
+  it('a domain name with / and .. cannot put files outside the overlay dir', () => {
+    const d = dom('../../etc/evil', 'running', [disk('vd/a', '/tank/vm/a.qcow2')]);
+    const p = planFreeze(request, inventory([d]), config).domains[0]!;
+    for (const f of [p.memoryFile!, p.metaDir, p.disks[0]!.overlay!]) {
+      assert.equal(path.dirname(f), OVERLAY, f);
+      assert.equal(path.resolve(f), f);
+    }
+    for (const m of p.datasetMetaDirs) assert.equal(path.dirname(m), '/tank/vm/.virtsnap');
+  });
+
+  it('shut-off domain -> record, no overlays, no memory file, no snapshot XML', () => {
+    const d = dom('off', 'shut off', [disk('vda', '/tank/vm/a.qcow2'), disk('vdb', '/tank/vm/b.raw')]);
+    const plan = planFreeze(request, inventory([d]), config);
+    assert.deepEqual(plan.problems, []);
+    const p = plan.domains[0]!;
+    assert.equal(p.action, 'record');
+    assert.equal(p.memoryFile, null);
+    assert.equal(p.snapshotXml, null);
+    assert.equal(p.live, false);
+    assert.deepEqual(
+      p.disks.map((x) => x.overlay),
+      [null, null],
+    );
+    // still recorded against the snapshots its disks are in
+    assert.deepEqual(p.snapshots, [`tank/vm@${SNAP1}`, `tank/vm@${SNAP2}`]);
+    assert.deepEqual(p.datasetMetaDirs, ['/tank/vm/.virtsnap/off']);
+  });
+
+  it('paused domain -> freeze, live false', () => {
+    const plan = planFreeze(request, inventory([dom('p', 'paused', [disk('vda', '/tank/vm/a.qcow2')])]), config);
+    assert.deepEqual(plan.problems, []);
+    assert.equal(plan.domains[0]!.action, 'freeze');
+    assert.equal(plan.domains[0]!.live, false);
+  });
+
+  it('VIRTSNAP_LIVE=no -> running domain not live', () => {
+    const noLive = { ...config, live: false };
+    const plan = planFreeze(request, inventory([dom('r', 'running', [disk('vda', '/tank/vm/a.qcow2')])]), noLive);
+    assert.equal(plan.domains[0]!.live, false);
+  });
+
+  it('pmsuspended (and crashed) domain -> a problem naming it', () => {
+    const plan = planFreeze(
+      request,
+      inventory([dom('sleepy', 'pmsuspended', [disk('vda', '/tank/vm/a.qcow2')]), dom('dead', 'crashed', [disk('vda', '/tank/vm/b.raw')])]),
+      config,
+    );
+    assert.equal(plan.problems.length, 2);
+    assert.ok(plan.problems.some((p) => p.includes('"sleepy"') && p.includes('pmsuspended')));
+    assert.ok(plan.problems.some((p) => p.includes('"dead"') && p.includes('crashed')));
+  });
+
+  it('a disk whose source is inside the overlay dir -> a problem mentioning virtsnap recover', () => {
+    const d = dom('leftover', 'running', [disk('vda', '/tank/vm/a.qcow2'), disk('vdb', `${OVERLAY}/leftover.old.vdb.qcow2`, { backing: '/tank/vm/b.raw' })]);
+    const plan = planFreeze(request, inventory([d]), config);
+    assert.equal(plan.problems.length, 1);
+    assert.match(plan.problems[0]!, /virtsnap recover/);
+    assert.match(plan.problems[0]!, /vdb/);
+  });
+
+  it(
+    'a domain whose every disk runs on a leftover overlay -> a problem mentioning virtsnap recover',
+    () => {
+      const d = { ...parseDomainXml(readFileSync(new URL('../../../test/fixtures/dumpxml-on-overlays.xml', import.meta.url), 'utf8')), state: 'running' as const, xml: '' };
+      const overlayConfig = { ...config, overlayDir: '/var/lib/vsbed/overlay' };
+      const inv = inventory([d], {
+        datasets: ['vsbed/vm'],
+        datasetOfSource: new Map([
+          ['/vsbed/vm/t1/disk.qcow2', 'vsbed/vm'],
+          ['/vsbed/vm/t1/data.raw', 'vsbed/vm'],
+          ['/vsbed/vm/t1/cd.iso', 'vsbed/vm'],
+        ]),
+      });
+      const plan = planFreeze({ ...request, targets: ['vsbed/vm'] }, inv, overlayConfig);
+      assert.ok(
+        plan.problems.some((p) => /virtsnap recover/.test(p)),
+        `expected a recover problem, got ${JSON.stringify(plan.problems)}`,
+      );
+    },
+  );
+
+  it('overlay dir inside a snapshotted dataset -> a problem; outside -> none', () => {
+    const d = dom('web', 'running', [disk('vda', '/tank/vm/a.qcow2')]);
+    const inside = planFreeze(request, inventory([d], { datasetOfOverlayDir: 'tank/vm' }), config);
+    assert.equal(inside.problems.length, 1);
+    assert.match(inside.problems[0]!, /VIRTSNAP_OVERLAY_DIR/);
+    assert.match(inside.problems[0]!, /tank\/vm/);
+    const elsewhere = planFreeze(request, inventory([d], { datasetOfOverlayDir: 'tank/other' }), config);
+    assert.deepEqual(elsewhere.problems, []);
+  });
+
+  it('inventory problems are carried over', () => {
+    const plan = planFreeze(request, inventory([], { problems: ['something odd'] }), config);
+    assert.deepEqual(plan.problems, ['something odd']);
+  });
+
+  it('a domain with no disk in the datasets is not in the plan', () => {
+    const plan = planFreeze(
+      request,
+      inventory([
+        dom('elsewhere', 'running', [disk('vda', '/tank/other/e.qcow2')]),
+        dom('nodisks', 'running', []),
+        dom('cdonly', 'running', [disk('hdc', '/tank/vm/cd.iso', { device: 'cdrom', readonly: true })]),
+        dom('pmsusp-elsewhere', 'pmsuspended', [disk('vda', '/tank/other/e.qcow2')]),
+        dom('here', 'running', [disk('vda', '/tank/vm/a.qcow2')]),
+      ]),
+      config,
+    );
+    assert.deepEqual(
+      plan.domains.map((d) => d.name),
+      ['here'],
+    );
+    assert.deepEqual(plan.problems, []);
+  });
+
+  it('domains are planned in name order', () => {
+    const plan = planFreeze(
+      request,
+      inventory([dom('zeta', 'running', [disk('vda', '/tank/vm/a.qcow2')]), dom('alpha', 'running', [disk('vda', '/tank/vm/b.raw')])]),
+      config,
+    );
+    assert.deepEqual(
+      plan.domains.map((d) => d.name),
+      ['alpha', 'zeta'],
+    );
+  });
+});

@@ -1,7 +1,11 @@
 // virtsnap command line: parse arguments, call lib/, print.
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { formatList, listArchived } from '../lib/commands/list.js';
+import { formatGc, formatVerdicts } from '../lib/commands/archive-report.js';
 import { recover } from '../lib/commands/recover.js';
+import { collectGarbage } from '../lib/retention.js';
+import { verifyArchive } from '../lib/verify.js';
+import { ZfsClient } from '../lib/zfs.js';
 import { oneOffSnapshot } from '../lib/commands/snapshot.js';
 import { loadConfig } from '../lib/config.js';
 import { UsageError } from '../lib/errors.js';
@@ -14,10 +18,14 @@ const usage = `usage: virtsnap COMMAND [options]
                       take one consistent ZFS snapshot now (RAM included)
   list [--json] [DATASET]
                       the RAM dumps in the archive
+  gc [--dry-run] [--json]
+                      drop what no snapshot needs any more (dumps, half-written files)
+  verify [--json] [DATASET|DOMAIN]
+                      check every RAM dump (header, domain XML, sha256)
   recover [--force]   commit back VMs that a crashed run left on overlays
   help                this text
 
-Hooks for sanoid.conf: hooks/pre-snapshot, hooks/post-snapshot.
+Hooks for sanoid.conf: hooks/pre-snapshot, hooks/post-snapshot, hooks/prune.
 Settings: environment or /etc/virtsnap/virtsnap.env (VIRTSNAP_CONFIG).
 `;
 
@@ -66,6 +74,21 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
     if (positionals.length > 1) throw new UsageError('virtsnap list takes at most one DATASET');
     const dumps = listArchived(loadConfig(), positionals[0]);
     print(dumps, values.json === true, () => formatList(dumps));
+  },
+
+  async gc(args) {
+    const { values, positionals } = parse(args, { 'dry-run': { type: 'boolean', short: 'n' }, json: { type: 'boolean' } });
+    if (positionals.length > 0) throw new UsageError('virtsnap gc takes no DATASET: it sweeps the whole archive');
+    const report = await collectGarbage(loadConfig(), new ZfsClient(), { dryRun: values['dry-run'] === true });
+    print(report, values.json === true, () => formatGc(report, values['dry-run'] === true));
+  },
+
+  async verify(args) {
+    const { values, positionals } = parse(args, { json: { type: 'boolean' } });
+    if (positionals.length > 1) throw new UsageError('virtsnap verify takes at most one DATASET or DOMAIN');
+    const verdicts = await verifyArchive(loadConfig().archiveDir, positionals[0]);
+    print(verdicts, values.json === true, () => formatVerdicts(verdicts));
+    return verdicts.every((v) => v.ok) ? 0 : 1;
   },
 
   async recover(args) {

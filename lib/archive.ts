@@ -10,6 +10,7 @@ import { Transform } from 'node:stream';
 import path from 'node:path';
 import { VirtsnapError } from './errors.js';
 import { ensureDir, exists, fileSafe, fsyncDir, PRIVATE_FILE, writeJsonAtomic } from './fsutil.js';
+import { withLock } from './lock.js';
 import type { CompletedJob } from './libvirt/virsh.js';
 
 export interface DumpDisk {
@@ -179,16 +180,24 @@ function readManifest(file: string): Manifest {
   return m as Manifest;
 }
 
-/** Every dump in the archive, oldest first. A missing archive dir is an empty archive. */
-export function listDumps(archiveDir: string): ArchivedDump[] {
+export interface ArchiveScan {
+  dumps: ArchivedDump[];
+  /** Manifests that cannot be read or are not ours: never a reason to delete anything. */
+  broken: { file: string; reason: string }[];
+  /** Files in domain dirs that belong to no readable manifest (.save, .part, .meta, temp files). */
+  strays: string[];
+}
+
+/** Reads the whole archive. A missing archive dir is an empty archive. */
+export function scanArchive(archiveDir: string): ArchiveScan {
   let domains: string[];
   try {
     domains = readdirSync(archiveDir);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-    throw new VirtsnapError(`cannot read archive ${archiveDir}: ${(err as Error).message}`);
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { dumps: [], broken: [], strays: [] };
+    throw new VirtsnapError(`cannot read archive ${archiveDir} (VIRTSNAP_ARCHIVE_DIR): ${(err as Error).message}`);
   }
-  const dumps: ArchivedDump[] = [];
+  const scan: ArchiveScan = { dumps: [], broken: [], strays: [] };
   for (const d of domains.sort()) {
     const dir = path.join(archiveDir, d);
     let files: string[];
@@ -197,11 +206,56 @@ export function listDumps(archiveDir: string): ArchivedDump[] {
     } catch {
       continue; // not a directory
     }
+    const owned = new Set<string>();
     for (const f of files.sort()) {
       if (!f.endsWith('.json') || f.startsWith('.')) continue;
       const manifestFile = path.join(dir, f);
-      dumps.push({ manifest: readManifest(manifestFile), manifestFile });
+      const id = f.slice(0, -'.json'.length);
+      // Whatever shares a broken manifest's id is kept: we cannot tell what it is for.
+      for (const suffix of ['.json', '.save', '.meta']) owned.add(id + suffix);
+      try {
+        scan.dumps.push({ manifest: readManifest(manifestFile), manifestFile });
+      } catch (err) {
+        scan.broken.push({ file: manifestFile, reason: (err as Error).message });
+      }
     }
+    for (const f of files) if (!owned.has(f)) scan.strays.push(path.join(dir, f));
   }
-  return dumps.sort((a, b) => a.manifest.times.startedAt.localeCompare(b.manifest.times.startedAt));
+  scan.dumps.sort((a, b) => a.manifest.times.startedAt.localeCompare(b.manifest.times.startedAt));
+  return scan;
+}
+
+/** Every dump in the archive, oldest first. Throws on an unreadable manifest. */
+export function listDumps(archiveDir: string): ArchivedDump[] {
+  const scan = scanArchive(archiveDir);
+  const first = scan.broken[0];
+  if (first !== undefined) throw new VirtsnapError(first.reason);
+  return scan.dumps;
+}
+
+/** Points a dump at fewer snapshots (atomically). */
+export function setSnapshots(dump: ArchivedDump, snapshots: string[]): ArchivedDump {
+  const manifest = { ...dump.manifest, snapshots };
+  writeJsonAtomic(dump.manifestFile, manifest);
+  return { manifest, manifestFile: dump.manifestFile };
+}
+
+/** Deletes a dump: memory file and meta dir first, the manifest last (a crash leaves a stray for gc, never a dump without its manifest). */
+export function deleteDump(dump: ArchivedDump): number {
+  let freed = 0;
+  try {
+    freed = statSync(dump.manifest.memoryFile).size;
+  } catch {
+    // already gone
+  }
+  rmSync(dump.manifest.memoryFile, { force: true });
+  if (dump.manifest.metaDir !== null) rmSync(dump.manifest.metaDir, { recursive: true, force: true });
+  rmSync(dump.manifestFile, { force: true });
+  fsyncDir(path.dirname(dump.manifestFile));
+  return freed;
+}
+
+/** Serialises changes to the archive between virtsnap processes (post, prune, gc). */
+export function withArchiveLock<T>(stateDir: string, timeoutMs: number, fn: () => T | Promise<T>): Promise<T> {
+  return withLock(path.join(stateDir, 'locks'), 'archive', Date.now() + timeoutMs, fn);
 }

@@ -27,6 +27,7 @@ export class CommandError extends VirtsnapError {
     readonly status: number,
     readonly stderr: string,
     readonly timedOut = false,
+    readonly stdout = '',
   ) {
     super(
       timedOut

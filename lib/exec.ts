@@ -40,5 +40,5 @@ export async function run(command: string, args: readonly string[], options: Run
   if (out.exitCode === 0) return result;
   // zx kills with SIGKILL on timeout; any other death by signal is a crash.
   const timedOut = out.signal === 'SIGKILL' && Date.now() - started >= timeoutMs;
-  throw new CommandError(command, args, out.exitCode ?? -1, oneLine(out.stderr || out.stdout), timedOut);
+  throw new CommandError(command, args, out.exitCode ?? -1, oneLine(out.stderr || out.stdout), timedOut, out.stdout);
 }

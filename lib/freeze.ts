@@ -11,8 +11,8 @@
 // Any failure half-way through a freeze undoes what was frozen, so a VM is
 // never left on an overlay or paused because of us.
 import { hostname } from 'node:os';
-import { rmSync } from 'node:fs';
-import { archiveDump, type ArchivedDump } from './archive.js';
+import { rmSync, statSync } from 'node:fs';
+import { archiveDump, withArchiveLock, type ArchivedDump } from './archive.js';
 import type { Config } from './config.js';
 import { saveDomainFiles } from './domain-files.js';
 import { LibvirtError, VirtsnapError } from './errors.js';
@@ -38,10 +38,26 @@ function ctx(name: string, dataset?: string) {
   return dataset === undefined ? { domain: name } : { domain: name, dataset };
 }
 
+function fileSize(file: string): number | null {
+  try {
+    const st = statSync(file);
+    return st.isFile() ? st.size : null;
+  } catch {
+    return null;
+  }
+}
+
 function overlaysOf(dp: DomainPlan): OverlayRecord[] {
   return dp.disks
     .filter((d) => d.overlay !== null)
-    .map((d) => ({ target: d.target, original: d.source as string, dataset: d.dataset as string, overlay: d.overlay as string }));
+    .map((d) => ({
+      target: d.target,
+      original: d.source as string,
+      format: d.format,
+      bytes: fileSize(d.source as string),
+      dataset: d.dataset as string,
+      overlay: d.overlay as string,
+    }));
 }
 
 function entryOf(dp: DomainPlan, plan: FreezePlan, deps: Deps): JournalEntry {
@@ -252,20 +268,21 @@ async function keepDump(entry: JournalEntry, deps: Deps): Promise<ArchivedDump |
     log.error('none of the snapshots of this run exist (did zfs snapshot fail?): RAM dump discarded', ctx(name));
     return null;
   }
-  const dump = await archiveDump(deps.config.archiveDir, {
+  // Under the archive lock: gc must not take a half-archived dump for a stray.
+  const dump = await withArchiveLock(deps.config.stateDir, deps.config.lockTimeoutMs, () => archiveDump(deps.config.archiveDir, {
     id: entry.tag,
     domain: entry.domain,
     snapshots,
     types: entry.types,
     memoryFile: entry.memoryFile,
     metaDir: entry.metaDir,
-    disks: entry.overlays.map((o) => ({ target: o.target, source: o.original, dataset: o.dataset, format: null, bytes: null })),
+    disks: entry.overlays.map((o) => ({ target: o.target, source: o.original, dataset: o.dataset, format: o.format, bytes: o.bytes })),
     startedAt: entry.startedAt,
     frozenAt: entry.frozenAt ?? null,
     job: entry.job ?? null,
     libvirtUri: deps.config.libvirtUri,
     hostname: hostname(),
-  });
+  }));
   log.info(`archived RAM dump ${dump.manifest.memoryFile} (${dump.manifest.bytes} bytes) for ${snapshots.join(', ')}`, ctx(name));
   return dump;
 }

@@ -5,9 +5,10 @@
 // named in it: another run waits for it to go away (bounded), and after a
 // crash it says exactly what to undo (`virtsnap recover`). Updates of a
 // domain's journal happen under a short mutex, `STATE_DIR/locks/<uuid>.lock`.
-import { openSync, closeSync, readFileSync, readdirSync, unlinkSync, writeSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { LockTimeoutError, VirtsnapError } from './errors.js';
+import { processIsAlive, sleep, withLock } from './lock.js';
 import { ensureDir, removeIfExists, writeJsonAtomic } from './fsutil.js';
 import type { CompletedJob } from './libvirt/virsh.js';
 
@@ -25,6 +26,10 @@ export interface OverlayRecord {
   target: string;
   /** The disk's own image, in a snapshotted dataset. */
   original: string;
+  /** Its format (qcow2, raw), as the domain uses it. */
+  format: string | null;
+  /** Its size when frozen (null for a block device). */
+  bytes: number | null;
   dataset: string;
   overlay: string;
 }
@@ -136,48 +141,10 @@ export class Journal {
     }
   }
 
-  /** Runs `fn` holding the domain's mutex. A mutex left by a dead process is taken over. */
-  async withMutex<T>(uuid: string, deadline: number, fn: () => T): Promise<T> {
-    ensureDir(this.lockDir);
-    const lock = path.join(this.lockDir, `${uuid}.lock`);
-    for (;;) {
-      let fd: number;
-      try {
-        fd = openSync(lock, 'wx', 0o600);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-        if (lockHolderIsDead(lock)) {
-          removeIfExists(lock);
-          continue;
-        }
-        if (Date.now() >= deadline) throw new LockTimeoutError(`lock ${lock} is held by another virtsnap process: wait for it, or remove the file if none runs`);
-        await sleep(50);
-        continue;
-      }
-      try {
-        writeSync(fd, String(process.pid));
-        closeSync(fd);
-        return fn();
-      } finally {
-        try {
-          unlinkSync(lock);
-        } catch {
-          // already taken over as stale: nothing to release
-        }
-      }
-    }
+  /** Runs `fn` holding the domain's mutex. */
+  withMutex<T>(uuid: string, deadline: number, fn: () => T): Promise<T> {
+    return withLock(this.lockDir, uuid, deadline, fn);
   }
-}
-
-function lockHolderIsDead(lock: string): boolean {
-  let pid: number;
-  try {
-    pid = Number(readFileSync(lock, 'utf8'));
-  } catch {
-    return false; // just created, pid not written yet
-  }
-  if (!Number.isInteger(pid) || pid <= 0) return false;
-  return !processIsAlive(pid);
 }
 
 /**
@@ -218,14 +185,6 @@ export function ownerIsAlive(owner: Owner): boolean {
   return now === null || owner.startTime === 'unknown' || now === owner.startTime;
 }
 
-export function processIsAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /**
  * The process a hook works for: sanoid runs hooks with Perl's system(), which
@@ -250,6 +209,3 @@ export function hookOwnerPid(): number {
   return pid;
 }
 
-export function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}

@@ -61,6 +61,8 @@ export interface FreezePlan {
   /** Every dataset the run snapshots: the targets, and their subtrees under `recursive = zfs`. */
   datasets: string[];
   domains: DomainPlan[];
+  /** Domains with disks here that still run on one of our overlays (another run, or a crashed one). */
+  onOverlays: { name: string; uuid: string }[];
   /** Reasons not to start at all. Nothing is touched when this is not empty. */
   problems: string[];
 }
@@ -172,8 +174,11 @@ export function planFreeze(request: RunRequest, inv: Inventory, config: Config):
     );
   }
   const domains: DomainPlan[] = [];
+  const onOverlays: FreezePlan['onOverlays'] = [];
   for (const domain of [...inv.domains].sort((a, b) => a.name.localeCompare(b.name))) {
-    problems.push(...leftoverProblems(domain, inv, datasets, config));
+    const leftovers = leftoverProblems(domain, inv, datasets, config);
+    if (leftovers.length > 0) onOverlays.push({ name: domain.name, uuid: domain.uuid });
+    problems.push(...leftovers);
     const plan = planDomain(domain, request, inv, config, datasets);
     if (plan === null) continue;
     problems.push(...stateProblems(domain, plan));
@@ -186,6 +191,7 @@ export function planFreeze(request: RunRequest, inv: Inventory, config: Config):
     types: request.types,
     datasets: [...datasets].sort(),
     domains,
+    onOverlays,
     problems,
   };
 }

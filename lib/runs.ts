@@ -1,10 +1,11 @@
 // The pre and post halves of a snapshot run, shared by the sanoid hooks and
 // by `virtsnap snapshot`: parse input -> inventory -> plan -> freeze/thaw.
 import type { Config } from './config.js';
-import { VirtsnapError } from './errors.js';
+import { LockTimeoutError, VirtsnapError } from './errors.js';
 import { freeze, thawRun, type Deps, type ThawResult } from './freeze.js';
 import { takeInventory } from './inventory.js';
-import { hookOwnerPid, Journal, ownerOf } from './journal.js';
+import { hookOwnerPid, Journal, ownerIsAlive, ownerOf } from './journal.js';
+import { sleep } from './lock.js';
 import { LibvirtClient } from './libvirt/virsh.js';
 import { log } from './log.js';
 import { planFreeze, runIdOf, type FreezePlan, type RunRequest } from './plan.js';
@@ -32,9 +33,36 @@ export async function planRun(request: RunRequest, deps: Deps, options: PreOptio
   return planFreeze(request, inventory, deps.config);
 }
 
+/** Domains of the plan still frozen by another run that is alive: wait for those, they are not leftovers. */
+function heldByLiveRuns(plan: FreezePlan, deps: Deps): string[] {
+  const held: string[] = [];
+  for (const d of plan.onOverlays) {
+    const entry = deps.journal.read(d.uuid);
+    if (entry !== null && entry.runId !== plan.runId && ownerIsAlive(entry.owner)) held.push(`${JSON.stringify(d.name)} (run ${entry.runId})`);
+  }
+  return held;
+}
+
+/** Plans once every domain concerned is free of other live runs, waiting at most VIRTSNAP_LOCK_TIMEOUT. */
+async function planWhenFree(request: RunRequest, deps: Deps, options: PreOptions): Promise<FreezePlan> {
+  const deadline = Date.now() + deps.config.lockTimeoutMs;
+  let logged = false;
+  for (;;) {
+    const plan = await planRun(request, deps, options);
+    const held = heldByLiveRuns(plan, deps);
+    if (held.length === 0) return plan;
+    if (Date.now() >= deadline) {
+      throw new LockTimeoutError(`${held.join(', ')} still frozen by another run after ${Math.round(deps.config.lockTimeoutMs / 1000)}s: let it finish, or run \`virtsnap recover\` if it died`);
+    }
+    if (!logged) log.info(`waiting for ${held.join(', ')} to be thawed by the run that froze it`, { dataset: request.targets.join(',') });
+    logged = true;
+    await sleep(500);
+  }
+}
+
 /** pre: freeze every domain with disks in the run's datasets. */
 export async function runPre(request: RunRequest, deps: Deps, options: PreOptions = {}): Promise<FreezePlan> {
-  const plan = await planRun(request, deps, options);
+  const plan = await planWhenFree(request, deps, options);
   const dataset = request.targets.join(',');
   if (plan.domains.length === 0 && plan.problems.length === 0) {
     log.debug('no domain has disks here: nothing to freeze', { dataset });

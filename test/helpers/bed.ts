@@ -393,14 +393,16 @@ export async function restoreOnClone(guest: Guest, dumpFile: string, snapshot: s
   const [dataset] = snapshot.split('@') as [string];
   const parent = `${b.pool}/restore`;
   if (!(await datasetExists(parent))) await sh('zfs', ['create', parent]);
-  const clone = `${parent}/${guest.name}`;
+  const clone = `${parent}/r-${guest.uuid.slice(0, 8)}`;
   await destroyDataset(clone);
   await sh('zfs', ['clone', snapshot, clone]);
   const from = await mountpointOf(dataset);
   const to = await mountpointOf(clone);
   const dir = mkdtempSync('/tmp/vsbed-restore-');
   try {
-    const xml = (await virsh('save-image-dumpxml', dumpFile)).split(`'${from}/`).join(`'${to}/`);
+    // libvirt writes attributes in single quotes, escaping ' " & < >.
+    const xml = (await virsh('save-image-dumpxml', dumpFile)).split(`'${xmlEscape(from)}/`).join(`'${xmlEscape(to)}/`);
+    if (!xml.includes(`'${xmlEscape(to)}/`)) throw new Error(`no disk of ${guest.name} is under ${from}: cannot point it at the clone`);
     writeFileSync(path.join(dir, 'domain.xml'), xml);
     await guest.stop();
     const offset = guest.consoleSize();

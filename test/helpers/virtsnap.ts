@@ -35,7 +35,10 @@ export class Setup {
     const root = path.join(b.dir, 'tests', name);
     rmSync(root, { recursive: true, force: true });
     mkdirSync(root, { recursive: true, mode: 0o700 });
-    const s = new Setup(root, b.overlayDir);
+    const overlayDir = settings.VIRTSNAP_OVERLAY_DIR ?? b.overlayDir;
+    // QEMU (user libvirt-qemu) must reach the overlays: traversable, not listable.
+    mkdirSync(overlayDir, { recursive: true, mode: 0o711 });
+    const s = new Setup(root, overlayDir);
     s.writeEnv(settings);
     return s;
   }

@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { Journal, processIsAlive, type JournalEntry } from '../../lib/journal.js';
+import { Journal, type JournalEntry } from '../../lib/journal.js';
+import { processIsAlive } from '../../lib/lock.js';
 import { LockTimeoutError, VirtsnapError } from '../../lib/errors.js';
 
 const UUID = '4aa4739f-40fb-4dd3-b355-8e408c5e68f7';

@@ -4,8 +4,16 @@
 // per element), so the command and its arguments reach the program exactly
 // as given: no value we pass is ever parsed by the shell. Every call has a
 // timeout and runs with LC_ALL=C, so error texts are the ones we match on.
-import { $ } from 'zx';
 import { CommandError, oneLine } from './errors.js';
+
+// Loaded on first use: hooks start on every snapshot and prune, and many of
+// those calls (a dataset without VMs, a snapshot without a dump) run no
+// command at all. zx/core is zx without its globals and script helpers.
+let zx: Promise<typeof import('zx/core')> | null = null;
+function loadZx(): Promise<typeof import('zx/core')> {
+  zx ??= import('zx/core');
+  return zx;
+}
 
 export interface RunOptions {
   /** Milliseconds before the command is killed. */
@@ -25,6 +33,7 @@ export const DEFAULT_TIMEOUT_MS = 60_000;
 
 export async function run(command: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const { $ } = await loadZx();
   const shell = $({
     quiet: true,
     nothrow: true,

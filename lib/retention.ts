@@ -24,8 +24,7 @@ function datasetOf(snapshot: string): string {
 async function stillInZfs(names: string[], zfs: ZfsClient): Promise<Set<string>> {
   const present = new Set<string>();
   for (const ds of new Set(names.map(datasetOf))) {
-    if (!(await zfs.exists(ds))) continue;
-    for (const s of await zfs.listSnapshots(ds, false)) present.add(s);
+    for (const s of await zfs.listSnapshotsIfExists(ds)) present.add(s);
   }
   return present;
 }

@@ -147,6 +147,16 @@ export class ZfsClient {
     await this.zfs(args, `cannot snapshot ${names.join(' ')}`);
   }
 
+  /** Snapshots of `dataset` only; none when the dataset itself is gone. */
+  async listSnapshotsIfExists(dataset: string): Promise<string[]> {
+    try {
+      return await this.listSnapshots(dataset, false);
+    } catch (err) {
+      if (err instanceof ZfsError && /does not exist/.test(err.zfsMessage)) return [];
+      throw err;
+    }
+  }
+
   /**
    * Snapshots as `dataset@name`: of `dataset` only, of its whole subtree
    * (`recursive`), or of every pool (no dataset).

@@ -2,6 +2,7 @@
 // read their consoles, run sanoid. Everything here stays inside the bed's
 // pool, its dirs and domains named vsbed-*.
 import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, chmodSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { run } from '../../lib/exec.js';
 
@@ -141,6 +142,11 @@ export interface GuestOptions {
   disks?: GuestDisk[];
   /** A read-only cdrom with media. */
   cdrom?: boolean;
+  /**
+   * A UEFI variable store (random bytes). The loader is a dummy: such a guest
+   * can be defined and recorded, not started (no OVMF on the bed).
+   */
+  nvram?: boolean;
   memoryMiB?: number;
 }
 
@@ -191,13 +197,21 @@ export class Guest {
       );
     }
     const counterDisks = g.disks.filter((d) => d.counter !== false).map((d) => d.target);
+    let firmware = '';
+    if (options.nvram) {
+      mkdirSync(path.join(b.dir, 'nvram'), { recursive: true });
+      const vars = g.nvramPath();
+      writeFileSync(vars, randomBytes(128 * 1024));
+      firmware = `<loader readonly='yes' type='pflash'>${b.dir}/nvram/none_CODE.fd</loader><nvram>${xmlEscape(vars)}</nvram>`;
+    }
     const xml = `<domain type='${b.virtType}'>
   <name>${xmlEscape(options.name)}</name>
   <memory unit='MiB'>${options.memoryMiB ?? 96}</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type>
     <kernel>${b.kernel}</kernel><initrd>${b.initrd}</initrd>
-    <cmdline>console=ttyS0 panic=-1 quiet vsbed.disks=${counterDisks.join(',') || 'none'}</cmdline></os>
+    <cmdline>console=ttyS0 panic=-1 quiet vsbed.disks=${counterDisks.join(',') || 'none'}</cmdline>${firmware}</os>
+  ${options.nvram ? '<features><acpi/></features>' : ''}
   <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
   <devices>
     ${devices.join('\n    ')}
@@ -214,6 +228,10 @@ export class Guest {
     }
     g.uuid = (await virsh('domuuid', options.name)).trim();
     return g;
+  }
+
+  nvramPath(): string {
+    return path.join(this.b.dir, 'nvram', `${this.name}_VARS.fd`);
   }
 
   async imagePath(d: GuestDisk): Promise<string> {

@@ -116,7 +116,7 @@ describe('pre/post snapshot hooks under sanoid', () => {
         }),
       ];
       // Two guests in one dataset must not share image names.
-      off = await Guest.create({ name: 'vsbed-shared-off', dataset: `${dataset()}/off` });
+      off = await Guest.create({ name: 'vsbed-shared-off', dataset: `${dataset()}/off`, nvram: true });
       for (const g of guests) await g.start();
     });
     after(async () => {
@@ -139,6 +139,8 @@ describe('pre/post snapshot hooks under sanoid', () => {
       assert.equal(dumpsOf(setup, off).length, 0, 'a shut-off guest has no RAM to dump');
       const offXml = path.join(await mountpointOf(`${dataset()}/off`), '.virtsnap', off.name, 'domain-inactive.xml');
       assert.match(readFileSync(offXml, 'utf8'), /<name>vsbed-shared-off<\/name>/);
+      const nvramCopy = path.join(path.dirname(offXml), 'nvram.fd');
+      assert.ok(readFileSync(nvramCopy).equals(readFileSync(off.nvramPath())), 'the UEFI variables travel in the snapshot');
       for (const g of guests) await assertRestoresSilently(g, dumpsOf(setup, g)[0]!);
     });
   });

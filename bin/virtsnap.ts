@@ -2,13 +2,18 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { formatList, listArchived } from '../lib/commands/list.js';
 import { formatGc, formatVerdicts } from '../lib/commands/archive-report.js';
+import { doctor, formatFindings } from '../lib/commands/doctor.js';
 import { recover } from '../lib/commands/recover.js';
+import { domainStatus, formatStatus } from '../lib/commands/status.js';
 import { collectGarbage } from '../lib/retention.js';
 import { verifyArchive } from '../lib/verify.js';
-import { ZfsClient } from '../lib/zfs.js';
+import { assertDatasetName, assertSnapshotName, ZfsClient } from '../lib/zfs.js';
 import { oneOffSnapshot } from '../lib/commands/snapshot.js';
 import { loadConfig } from '../lib/config.js';
-import { UsageError } from '../lib/errors.js';
+import { UsageError, VirtsnapError } from '../lib/errors.js';
+import { LibvirtClient } from '../lib/libvirt/virsh.js';
+import { executeRestore, prepareRestore } from '../lib/restore.js';
+import { confirm } from '../lib/terminal.js';
 import { main } from '../lib/main.js';
 import { makeDeps } from '../lib/runs.js';
 
@@ -16,6 +21,9 @@ const usage = `usage: virtsnap COMMAND [options]
 
   snapshot DATASET [-r] [--name NAME] [--dry-run] [--json]
                       take one consistent ZFS snapshot now (RAM included)
+  restore DATASET@SNAP (--clone NEW_DATASET | --rollback) [--domain NAME]
+          [--as NEW_NAME] [--paused] [--force] [--dry-run]
+                      bring the VMs back running, as they were at the snapshot
   list [--json] [DATASET]
                       the RAM dumps in the archive
   gc [--dry-run] [--json]
@@ -23,6 +31,9 @@ const usage = `usage: virtsnap COMMAND [options]
   verify [--json] [DATASET|DOMAIN]
                       check every RAM dump (header, domain XML, sha256)
   recover [--force]   commit back VMs that a crashed run left on overlays
+  status [--json] [DATASET]
+                      each VM: datasets, state, on an overlay?, latest dump
+  doctor [--json]     check the host and sanoid.conf, say what to fix
   help                this text
 
 Hooks for sanoid.conf: hooks/pre-snapshot, hooks/post-snapshot, hooks/prune.
@@ -69,6 +80,56 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
     );
   },
 
+  async restore(args) {
+    const { values, positionals } = parse(args, {
+      clone: { type: 'string' },
+      rollback: { type: 'boolean' },
+      domain: { type: 'string' },
+      as: { type: 'string' },
+      paused: { type: 'boolean' },
+      force: { type: 'boolean' },
+      'dry-run': { type: 'boolean', short: 'n' },
+      json: { type: 'boolean' },
+    });
+    if (positionals.length !== 1 || !positionals[0]!.includes('@')) {
+      throw new UsageError('virtsnap restore needs one DATASET@SNAPSHOT: virtsnap restore tank/vm@autosnap_... --clone tank/vm-restored');
+    }
+    if ((values.clone === undefined) === (values.rollback !== true)) throw new UsageError('virtsnap restore needs exactly one of --clone NEW_DATASET and --rollback');
+    const [dataset, snapname] = positionals[0]!.split('@') as [string, string];
+    assertDatasetName(dataset, 'virtsnap restore');
+    assertSnapshotName(snapname, 'virtsnap restore');
+    if (typeof values.clone === 'string') assertDatasetName(values.clone, '--clone');
+    const config = loadConfig();
+    const deps = { virsh: new LibvirtClient({ uri: config.libvirtUri }), zfs: new ZfsClient(), config };
+    const plan = await prepareRestore(
+      {
+        snapshot: positionals[0]!,
+        mode: typeof values.clone === 'string' ? { kind: 'clone', dataset: values.clone } : { kind: 'rollback' },
+        force: values.force === true,
+        paused: values.paused === true,
+        ...(typeof values.domain === 'string' ? { domain: values.domain } : {}),
+        ...(typeof values.as === 'string' ? { as: values.as } : {}),
+      },
+      deps,
+    );
+    if (values['dry-run']) {
+      process.stdout.write(JSON.stringify(plan, null, 2) + '\n');
+      return plan.problems.length > 0 ? 1 : 0;
+    }
+    if (plan.problems.length > 0) {
+      for (const p of plan.problems.slice(1)) process.stderr.write(`virtsnap: ERROR: ${p}\n`);
+      throw new VirtsnapError(plan.problems[0]!);
+    }
+    if (plan.stop.length > 0 && values.force !== true) {
+      const question = `Stop ${plan.stop.join(', ')} and roll back ${plan.datasets.join(', ')} to @${plan.snapname}?`;
+      if (!(await confirm(question))) {
+        throw new UsageError(`not confirmed: ${question.slice(0, -1).toLowerCase()} needs a yes on a terminal, or --force`);
+      }
+    }
+    const result = await executeRestore(plan, deps);
+    print(result, values.json === true, () => result.messages.join('\n') + '\n');
+  },
+
   async list(args) {
     const { values, positionals } = parse(args, { json: { type: 'boolean' } });
     if (positionals.length > 1) throw new UsageError('virtsnap list takes at most one DATASET');
@@ -99,6 +160,23 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
       process.stdout.write('nothing to recover\n');
     }
     return result.failed.length > 0 ? 1 : 0;
+  },
+
+  async status(args) {
+    const { values, positionals } = parse(args, { json: { type: 'boolean' } });
+    if (positionals.length > 1) throw new UsageError('virtsnap status takes at most one DATASET');
+    const config = loadConfig();
+    const rows = await domainStatus(config, new LibvirtClient({ uri: config.libvirtUri }), positionals[0]);
+    print(rows, values.json === true, () => formatStatus(rows));
+  },
+
+  async doctor(args) {
+    const { values, positionals } = parse(args, { json: { type: 'boolean' } });
+    if (positionals.length > 0) throw new UsageError('virtsnap doctor takes no arguments');
+    const config = loadConfig();
+    const findings = await doctor(config, new LibvirtClient({ uri: config.libvirtUri }));
+    print(findings, values.json === true, () => formatFindings(findings));
+    return findings.some((f) => f.severity === 'fail') ? 1 : 0;
   },
 
   async help() {

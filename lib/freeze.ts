@@ -22,6 +22,7 @@ import { Journal } from './journal.js';
 import { readSaveImageHeader } from './libvirt/save-image.js';
 import type { Domain, LibvirtClient } from './libvirt/virsh.js';
 import { log } from './log.js';
+import { showSaveProgress } from './progress.js';
 import type { DomainPlan, FreezePlan } from './plan.js';
 import type { ZfsClient } from './zfs.js';
 
@@ -115,12 +116,15 @@ async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promi
   }
   const started = Date.now();
   log.info(`saving RAM to ${dp.memoryFile} and switching ${entry.overlays.map((o) => o.target).join(',')} to overlays${dp.live ? ' (live)' : ''}`, ctx(dp.name, plan.targets.join(',')));
+  const progress = showSaveProgress(virsh, dp.uuid, dp.name);
   try {
     await virsh.createSnapshot(dp.uuid, dp.snapshotXml as string, { live: dp.live, timeoutMs: config.saveTimeoutMs });
   } catch (err) {
+    progress.stop();
     await undoFailedSnapshot(entry, dp, deps);
     throw err;
   }
+  progress.stop();
   const job = await virsh.completedJob(dp.uuid).catch(() => null);
   entry = journal.update(entry, { step: 'frozen', frozenAt: new Date().toISOString(), ...(job ? { job } : {}) });
   log.info(

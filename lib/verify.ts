@@ -1,10 +1,10 @@
 // `virtsnap verify`: is each RAM dump still what `virsh restore` needs?
 // Header (magic, version, format, XML length), the embedded domain XML
 // (parses, names the manifest's domain), and the sha256 in the manifest.
-import { closeSync, openSync, readSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { sha256File, scanArchive, type Manifest } from './archive.js';
 import { parseDomainXml } from './libvirt/domain-xml.js';
-import { HEADER_BYTES, readSaveImageHeader } from './libvirt/save-image.js';
+import { HEADER_BYTES, readSaveImageHeader, readSaveImageXml } from './libvirt/save-image.js';
 import { isInSubtree, isDatasetName } from './zfs.js';
 
 export interface Verdict {
@@ -18,18 +18,6 @@ export interface Verdict {
 
 /** libvirt's formats: 0 raw .. 5 zstd, 6 sparse (mapped-ram). */
 const MAX_FORMAT = 6;
-
-function readXml(file: string, dataLength: number): string {
-  const buf = Buffer.alloc(dataLength);
-  const fd = openSync(file, 'r');
-  try {
-    readSync(fd, buf, 0, dataLength, HEADER_BYTES);
-  } finally {
-    closeSync(fd);
-  }
-  const end = buf.indexOf(0);
-  return buf.subarray(0, end < 0 ? buf.length : end).toString('utf8');
-}
 
 /** The problem with a dump's memory file, or null when it is sound. */
 export async function checkDump(m: Manifest): Promise<string | null> {
@@ -49,7 +37,7 @@ export async function checkDump(m: Manifest): Promise<string | null> {
   }
   let uuid: string;
   try {
-    uuid = parseDomainXml(readXml(m.memoryFile, header.dataLength)).uuid;
+    uuid = parseDomainXml(readSaveImageXml(m.memoryFile).xml).uuid;
   } catch (err) {
     return `embedded domain XML is damaged: ${(err as Error).message}`;
   }

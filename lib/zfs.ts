@@ -147,6 +147,21 @@ export class ZfsClient {
     await this.zfs(args, `cannot snapshot ${names.join(' ')}`);
   }
 
+  /** Snapshots of `dataset` and its subtree, oldest first. */
+  async listSnapshotsByCreation(dataset: string): Promise<string[]> {
+    const out = await this.zfs(['list', '-H', '-t', 'snapshot', '-o', 'name', '-s', 'creation', '-r', dataset], `cannot list snapshots of ${dataset}`);
+    return out.split('\n').filter((l) => l !== '');
+  }
+
+  /** `destroyNewer`: -r, destroying the snapshots taken after it. */
+  async rollback(snapshot: string, destroyNewer: boolean): Promise<void> {
+    await this.zfs(['rollback', ...(destroyNewer ? ['-r'] : []), snapshot], `cannot roll back to ${snapshot}`);
+  }
+
+  async clone(snapshot: string, target: string): Promise<void> {
+    await this.zfs(['clone', snapshot, target], `cannot clone ${snapshot} to ${target}`);
+  }
+
   /** Snapshots of `dataset` only; none when the dataset itself is gone. */
   async listSnapshotsIfExists(dataset: string): Promise<string[]> {
     try {

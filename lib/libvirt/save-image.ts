@@ -9,7 +9,7 @@
 //  28  u32 format    0 raw, 1 gzip, 2 bzip2, 3 xz, 4 lzop, 5 zstd, 6 sparse
 //  32  u32 cookieOffset
 //  36  u32 unused[14]          -> 92 bytes, then the XML (NUL-terminated)
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
 
 export const HEADER_BYTES = 92;
 const COMPLETE = 'LibvirtQemudSave';
@@ -46,4 +46,76 @@ export function readSaveImageHeader(file: string): SaveImageHeader | null {
     wasRunning: read(24) !== 0,
     format: read(28),
   };
+}
+
+export interface SaveImageXml {
+  header: SaveImageHeader;
+  /** The domain XML libvirt restores the domain with. */
+  xml: string;
+  /** libvirt's save cookie (CPU and such), kept as it is. */
+  cookie: string | null;
+}
+
+function readRegion(file: string, offset: number, length: number): Buffer {
+  const buf = Buffer.alloc(length);
+  const fd = openSync(file, 'r');
+  try {
+    readSync(fd, buf, 0, length, offset);
+  } finally {
+    closeSync(fd);
+  }
+  return buf;
+}
+
+function cString(buf: Buffer, start: number): string {
+  const end = buf.indexOf(0, start);
+  return buf.subarray(start, end < 0 ? buf.length : end).toString('utf8');
+}
+
+export function readSaveImageXml(file: string): SaveImageXml {
+  const header = readSaveImageHeader(file);
+  if (header === null) throw new Error(`${file} is not a libvirt save image`);
+  const region = readRegion(file, HEADER_BYTES, header.dataLength);
+  const cookieOffset = headerWord(file, 32);
+  return {
+    header,
+    xml: cString(region, 0),
+    cookie: cookieOffset > 0 && cookieOffset < region.length ? cString(region, cookieOffset) : null,
+  };
+}
+
+function headerWord(file: string, offset: number): number {
+  const buf = readRegion(file, 0, HEADER_BYTES);
+  return buf.readUInt32LE(16) > 2 ? buf.readUInt32BE(offset) : buf.readUInt32LE(offset);
+}
+
+/**
+ * Replaces the domain XML inside a save image, in place. libvirt pads the
+ * XML region (64 KiB) precisely so that it can be edited like this; the
+ * region keeps its length, the cookie moves right behind the new XML.
+ * libvirt's own save-image-define refuses a new UUID (ABI check), which a
+ * clone running beside its original needs.
+ */
+export function rewriteSaveImageXml(file: string, xml: string): void {
+  const current = readSaveImageXml(file);
+  const xmlBytes = Buffer.from(xml + '\0', 'utf8');
+  const cookieBytes = current.cookie === null ? Buffer.alloc(0) : Buffer.from(current.cookie + '\0', 'utf8');
+  if (xmlBytes.length + cookieBytes.length > current.header.dataLength) {
+    throw new Error(`new domain XML (${xmlBytes.length} bytes) does not fit the save image's ${current.header.dataLength}-byte XML region`);
+  }
+  const region = Buffer.alloc(current.header.dataLength);
+  xmlBytes.copy(region, 0);
+  cookieBytes.copy(region, xmlBytes.length);
+  const bigEndian = readRegion(file, 0, HEADER_BYTES).readUInt32LE(16) > 2;
+  const word = Buffer.alloc(4);
+  if (bigEndian) word.writeUInt32BE(current.cookie === null ? 0 : xmlBytes.length);
+  else word.writeUInt32LE(current.cookie === null ? 0 : xmlBytes.length);
+  const fd = openSync(file, 'r+');
+  try {
+    writeSync(fd, region, 0, region.length, HEADER_BYTES);
+    writeSync(fd, word, 0, 4, 32);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
 }

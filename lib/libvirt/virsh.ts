@@ -37,6 +37,14 @@ export interface LibvirtClientOptions {
   timeoutMs?: number;
 }
 
+/** A number from `virsh domjobinfo` output, in ms or bytes. */
+function jobField(out: string, label: string): number | null {
+  const m = new RegExp(`^${label}:\\s+([0-9.]+)\\s*(\\S*)`, 'm').exec(out);
+  if (!m) return null;
+  const scale: Record<string, number> = { ms: 1, B: 1, KiB: 1024, MiB: 1024 ** 2, GiB: 1024 ** 3 };
+  return Math.round(Number(m[1]) * (scale[m[2] ?? ''] ?? 1));
+}
+
 function libvirtText(err: CommandError): string {
   return err.stderr.replace(/\berror: /g, '').trim() || err.message;
 }
@@ -125,15 +133,16 @@ export class LibvirtClient {
 
   async completedJob(uuid: string): Promise<CompletedJob> {
     const out = await this.virsh(['domjobinfo', uuid, '--completed'], `cannot get job info of domain ${uuid}`);
-    const field = (label: string): number | null => {
-      const m = new RegExp(`^${label}:\\s+([0-9.]+)\\s*(\\S*)`, 'm').exec(out);
-      if (!m) return null;
-      const n = Number(m[1]);
-      const unit = m[2] ?? '';
-      const scale: Record<string, number> = { ms: 1, 'B': 1, KiB: 1024, MiB: 1024 ** 2, GiB: 1024 ** 3 };
-      return Math.round(n * (scale[unit] ?? 1));
-    };
-    return { elapsedMs: field('Time elapsed'), downtimeMs: field('Total downtime'), memoryBytes: field('Memory processed') };
+    return { elapsedMs: jobField(out, 'Time elapsed'), downtimeMs: jobField(out, 'Total downtime'), memoryBytes: jobField(out, 'Memory processed') };
+  }
+
+  /** Progress of the job running now (a RAM save), or null when none runs. */
+  async activeJob(uuid: string): Promise<{ processedBytes: number; totalBytes: number } | null> {
+    const out = await this.virsh(['domjobinfo', uuid], `cannot get job info of domain ${uuid}`, { timeoutMs: 5_000 });
+    const processed = jobField(out, 'Data processed') ?? jobField(out, 'Memory processed');
+    const total = jobField(out, 'Data total') ?? jobField(out, 'Memory total');
+    if (/Job type:\s+None/.test(out) || processed === null || total === null || total === 0) return null;
+    return { processedBytes: processed, totalBytes: total };
   }
 
   /**
@@ -171,6 +180,10 @@ export class LibvirtClient {
     if (options.xmlFile) args.push('--xml', options.xmlFile);
     args.push(options.paused ? '--paused' : '--running');
     await this.virsh(args, `cannot restore ${file}`, { timeoutMs });
+  }
+
+  async define(xmlFile: string): Promise<void> {
+    await this.virsh(['define', xmlFile], `cannot define a domain from ${xmlFile}`);
   }
 
   async destroy(uuid: string): Promise<void> {

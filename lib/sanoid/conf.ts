@@ -30,19 +30,22 @@ export function parseIni(text: string): Ini {
   return sections;
 }
 
-/** The value of `key` for a section, looking through its templates as sanoid does. */
+/**
+ * The value of `key` for a section as sanoid sees it: the section's own
+ * value, else its templates' (in the order named, a later one wins), else
+ * the user's [template_default], which sanoid applies to every section.
+ */
 export function settingOf(ini: Ini, section: string, key: string): string | undefined {
   const own = ini.get(section);
   if (own === undefined) return undefined;
   if (own.has(key)) return own.get(key);
-  // Templates are applied in the order named; a later one wins.
   let found: string | undefined;
   for (const name of (own.get('use_template') ?? '').split(',').map((s) => s.trim())) {
     if (name === '') continue;
-    const value = settingOf(ini, `template_${name}`, key);
+    const value = ini.get(`template_${name}`)?.get(key);
     if (value !== undefined) found = value;
   }
-  return found;
+  return found ?? (section.startsWith('template_') ? undefined : ini.get('template_default')?.get(key));
 }
 
 /**

@@ -252,8 +252,21 @@ export class Guest {
     }
   }
 
+  /**
+   * Stops the guest and waits for its console log to settle: virtlogd may
+   * append the last lines of a destroyed guest a moment later, and they must
+   * not be read as the output of the next guest on the same log.
+   */
   async stop(): Promise<void> {
-    if ((await this.state()) !== 'shut off') await virsh('destroy', this.name).catch(() => undefined);
+    if ((await this.state()) === 'shut off') return;
+    await virsh('destroy', this.name).catch(() => undefined);
+    let size = this.consoleSize();
+    for (let stable = 0, i = 0; stable < 5 && i < 50; i++) {
+      await sleep(100);
+      const now = this.consoleSize();
+      stable = now === size ? stable + 1 : 0;
+      size = now;
+    }
   }
 
   async sources(): Promise<Record<string, string>> {

@@ -3,6 +3,7 @@ import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { listDumps, type ArchivedDump } from '../../lib/archive.js';
+import { run } from '../../lib/exec.js';
 import { bed, hookCommand, runSanoid, type SanoidRun, type SanoidVersion } from './bed.js';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -94,4 +95,26 @@ export class Setup {
 /** Files in the overlay dir that belong to domain `name` (overlays, memory files, meta dirs). */
 export function leftovers(overlayDir: string, name: string): string[] {
   return existsSync(overlayDir) ? readdirSync(overlayDir).filter((f) => f.startsWith(`${name}.`)) : [];
+}
+
+export interface Ran {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs one of our programs (a hook, the CLI) with a setup's env file, never throwing on a non-zero exit. */
+export async function runProgram(program: string, args: string[], env: Record<string, string>, timeoutMs = 300_000): Promise<Ran> {
+  try {
+    const out = await run(program, args, { env, timeoutMs });
+    return { code: 0, ...out };
+  } catch (err) {
+    const e = err as { status: number; stderr: string; stdout: string };
+    return { code: e.status, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+/** `virtsnap ARGS` with the setup's env file. */
+export function virtsnap(setup: Setup, args: string[]): Promise<Ran> {
+  return runProgram(cli, args, setup.env());
 }

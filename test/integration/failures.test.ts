@@ -5,24 +5,12 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { run } from '../../lib/exec.js';
 import { Journal, type JournalEntry } from '../../lib/journal.js';
 import { bed, destroyDataset, Guest, mismatches, mountpointOf, removeDomains, restoreOnClone, sh, snapshotsOf, type Bed } from '../helpers/bed.js';
-import { hooks, leftovers, Setup } from '../helpers/virtsnap.js';
+import { hooks, leftovers, runProgram, Setup, type Ran } from '../helpers/virtsnap.js';
 
-interface Outcome {
-  code: number;
-  stderr: string;
-}
-
-async function hook(which: 'pre' | 'post', env: Record<string, string>): Promise<Outcome> {
-  try {
-    const out = await run(hooks[which === 'pre' ? 'pre' : 'post'], [], { env, timeoutMs: 300_000 });
-    return { code: 0, stderr: out.stderr };
-  } catch (err) {
-    const e = err as { status: number; stderr: string };
-    return { code: e.status, stderr: e.stderr };
-  }
+function hook(which: 'pre' | 'post', env: Record<string, string>): Promise<Ran> {
+  return runProgram(hooks[which], [], env);
 }
 
 function sanoidEnv(dataset: string, snap: string, script: 'pre' | 'post'): Record<string, string> {

@@ -8,17 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { run } from '../../lib/exec.js';
 import type { Manifest } from '../../lib/archive.js';
 import { bed, destroyDataset, Guest, hookCommand, removeDomains, snapshotsOf, zfsRetry, type Bed, type SanoidVersion } from '../helpers/bed.js';
-import { cli, hooks, Setup } from '../helpers/virtsnap.js';
-
-async function virtsnap(setup: Setup, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const out = await run(cli, args, { env: setup.env(), timeoutMs: 120_000 });
-    return { code: 0, ...out };
-  } catch (err) {
-    const e = err as { status: number; stderr: string; stdout: string };
-    return { code: e.status, stdout: e.stdout, stderr: e.stderr };
-  }
-}
+import { hooks, Setup, virtsnap } from '../helpers/virtsnap.js';
 
 function byName(snapshots: string[], suffix: string): string[] {
   return snapshots.filter((s) => s.endsWith(suffix));

@@ -1,0 +1,134 @@
+// `virtsnap doctor`: checks the host and says what to fix.
+import { existsSync, statfsSync, statSync } from 'node:fs';
+import path from 'node:path';
+import type { Config } from '../config.js';
+import { Journal } from '../journal.js';
+import type { LibvirtClient } from '../libvirt/virsh.js';
+import { readSanoidConf, settingOf, type Ini } from '../sanoid/conf.js';
+import { datasetOfFile, readMounts } from '../zfs.js';
+
+export type Severity = 'ok' | 'warn' | 'fail';
+
+export interface Finding {
+  severity: Severity;
+  check: string;
+  detail: string;
+}
+
+const ok = (check: string, detail: string): Finding => ({ severity: 'ok', check, detail });
+const warn = (check: string, detail: string): Finding => ({ severity: 'warn', check, detail });
+const fail = (check: string, detail: string): Finding => ({ severity: 'fail', check, detail });
+
+function versionAtLeast(version: string, min: [number, number]): boolean {
+  const [major = 0, minor = 0] = version.split('.').map(Number);
+  return major > min[0] || (major === min[0] && minor >= min[1]);
+}
+
+async function checkLibvirt(virsh: LibvirtClient): Promise<Finding[]> {
+  let version: string;
+  try {
+    version = await virsh.version();
+  } catch (err) {
+    return [fail('libvirt', `${(err as Error).message}: start libvirtd (or virtqemud), or fix VIRTSNAP_LIBVIRT_URI`)];
+  }
+  if (!versionAtLeast(version, [8, 2])) {
+    return [warn('libvirt', `version ${version}: external memory snapshots work, but libvirt >= 8.2 is needed for pause-mode snapshots (snapshot=manual)`)];
+  }
+  return [ok('libvirt', `reachable at ${virsh.uri}, version ${version}`)];
+}
+
+const TRUE = ['1', 'yes', 'true', 'on'];
+
+/** What the sections that use our hooks say, judged the way sanoid reads them (own keys, then templates). */
+export function checkSanoidConf(ini: Ini, file: string): Finding[] {
+  const findings: Finding[] = [];
+  const value = (section: string, key: string): string | undefined => settingOf(ini, section, key);
+  const ours = [...ini.keys()].filter((s) => !s.startsWith('template_') && /virtsnap|pre-snapshot|post-snapshot/.test(value(s, 'pre_snapshot_script') ?? ''));
+  if (ours.length === 0) return [warn('sanoid.conf', `${file}: no section runs virtsnap's pre-snapshot hook`)];
+  for (const s of ours) {
+    const where = `[${s}]`;
+    if (ini.get(s)?.has('path')) findings.push(fail('sanoid.conf', `${where} uses path =: sanoid never runs the hooks of such a section; name the section by its dataset`));
+    const timeout = value(s, 'script_timeout');
+    if (timeout === undefined) findings.push(fail('sanoid.conf', `${where} script_timeout is the default 5 s: sanoid kills itself (SIGALRM) when a hook runs longer, and the run is lost; set script_timeout = 0`));
+    else if (Number(timeout) > 0 && Number(timeout) < 120) findings.push(warn('sanoid.conf', `${where} script_timeout = ${timeout} s may be too short for saving RAM; 0 (no limit) is safest`));
+    if (!/post-snapshot/.test(value(s, 'post_snapshot_script') ?? '')) findings.push(fail('sanoid.conf', `${where} has no post_snapshot_script = .../hooks/post-snapshot: VMs would stay on overlays`));
+    if (!TRUE.includes((value(s, 'force_post_snapshot_script') ?? '').toLowerCase())) findings.push(warn('sanoid.conf', `${where} force_post_snapshot_script is off: after a failed pre hook sanoid skips the post hook; set it to yes`));
+    if (TRUE.includes((value(s, 'no_inconsistent_snapshot') ?? '').toLowerCase())) findings.push(ok('sanoid.conf', `${where} no_inconsistent_snapshot = yes: a failed freeze skips the snapshot (and the post hook)`));
+    if (!/prune/.test(value(s, 'pruning_script') ?? '')) findings.push(warn('sanoid.conf', `${where} has no pruning_script = .../hooks/prune: RAM dumps of pruned snapshots stay until \`virtsnap gc\``));
+    if (/prune/.test(value(s, 'pre_pruning_script') ?? '')) findings.push(warn('sanoid.conf', `${where} pre_pruning_script points at the prune hook: not needed (it does nothing there); use pruning_script`));
+    for (const t of (ini.get(s)?.get('use_template') ?? '').split(',').map((x) => x.trim()).filter(Boolean)) {
+      if (ini.get(`template_${t}`)?.has('recursive')) findings.push(warn('sanoid.conf', `[template_${t}] sets recursive: sanoid ignores it in templates; set it in ${where}`));
+    }
+  }
+  if (findings.every((f) => f.severity === 'ok')) findings.push(ok('sanoid.conf', `${ours.length} section(s) use virtsnap: ${ours.join(', ')}`));
+  return findings;
+}
+
+function checkDirs(config: Config, ini: Ini | null): Finding[] {
+  const findings: Finding[] = [];
+  const mounts = readMounts();
+  let overlayDs: string | null = null;
+  if (existsSync(config.overlayDir)) overlayDs = datasetOfFile(config.overlayDir, mounts)?.dataset ?? null;
+  const snapshotted = ini ? [...ini.keys()].filter((s) => !s.startsWith('template_') && TRUE.includes((ini.get(s)?.get('autosnap') ?? 'yes').toLowerCase())) : [];
+  const inside = overlayDs !== null ? snapshotted.find((s) => overlayDs === s || (overlayDs as string).startsWith(`${s}/`)) : undefined;
+  if (inside !== undefined) findings.push(fail('overlay dir', `${config.overlayDir} is in dataset ${overlayDs}, which sanoid snapshots ([${inside}]): move VIRTSNAP_OVERLAY_DIR out of it`));
+  for (const [name, dir] of [['archive dir', config.archiveDir], ['state dir', config.stateDir]] as const) {
+    if (!existsSync(dir)) {
+      findings.push(ok(name, `${dir} does not exist yet (created 0700 on first use)`));
+      continue;
+    }
+    const st = statSync(dir);
+    if ((st.mode & 0o077) !== 0 || st.uid !== 0) findings.push(fail(name, `${dir} is mode ${(st.mode & 0o777).toString(8)} owned by uid ${st.uid}: RAM dumps hold guest secrets; chown root and chmod 0700`));
+    else findings.push(ok(name, `${dir} is private (0${(st.mode & 0o777).toString(8)})`));
+  }
+  return findings;
+}
+
+async function checkSpace(config: Config, virsh: LibvirtClient): Promise<Finding[]> {
+  let dir = config.overlayDir;
+  while (!existsSync(dir) && dir !== '/') dir = path.dirname(dir);
+  const fs = statfsSync(dir);
+  const free = fs.bavail * fs.bsize;
+  let ram = 0;
+  try {
+    for (const d of await virsh.domains()) if (d.state === 'running' || d.state === 'paused') ram += d.memoryKiB * 1024;
+  } catch {
+    return [];
+  }
+  const gib = (n: number) => `${(n / 1024 ** 3).toFixed(1)} GiB`;
+  if (free < ram) return [warn('overlay space', `${gib(free)} free in ${config.overlayDir}, running VMs have ${gib(ram)} of RAM: a freeze of all of them at once may not fit`)];
+  return [ok('overlay space', `${gib(free)} free for ${gib(ram)} of RAM in running VMs`)];
+}
+
+function checkAppArmor(config: Config): Finding[] {
+  if (!existsSync('/sys/kernel/security/apparmor')) return [ok('AppArmor', 'not active')];
+  return [
+    warn(
+      'AppArmor',
+      `active: QEMU must be allowed to create and reopen files in ${config.overlayDir}; add "${config.overlayDir}/** rwk," to /etc/apparmor.d/local/abstractions/libvirt-qemu (libvirt >= 9.6) or /etc/apparmor.d/abstractions/libvirt-qemu`,
+    ),
+  ];
+}
+
+function checkJournal(config: Config): Finding[] {
+  const entries = new Journal(config.stateDir).list();
+  if (entries.length === 0) return [ok('journal', 'no run in progress or left behind')];
+  return entries.map((e) => warn('journal', `${JSON.stringify(e.domain.name)} held by run ${e.runId} since ${e.startedAt} (step ${e.step}): if no sanoid is running, \`virtsnap recover\``));
+}
+
+export async function doctor(config: Config, virsh: LibvirtClient): Promise<Finding[]> {
+  const ini = readSanoidConf(config.sanoidConf);
+  return [
+    ...(await checkLibvirt(virsh)),
+    ...(ini === null ? [warn('sanoid.conf', `${config.sanoidConf} not found (VIRTSNAP_SANOID_CONF): recursion cannot be learnt, and the hook settings cannot be checked`)] : checkSanoidConf(ini, config.sanoidConf)),
+    ...checkDirs(config, ini),
+    ...(await checkSpace(config, virsh)),
+    ...checkAppArmor(config),
+    ...checkJournal(config),
+  ];
+}
+
+export function formatFindings(findings: Finding[]): string {
+  const label: Record<Severity, string> = { ok: 'OK  ', warn: 'WARN', fail: 'FAIL' };
+  return findings.map((f) => `${label[f.severity]} ${f.check}: ${f.detail}`).join('\n') + '\n';
+}

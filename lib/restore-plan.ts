@@ -1,0 +1,189 @@
+// Planning a restore: which datasets to clone or roll back, which RAM dumps
+// to restore, and the domain XML each one gets. Pure: lib/restore.ts
+// gathers the facts and carries the plan out.
+import type { Manifest } from './archive.js';
+import { escapeXml } from './libvirt/snapshot-xml.js';
+import { isInSubtree } from './zfs.js';
+
+export type RestoreMode = { kind: 'clone'; dataset: string } | { kind: 'rollback' };
+
+export interface RestoreRequest {
+  /** dataset@snapname */
+  snapshot: string;
+  domain?: string;
+  mode: RestoreMode;
+  force: boolean;
+  paused: boolean;
+  /** New name (and UUID) for a clone that runs beside its original. */
+  as?: string;
+}
+
+export interface RestoreFacts {
+  /** Snapshots of the snapshot's dataset and its subtree, oldest first. */
+  snapshots: string[];
+  /** Dumps that name the snapshot (or a child's snapshot of the same name), with what is wrong with each, if anything. */
+  dumps: { manifest: Manifest; problem: string | null }[];
+  /** Domains defined now: name, uuid, state, and the datasets their disks live in. */
+  domains: { name: string; uuid: string; state: string; datasets: string[] }[];
+  /** An existing dataset at the clone target, if any. */
+  cloneTargetExists: boolean;
+  /** A domain with the --as name already exists. */
+  asNameTaken: boolean;
+}
+
+export interface DomainRestore {
+  name: string;
+  uuid: string;
+  /** The name and UUID it will have (differ with --as). */
+  newName: string;
+  newUuid: string;
+  /** null: no RAM dump, disks and definition only. */
+  dump: Manifest | null;
+}
+
+export interface RestorePlan {
+  snapshot: string;
+  snapname: string;
+  mode: RestoreMode;
+  /** Datasets to clone or roll back, parents first. */
+  datasets: string[];
+  /** clone: source dataset -> clone dataset. */
+  cloneOf: Record<string, string>;
+  /** rollback: snapshots that `zfs rollback -r` would destroy. */
+  newer: string[];
+  /** Running domains that must be stopped first (rollback, or a clone without --as). */
+  stop: string[];
+  domains: DomainRestore[];
+  paused: boolean;
+  problems: string[];
+}
+
+export function splitSnapshot(snapshot: string): { dataset: string; snapname: string } {
+  const at = snapshot.indexOf('@');
+  return { dataset: snapshot.slice(0, at), snapname: snapshot.slice(at + 1) };
+}
+
+export function planRestore(request: RestoreRequest, facts: RestoreFacts, newUuid: () => string): RestorePlan {
+  const { dataset, snapname } = splitSnapshot(request.snapshot);
+  const problems: string[] = [];
+  const plan: RestorePlan = {
+    snapshot: request.snapshot,
+    snapname,
+    mode: request.mode,
+    datasets: [],
+    cloneOf: {},
+    newer: [],
+    stop: [],
+    domains: [],
+    paused: request.paused,
+    problems,
+  };
+  if (!facts.snapshots.includes(request.snapshot)) {
+    problems.push(`snapshot ${request.snapshot} does not exist: see \`zfs list -t snapshot -r ${dataset}\``);
+    return plan;
+  }
+  const dumps = facts.dumps.filter((d) => request.domain === undefined || d.manifest.domain.name === request.domain);
+  for (const d of dumps) if (d.problem !== null) problems.push(`RAM dump ${d.manifest.id} of ${JSON.stringify(d.manifest.domain.name)} is bad (${d.problem}): refusing to restore it`);
+
+  // The datasets: the snapshot's own, and the children holding the dumps' disks (recursive = zfs).
+  const involved = new Set<string>([dataset]);
+  for (const d of dumps) {
+    for (const s of d.manifest.snapshots) {
+      const p = splitSnapshot(s);
+      if (p.snapname === snapname && isInSubtree(p.dataset, dataset)) involved.add(p.dataset);
+    }
+  }
+  plan.datasets = [...involved].sort();
+
+  const domainNames = new Set(dumps.map((d) => d.manifest.domain.name));
+  plan.domains = dumps.map((d) => ({
+    name: d.manifest.domain.name,
+    uuid: d.manifest.domain.uuid,
+    newName: request.as ?? d.manifest.domain.name,
+    newUuid: request.as !== undefined ? newUuid() : d.manifest.domain.uuid,
+    dump: d.manifest,
+  }));
+  if (request.domain !== undefined && dumps.length === 0) {
+    const known = facts.domains.find((d) => d.name === request.domain);
+    if (known === undefined) {
+      problems.push(`no RAM dump of ${JSON.stringify(request.domain)} belongs to ${request.snapshot}, and no such domain is defined`);
+    } else {
+      plan.domains.push({ name: known.name, uuid: known.uuid, newName: request.as ?? known.name, newUuid: request.as !== undefined ? newUuid() : known.uuid, dump: null });
+      domainNames.add(known.name);
+    }
+  }
+  if (request.as !== undefined && plan.domains.length !== 1) {
+    problems.push(`--as names one domain, but ${request.snapshot} holds ${plan.domains.length} (${plan.domains.map((d) => d.name).join(', ') || 'none'}): add --domain NAME`);
+  }
+  if (request.as !== undefined && facts.asNameTaken) problems.push(`a domain named ${JSON.stringify(request.as)} already exists: choose another --as`);
+
+  const touches = (d: RestoreFacts['domains'][number]) => d.datasets.some((ds) => plan.datasets.some((p) => isInSubtree(ds, p)));
+  const running = facts.domains.filter((d) => d.state !== 'shut off');
+
+  if (request.mode.kind === 'clone') {
+    const target = request.mode.dataset;
+    if (facts.cloneTargetExists) problems.push(`dataset ${target} already exists: give --clone a new dataset name`);
+    if (isInSubtree(target, dataset)) problems.push(`--clone ${target} is inside ${dataset}: put the clone beside it`);
+    for (const ds of plan.datasets) plan.cloneOf[ds] = target + ds.slice(dataset.length);
+    if (request.as === undefined) {
+      // Same name and UUID: libvirt allows one running instance.
+      for (const d of running.filter((r) => domainNames.has(r.name))) {
+        problems.push(`domain ${JSON.stringify(d.name)} is running: stop it, or give --as NEW_NAME to run the clone beside it`);
+      }
+    }
+    return plan;
+  }
+
+  // Rollback: newer snapshots go, running domains on these datasets stop.
+  // Newer per dataset: a child's copy of the same recursive snapshot is not newer.
+  plan.newer = plan.datasets.flatMap((ds) => {
+    const own = facts.snapshots.filter((s) => splitSnapshot(s).dataset === ds);
+    const index = own.indexOf(`${ds}@${snapname}`);
+    return index < 0 ? [] : own.slice(index + 1);
+  });
+  if (plan.newer.length > 0 && !request.force) {
+    problems.push(`zfs rollback would destroy ${plan.newer.length} newer snapshot(s): ${plan.newer.join(', ')}; add --force to accept that, or use --clone`);
+  }
+  plan.stop = running.filter(touches).map((d) => d.name);
+  return plan;
+}
+
+/** Rewrites every disk path under `from` mountpoints/zvols to the clone's. */
+export function rewriteDiskPaths(xml: string, mounts: { from: string; to: string }[], zvols: { from: string; to: string }[]): string {
+  let out = xml;
+  for (const m of mounts) out = out.split(`'${escapeXml(m.from)}/`).join(`'${escapeXml(m.to)}/`);
+  for (const z of zvols) {
+    out = out.split(`'/dev/zvol/${escapeXml(z.from)}'`).join(`'/dev/zvol/${escapeXml(z.to)}'`);
+    out = out.split(`'/dev/zvol/${escapeXml(z.from)}-part`).join(`'/dev/zvol/${escapeXml(z.to)}-part`);
+  }
+  return out;
+}
+
+/**
+ * A domain XML for a clone running beside its original: new name and UUID,
+ * its own NVRAM file and console logs, network links down (same MACs).
+ */
+export function renameDomainXml(xml: string, from: { name: string; uuid: string }, to: { name: string; uuid: string; nvram: string | null }): string {
+  let out = xml.replace(/<name>[^<]*<\/name>/, `<name>${escapeXml(to.name)}</name>`);
+  out = out.replace(/<uuid>[^<]*<\/uuid>/, `<uuid>${to.uuid}</uuid>`);
+  if (to.nvram !== null) out = out.replace(/(<nvram\b[^>]*>)[^<]*(<\/nvram>)/, `$1${escapeXml(to.nvram)}$2`);
+  const oldName = escapeXml(from.name);
+  const newName = escapeXml(to.name);
+  // Only the file name changes: the directories exist for the original already.
+  const renamePath = (p: string): string => {
+    const slash = p.lastIndexOf('/');
+    const dir = p.slice(0, slash + 1);
+    const base = p.slice(slash + 1);
+    return base.includes(oldName) ? dir + base.split(oldName).join(newName) : `${p}.${newName}`;
+  };
+  // File-backed serial ports, consoles and logs: the clone writes its own.
+  out = out.replace(/<(serial|console)\s+type='file'>[\s\S]*?<\/\1>/g, (block) =>
+    block.replace(/(\bpath=')([^']*)(')/g, (_m, pre: string, p: string, post: string) => `${pre}${renamePath(p)}${post}`),
+  );
+  out = out.replace(/(<log\b[^>]*\bfile=')([^']*)(')/g, (_m, pre: string, p: string, post: string) => `${pre}${renamePath(p)}${post}`);
+  // Same MAC addresses as the original: keep the clone off the network until the user says so.
+  out = out.replace(/<interface\b[^>]*>[\s\S]*?<\/interface>/g, (block) =>
+    /<link\b/.test(block) ? block.replace(/<link\b[^>]*\/>/, "<link state='down'/>") : block.replace(/^(<interface\b[^>]*>)/, "$1<link state='down'/>"),
+  );
+  return out;
+}

@@ -1,0 +1,224 @@
+// `virtsnap restore`: bring VMs back, running, as they were at a snapshot.
+//
+// --clone: zfs clone the snapshot (and the children holding the VM's disks),
+//   point the saved domain XML at the clone, restore the RAM dump. The
+//   original keeps running untouched when --as gives the clone its own name.
+// --rollback: stop the VMs on those datasets, zfs rollback, put back NVRAM,
+//   restore the RAM dump.
+// Everything is checked before the first change: the snapshot exists, each
+// dump verifies (header, XML, sha256), nothing newer is lost without --force.
+import { copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync, chmodSync, readFileSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { scanArchive } from './archive.js';
+import type { Config } from './config.js';
+import { VirtsnapError, ZfsError } from './errors.js';
+import { fileSafe } from './fsutil.js';
+import { resolveSources } from './inventory.js';
+import { parseDomainXml } from './libvirt/domain-xml.js';
+import { readSaveImageXml, rewriteSaveImageXml } from './libvirt/save-image.js';
+import type { LibvirtClient } from './libvirt/virsh.js';
+import { sleep } from './lock.js';
+import { log } from './log.js';
+import { planRestore, renameDomainXml, rewriteDiskPaths, splitSnapshot, type DomainRestore, type RestoreFacts, type RestorePlan, type RestoreRequest } from './restore-plan.js';
+import { checkDump } from './verify.js';
+import { isInSubtree, readMounts, zvolDeviceMap, type ZfsClient } from './zfs.js';
+
+export interface RestoreDeps {
+  virsh: LibvirtClient;
+  zfs: ZfsClient;
+  config: Config;
+}
+
+async function gatherFacts(request: RestoreRequest, deps: RestoreDeps): Promise<RestoreFacts> {
+  const { dataset, snapname } = splitSnapshot(request.snapshot);
+  const snapshots = await deps.zfs.listSnapshotsByCreation(dataset);
+  const dumps: RestoreFacts['dumps'] = [];
+  for (const { manifest } of scanArchive(deps.config.archiveDir).dumps) {
+    const mine = manifest.snapshots.some((s) => {
+      const p = splitSnapshot(s);
+      return p.snapname === snapname && isInSubtree(p.dataset, dataset);
+    });
+    if (mine && (request.domain === undefined || manifest.domain.name === request.domain)) {
+      dumps.push({ manifest, problem: await checkDump(manifest) });
+    }
+  }
+  const all = await deps.virsh.domains();
+  const datasetOf = resolveSources(all, readMounts(), zvolDeviceMap());
+  const domains = all.map((d) => ({
+    name: d.name,
+    uuid: d.uuid,
+    state: d.state,
+    datasets: [...new Set(d.disks.flatMap((k) => (k.source !== null && datasetOf.has(k.source) ? [datasetOf.get(k.source)!] : [])))],
+  }));
+  return {
+    snapshots,
+    dumps,
+    domains,
+    cloneTargetExists: request.mode.kind === 'clone' ? await deps.zfs.exists(request.mode.dataset) : false,
+    asNameTaken: request.as !== undefined && all.some((d) => d.name === request.as),
+  };
+}
+
+export async function prepareRestore(request: RestoreRequest, deps: RestoreDeps): Promise<RestorePlan> {
+  return planRestore(request, await gatherFacts(request, deps), randomUUID);
+}
+
+/** zfs-fuse says "dataset is busy" for a moment after QEMU lets go of a file. */
+async function retryBusy(what: () => Promise<void>): Promise<void> {
+  for (let i = 0; ; i++) {
+    try {
+      return await what();
+    } catch (err) {
+      if (i >= 20 || !(err instanceof ZfsError) || !/busy/.test(err.zfsMessage)) throw err;
+      await sleep(500);
+    }
+  }
+}
+
+interface Paths {
+  mounts: { from: string; to: string }[];
+  zvols: { from: string; to: string }[];
+}
+
+/** Where the datasets' files are once cloned (identity for a rollback). */
+function pathsAfter(plan: RestorePlan): Paths {
+  const mountpoints = new Map(readMounts().map((m) => [m.dataset, m.mountpoint]));
+  const paths: Paths = { mounts: [], zvols: [] };
+  for (const ds of plan.datasets) {
+    const target = plan.cloneOf[ds] ?? ds;
+    const from = mountpoints.get(ds);
+    const to = mountpoints.get(target);
+    if (from !== undefined && to !== undefined) paths.mounts.push({ from, to });
+    paths.zvols.push({ from: ds, to: target });
+  }
+  // Deepest first, so a child's mountpoint is not rewritten as its parent's subdirectory.
+  paths.mounts.sort((a, b) => b.from.length - a.from.length);
+  return paths;
+}
+
+/** The saved copies (.virtsnap/<domain>/ in the dataset, else the dump's meta dir). */
+function savedFile(d: DomainRestore, plan: RestorePlan, file: string): string | null {
+  const mountpoints = new Map(readMounts().map((m) => [m.dataset, m.mountpoint]));
+  for (const ds of plan.datasets) {
+    const mp = mountpoints.get(plan.cloneOf[ds] ?? ds);
+    if (mp === undefined) continue;
+    const p = path.join(mp, '.virtsnap', fileSafe(d.name), file);
+    if (existsSync(p)) return p;
+  }
+  const meta = d.dump?.metaDir;
+  if (meta && existsSync(path.join(meta, file))) return path.join(meta, file);
+  return null;
+}
+
+function nvramPathFor(d: DomainRestore, xml: string): string | null {
+  const current = parseDomainXml(xml).nvram;
+  if (current === null) return null;
+  if (d.newName === d.name) return current;
+  return path.join(path.dirname(current), `${fileSafe(d.newName)}_VARS.fd`);
+}
+
+function assertDisksExist(d: DomainRestore, xml: string): void {
+  for (const disk of parseDomainXml(xml).disks) {
+    if (disk.source === null || disk.device === 'cdrom' || disk.device === 'floppy') continue;
+    if (!existsSync(disk.source)) {
+      throw new VirtsnapError(`disk ${disk.target} of ${JSON.stringify(d.name)} is not in the snapshot (${disk.source} missing): not restoring it`);
+    }
+  }
+}
+
+function prepareXml(d: DomainRestore, xml: string, paths: Paths): { xml: string; nvram: string | null } {
+  let out = rewriteDiskPaths(xml, paths.mounts, paths.zvols);
+  const nvram = nvramPathFor(d, out);
+  if (d.newName !== d.name) out = renameDomainXml(out, d, { name: d.newName, uuid: d.newUuid, nvram });
+  return { xml: out, nvram };
+}
+
+async function restoreDomain(d: DomainRestore, plan: RestorePlan, deps: RestoreDeps, paths: Paths, work: string): Promise<string> {
+  const ctx = { domain: d.newName, dataset: splitSnapshot(plan.snapshot).dataset };
+  const inactiveFile = savedFile(d, plan, 'domain-inactive.xml');
+  const renamed = d.newName !== d.name;
+  // Define the clone first, so the restored domain is persistent under its new name.
+  if (renamed || d.dump === null) {
+    if (inactiveFile === null) throw new VirtsnapError(`no saved definition of ${JSON.stringify(d.name)} in ${plan.snapshot}: cannot define it`);
+    const def = prepareXml(d, readFileSync(inactiveFile, 'utf8'), paths);
+    const defFile = path.join(work, `${fileSafe(d.newName)}-define.xml`);
+    writeFileSync(defFile, def.xml, { mode: 0o600 });
+    assertDisksExist(d, def.xml);
+    await deps.virsh.define(defFile);
+    log.info(`defined ${JSON.stringify(d.newName)} from the snapshot's saved XML`, ctx);
+  }
+  const nvramCopy = savedFile(d, plan, 'nvram.fd');
+  if (d.dump === null) {
+    if (nvramCopy !== null && inactiveFile !== null) putNvram(nvramCopy, nvramPathFor(d, rewriteDiskPaths(readFileSync(inactiveFile, 'utf8'), paths.mounts, paths.zvols)));
+    return `${d.newName}: no RAM dump in ${plan.snapshot} (the VM was shut off, or the snapshot is older than virtsnap): disks and definition restored; start it with \`virsh start\``;
+  }
+  const image = readSaveImageXml(d.dump.memoryFile);
+  const live = prepareXml(d, image.xml, paths);
+  assertDisksExist(d, live.xml);
+  if (nvramCopy !== null) putNvram(nvramCopy, live.nvram);
+  if (renamed) {
+    // libvirt's ABI check refuses a new UUID, so the copy's embedded XML is rewritten instead.
+    const copy = path.join(work, `${fileSafe(d.newName)}.save`);
+    copyFileSync(d.dump.memoryFile, copy);
+    rewriteSaveImageXml(copy, live.xml);
+    await deps.virsh.restore(copy, { paused: plan.paused });
+    rmSync(copy, { force: true });
+  } else {
+    const xmlFile = path.join(work, `${fileSafe(d.newName)}.xml`);
+    writeFileSync(xmlFile, live.xml, { mode: 0o600 });
+    await deps.virsh.restore(d.dump.memoryFile, { paused: plan.paused, xmlFile });
+  }
+  log.info(`restored ${plan.paused ? 'paused' : 'running'} from RAM dump ${d.dump.id}`, ctx);
+  return `${d.newName}: ${plan.paused ? 'paused' : 'running'}, as at ${plan.snapshot}`;
+}
+
+function putNvram(copy: string, dest: string | null): void {
+  if (dest === null) return;
+  copyFileSync(copy, dest);
+  chmodSync(dest, 0o600);
+}
+
+export interface RestoreResult {
+  plan: RestorePlan;
+  messages: string[];
+}
+
+/** Carries out a checked plan. Call prepareRestore first and refuse on plan.problems. */
+export async function executeRestore(plan: RestorePlan, deps: RestoreDeps): Promise<RestoreResult> {
+  if (plan.problems.length > 0) throw new VirtsnapError(plan.problems[0]!);
+  const messages: string[] = [];
+  const ctx = { dataset: splitSnapshot(plan.snapshot).dataset };
+  const domains = await deps.virsh.domains();
+  for (const name of plan.stop) {
+    const d = domains.find((x) => x.name === name);
+    if (d === undefined || d.state === 'shut off') continue;
+    log.info(`stopping ${JSON.stringify(name)}: its disks are about to be rolled back`, ctx);
+    await deps.virsh.destroy(d.uuid);
+  }
+  if (plan.mode.kind === 'rollback') {
+    for (const ds of plan.datasets) {
+      const snap = `${ds}@${plan.snapname}`;
+      await retryBusy(() => deps.zfs.rollback(snap, plan.newer.length > 0));
+      log.info(`rolled back to ${snap}`, { dataset: ds });
+    }
+  } else {
+    for (const ds of plan.datasets) {
+      await deps.zfs.clone(`${ds}@${plan.snapname}`, plan.cloneOf[ds]!);
+      log.info(`cloned ${ds}@${plan.snapname} to ${plan.cloneOf[ds]}`, { dataset: ds });
+    }
+  }
+  const paths = pathsAfter(plan);
+  const work = mkdtempSync(path.join(tmpdir(), 'virtsnap-restore-'));
+  try {
+    for (const d of plan.domains) messages.push(await restoreDomain(d, plan, deps, paths, work));
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+  const restored = new Set(plan.domains.map((d) => d.name));
+  for (const name of plan.stop.filter((n) => !restored.has(n))) {
+    messages.push(`${name}: stopped for the rollback and left shut off (no RAM dump of it in ${plan.snapshot})`);
+  }
+  return { plan, messages };
+}

@@ -1,0 +1,228 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { checkSanoidConf, formatFindings, type Finding } from '../../lib/commands/doctor.js';
+import { parseIni } from '../../lib/sanoid/conf.js';
+
+const FILE = '/etc/sanoid/sanoid.conf';
+
+/** A template with our hooks; `extra` lines are added to it. */
+function conf(templateExtra: string[], sectionExtra: string[] = []): Finding[] {
+  const text = [
+    '[tank/vm]',
+    '  use_template = vms',
+    ...sectionExtra.map((l) => `  ${l}`),
+    '',
+    '[template_vms]',
+    '  hourly = 24',
+    '  autosnap = yes',
+    '  pre_snapshot_script = /opt/virtsnap/hooks/pre-snapshot',
+    ...templateExtra.map((l) => `  ${l}`),
+    '',
+  ].join('\n');
+  return checkSanoidConf(parseIni(text), FILE);
+}
+
+const RECOMMENDED = [
+  'post_snapshot_script = /opt/virtsnap/hooks/post-snapshot',
+  'pruning_script = /opt/virtsnap/hooks/prune',
+  'script_timeout = 0',
+  'force_post_snapshot_script = yes',
+];
+
+const without = (key: string) => RECOMMENDED.filter((l) => !l.startsWith(`${key} `));
+
+function severities(findings: Finding[]): string[] {
+  return findings.map((f) => f.severity);
+}
+
+function only(findings: Finding[], pattern: RegExp): Finding {
+  const hits = findings.filter((f) => pattern.test(f.detail));
+  assert.equal(hits.length, 1, `one finding matching ${pattern} in ${JSON.stringify(findings, null, 2)}`);
+  return hits[0]!;
+}
+
+describe('checkSanoidConf', () => {
+  it('a fully recommended config: only ok findings', () => {
+    const findings = conf(RECOMMENDED);
+    assert.ok(findings.length > 0);
+    assert.deepEqual([...new Set(severities(findings))], ['ok']);
+    assert.ok(findings.every((f) => f.check === 'sanoid.conf'));
+    only(findings, /1 section\(s\) use virtsnap: tank\/vm/);
+  });
+
+  it('script_timeout missing: fail, saying to set script_timeout = 0', () => {
+    const findings = conf(without('script_timeout'));
+    const f = only(findings, /script_timeout/);
+    assert.equal(f.severity, 'fail');
+    assert.match(f.detail, /\[tank\/vm\]/);
+    assert.match(f.detail, /script_timeout = 0/);
+    assert.equal(findings.length, 1);
+  });
+
+  it('script_timeout = 30: warn', () => {
+    const findings = conf([...without('script_timeout'), 'script_timeout = 30']);
+    const f = only(findings, /script_timeout/);
+    assert.equal(f.severity, 'warn');
+    assert.match(f.detail, /script_timeout = 30 s/);
+    assert.equal(findings.length, 1);
+  });
+
+  it('script_timeout = 0 or a generous timeout: no timeout finding', () => {
+    for (const value of ['0', '600']) {
+      const findings = conf([...without('script_timeout'), `script_timeout = ${value}`]);
+      assert.equal(findings.filter((f) => /script_timeout/.test(f.detail)).length, 0, value);
+      assert.deepEqual([...new Set(severities(findings))], ['ok']);
+    }
+  });
+
+  it("the section's own setting overrides its template", () => {
+    const findings = conf(RECOMMENDED, ['script_timeout = 10']);
+    assert.equal(only(findings, /script_timeout/).severity, 'warn');
+    const fixed = conf(without('script_timeout'), ['script_timeout = 0']);
+    assert.deepEqual([...new Set(severities(fixed))], ['ok']);
+  });
+
+  it('a later template wins over an earlier one', () => {
+    const text = (order: string) =>
+      [
+        '[tank/vm]',
+        `  use_template = ${order}`,
+        '[template_vms]',
+        '  pre_snapshot_script = /opt/virtsnap/hooks/pre-snapshot',
+        ...without('script_timeout').map((l) => `  ${l}`),
+        '[template_slow]',
+        '  script_timeout = 15',
+        '[template_fast]',
+        '  script_timeout = 0',
+      ].join('\n');
+    assert.deepEqual([...new Set(severities(checkSanoidConf(parseIni(text('vms, slow, fast')), FILE)))], ['ok']);
+    assert.equal(only(checkSanoidConf(parseIni(text('vms,fast,slow')), FILE), /script_timeout/).severity, 'warn');
+  });
+
+  it('missing post hook: fail', () => {
+    const findings = conf(without('post_snapshot_script'));
+    const f = only(findings, /post_snapshot_script/);
+    assert.equal(f.severity, 'fail');
+    assert.match(f.detail, /hooks\/post-snapshot/);
+  });
+
+  it('a post hook that is not ours: fail', () => {
+    const findings = conf([...without('post_snapshot_script'), 'post_snapshot_script = /usr/local/bin/notify']);
+    assert.equal(only(findings, /no post_snapshot_script/).severity, 'fail');
+  });
+
+  it('force_post_snapshot_script missing or off: warn', () => {
+    for (const extra of [[], ['force_post_snapshot_script = no'], ['force_post_snapshot_script = 0']]) {
+      const findings = conf([...without('force_post_snapshot_script'), ...extra]);
+      const f = only(findings, /force_post_snapshot_script/);
+      assert.equal(f.severity, 'warn', JSON.stringify(extra));
+    }
+  });
+
+  it('force_post_snapshot_script as 1, true, on, YES: no finding', () => {
+    for (const v of ['1', 'true', 'on', 'YES']) {
+      const findings = conf([...without('force_post_snapshot_script'), `force_post_snapshot_script = ${v}`]);
+      assert.deepEqual([...new Set(severities(findings))], ['ok'], v);
+    }
+  });
+
+  it('no pruning_script: warn', () => {
+    const findings = conf(without('pruning_script'));
+    const f = only(findings, /pruning_script/);
+    assert.equal(f.severity, 'warn');
+    assert.match(f.detail, /virtsnap gc/);
+  });
+
+  it('pre_pruning_script pointing at hooks/prune: warn (besides the missing pruning_script)', () => {
+    const findings = conf([...without('pruning_script'), 'pre_pruning_script = /opt/virtsnap/hooks/prune']);
+    assert.equal(only(findings, /pre_pruning_script points at the prune hook/).severity, 'warn');
+    assert.equal(only(findings, /has no pruning_script/).severity, 'warn');
+    assert.equal(findings.length, 2);
+  });
+
+  it('a section with path = : fail', () => {
+    const findings = conf(RECOMMENDED, ['path = tank/vm']);
+    const f = only(findings, /path =/);
+    assert.equal(f.severity, 'fail');
+    assert.match(f.detail, /\[tank\/vm\]/);
+  });
+
+  it('path = in the template only is not reported (sanoid reads path from the section)', () => {
+    const findings = conf([...RECOMMENDED, 'path = tank/vm']);
+    assert.deepEqual([...new Set(severities(findings))], ['ok']);
+  });
+
+  it('recursive in a template: warn naming the template', () => {
+    const findings = conf([...RECOMMENDED, 'recursive = zfs']);
+    const f = only(findings, /recursive/);
+    assert.equal(f.severity, 'warn');
+    assert.match(f.detail, /\[template_vms\] sets recursive/);
+    assert.match(f.detail, /\[tank\/vm\]/);
+  });
+
+  it('recursive in the section itself: fine', () => {
+    const findings = conf(RECOMMENDED, ['recursive = zfs']);
+    assert.deepEqual([...new Set(severities(findings))], ['ok']);
+  });
+
+  it('no_inconsistent_snapshot = yes: an ok finding, the rest still checked', () => {
+    const findings = conf([...without('pruning_script'), 'no_inconsistent_snapshot = yes']);
+    assert.equal(only(findings, /no_inconsistent_snapshot/).severity, 'ok');
+    assert.equal(only(findings, /pruning_script/).severity, 'warn');
+  });
+
+  it('a config without our hooks: one warn naming the file', () => {
+    const text = '[tank/data]\n  use_template = plain\n  pre_snapshot_script = /usr/local/bin/other\n[template_plain]\n  hourly = 24\n';
+    const findings = checkSanoidConf(parseIni(text), FILE);
+    assert.equal(findings.length, 1);
+    assert.equal(findings[0]!.severity, 'warn');
+    assert.match(findings[0]!.detail, /\/etc\/sanoid\/sanoid\.conf: no section runs virtsnap's pre-snapshot hook/);
+    assert.deepEqual(checkSanoidConf(parseIni(''), FILE).map((f) => f.severity), ['warn']);
+  });
+
+  it('templates themselves are not sections; every section using the hooks is checked', () => {
+    const text = [
+      '[tank/vm]',
+      '  use_template = vms',
+      '[tank/vm2]',
+      '  use_template = vms',
+      '  script_timeout = 5',
+      '[tank/plain]',
+      '  hourly = 1',
+      '[template_vms]',
+      '  pre_snapshot_script = /opt/virtsnap/hooks/pre-snapshot',
+      ...RECOMMENDED.map((l) => `  ${l}`),
+    ].join('\n');
+    const findings = checkSanoidConf(parseIni(text), FILE);
+    assert.equal(findings.length, 1);
+    assert.equal(findings[0]!.severity, 'warn');
+    assert.match(findings[0]!.detail, /\[tank\/vm2\] script_timeout = 5 s/);
+  });
+
+  it(
+    "settings in [template_default] count for every section, as sanoid applies them",
+    () => {
+      const text = [
+        '[template_default]',
+        '  pre_snapshot_script = /opt/virtsnap/hooks/pre-snapshot',
+        ...RECOMMENDED.map((l) => `  ${l}`),
+        '[tank/vm]',
+        '  hourly = 24',
+      ].join('\n');
+      const findings = checkSanoidConf(parseIni(text), FILE);
+      assert.deepEqual([...new Set(severities(findings))], ['ok']);
+      only(findings, /1 section\(s\) use virtsnap: tank\/vm/);
+    },
+  );
+});
+
+describe('formatFindings', () => {
+  it('one line per finding, labelled by severity', () => {
+    const out = formatFindings([
+      { severity: 'ok', check: 'libvirt', detail: 'fine' },
+      { severity: 'warn', check: 'AppArmor', detail: 'active' },
+      { severity: 'fail', check: 'sanoid.conf', detail: 'broken' },
+    ]);
+    assert.equal(out, 'OK   libvirt: fine\nWARN AppArmor: active\nFAIL sanoid.conf: broken\n');
+  });
+});

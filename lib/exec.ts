@@ -18,8 +18,6 @@ function loadZx(): Promise<typeof import('zx/core')> {
 export interface RunOptions {
   /** Milliseconds before the command is killed. */
   timeoutMs?: number;
-  /** Written to the command's standard input. */
-  input?: string;
   /** Extra environment variables. */
   env?: Record<string, string>;
 }
@@ -41,7 +39,9 @@ export async function run(command: string, args: readonly string[], options: Run
     timeout: timeoutMs,
     timeoutSignal: 'SIGKILL',
     env: { ...process.env, ...options.env, LC_ALL: 'C', LANG: 'C' },
-    ...(options.input !== undefined ? { input: options.input } : {}),
+    // stdin must not be a socket (node's default pipe): Debian's bash then
+    // believes it runs under rshd and sources root's ~/.bashrc.
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
   const started = Date.now();
   const out = await shell`${command} ${[...args]}`;

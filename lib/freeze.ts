@@ -50,14 +50,14 @@ function fileSize(file: string): number | null {
 
 function overlaysOf(dp: DomainPlan): OverlayRecord[] {
   return dp.disks
-    .filter((d) => d.overlay !== null)
+    .filter((d) => d.overlay !== null || d.manual)
     .map((d) => ({
       target: d.target,
       original: d.source as string,
       format: d.format,
       bytes: fileSize(d.source as string),
       dataset: d.dataset as string,
-      overlay: d.overlay as string,
+      overlay: d.overlay,
     }));
 }
 
@@ -115,7 +115,9 @@ async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promi
     throw err;
   }
   const started = Date.now();
-  log.info(`saving RAM to ${dp.memoryFile} and switching ${entry.overlays.map((o) => o.target).join(',')} to overlays${dp.live ? ' (live)' : ''}`, ctx(dp.name, plan.targets.join(',')));
+  const disks = entry.overlays.map((o) => o.target).join(',');
+  const how = dp.state === 'paused' ? `leaving ${disks} as they are (the domain is paused)` : `switching ${disks} to overlays${dp.live ? ' (live)' : ''}`;
+  log.info(`saving RAM to ${dp.memoryFile} and ${how}`, ctx(dp.name, plan.targets.join(',')));
   const progress = showSaveProgress(virsh, dp.uuid, dp.name);
   try {
     await virsh.createSnapshot(dp.uuid, dp.snapshotXml as string, { live: dp.live, timeoutMs: config.saveTimeoutMs });
@@ -150,7 +152,7 @@ async function undoFailedSnapshot(entry: JournalEntry, dp: DomainPlan, deps: Dep
       log.warn('libvirt left the domain paused after the failed snapshot: resuming it', ctx(dp.name));
       await deps.virsh.resume(dp.uuid);
     }
-    for (const o of entry.overlays) removeIfExists(o.overlay);
+    for (const o of entry.overlays) if (o.overlay !== null) removeIfExists(o.overlay);
     removeIfExists(entry.memoryFile);
     rmSync(entry.metaDir, { recursive: true, force: true });
     deps.journal.remove(dp.uuid);
@@ -191,7 +193,7 @@ export async function freeze(plan: FreezePlan, deps: Deps): Promise<FreezeResult
 
 async function commitDisk(entry: JournalEntry, o: OverlayRecord, domain: Domain, deps: Deps): Promise<void> {
   const disk = domain.disks.find((d) => d.target === o.target);
-  if (disk?.source === o.original) return; // committed before a crash
+  if (disk?.source === o.original) return; // nothing to commit, or committed before a crash
   if (disk?.source !== o.overlay) {
     throw new VirtsnapError(
       `domain ${JSON.stringify(entry.domain.name)} disk ${o.target} is on ${disk?.source ?? 'nothing'}, neither our overlay ${o.overlay} nor ${o.original}: leaving it alone, check it by hand`,
@@ -240,7 +242,7 @@ export async function thawDomain(entry: JournalEntry, deps: Deps, options: ThawO
   }
   for (const o of entry.overlays) await commitDisk(entry, o, before, deps);
   assertOnOriginals(entry, await virsh.domain(entry.domain.uuid));
-  for (const o of entry.overlays) removeIfExists(o.overlay);
+  for (const o of entry.overlays) if (o.overlay !== null) removeIfExists(o.overlay);
   entry = journal.update(entry, { step: 'committed' });
   const dump = options.keepDump && dumpComplete ? await keepDump(entry, deps) : null;
   if (dump === null) dropDump(entry);

@@ -31,7 +31,8 @@ export interface OverlayRecord {
   /** Its size when frozen (null for a block device). */
   bytes: number | null;
   dataset: string;
-  overlay: string;
+  /** null: frozen without an overlay (a paused domain, snapshot='manual'); nothing to commit. */
+  overlay: string | null;
 }
 
 export interface JournalEntry {

@@ -24,6 +24,13 @@ export interface DiskPlan {
   dataset: string | null;
   /** Overlay the disk switches to while frozen; null when the disk is left alone. */
   overlay: string | null;
+  /**
+   * Frozen without an overlay (libvirt's snapshot='manual'): for a paused
+   * domain, whose disks do not change while it stays paused. An overlay
+   * would be stuck there: after the RAM save QEMU keeps a paused domain's
+   * images inactive, and block-commit fails with "Block node is read-only".
+   */
+  manual: boolean;
   /** Why the disk is left alone. */
   skip: string | null;
 }
@@ -95,6 +102,7 @@ function planDisks(domain: Domain, inv: Inventory, datasets: ReadonlySet<string>
       format: disk.format,
       dataset,
       overlay: skip === null ? `${overlayBase}.${fileSafe(disk.target)}.qcow2` : null,
+      manual: false,
       skip,
     };
   });
@@ -109,10 +117,13 @@ function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config:
   const tag = `${inv.stamp}-${domain.uuid.slice(0, 8)}`;
   const base = path.join(config.overlayDir, `${fileSafe(domain.name)}.${tag}`);
   const disks = planDisks(domain, inv, datasets, base);
-  const frozen = disks.filter((d) => d.overlay !== null);
+  const frozen = disks.filter((d) => d.skip === null);
   if (frozen.length === 0) return null;
   const holding = [...new Set(frozen.map((d) => d.dataset as string))].sort();
   const action: DomainAction = domain.state === 'shut off' ? 'record' : 'freeze';
+  const keep = (d: DiskPlan): DiskPlan => ({ ...d, overlay: null });
+  const manual = (d: DiskPlan): DiskPlan => (d.skip === null ? { ...d, overlay: null, manual: true } : d);
+  const planned = action === 'record' ? disks.map(keep) : domain.state === 'paused' ? disks.map(manual) : disks;
   const memoryFile = action === 'freeze' ? `${base}.save` : null;
   const plan: DomainPlan = {
     name: domain.name,
@@ -121,7 +132,7 @@ function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config:
     action,
     live: config.live && domain.state === 'running',
     tag,
-    disks: action === 'freeze' ? disks : disks.map((d) => ({ ...d, overlay: null })),
+    disks: planned,
     memoryFile,
     metaDir: `${base}.meta`,
     datasetMetaDirs: holding.map((ds) => datasetMetaDir(ds, inv, domain.name)).filter((d): d is string => d !== null),
@@ -135,7 +146,7 @@ function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config:
       name: `virtsnap-${tag}`,
       description: `virtsnap freeze for ${request.targets.join(',')}@${request.snapnames.join(',')}`,
       memoryFile,
-      disks: plan.disks.map((d) => ({ target: d.target, overlay: d.overlay })),
+      disks: plan.disks.map((d) => ({ target: d.target, overlay: d.overlay, manual: d.manual })),
     });
   }
   return plan;

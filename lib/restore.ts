@@ -180,6 +180,19 @@ function putNvram(copy: string, dest: string | null): void {
   chmodSync(dest, 0o600);
 }
 
+/** A clone restore failed: take back the domains it defined and the clones it made; the originals were never touched. */
+async function undoClone(plan: RestorePlan, deps: RestoreDeps): Promise<void> {
+  for (const d of plan.domains.filter((x) => x.newName !== x.name)) {
+    await deps.virsh.destroy(d.newUuid).catch(() => undefined);
+    await deps.virsh.undefine(d.newUuid).catch(() => undefined);
+  }
+  for (const ds of [...plan.datasets].reverse()) {
+    const clone = plan.cloneOf[ds]!;
+    await retryBusy(() => deps.zfs.destroy(clone)).catch((err: Error) => log.warn(`could not remove clone ${clone}: ${err.message}`, { dataset: clone }));
+  }
+  log.info(`restore failed: removed the clone(s) ${Object.values(plan.cloneOf).join(', ')}`, { dataset: splitSnapshot(plan.snapshot).dataset });
+}
+
 export interface RestoreResult {
   plan: RestorePlan;
   messages: string[];
@@ -213,6 +226,9 @@ export async function executeRestore(plan: RestorePlan, deps: RestoreDeps): Prom
   const work = mkdtempSync(path.join(tmpdir(), 'virtsnap-restore-'));
   try {
     for (const d of plan.domains) messages.push(await restoreDomain(d, plan, deps, paths, work));
+  } catch (err) {
+    if (plan.mode.kind === 'clone') await undoClone(plan, deps);
+    throw err;
   } finally {
     rmSync(work, { recursive: true, force: true });
   }

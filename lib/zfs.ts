@@ -158,6 +158,11 @@ export class ZfsClient {
     await this.zfs(['rollback', ...(destroyNewer ? ['-r'] : []), snapshot], `cannot roll back to ${snapshot}`);
   }
 
+  /** Destroys one dataset (no -r: a clone we just made has no children of its own). */
+  async destroy(dataset: string): Promise<void> {
+    await this.zfs(['destroy', dataset], `cannot destroy ${dataset}`);
+  }
+
   async clone(snapshot: string, target: string): Promise<void> {
     await this.zfs(['clone', snapshot, target], `cannot clone ${snapshot} to ${target}`);
   }

@@ -10,6 +10,8 @@ export interface SnapshotDiskSpec {
   target: string;
   /** Overlay file to switch the disk to, or null to leave the disk alone (snapshot='no'). */
   overlay: string | null;
+  /** Leave the disk as it is but count it in (snapshot='manual', libvirt >= 8.2): its storage is snapshotted by someone else. */
+  manual?: boolean;
 }
 
 export interface SnapshotSpec {
@@ -30,6 +32,7 @@ export function escapeXml(value: string): string {
 
 function diskXml(disk: SnapshotDiskSpec): string {
   const name = escapeXml(disk.target);
+  if (disk.manual) return `    <disk name='${name}' snapshot='manual'/>`;
   if (disk.overlay === null) return `    <disk name='${name}' snapshot='no'/>`;
   return [
     `    <disk name='${name}' snapshot='external' type='file'>`,

@@ -58,12 +58,9 @@ export class LibvirtClient {
     this.timeoutMs = options.timeoutMs ?? 30_000;
   }
 
-  private async virsh(args: string[], what: string, options: { timeoutMs?: number; input?: string } = {}): Promise<string> {
+  private async virsh(args: string[], what: string, options: { timeoutMs?: number } = {}): Promise<string> {
     try {
-      const out = await run('virsh', ['-q', '-c', this.uri, ...args], {
-        timeoutMs: options.timeoutMs ?? this.timeoutMs,
-        ...(options.input !== undefined ? { input: options.input } : {}),
-      });
+      const out = await run('virsh', ['-q', '-c', this.uri, ...args], { timeoutMs: options.timeoutMs ?? this.timeoutMs });
       return out.stdout;
     } catch (err) {
       if (!(err instanceof CommandError)) throw err;
@@ -184,6 +181,10 @@ export class LibvirtClient {
 
   async define(xmlFile: string): Promise<void> {
     await this.virsh(['define', xmlFile], `cannot define a domain from ${xmlFile}`);
+  }
+
+  async undefine(uuid: string): Promise<void> {
+    await this.virsh(['undefine', uuid, '--nvram'], `cannot undefine domain ${uuid}`);
   }
 
   async destroy(uuid: string): Promise<void> {

@@ -1,7 +1,7 @@
 // The test bed from the tests' side: read what test/bed/up made, make guests,
 // read their consoles, run sanoid. Everything here stays inside the bed's
 // pool, its dirs and domains named vsbed-*.
-import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, chmodSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, chmodSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { run } from '../../lib/exec.js';
@@ -178,6 +178,8 @@ export class Guest {
     const g = new Guest(b, options);
     await g.remove();
     rmSync(g.consoleLog, { force: true });
+    // Overlays and RAM files an interrupted earlier test run left for this guest.
+    for (const f of readdirSync(b.overlayDir)) if (f.startsWith(`${options.name}.`)) rmSync(path.join(b.overlayDir, f), { recursive: true, force: true });
     for (const ds of new Set([options.dataset, ...g.disks.map((d) => d.dataset ?? options.dataset)])) {
       if (!(await datasetExists(ds))) await sh('zfs', ['create', '-p', ds]);
     }

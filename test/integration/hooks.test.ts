@@ -8,7 +8,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { sha256File, type ArchivedDump } from '../../lib/archive.js';
-import { bed, destroyDataset, removeDomains, Guest, mismatches, mountpointOf, restoreOnClone, snapshotsOf, type Bed, type SanoidVersion } from '../helpers/bed.js';
+import { bed, destroyDataset, removeDomains, Guest, mismatches, mountpointOf, restoreOnClone, snapshotsOf, virsh, type Bed, type SanoidVersion } from '../helpers/bed.js';
 import { leftovers, Setup } from '../helpers/virtsnap.js';
 
 /** One sanoid --take-snapshots run; returns the snapshots it created under `root`. */
@@ -142,6 +142,36 @@ describe('pre/post snapshot hooks under sanoid', () => {
       const nvramCopy = path.join(path.dirname(offXml), 'nvram.fd');
       assert.ok(readFileSync(nvramCopy).equals(readFileSync(off.nvramPath())), 'the UEFI variables travel in the snapshot');
       for (const g of guests) await assertRestoresSilently(g, dumpsOf(setup, g)[0]!);
+    });
+  });
+
+  describe('sanoid 2.2.0: a paused guest', () => {
+    const dataset = () => `${b.vmDataset}/paused`;
+    let setup: Setup;
+    let guest: Guest;
+
+    before(async () => {
+      await removeDomains('vsbed-paused');
+      await destroyDataset(dataset());
+      setup = await Setup.create('paused');
+      guest = await Guest.create({ name: 'vsbed-paused', dataset: dataset() });
+      await guest.start();
+      await virsh('suspend', guest.name);
+    });
+    after(async () => {
+      await guest?.remove();
+      await destroyDataset(dataset());
+    });
+
+    it('is frozen without --live, stays paused, and its dump restores silently', async () => {
+      const originals = await guest.sources();
+      const created = await takeSnapshots(setup, '2.2.0', setup.section(dataset()), dataset(), 0);
+      assert.equal(await guest.state(), 'paused', 'virtsnap must not resume a guest the user paused');
+      assert.deepEqual(await guest.sources(), originals);
+      assert.deepEqual(leftovers(setup.overlayDir, guest.name), []);
+      const [dump] = dumpsOf(setup, guest);
+      assert.deepEqual([...dump!.manifest.snapshots].sort(), [...created].sort());
+      await assertRestoresSilently(guest, dump!);
     });
   });
 

@@ -2,7 +2,7 @@
 // as one of its snapshots. Then gc after snapshots destroyed by hand, and
 // verify on a good, a truncated and a corrupted dump.
 import assert from 'node:assert/strict';
-import { closeSync, copyFileSync, existsSync, openSync, readFileSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { run } from '../../lib/exec.js';
@@ -129,10 +129,20 @@ describe('prune hook under sanoid: a dump goes with the last of its snapshots', 
       assert.deepEqual(report.removed, [part]);
       assert.ok(existsSync(one.manifest.memoryFile), '--dry-run deletes nothing');
 
+      // A manifest that is not JSON is never a reason to delete anything.
+      const broken = path.join(dir, 'broken.json');
+      writeFileSync(broken, '{"format": "virtsnap-dump/1", "snapsh');
+      const prune = await run(hooks.prune, [], { env: setup.env({ SANOID_SCRIPT: 'prune', SANOID_TARGET: dataset(), SANOID_SNAPNAME: 'never-taken' }) });
+      assert.match(prune.stderr, /broken\.json is not readable JSON.*left alone/);
+      assert.ok(existsSync(one.manifest.memoryFile), 'a prune call for another snapshot leaves dump one to gc');
+
       const real = await virtsnap(setup, ['gc']);
       assert.equal(real.code, 0, real.stderr);
       assert.match(real.stdout, /freed \d+\.\d MiB/);
       assert.ok(!existsSync(one.manifest.memoryFile) && !existsSync(one.manifestFile) && !existsSync(part));
+      assert.match(real.stdout, /left alone: .*broken\.json/);
+      assert.ok(existsSync(broken));
+      rmSync(broken);
       assert.deepEqual(setup.dumps().map((d) => d.manifest.id), [two.manifest.id]);
     });
 

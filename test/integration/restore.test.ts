@@ -20,11 +20,11 @@ describe('virtsnap snapshot and restore', () => {
   let guest: Guest;
   let off: Guest;
   const dataset = () => `${b.vmDataset}/rs`;
-  const clones = () => [`${b.pool}/rs-clone`, `${b.pool}/rs-clone-off`, `${b.pool}/rs-nope`];
+  const clones = () => [`${b.pool}/rs-clone`, `${b.pool}/rs-clone-off`, `${b.pool}/rs-nope`, `${b.pool}/rs-paused`];
 
   before(async () => {
     b = await bed();
-    await removeDomains('vsbed-rs', 'vsbed-rs-off', 'vsbed-rs-clone', 'vsbed-rs-off2');
+    await removeDomains('vsbed-rs', 'vsbed-rs-off', 'vsbed-rs-clone', 'vsbed-rs-off2', 'vsbed-rs-paused');
     for (const c of clones()) await destroyDataset(c);
     await destroyDataset(dataset());
     setup = await Setup.create('restore');
@@ -33,7 +33,7 @@ describe('virtsnap snapshot and restore', () => {
     await guest.start();
   });
   after(async () => {
-    await removeDomains('vsbed-rs-clone', 'vsbed-rs-off2');
+    await removeDomains('vsbed-rs-clone', 'vsbed-rs-off2', 'vsbed-rs-paused');
     await guest?.remove();
     await off?.remove();
     for (const c of clones()) await destroyDataset(c);
@@ -113,6 +113,13 @@ describe('virtsnap snapshot and restore', () => {
     assert.match(out.stdout, /no RAM dump/);
     assert.equal((await virsh('domstate', 'vsbed-rs-off2')).trim(), 'shut off');
     assert.ok((await virsh('domblklist', 'vsbed-rs-off2')).includes(await mountpointOf(`${b.pool}/rs-clone-off`)));
+  });
+
+  it('restore --paused leaves the restored VM paused, to be looked at first', async () => {
+    const out = await virtsnap(setup, ['restore', `${dataset()}@one`, '--domain', 'vsbed-rs', '--clone', `${b.pool}/rs-paused`, '--as', 'vsbed-rs-paused', '--paused']);
+    assert.equal(out.code, 0, out.stderr);
+    assert.equal((await virsh('domstate', 'vsbed-rs-paused')).trim(), 'paused');
+    await removeDomains('vsbed-rs-paused');
   });
 
   it('status shows each VM, its dataset, that it is not on an overlay, and its latest dump', async () => {

@@ -1,6 +1,6 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { run } from '../../lib/exec.js';
@@ -107,11 +107,23 @@ describe('run', () => {
     assert.equal(out2.stdout, 'C');
   });
 
-  it('extra env reaches the child; input goes to stdin', async () => {
+  it('extra env reaches the child; stdin is /dev/null, not a socket', async () => {
     const out = await run('sh', ['-c', 'printf "%s" "$VIRTSNAP_TEST_X"'], { env: { VIRTSNAP_TEST_X: 'a $(b) c' } });
     assert.equal(out.stdout, 'a $(b) c');
-    const cat = await run('cat', [], { input: 'line1\n$(line2)\n' });
-    assert.equal(cat.stdout, 'line1\n$(line2)\n');
+    const stdin = await run('readlink', ['/proc/self/fd/0']);
+    assert.equal(stdin.stdout.trim(), '/dev/null');
+  });
+
+  it("bash's rc files are not read (Debian's bash sources ~/.bashrc when stdin is a socket)", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'virtsnap-rc-'));
+    try {
+      writeFileSync(path.join(dir, '.bashrc'), 'echo RC-WAS-READ >&2\n');
+      // SHLVL 0: as under sanoid's clean environment, where bash then counts itself as the first shell.
+      const out = await run('true', [], { env: { HOME: dir, SHLVL: '0' } });
+      assert.doesNotMatch(out.stderr, /RC-WAS-READ/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('returns stdout and stderr of a successful command', async () => {

@@ -256,11 +256,16 @@ describe('planFreeze', () => {
     assert.deepEqual(p.datasetMetaDirs, ['/tank/vm/.virtsnap/off']);
   });
 
-  it('paused domain -> freeze, live false', () => {
-    const plan = planFreeze(request, inventory([dom('p', 'paused', [disk('vda', '/tank/vm/a.qcow2')])]), config);
+  it("paused domain -> freeze, live false, disks snapshot='manual' without overlays", () => {
+    const plan = planFreeze(request, inventory([dom('p', 'paused', [disk('vda', '/tank/vm/a.qcow2'), disk('hdc', '/tank/vm/cd.iso', { device: 'cdrom' })])]), config);
     assert.deepEqual(plan.problems, []);
-    assert.equal(plan.domains[0]!.action, 'freeze');
-    assert.equal(plan.domains[0]!.live, false);
+    const p = plan.domains[0]!;
+    assert.equal(p.action, 'freeze');
+    assert.equal(p.live, false);
+    assert.deepEqual(p.disks.map((d) => [d.target, d.overlay, d.manual]), [['vda', null, true], ['hdc', null, false]]);
+    assert.match(p.snapshotXml!, /<disk name='vda' snapshot='manual'\/>/);
+    assert.match(p.snapshotXml!, /<disk name='hdc' snapshot='no'\/>/);
+    assert.deepEqual(p.snapshots, [`tank/vm@${SNAP1}`, `tank/vm@${SNAP2}`]);
   });
 
   it('VIRTSNAP_LIVE=no -> running domain not live', () => {

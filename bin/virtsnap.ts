@@ -3,7 +3,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { formatList, listArchived } from '../lib/commands/list.js';
 import { formatGc, formatVerdicts } from '../lib/commands/archive-report.js';
 import { doctor, formatFindings } from '../lib/commands/doctor.js';
-import { recover } from '../lib/commands/recover.js';
+import { recover } from '../lib/recovery.js';
 import { domainStatus, formatStatus } from '../lib/commands/status.js';
 import { collectGarbage } from '../lib/retention.js';
 import { verifyArchive } from '../lib/verify.js';

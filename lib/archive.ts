@@ -87,27 +87,56 @@ function fsyncFile(file: string): void {
   }
 }
 
+/** A file hashed and ready to take its place in the archive with one rename. */
+export interface Staged {
+  sha256: string;
+  bytes: number;
+  /** Puts the file at its destination and removes the source. */
+  commit(): void;
+}
+
 /**
- * Moves a file into `dest` and hashes it. Same filesystem: a rename, then a
- * read to hash. Across filesystems: one streaming pass copies and hashes, and
- * the source is removed only after the copy is on disk.
+ * Hashes `src` and gets it ready to become `dest`. Same filesystem: the
+ * file is read once to hash it, and commit is a rename. Across filesystems:
+ * one streaming pass copies and hashes into `dest.part`, and commit renames
+ * that and only then removes the source. Either way, nothing is at `dest`
+ * until the caller has written what refers to it.
  */
-export async function moveAndHash(src: string, dest: string): Promise<{ sha256: string; bytes: number }> {
-  const sameFs = statSync(src).dev === statSync(path.dirname(dest)).dev;
+export async function stageFile(src: string, dest: string): Promise<Staged> {
+  const dir = path.dirname(dest);
+  const sameFs = statSync(src).dev === statSync(dir).dev;
   if (sameFs) {
     chmodSync(src, PRIVATE_FILE);
-    renameSync(src, dest);
-    fsyncDir(path.dirname(dest));
-    return sha256File(dest);
+    const { sha256, bytes } = await sha256File(src);
+    return {
+      sha256,
+      bytes,
+      commit() {
+        renameSync(src, dest);
+        fsyncDir(dir);
+      },
+    };
   }
   const tmp = `${dest}.part`;
   const counter = new HashingCounter();
   await pipeline(createReadStream(src), counter, createWriteStream(tmp, { mode: PRIVATE_FILE }));
   fsyncFile(tmp);
-  renameSync(tmp, dest);
-  fsyncDir(path.dirname(dest));
-  unlinkSync(src);
-  return { sha256: counter.hash.digest('hex'), bytes: counter.bytes };
+  return {
+    sha256: counter.hash.digest('hex'),
+    bytes: counter.bytes,
+    commit() {
+      renameSync(tmp, dest);
+      fsyncDir(dir);
+      unlinkSync(src);
+    },
+  };
+}
+
+/** Moves a file into `dest` and hashes it (see stageFile). */
+export async function moveAndHash(src: string, dest: string): Promise<{ sha256: string; bytes: number }> {
+  const staged = await stageFile(src, dest);
+  staged.commit();
+  return { sha256: staged.sha256, bytes: staged.bytes };
 }
 
 export interface ArchiveInput {
@@ -125,20 +154,26 @@ export interface ArchiveInput {
   hostname: string;
 }
 
-/** Moves a finished memory file (and its meta dir) into the archive and writes its manifest. */
+/**
+ * Moves a finished memory file (and its meta dir) into the archive and
+ * writes its manifest. The manifest is written before the memory file takes
+ * its place: a crash in between leaves the file where the journal still
+ * points (so `virtsnap recover` archives it again), never an archived dump
+ * without its manifest (which gc would take for a stray).
+ */
 export async function archiveDump(archiveDir: string, input: ArchiveInput): Promise<ArchivedDump> {
   ensureDir(archiveDir);
   const dir = domainDir(archiveDir, input.domain.name);
   ensureDir(dir);
   const memoryFile = path.join(dir, `${input.id}.save`);
-  const { sha256, bytes } = await moveAndHash(input.memoryFile, memoryFile);
+  const staged = await stageFile(input.memoryFile, memoryFile);
+  const { sha256, bytes } = staged;
   let metaDir: string | null = null;
   if (input.metaDir !== null && exists(input.metaDir)) {
     metaDir = path.join(dir, `${input.id}.meta`);
     // cpSync+rm rather than rename: the staging dir may be on another filesystem.
     cpSync(input.metaDir, metaDir, { recursive: true });
     chmodSync(metaDir, 0o700);
-    rmSync(input.metaDir, { recursive: true, force: true });
   }
   const manifest: Manifest = {
     format: 'virtsnap-dump/1',
@@ -163,6 +198,8 @@ export async function archiveDump(archiveDir: string, input: ArchiveInput): Prom
   };
   const manifestFile = path.join(dir, `${input.id}.json`);
   writeJsonAtomic(manifestFile, manifest);
+  staged.commit();
+  if (input.metaDir !== null) rmSync(input.metaDir, { recursive: true, force: true });
   return { manifest, manifestFile };
 }
 

@@ -23,6 +23,7 @@ import { readSaveImageHeader } from './libvirt/save-image.js';
 import type { Domain, LibvirtClient } from './libvirt/virsh.js';
 import { log } from './log.js';
 import { showSaveProgress } from './progress.js';
+import { sleep } from './lock.js';
 import type { DomainPlan, FreezePlan } from './plan.js';
 import type { ZfsClient } from './zfs.js';
 
@@ -95,6 +96,10 @@ function assertUnchanged(dp: DomainPlan, domain: Domain): void {
   if (domain.state === 'shut off') {
     throw new VirtsnapError(`domain ${JSON.stringify(dp.name)} shut down while we planned: run again`);
   }
+  // A paused domain is frozen without overlays, a running one with them: neither plan fits the other.
+  if ((domain.state === 'paused') !== (dp.state === 'paused')) {
+    throw new VirtsnapError(`domain ${JSON.stringify(dp.name)} went from ${dp.state} to ${domain.state} while we planned: run again`);
+  }
 }
 
 async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<JournalEntry | null> {
@@ -142,6 +147,12 @@ async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promi
  */
 async function undoFailedSnapshot(entry: JournalEntry, dp: DomainPlan, deps: Deps): Promise<void> {
   try {
+    // A timed-out virsh is killed, but libvirtd goes on with the job: stop it
+    // and wait until it is gone before judging what state the domain is in.
+    if (!(await jobGone(dp.uuid, deps))) {
+      log.error('libvirt is still running the snapshot job and would not abort it: the journal is kept, run `virtsnap recover` once it ends', ctx(dp.name));
+      return;
+    }
     const domain = await deps.virsh.domain(dp.uuid);
     const switched = entry.overlays.some((o) => domain.disks.find((d) => d.target === o.target)?.source === o.overlay);
     if (switched) {
@@ -159,6 +170,16 @@ async function undoFailedSnapshot(entry: JournalEntry, dp: DomainPlan, deps: Dep
   } catch (err) {
     log.error(`could not clean up after the failed snapshot (${(err as Error).message}): the journal is kept, run \`virtsnap recover\``, ctx(dp.name));
   }
+}
+
+async function jobGone(uuid: string, deps: Deps): Promise<boolean> {
+  if ((await deps.virsh.activeJob(uuid).catch(() => null)) === null) return true;
+  await deps.virsh.abortJob(uuid).catch(() => undefined);
+  for (let i = 0; i < 120; i++) {
+    await sleep(500);
+    if ((await deps.virsh.activeJob(uuid).catch(() => null)) === null) return true;
+  }
+  return false;
 }
 
 export interface FreezeResult {
@@ -239,6 +260,11 @@ export async function thawDomain(entry: JournalEntry, deps: Deps, options: ThawO
     throw new VirtsnapError(
       `domain ${JSON.stringify(entry.domain.name)} was shut down while on overlays: start it (it runs on the overlays) and run \`virtsnap recover\``,
     );
+  }
+  const manual = entry.overlays.length > 0 && entry.overlays.every((o) => o.overlay === null);
+  if (manual && before.state !== 'paused' && options.keepDump) {
+    log.error('the domain was frozen paused (no overlays) but has been resumed since: its disks moved on, the RAM dump is discarded', ctx(entry.domain.name));
+    options = { ...options, keepDump: false };
   }
   for (const o of entry.overlays) await commitDisk(entry, o, before, deps);
   assertOnOriginals(entry, await virsh.domain(entry.domain.uuid));

@@ -152,6 +152,16 @@ function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config:
   return plan;
 }
 
+/** A storage-pool volume has no path in the domain XML: we cannot tell which dataset holds it. */
+function volumeProblems(domain: Domain): string[] {
+  return domain.disks
+    .filter((d) => d.type === 'volume' && !d.readonly && !d.shareable && d.device !== 'cdrom' && d.device !== 'floppy')
+    .map(
+      (d) =>
+        `domain ${JSON.stringify(domain.name)} disk ${d.target} is a libvirt storage volume: virtsnap cannot tell which dataset holds it, so it cannot freeze it with the rest; give it a file or block source`,
+    );
+}
+
 function stateProblems(domain: Domain, plan: DomainPlan): string[] {
   if (plan.action !== 'freeze' || FREEZABLE.includes(domain.state)) return [];
   return [`domain ${JSON.stringify(domain.name)} is ${domain.state}: its RAM cannot be saved; resume or shut it down before the snapshot`];
@@ -192,7 +202,7 @@ export function planFreeze(request: RunRequest, inv: Inventory, config: Config):
     problems.push(...leftovers);
     const plan = planDomain(domain, request, inv, config, datasets);
     if (plan === null) continue;
-    problems.push(...stateProblems(domain, plan));
+    problems.push(...stateProblems(domain, plan), ...volumeProblems(domain));
     domains.push(plan);
   }
   return {

@@ -29,6 +29,8 @@ export interface RestoreFacts {
   cloneTargetExists: boolean;
   /** A domain with the --as name already exists. */
   asNameTaken: boolean;
+  /** Domains a snapshot run holds right now (in the journal): on overlays, or about to be. */
+  frozen?: { name: string; datasets: string[] }[];
 }
 
 export interface DomainRestore {
@@ -117,7 +119,10 @@ export function planRestore(request: RestoreRequest, facts: RestoreFacts, newUui
   }
   if (request.as !== undefined && facts.asNameTaken) problems.push(`a domain named ${JSON.stringify(request.as)} already exists: choose another --as`);
 
-  const touches = (d: RestoreFacts['domains'][number]) => d.datasets.some((ds) => plan.datasets.some((p) => isInSubtree(ds, p)));
+  const touches = (d: { datasets: string[] }) => d.datasets.some((ds) => plan.datasets.some((p) => isInSubtree(ds, p)));
+  for (const d of (facts.frozen ?? []).filter(touches)) {
+    problems.push(`domain ${JSON.stringify(d.name)} is held by a snapshot run (see \`virtsnap status\`): wait for it, or \`virtsnap recover\` if it died, then restore`);
+  }
   const running = facts.domains.filter((d) => d.state !== 'shut off');
 
   if (request.mode.kind === 'clone') {

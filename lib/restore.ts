@@ -7,7 +7,7 @@
 //   restore the RAM dump.
 // Everything is checked before the first change: the snapshot exists, each
 // dump verifies (header, XML, sha256), nothing newer is lost without --force.
-import { copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync, chmodSync, readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync, chmodSync, readFileSync, realpathSync, renameSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -23,6 +23,7 @@ import { sleep } from './lock.js';
 import { log } from './log.js';
 import { planRestore, renameDomainXml, rewriteDiskPaths, splitSnapshot, type DomainRestore, type RestoreFacts, type RestorePlan, type RestoreRequest } from './restore-plan.js';
 import { checkDump } from './verify.js';
+import { Journal } from './journal.js';
 import { isInSubtree, readMounts, zvolDeviceMap, type ZfsClient } from './zfs.js';
 
 export interface RestoreDeps {
@@ -50,12 +51,15 @@ async function gatherFacts(request: RestoreRequest, deps: RestoreDeps): Promise<
     name: d.name,
     uuid: d.uuid,
     state: d.state,
-    datasets: [...new Set(d.disks.flatMap((k) => (k.source !== null && datasetOf.has(k.source) ? [datasetOf.get(k.source)!] : [])))],
+    // Backing images count: a VM on an overlay still has its disk in the dataset below.
+    datasets: [...new Set(d.disks.flatMap((k) => [k.source, k.backing]).flatMap((p) => (p !== null && datasetOf.has(p) ? [datasetOf.get(p)!] : [])))],
   }));
+  const inJournal = new Set(new Journal(deps.config.stateDir).list().map((e) => e.domain.uuid));
   return {
     snapshots,
     dumps,
     domains,
+    frozen: domains.filter((d) => inJournal.has(d.uuid)).map((d) => ({ name: d.name, datasets: d.datasets })),
     cloneTargetExists: request.mode.kind === 'clone' ? await deps.zfs.exists(request.mode.dataset) : false,
     asNameTaken: request.as !== undefined && all.some((d) => d.name === request.as),
   };
@@ -119,11 +123,23 @@ function nvramPathFor(d: DomainRestore, xml: string): string | null {
   return path.join(path.dirname(current), `${fileSafe(d.newName)}_VARS.fd`);
 }
 
-function assertDisksExist(d: DomainRestore, xml: string): void {
+/**
+ * Every writable disk must exist and lie in what was cloned or rolled back:
+ * RAM from the snapshot on any other disk (one reached through a symlink we
+ * did not rewrite, one in another dataset) would corrupt that disk.
+ */
+function assertDisksRestorable(d: DomainRestore, xml: string, paths: Paths): void {
   for (const disk of parseDomainXml(xml).disks) {
-    if (disk.source === null || disk.device === 'cdrom' || disk.device === 'floppy') continue;
+    if (disk.source === null || disk.readonly || disk.device === 'cdrom' || disk.device === 'floppy') continue;
     if (!existsSync(disk.source)) {
       throw new VirtsnapError(`disk ${disk.target} of ${JSON.stringify(d.name)} is not in the snapshot (${disk.source} missing): not restoring it`);
+    }
+    const real = realpathSync(disk.source);
+    const inside = paths.mounts.some((m) => real.startsWith(`${m.to}/`)) || paths.zvols.some((z) => disk.source === `/dev/zvol/${z.to}` || disk.source!.startsWith(`/dev/zvol/${z.to}-part`));
+    if (!inside) {
+      throw new VirtsnapError(
+        `disk ${disk.target} of ${JSON.stringify(d.name)} (${disk.source}) is not in ${Object.values(paths.mounts).map((m) => m.to).join(', ')}: restoring its RAM onto that disk would corrupt it; not restoring`,
+      );
     }
   }
 }
@@ -145,7 +161,7 @@ async function restoreDomain(d: DomainRestore, plan: RestorePlan, deps: RestoreD
     const def = prepareXml(d, readFileSync(inactiveFile, 'utf8'), paths);
     const defFile = path.join(work, `${fileSafe(d.newName)}-define.xml`);
     writeFileSync(defFile, def.xml, { mode: 0o600 });
-    assertDisksExist(d, def.xml);
+    assertDisksRestorable(d, def.xml, paths);
     await deps.virsh.define(defFile);
     log.info(`defined ${JSON.stringify(d.newName)} from the snapshot's saved XML`, ctx);
   }
@@ -156,7 +172,7 @@ async function restoreDomain(d: DomainRestore, plan: RestorePlan, deps: RestoreD
   }
   const image = readSaveImageXml(d.dump.memoryFile);
   const live = prepareXml(d, image.xml, paths);
-  assertDisksExist(d, live.xml);
+  assertDisksRestorable(d, live.xml, paths);
   if (nvramCopy !== null) putNvram(nvramCopy, live.nvram);
   if (renamed) {
     // libvirt's ABI check refuses a new UUID, so the copy's embedded XML is rewritten instead.
@@ -174,23 +190,31 @@ async function restoreDomain(d: DomainRestore, plan: RestorePlan, deps: RestoreD
   return `${d.newName}: ${plan.paused ? 'paused' : 'running'}, as at ${plan.snapshot}`;
 }
 
+/** Puts the saved NVRAM in place; what was there is kept beside it, not overwritten. */
 function putNvram(copy: string, dest: string | null): void {
   if (dest === null) return;
+  if (existsSync(dest)) renameSync(dest, `${dest}.before-restore-${new Date().toISOString().replace(/[-:]/g, '')}`);
   copyFileSync(copy, dest);
   chmodSync(dest, 0o600);
 }
 
 /** A clone restore failed: take back the domains it defined and the clones it made; the originals were never touched. */
 async function undoClone(plan: RestorePlan, deps: RestoreDeps): Promise<void> {
-  for (const d of plan.domains.filter((x) => x.newName !== x.name)) {
+  for (const d of plan.domains) {
+    // Whatever runs on the clone is ours to stop; only a renamed domain was defined by us.
     await deps.virsh.destroy(d.newUuid).catch(() => undefined);
-    await deps.virsh.undefine(d.newUuid).catch(() => undefined);
+    if (d.newName !== d.name) await deps.virsh.undefine(d.newUuid).catch(() => undefined);
   }
+  const removed: string[] = [];
   for (const ds of [...plan.datasets].reverse()) {
     const clone = plan.cloneOf[ds]!;
-    await retryBusy(() => deps.zfs.destroy(clone)).catch((err: Error) => log.warn(`could not remove clone ${clone}: ${err.message}`, { dataset: clone }));
+    if (!(await deps.zfs.exists(clone))) continue;
+    await retryBusy(() => deps.zfs.destroy(clone)).then(
+      () => removed.push(clone),
+      (err: Error) => log.warn(`could not remove clone ${clone}: ${err.message}`, { dataset: clone }),
+    );
   }
-  log.info(`restore failed: removed the clone(s) ${Object.values(plan.cloneOf).join(', ')}`, { dataset: splitSnapshot(plan.snapshot).dataset });
+  log.info(`restore failed: removed ${removed.join(', ') || 'no clone'}`, { dataset: splitSnapshot(plan.snapshot).dataset });
 }
 
 export interface RestoreResult {
@@ -216,15 +240,16 @@ export async function executeRestore(plan: RestorePlan, deps: RestoreDeps): Prom
       await retryBusy(() => deps.zfs.rollback(snap, plan.newer.length > 0));
       log.info(`rolled back to ${snap}`, { dataset: ds });
     }
-  } else {
-    for (const ds of plan.datasets) {
-      await deps.zfs.clone(`${ds}@${plan.snapname}`, plan.cloneOf[ds]!);
-      log.info(`cloned ${ds}@${plan.snapname} to ${plan.cloneOf[ds]}`, { dataset: ds });
-    }
   }
-  const paths = pathsAfter(plan);
   const work = mkdtempSync(path.join(tmpdir(), 'virtsnap-restore-'));
   try {
+    if (plan.mode.kind === 'clone') {
+      for (const ds of plan.datasets) {
+        await deps.zfs.clone(`${ds}@${plan.snapname}`, plan.cloneOf[ds]!);
+        log.info(`cloned ${ds}@${plan.snapname} to ${plan.cloneOf[ds]}`, { dataset: ds });
+      }
+    }
+    const paths = pathsAfter(plan);
     for (const d of plan.domains) messages.push(await restoreDomain(d, plan, deps, paths, work));
   } catch (err) {
     if (plan.mode.kind === 'clone') await undoClone(plan, deps);

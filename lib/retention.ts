@@ -20,13 +20,31 @@ function datasetOf(snapshot: string): string {
   return snapshot.slice(0, snapshot.indexOf('@'));
 }
 
-/** The snapshots among `names` that ZFS still has. */
-async function stillInZfs(names: string[], zfs: ZfsClient): Promise<Set<string>> {
-  const present = new Set<string>();
+/**
+ * What ZFS says about `names`: the snapshots it still has, and the datasets
+ * it does not know at all. A snapshot of an unknown dataset is not "gone": its
+ * pool may not be imported, or the dataset renamed. Never delete on that.
+ */
+interface ZfsTruth {
+  present: Set<string>;
+  unknownDatasets: Set<string>;
+}
+
+async function askZfs(names: string[], zfs: ZfsClient): Promise<ZfsTruth> {
+  const truth: ZfsTruth = { present: new Set(), unknownDatasets: new Set() };
   for (const ds of new Set(names.map(datasetOf))) {
-    for (const s of await zfs.listSnapshotsIfExists(ds)) present.add(s);
+    if (!(await zfs.exists(ds))) {
+      truth.unknownDatasets.add(ds);
+      continue;
+    }
+    for (const s of await zfs.listSnapshots(ds, false)) truth.present.add(s);
   }
-  return present;
+  return truth;
+}
+
+/** The snapshots of a dump that still count: present in ZFS, or of a dataset ZFS does not know right now. */
+function stillNeeded(snapshots: string[], truth: ZfsTruth): string[] {
+  return snapshots.filter((s) => truth.present.has(s) || truth.unknownDatasets.has(datasetOf(s)));
 }
 
 export interface PruneResult {
@@ -49,19 +67,20 @@ export async function pruneSnapshot(event: PruneEvent, config: Config, zfs: ZfsC
       log.debug(`no RAM dump belongs to ${snapshot}: nothing to do`, { dataset: event.dataset });
       return result;
     }
-    const present = await stillInZfs(dumps.flatMap((d) => d.manifest.snapshots), zfs);
-    if (present.has(snapshot)) {
+    const truth = await askZfs(dumps.flatMap((d) => d.manifest.snapshots), zfs);
+    if (truth.present.has(snapshot)) {
       log.warn(`sanoid says ${snapshot} was pruned, but ZFS still has it: its RAM dump stays`, { dataset: event.dataset });
     }
-    for (const dump of dumps) settle(dump, present, result);
+    for (const ds of truth.unknownDatasets) log.warn(`dataset ${ds} is not known to ZFS (pool not imported? renamed?): its snapshots count as kept`, { dataset: ds });
+    for (const dump of dumps) settle(dump, truth, result);
     return result;
   });
 }
 
 /** Brings one dump in line with ZFS: fewer snapshots, or gone. */
-function settle(dump: ArchivedDump, present: Set<string>, result: PruneResult): void {
+function settle(dump: ArchivedDump, truth: ZfsTruth, result: PruneResult): void {
   const m = dump.manifest;
-  const keep = m.snapshots.filter((s) => present.has(s));
+  const keep = stillNeeded(m.snapshots, truth);
   const ctx = { domain: m.domain.name, dataset: datasetOf(m.snapshots[0] ?? '@') };
   if (keep.length === m.snapshots.length) return;
   if (keep.length > 0) {
@@ -127,10 +146,11 @@ export async function collectGarbage(config: Config, zfs: ZfsClient, options: { 
   return withArchiveLock(config.stateDir, config.lockTimeoutMs, async () => {
     const scan = scanArchive(config.archiveDir);
     for (const b of scan.broken) report.kept.push(`${b.file}: ${b.reason}`);
-    const present = new Set(await zfs.listSnapshots());
+    const truth = await askZfs(scan.dumps.flatMap((d) => d.manifest.snapshots), zfs);
+    for (const ds of truth.unknownDatasets) report.kept.push(`dumps of ${ds}: ZFS does not know this dataset (pool not imported? renamed?), nothing deleted for it`);
     for (const dump of scan.dumps) {
       const m = dump.manifest;
-      const keep = m.snapshots.filter((s) => present.has(s));
+      const keep = stillNeeded(m.snapshots, truth);
       if (keep.length === m.snapshots.length) continue;
       if (keep.length > 0) {
         report.updated.push(m.id);

@@ -9,6 +9,7 @@ import { sleep } from './lock.js';
 import { LibvirtClient } from './libvirt/virsh.js';
 import { log } from './log.js';
 import { planFreeze, runIdOf, type FreezePlan, type RunRequest } from './plan.js';
+import { recover } from './recovery.js';
 import { ZfsClient } from './zfs.js';
 
 /** `ownerPid`: the process whose death ends the run; the hooks' is sanoid. */
@@ -62,6 +63,9 @@ async function planWhenFree(request: RunRequest, deps: Deps, options: PreOptions
 
 /** pre: freeze every domain with disks in the run's datasets. */
 export async function runPre(request: RunRequest, deps: Deps, options: PreOptions = {}): Promise<FreezePlan> {
+  // A run that died (sanoid killed, host crashed) left its domains in the
+  // journal, maybe on overlays: finish it first, or they would block this run.
+  await recover(deps, { force: false, quietIfLive: true });
   const plan = await planWhenFree(request, deps, options);
   const dataset = request.targets.join(',');
   if (plan.domains.length === 0 && plan.problems.length === 0) {

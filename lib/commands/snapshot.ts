@@ -2,10 +2,10 @@
 // snapshot, the same freeze/thaw as the hooks with `zfs snapshot` between.
 import type { ArchivedDump } from '../archive.js';
 import { VirtsnapError } from '../errors.js';
-import type { Deps } from '../freeze.js';
+import { thawRun, type Deps } from '../freeze.js';
 import { stampOf } from '../inventory.js';
 import { log } from '../log.js';
-import type { FreezePlan } from '../plan.js';
+import { runIdOf, type FreezePlan } from '../plan.js';
 import { planRun, runPost, runPre } from '../runs.js';
 import { assertDatasetName, assertSnapshotName } from '../zfs.js';
 
@@ -38,7 +38,14 @@ export async function oneOffSnapshot(options: SnapshotOptions, deps: Deps): Prom
   if ((await deps.zfs.listSnapshots(options.dataset, false)).includes(snapshot)) {
     throw new VirtsnapError(`snapshot ${snapshot} already exists: choose another --name`);
   }
-  const plan = await runPre(request, deps, { recursive: options.recursive });
+  let plan: FreezePlan;
+  try {
+    plan = await runPre(request, deps, { recursive: options.recursive });
+  } catch (err) {
+    // runPre undoes what it froze; if that undo failed too, this is the post hook's second chance.
+    await thawRun(runIdOf(request), deps).catch(() => undefined);
+    throw err;
+  }
   let snapshotError: unknown = null;
   try {
     await deps.zfs.snapshot([snapshot], options.recursive);

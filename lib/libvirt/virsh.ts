@@ -168,6 +168,10 @@ export class LibvirtClient {
     await this.virsh(['blockjob', uuid, target, '--abort'], `cannot abort the block job on ${target}`);
   }
 
+  async abortJob(uuid: string): Promise<void> {
+    await this.virsh(['domjobabort', uuid], `cannot abort the job of domain ${uuid}`);
+  }
+
   async resume(uuid: string): Promise<void> {
     await this.virsh(['resume', uuid], `cannot resume domain ${uuid}`);
   }

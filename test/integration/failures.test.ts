@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Journal, type JournalEntry } from '../../lib/journal.js';
+import { Journal, ownerOf, type JournalEntry } from '../../lib/journal.js';
 import { bed, destroyDataset, Guest, mismatches, mountpointOf, removeDomains, restoreOnClone, sh, snapshotsOf, type Bed } from '../helpers/bed.js';
 import { hooks, leftovers, runProgram, Setup, type Ran } from '../helpers/virtsnap.js';
 
@@ -129,7 +129,7 @@ describe('bad input and failures', () => {
       metaDir: '/nonexistent',
       overlays: [],
       snapshots: [],
-      owner: { pid: process.pid, bootId: 'test', startTime: 'test' },
+      owner: ownerOf(process.pid), // alive: a run in progress, not one to recover
       startedAt: new Date().toISOString(),
       updatedAt: new Date().toISOString(),
     };

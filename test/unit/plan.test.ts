@@ -256,6 +256,12 @@ describe('planFreeze', () => {
     assert.deepEqual(p.datasetMetaDirs, ['/tank/vm/.virtsnap/off']);
   });
 
+  it('a writable storage-pool volume disk -> a problem (its dataset cannot be known)', () => {
+    const plan = planFreeze(request, inventory([dom('vol', 'running', [disk('vda', '/tank/vm/a.qcow2'), disk('vdb', null, { type: 'volume' })])]), config);
+    assert.equal(plan.problems.length, 1);
+    assert.match(plan.problems[0]!, /vdb is a libvirt storage volume/);
+  });
+
   it("paused domain -> freeze, live false, disks snapshot='manual' without overlays", () => {
     const plan = planFreeze(request, inventory([dom('p', 'paused', [disk('vda', '/tank/vm/a.qcow2'), disk('hdc', '/tank/vm/cd.iso', { device: 'cdrom' })])]), config);
     assert.deepEqual(plan.problems, []);

@@ -1,30 +1,26 @@
 // Short-lived mutexes between virtsnap processes: `LOCK_DIR/<name>.lock`,
-// created with O_EXCL and holding the holder's pid. A lock whose holder died
+// created with O_EXCL and naming its holder. A lock whose holder died
 // is taken over. (Node has no flock(2); this is what the journal and the
 // archive use to serialise their read-modify-write steps.)
 import { closeSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { LockTimeoutError } from './errors.js';
 import { ensureDir, removeIfExists } from './fsutil.js';
+import { ownerIsAlive, ownerOf, processIsAlive, type Owner } from './owner.js';
 
-export function processIsAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+export { processIsAlive };
 
+/** The holder is written as an Owner (pid, boot id, start time): after a reboot a reused pid is not taken for it. */
 function holderIsDead(lock: string): boolean {
-  let pid: number;
+  let holder: Owner | number;
   try {
-    pid = Number(readFileSync(lock, 'utf8'));
+    holder = JSON.parse(readFileSync(lock, 'utf8')) as Owner | number;
   } catch {
-    return false; // just created, pid not written yet
+    return false; // just created, holder not written yet
   }
-  if (!Number.isInteger(pid) || pid <= 0) return false;
-  return !processIsAlive(pid);
+  if (typeof holder === 'number') return Number.isInteger(holder) && holder > 0 && !processIsAlive(holder); // a bare pid
+  if (!Number.isInteger(holder.pid) || holder.pid <= 0) return false;
+  return !ownerIsAlive(holder);
 }
 
 export function sleep(ms: number): Promise<void> {
@@ -52,7 +48,7 @@ export async function withLock<T>(lockDir: string, name: string, deadline: numbe
       continue;
     }
     try {
-      writeSync(fd, String(process.pid));
+      writeSync(fd, JSON.stringify(ownerOf(process.pid)));
       closeSync(fd);
       return await fn();
     } finally {

@@ -109,13 +109,21 @@ describe('Journal', () => {
     writeFileSync(lock, '999999');
     let sawLockWithOurPid = false;
     const result = await j.withMutex(UUID, Date.now() + 300, () => {
-      sawLockWithOurPid = readFileSync(lock, 'utf8') === String(process.pid);
+      sawLockWithOurPid = (JSON.parse(readFileSync(lock, 'utf8')) as { pid: number }).pid === process.pid;
       assert.equal(mode(lock), 0o600);
       return 42;
     });
     assert.equal(result, 42);
     assert.equal(sawLockWithOurPid, true);
     assert.equal(existsSync(lock), false);
+  });
+
+  it('a lock left before a reboot is stale even if its pid is alive again (boot id differs)', async () => {
+    const j = new Journal(stateDir);
+    mkdirSync(path.join(stateDir, 'locks'), { recursive: true });
+    const lock = path.join(stateDir, 'locks', `${UUID}.lock`);
+    writeFileSync(lock, JSON.stringify({ pid: process.pid, bootId: 'an-earlier-boot', startTime: '1' }));
+    assert.equal(await j.withMutex(UUID, Date.now() + 300, () => 7), 7);
   });
 
   it('withMutex waits for a live holder and times out with LockTimeoutError', async () => {

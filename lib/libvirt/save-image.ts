@@ -21,30 +21,29 @@ export interface SaveImageHeader {
   dataLength: number;
   wasRunning: boolean;
   format: number;
+  /** Offset of the save cookie in the XML region (0: no cookie). */
+  cookieOffset: number;
+  /** The image was written big-endian: its words are read and written so. */
+  bigEndian: boolean;
 }
 
 /** Reads the header; null when the file does not start with either libvirt magic. */
 export function readSaveImageHeader(file: string): SaveImageHeader | null {
-  const buf = Buffer.alloc(HEADER_BYTES);
-  const fd = openSync(file, 'r');
-  let n: number;
-  try {
-    n = readSync(fd, buf, 0, HEADER_BYTES, 0);
-  } finally {
-    closeSync(fd);
-  }
-  if (n < HEADER_BYTES) return null;
+  const buf = readRegion(file, 0, HEADER_BYTES);
+  if (buf.length < HEADER_BYTES) return null;
   const magic = buf.toString('latin1', 0, 16);
   if (magic !== COMPLETE && magic !== PARTIAL) return null;
   // Host-endian; libvirt byte-swaps when version looks swapped.
-  let read = (o: number) => buf.readUInt32LE(o);
-  if (read(16) > 2) read = (o: number) => buf.readUInt32BE(o);
+  const bigEndian = buf.readUInt32LE(16) > 2;
+  const read = (o: number) => (bigEndian ? buf.readUInt32BE(o) : buf.readUInt32LE(o));
   return {
     complete: magic === COMPLETE,
     version: read(16),
     dataLength: read(20),
     wasRunning: read(24) !== 0,
     format: read(28),
+    cookieOffset: read(32),
+    bigEndian,
   };
 }
 
@@ -56,15 +55,17 @@ export interface SaveImageXml {
   cookie: string | null;
 }
 
+/** Up to `length` bytes at `offset`; shorter when the file ends first. */
 function readRegion(file: string, offset: number, length: number): Buffer {
   const buf = Buffer.alloc(length);
   const fd = openSync(file, 'r');
+  let n: number;
   try {
-    readSync(fd, buf, 0, length, offset);
+    n = readSync(fd, buf, 0, length, offset);
   } finally {
     closeSync(fd);
   }
-  return buf;
+  return buf.subarray(0, n);
 }
 
 function cString(buf: Buffer, start: number): string {
@@ -76,17 +77,12 @@ export function readSaveImageXml(file: string): SaveImageXml {
   const header = readSaveImageHeader(file);
   if (header === null) throw new Error(`${file} is not a libvirt save image`);
   const region = readRegion(file, HEADER_BYTES, header.dataLength);
-  const cookieOffset = headerWord(file, 32);
+  const { cookieOffset } = header;
   return {
     header,
     xml: cString(region, 0),
     cookie: cookieOffset > 0 && cookieOffset < region.length ? cString(region, cookieOffset) : null,
   };
-}
-
-function headerWord(file: string, offset: number): number {
-  const buf = readRegion(file, 0, HEADER_BYTES);
-  return buf.readUInt32LE(16) > 2 ? buf.readUInt32BE(offset) : buf.readUInt32LE(offset);
 }
 
 /**
@@ -106,9 +102,8 @@ export function rewriteSaveImageXml(file: string, xml: string): void {
   const region = Buffer.alloc(current.header.dataLength);
   xmlBytes.copy(region, 0);
   cookieBytes.copy(region, xmlBytes.length);
-  const bigEndian = readRegion(file, 0, HEADER_BYTES).readUInt32LE(16) > 2;
   const word = Buffer.alloc(4);
-  if (bigEndian) word.writeUInt32BE(current.cookie === null ? 0 : xmlBytes.length);
+  if (current.header.bigEndian) word.writeUInt32BE(current.cookie === null ? 0 : xmlBytes.length);
   else word.writeUInt32LE(current.cookie === null ? 0 : xmlBytes.length);
   const fd = openSync(file, 'r+');
   try {

@@ -73,7 +73,7 @@ describe('readSaveImageXml', () => {
     const r = readSaveImageXml(file);
     assert.equal(r.xml, XML);
     assert.equal(r.cookie, COOKIE);
-    assert.deepEqual(r.header, { complete: true, version: 2, dataLength: DATA_LEN, wasRunning: true, format: 0 });
+    assert.deepEqual(r.header, { complete: true, version: 2, dataLength: DATA_LEN, wasRunning: true, format: 0, cookieOffset: Buffer.byteLength(XML + '\0'), bigEndian: false });
   });
 
   it('cookieOffset 0: no cookie', () => {

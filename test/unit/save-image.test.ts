@@ -52,12 +52,12 @@ describe('readSaveImageHeader', () => {
   it('complete image (LibvirtQemudSave), followed by XML', () => {
     const xml = Buffer.from('<domstatus>...</domstatus>\0');
     const h = readSaveImageHeader(file(Buffer.concat([header({ dataLen: 12345, wasRunning: 1, format: 0 }), xml])));
-    assert.deepEqual(h, { complete: true, version: 2, dataLength: 12345, wasRunning: true, format: 0 });
+    assert.deepEqual(h, { complete: true, version: 2, dataLength: 12345, wasRunning: true, format: 0, cookieOffset: 0, bigEndian: false });
   });
 
   it('incomplete image (LibvirtQemudPart)', () => {
     const h = readSaveImageHeader(file(header({ magic: 'LibvirtQemudPart', dataLen: 777, wasRunning: 0, format: 5 })));
-    assert.deepEqual(h, { complete: false, version: 2, dataLength: 777, wasRunning: false, format: 5 });
+    assert.deepEqual(h, { complete: false, version: 2, dataLength: 777, wasRunning: false, format: 5, cookieOffset: 0, bigEndian: false });
   });
 
   it('exactly 92 bytes is enough', () => {

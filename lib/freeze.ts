@@ -15,7 +15,7 @@ import { rmSync, statSync } from 'node:fs';
 import { archiveDump, withArchiveLock, type ArchivedDump } from './archive.js';
 import type { Config } from './config.js';
 import { saveDomainFiles } from './domain-files.js';
-import { LibvirtError, VirtsnapError } from './errors.js';
+import { LibvirtError, VirtsnapError, ZfsError } from './errors.js';
 import { exists, removeIfExists } from './fsutil.js';
 import type { JournalEntry, OverlayRecord, Owner } from './journal.js';
 import { Journal } from './journal.js';
@@ -320,12 +320,11 @@ async function keepDump(entry: JournalEntry, deps: Deps): Promise<ArchivedDump |
 }
 
 async function existingSnapshots(wanted: string[], zfs: ZfsClient): Promise<string[]> {
-  const datasets = [...new Set(wanted.map((s) => s.slice(0, s.indexOf('@'))))];
-  const present = new Set<string>();
-  for (const ds of datasets) {
-    for (const s of await zfs.listSnapshots(ds, false)) present.add(s);
-  }
-  return wanted.filter((s) => present.has(s));
+  const census = await zfs.census(wanted);
+  // A dataset gone since its snapshot (pool exported mid-run?): keep the journal for recover, decide nothing now.
+  const [unknown] = census.unknownDatasets;
+  if (unknown !== undefined) throw new ZfsError(`cannot list snapshots of ${unknown}: dataset does not exist`, 'dataset does not exist');
+  return wanted.filter((s) => census.present.has(s));
 }
 
 export interface ThawResult {

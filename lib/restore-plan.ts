@@ -3,7 +3,7 @@
 // gathers the facts and carries the plan out.
 import type { Manifest } from './archive.js';
 import { escapeXml } from './libvirt/snapshot-xml.js';
-import { isInSubtree } from './zfs.js';
+import { isInSubtree, splitSnapshot } from './zfs.js';
 
 export type RestoreMode = { kind: 'clone'; dataset: string } | { kind: 'rollback' };
 
@@ -58,11 +58,6 @@ export interface RestorePlan {
   domains: DomainRestore[];
   paused: boolean;
   problems: string[];
-}
-
-export function splitSnapshot(snapshot: string): { dataset: string; snapname: string } {
-  const at = snapshot.indexOf('@');
-  return { dataset: snapshot.slice(0, at), snapname: snapshot.slice(at + 1) };
 }
 
 export function planRestore(request: RestoreRequest, facts: RestoreFacts, newUuid: () => string): RestorePlan {

@@ -21,10 +21,10 @@ import { readSaveImageXml, rewriteSaveImageXml } from './libvirt/save-image.js';
 import type { LibvirtClient } from './libvirt/virsh.js';
 import { sleep } from './lock.js';
 import { log } from './log.js';
-import { planRestore, renameDomainXml, rewriteDiskPaths, splitSnapshot, type DomainRestore, type RestoreFacts, type RestorePlan, type RestoreRequest } from './restore-plan.js';
+import { planRestore, renameDomainXml, rewriteDiskPaths, type DomainRestore, type RestoreFacts, type RestorePlan, type RestoreRequest } from './restore-plan.js';
 import { checkDump } from './verify.js';
 import { Journal } from './journal.js';
-import { isInSubtree, readMounts, zvolDeviceMap, type ZfsClient } from './zfs.js';
+import { isInSubtree, readMounts, splitSnapshot, zvolDeviceMap, type ZfsClient } from './zfs.js';
 
 export interface RestoreDeps {
   virsh: LibvirtClient;

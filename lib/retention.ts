@@ -14,37 +14,12 @@ import { Journal } from './journal.js';
 import { readSaveImageHeader } from './libvirt/save-image.js';
 import { log } from './log.js';
 import type { PruneEvent } from './sanoid/env.js';
-import type { ZfsClient } from './zfs.js';
-
-function datasetOf(snapshot: string): string {
-  return snapshot.slice(0, snapshot.indexOf('@'));
-}
-
-/**
- * What ZFS says about `names`: the snapshots it still has, and the datasets
- * it does not know at all. A snapshot of an unknown dataset is not "gone": its
- * pool may not be imported, or the dataset renamed. Never delete on that.
- */
-interface ZfsTruth {
-  present: Set<string>;
-  unknownDatasets: Set<string>;
-}
-
-async function askZfs(names: string[], zfs: ZfsClient): Promise<ZfsTruth> {
-  const truth: ZfsTruth = { present: new Set(), unknownDatasets: new Set() };
-  for (const ds of new Set(names.map(datasetOf))) {
-    if (!(await zfs.exists(ds))) {
-      truth.unknownDatasets.add(ds);
-      continue;
-    }
-    for (const s of await zfs.listSnapshots(ds, false)) truth.present.add(s);
-  }
-  return truth;
-}
+import { datasetOfSnapshot, type SnapshotCensus, type ZfsClient } from './zfs.js';
 
 /** The snapshots of a dump that still count: present in ZFS, or of a dataset ZFS does not know right now. */
-function stillNeeded(snapshots: string[], truth: ZfsTruth): string[] {
-  return snapshots.filter((s) => truth.present.has(s) || truth.unknownDatasets.has(datasetOf(s)));
+function stillNeeded(snapshots: string[], census: SnapshotCensus): string[] {
+  // Never delete on an unknown dataset: its pool may only be missing for now.
+  return snapshots.filter((s) => census.present.has(s) || census.unknownDatasets.has(datasetOfSnapshot(s)));
 }
 
 export interface PruneResult {
@@ -67,7 +42,7 @@ export async function pruneSnapshot(event: PruneEvent, config: Config, zfs: ZfsC
       log.debug(`no RAM dump belongs to ${snapshot}: nothing to do`, { dataset: event.dataset });
       return result;
     }
-    const truth = await askZfs(dumps.flatMap((d) => d.manifest.snapshots), zfs);
+    const truth = await zfs.census(dumps.flatMap((d) => d.manifest.snapshots));
     if (truth.present.has(snapshot)) {
       log.warn(`sanoid says ${snapshot} was pruned, but ZFS still has it: its RAM dump stays`, { dataset: event.dataset });
     }
@@ -78,10 +53,10 @@ export async function pruneSnapshot(event: PruneEvent, config: Config, zfs: ZfsC
 }
 
 /** Brings one dump in line with ZFS: fewer snapshots, or gone. */
-function settle(dump: ArchivedDump, truth: ZfsTruth, result: PruneResult): void {
+function settle(dump: ArchivedDump, truth: SnapshotCensus, result: PruneResult): void {
   const m = dump.manifest;
   const keep = stillNeeded(m.snapshots, truth);
-  const ctx = { domain: m.domain.name, dataset: datasetOf(m.snapshots[0] ?? '@') };
+  const ctx = { domain: m.domain.name, dataset: datasetOfSnapshot(m.snapshots[0] ?? '@') };
   if (keep.length === m.snapshots.length) return;
   if (keep.length > 0) {
     setSnapshots(dump, keep);
@@ -146,7 +121,7 @@ export async function collectGarbage(config: Config, zfs: ZfsClient, options: { 
   return withArchiveLock(config.stateDir, config.lockTimeoutMs, async () => {
     const scan = scanArchive(config.archiveDir);
     for (const b of scan.broken) report.kept.push(`${b.file}: ${b.reason}`);
-    const truth = await askZfs(scan.dumps.flatMap((d) => d.manifest.snapshots), zfs);
+    const truth = await zfs.census(scan.dumps.flatMap((d) => d.manifest.snapshots));
     for (const ds of truth.unknownDatasets) report.kept.push(`dumps of ${ds}: ZFS does not know this dataset (pool not imported? renamed?), nothing deleted for it`);
     for (const dump of scan.dumps) {
       const m = dump.manifest;

@@ -5,7 +5,7 @@ import { statSync } from 'node:fs';
 import { sha256File, scanArchive, type Manifest } from './archive.js';
 import { parseDomainXml } from './libvirt/domain-xml.js';
 import { HEADER_BYTES, readSaveImageHeader, readSaveImageXml } from './libvirt/save-image.js';
-import { isInSubtree, isDatasetName } from './zfs.js';
+import { datasetOfSnapshot, isInSubtree, isDatasetName } from './zfs.js';
 
 export interface Verdict {
   id: string;
@@ -55,7 +55,7 @@ export async function verifyArchive(archiveDir: string, target?: string): Promis
   const matches = (m: Manifest): boolean => {
     if (target === undefined) return true;
     if (m.domain.name === target) return true;
-    return isDatasetName(target) && m.snapshots.some((s) => isInSubtree(s.slice(0, s.indexOf('@')), target));
+    return isDatasetName(target) && m.snapshots.some((s) => isInSubtree(datasetOfSnapshot(s), target));
   };
   for (const { manifest } of scan.dumps.filter((d) => matches(d.manifest))) {
     const problem = await checkDump(manifest);

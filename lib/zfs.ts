@@ -23,6 +23,26 @@ export function assertSnapshotName(name: string, what: string): void {
   if (!COMPONENT.test(name)) throw new UsageError(`${what}: ${JSON.stringify(name)} is not a ZFS snapshot name (the part after @)`);
 }
 
+/** `tank/vm@autosnap_x` -> dataset `tank/vm`, snapname `autosnap_x`. */
+export function splitSnapshot(snapshot: string): { dataset: string; snapname: string } {
+  const at = snapshot.indexOf('@');
+  return { dataset: snapshot.slice(0, at), snapname: snapshot.slice(at + 1) };
+}
+
+export function datasetOfSnapshot(snapshot: string): string {
+  return splitSnapshot(snapshot).dataset;
+}
+
+/**
+ * What ZFS says about some snapshots: the ones it has, and the datasets it
+ * does not know at all. A snapshot of an unknown dataset is not "gone": its
+ * pool may not be imported, or the dataset renamed.
+ */
+export interface SnapshotCensus {
+  present: Set<string>;
+  unknownDatasets: Set<string>;
+}
+
 /** `a/b` is `a/b` itself or below it. */
 export function isInSubtree(dataset: string, root: string): boolean {
   return dataset === root || dataset.startsWith(root + '/');
@@ -165,6 +185,19 @@ export class ZfsClient {
 
   async clone(snapshot: string, target: string): Promise<void> {
     await this.zfs(['clone', snapshot, target], `cannot clone ${snapshot} to ${target}`);
+  }
+
+  /** Which of `snapshots` exist, asking once per dataset. */
+  async census(snapshots: string[]): Promise<SnapshotCensus> {
+    const census: SnapshotCensus = { present: new Set(), unknownDatasets: new Set() };
+    for (const ds of new Set(snapshots.map(datasetOfSnapshot))) {
+      if (!(await this.exists(ds))) {
+        census.unknownDatasets.add(ds);
+        continue;
+      }
+      for (const s of await this.listSnapshots(ds, false)) census.present.add(s);
+    }
+    return census;
   }
 
   /** Snapshots of `dataset` only; none when the dataset itself is gone. */

@@ -1,7 +1,7 @@
 // `virtsnap list [--json] [DATASET]`: the RAM dumps in the archive.
 import { listDumps, type Manifest } from '../archive.js';
 import type { Config } from '../config.js';
-import { assertDatasetName, isInSubtree } from '../zfs.js';
+import { assertDatasetName, datasetOfSnapshot, isInSubtree } from '../zfs.js';
 import { table } from '../format.js';
 
 export interface ListedDump {
@@ -16,15 +16,11 @@ export interface ListedDump {
   pauseMs: number | null;
 }
 
-function datasetOf(snapshot: string): string {
-  return snapshot.slice(0, snapshot.indexOf('@'));
-}
-
 export function listArchived(config: Config, dataset?: string): ListedDump[] {
   if (dataset !== undefined) assertDatasetName(dataset, 'virtsnap list');
   return listDumps(config.archiveDir)
     .map((d) => d.manifest)
-    .filter((m) => dataset === undefined || m.snapshots.some((s) => isInSubtree(datasetOf(s), dataset)))
+    .filter((m) => dataset === undefined || m.snapshots.some((s) => isInSubtree(datasetOfSnapshot(s), dataset)))
     .map(toListed);
 }
 

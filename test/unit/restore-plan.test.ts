@@ -2,7 +2,8 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import type { Manifest } from '../../lib/archive.js';
-import { planRestore, renameDomainXml, rewriteDiskPaths, splitSnapshot, type RestoreFacts, type RestoreRequest } from '../../lib/restore-plan.js';
+import { planRestore, renameDomainXml, rewriteDiskPaths, type RestoreFacts, type RestoreRequest } from '../../lib/restore-plan.js';
+import { splitSnapshot } from '../../lib/zfs.js';
 import { parseDomainXml } from '../../lib/libvirt/domain-xml.js';
 
 function fixture(name: string): string {

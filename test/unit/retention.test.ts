@@ -6,15 +6,16 @@ import { after, before, describe, it } from 'node:test';
 import { archiveDump, listDumps } from '../../lib/archive.js';
 import { loadConfig, type Config } from '../../lib/config.js';
 import { collectGarbage, pruneSnapshot } from '../../lib/retention.js';
-import type { ZfsClient } from '../../lib/zfs.js';
+import { ZfsClient } from '../../lib/zfs.js';
 
 /** A ZFS that knows some datasets and snapshots, and nothing else. */
 function fakeZfs(datasets: string[], snapshots: string[]): ZfsClient {
-  return {
+  // The real client's own logic (census) over these two answers from "zfs".
+  return Object.assign(Object.create(ZfsClient.prototype) as ZfsClient, {
     exists: async (ds: string) => datasets.includes(ds),
     listSnapshots: async (ds?: string, recursive = true) =>
       snapshots.filter((s) => ds === undefined || (recursive ? s.startsWith(`${ds}@`) || s.startsWith(`${ds}/`) : s.startsWith(`${ds}@`))),
-  } as unknown as ZfsClient;
+  });
 }
 
 describe('retention against ZFS', () => {

@@ -17,7 +17,8 @@ import type { Config } from './config.js';
 import { saveDomainFiles } from './domain-files.js';
 import { LibvirtError, VirtsnapError, ZfsError } from './errors.js';
 import { exists, removeIfExists } from './fsutil.js';
-import type { JournalEntry, OverlayRecord, Owner } from './journal.js';
+import type { JournalEntry, OverlayRecord } from './journal.js';
+import type { Owner } from './owner.js';
 import { Journal } from './journal.js';
 import { readSaveImageHeader } from './libvirt/save-image.js';
 import type { Domain, LibvirtClient } from './libvirt/virsh.js';
@@ -32,7 +33,7 @@ export interface Deps {
   zfs: ZfsClient;
   config: Config;
   journal: Journal;
-  /** The process that owns the run (sanoid for the hooks, see journal.hookOwnerPid). */
+  /** The process that owns the run (sanoid for the hooks, see owner.hookOwnerPid). */
   owner: Owner;
 }
 
@@ -125,13 +126,11 @@ async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promi
   log.info(`saving RAM to ${dp.memoryFile} and ${how}`, ctx(dp.name, plan.targets.join(',')));
   const progress = showSaveProgress(virsh, dp.uuid, dp.name);
   try {
-    await virsh.createSnapshot(dp.uuid, dp.snapshotXml as string, { live: dp.live, timeoutMs: config.saveTimeoutMs });
+    await virsh.createSnapshot(dp.uuid, dp.snapshotXml as string, { live: dp.live, timeoutMs: config.saveTimeoutMs }).finally(() => progress.stop());
   } catch (err) {
-    progress.stop();
     await undoFailedSnapshot(entry, dp, deps);
     throw err;
   }
-  progress.stop();
   const job = await virsh.completedJob(dp.uuid).catch(() => null);
   entry = journal.update(entry, { step: 'frozen', frozenAt: new Date().toISOString(), ...(job ? { job } : {}) });
   log.info(

@@ -81,6 +81,18 @@ export function resolveSources(domains: Domain[], mounts: Mount[], zvols: Map<st
   return result;
 }
 
+/** Every dataset a domain's disks live in, backing images included (a disk on an overlay still lives below it). */
+export function datasetsOfDomain(domain: Domain, datasetOfSource: Map<string, string>): string[] {
+  const found = domain.disks.flatMap((d) => [d.source, d.backing]).map((p) => (p === null ? undefined : datasetOfSource.get(p)));
+  return [...new Set(found.filter((ds): ds is string => ds !== undefined))].sort();
+}
+
+/** datasetsOfDomain for every domain defined now, resolving paths against the current mounts. */
+export function datasetsOfDomains(domains: Domain[]): Map<string, string[]> {
+  const datasetOf = resolveSources(domains, readMounts(), zvolDeviceMap());
+  return new Map(domains.map((d) => [d.uuid, datasetsOfDomain(d, datasetOf)]));
+}
+
 export async function takeInventory(targets: string[], config: Config, clients: Clients, options: { recursive?: boolean; now?: Date } = {}): Promise<Inventory> {
   const datasets = await snapshottedDatasets(targets, config, clients.zfs, options.recursive);
   const mounts = readMounts();

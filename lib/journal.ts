@@ -10,8 +10,6 @@ import path from 'node:path';
 import { LockTimeoutError, VirtsnapError } from './errors.js';
 import { sleep, withLock } from './lock.js';
 import type { Owner } from './owner.js';
-
-export { hookOwnerPid, ownerIsAlive, ownerOf, type Owner } from './owner.js';
 import { ensureDir, removeIfExists, writeJsonAtomic } from './fsutil.js';
 import type { CompletedJob } from './libvirt/virsh.js';
 

@@ -8,8 +8,6 @@ import { LockTimeoutError } from './errors.js';
 import { ensureDir, removeIfExists } from './fsutil.js';
 import { ownerIsAlive, ownerOf, processIsAlive, type Owner } from './owner.js';
 
-export { processIsAlive };
-
 /** The holder is written as an Owner (pid, boot id, start time): after a reboot a reused pid is not taken for it. */
 function holderIsDead(lock: string): boolean {
   let holder: Owner | number;

@@ -4,7 +4,7 @@
 // is complete and its snapshots exist.
 import type { Deps } from './freeze.js';
 import { thawDomain } from './freeze.js';
-import { ownerIsAlive } from './journal.js';
+import { ownerIsAlive } from './owner.js';
 import { log } from './log.js';
 
 export interface RecoverResult {

@@ -15,7 +15,7 @@ import { scanArchive } from './archive.js';
 import type { Config } from './config.js';
 import { VirtsnapError, ZfsError } from './errors.js';
 import { fileSafe } from './fsutil.js';
-import { resolveSources } from './inventory.js';
+import { datasetsOfDomains } from './inventory.js';
 import { parseDomainXml } from './libvirt/domain-xml.js';
 import { readSaveImageXml, rewriteSaveImageXml } from './libvirt/save-image.js';
 import type { LibvirtClient } from './libvirt/virsh.js';
@@ -24,7 +24,7 @@ import { log } from './log.js';
 import { planRestore, renameDomainXml, rewriteDiskPaths, type DomainRestore, type RestoreFacts, type RestorePlan, type RestoreRequest } from './restore-plan.js';
 import { checkDump } from './verify.js';
 import { Journal } from './journal.js';
-import { isInSubtree, readMounts, splitSnapshot, zvolDeviceMap, type ZfsClient } from './zfs.js';
+import { isInSubtree, readMounts, splitSnapshot, type ZfsClient } from './zfs.js';
 
 export interface RestoreDeps {
   virsh: LibvirtClient;
@@ -46,13 +46,12 @@ async function gatherFacts(request: RestoreRequest, deps: RestoreDeps): Promise<
     }
   }
   const all = await deps.virsh.domains();
-  const datasetOf = resolveSources(all, readMounts(), zvolDeviceMap());
+  const datasetsOf = datasetsOfDomains(all);
   const domains = all.map((d) => ({
     name: d.name,
     uuid: d.uuid,
     state: d.state,
-    // Backing images count: a VM on an overlay still has its disk in the dataset below.
-    datasets: [...new Set(d.disks.flatMap((k) => [k.source, k.backing]).flatMap((p) => (p !== null && datasetOf.has(p) ? [datasetOf.get(p)!] : [])))],
+    datasets: datasetsOf.get(d.uuid) ?? [],
   }));
   const inJournal = new Set(new Journal(deps.config.stateDir).list().map((e) => e.domain.uuid));
   return {
@@ -102,13 +101,10 @@ function pathsAfter(plan: RestorePlan): Paths {
   return paths;
 }
 
-/** The saved copies (.virtsnap/<domain>/ in the dataset, else the dump's meta dir). */
-function savedFile(d: DomainRestore, plan: RestorePlan, file: string): string | null {
-  const mountpoints = new Map(readMounts().map((m) => [m.dataset, m.mountpoint]));
-  for (const ds of plan.datasets) {
-    const mp = mountpoints.get(plan.cloneOf[ds] ?? ds);
-    if (mp === undefined) continue;
-    const p = path.join(mp, '.virtsnap', fileSafe(d.name), file);
+/** The saved copies (.virtsnap/<domain>/ in a restored dataset, else the dump's meta dir). */
+function savedFile(d: DomainRestore, paths: Paths, file: string): string | null {
+  for (const { to } of paths.mounts) {
+    const p = path.join(to, '.virtsnap', fileSafe(d.name), file);
     if (existsSync(p)) return p;
   }
   const meta = d.dump?.metaDir;
@@ -153,7 +149,7 @@ function prepareXml(d: DomainRestore, xml: string, paths: Paths): { xml: string;
 
 async function restoreDomain(d: DomainRestore, plan: RestorePlan, deps: RestoreDeps, paths: Paths, work: string): Promise<string> {
   const ctx = { domain: d.newName, dataset: splitSnapshot(plan.snapshot).dataset };
-  const inactiveFile = savedFile(d, plan, 'domain-inactive.xml');
+  const inactiveFile = savedFile(d, paths, 'domain-inactive.xml');
   const renamed = d.newName !== d.name;
   // Define the clone first, so the restored domain is persistent under its new name.
   if (renamed || d.dump === null) {
@@ -165,7 +161,7 @@ async function restoreDomain(d: DomainRestore, plan: RestorePlan, deps: RestoreD
     await deps.virsh.define(defFile);
     log.info(`defined ${JSON.stringify(d.newName)} from the snapshot's saved XML`, ctx);
   }
-  const nvramCopy = savedFile(d, plan, 'nvram.fd');
+  const nvramCopy = savedFile(d, paths, 'nvram.fd');
   if (d.dump === null) {
     if (nvramCopy !== null && inactiveFile !== null) putNvram(nvramCopy, nvramPathFor(d, rewriteDiskPaths(readFileSync(inactiveFile, 'utf8'), paths.mounts, paths.zvols)));
     return `${d.newName}: no RAM dump in ${plan.snapshot} (the VM was shut off, or the snapshot is older than virtsnap): disks and definition restored; start it with \`virsh start\``;

@@ -4,10 +4,10 @@ import { scanArchive } from '../archive.js';
 import type { Config } from '../config.js';
 import { table } from '../format.js';
 import { isInsideDir } from '../fsutil.js';
-import { resolveSources } from '../inventory.js';
+import { datasetsOfDomains } from '../inventory.js';
 import { Journal } from '../journal.js';
 import type { LibvirtClient } from '../libvirt/virsh.js';
-import { assertDatasetName, isInSubtree, readMounts, zvolDeviceMap } from '../zfs.js';
+import { assertDatasetName, isInSubtree } from '../zfs.js';
 
 export interface DomainStatus {
   name: string;
@@ -24,13 +24,12 @@ export interface DomainStatus {
 export async function domainStatus(config: Config, virsh: LibvirtClient, dataset?: string, now = new Date()): Promise<DomainStatus[]> {
   if (dataset !== undefined) assertDatasetName(dataset, 'virtsnap status');
   const domains = await virsh.domains();
-  const datasetOf = resolveSources(domains, readMounts(), zvolDeviceMap());
+  const datasetsOf = datasetsOfDomains(domains);
   const dumps = scanArchive(config.archiveDir).dumps;
   const journal = new Journal(config.stateDir);
   const result: DomainStatus[] = [];
   for (const d of [...domains].sort((a, b) => a.name.localeCompare(b.name))) {
-    const paths = d.disks.flatMap((k) => [k.source, k.backing]).filter((p): p is string => p !== null);
-    const datasets = [...new Set(paths.map((p) => datasetOf.get(p)).filter((x): x is string => x !== undefined))].sort();
+    const datasets = datasetsOf.get(d.uuid) ?? [];
     if (dataset !== undefined && !datasets.some((ds) => isInSubtree(ds, dataset))) continue;
     const mine = dumps.filter((x) => x.manifest.domain.uuid === d.uuid);
     const latest = mine[mine.length - 1]?.manifest;

@@ -5,7 +5,8 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Journal, ownerOf, type JournalEntry } from '../../lib/journal.js';
+import { Journal, type JournalEntry } from '../../lib/journal.js';
+import { ownerOf } from '../../lib/owner.js';
 import { bed, destroyDataset, Guest, mismatches, mountpointOf, removeDomains, restoreOnClone, sh, snapshotsOf, type Bed } from '../helpers/bed.js';
 import { hooks, leftovers, runProgram, Setup, type Ran } from '../helpers/virtsnap.js';
 

@@ -4,7 +4,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Journal, type JournalEntry } from '../../lib/journal.js';
-import { processIsAlive } from '../../lib/lock.js';
+import { processIsAlive } from '../../lib/owner.js';
 import { LockTimeoutError, VirtsnapError } from '../../lib/errors.js';
 
 const UUID = '4aa4739f-40fb-4dd3-b355-8e408c5e68f7';

@@ -200,16 +200,6 @@ export class ZfsClient {
     return census;
   }
 
-  /** Snapshots of `dataset` only; none when the dataset itself is gone. */
-  async listSnapshotsIfExists(dataset: string): Promise<string[]> {
-    try {
-      return await this.listSnapshots(dataset, false);
-    } catch (err) {
-      if (err instanceof ZfsError && /does not exist/.test(err.zfsMessage)) return [];
-      throw err;
-    }
-  }
-
   /**
    * Snapshots as `dataset@name`: of `dataset` only, of its whole subtree
    * (`recursive`), or of every pool (no dataset).

@@ -22,7 +22,7 @@ const usage = `usage: virtsnap COMMAND [options]
   snapshot DATASET [-r] [--name NAME] [--dry-run] [--json]
                       take one consistent ZFS snapshot now (RAM included)
   restore DATASET@SNAP (--clone NEW_DATASET | --rollback) [--domain NAME]
-          [--as NEW_NAME] [--paused] [--force] [--dry-run]
+          [--as NEW_NAME] [--paused] [--yes] [--destroy-newer] [--dry-run]
                       bring the VMs back running, as they were at the snapshot
   list [--json] [DATASET]
                       the RAM dumps in the archive
@@ -87,10 +87,14 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
       domain: { type: 'string' },
       as: { type: 'string' },
       paused: { type: 'boolean' },
+      yes: { type: 'boolean', short: 'y' },
+      'destroy-newer': { type: 'boolean' },
+      // Before 0.2: --force meant both. It now only skips the question, like --yes.
       force: { type: 'boolean' },
       'dry-run': { type: 'boolean', short: 'n' },
       json: { type: 'boolean' },
     });
+    const yes = values.yes === true || values.force === true;
     if (positionals.length !== 1 || !positionals[0]!.includes('@')) {
       throw new UsageError('virtsnap restore needs one DATASET@SNAPSHOT: virtsnap restore tank/vm@autosnap_... --clone tank/vm-restored');
     }
@@ -105,7 +109,7 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
       {
         snapshot: positionals[0]!,
         mode: typeof values.clone === 'string' ? { kind: 'clone', dataset: values.clone } : { kind: 'rollback' },
-        force: values.force === true,
+        destroyNewer: values['destroy-newer'] === true,
         paused: values.paused === true,
         ...(typeof values.domain === 'string' ? { domain: values.domain } : {}),
         ...(typeof values.as === 'string' ? { as: values.as } : {}),
@@ -120,10 +124,12 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
       for (const p of plan.problems.slice(1)) process.stderr.write(`virtsnap: ERROR: ${p}\n`);
       throw new VirtsnapError(plan.problems[0]!);
     }
-    if (plan.stop.length > 0 && values.force !== true) {
-      const question = `Stop ${plan.stop.join(', ')} and roll back ${plan.datasets.join(', ')} to @${plan.snapname}?`;
-      if (!(await confirm(question))) {
-        throw new UsageError(`not confirmed: ${question.slice(0, -1).toLowerCase()} needs a yes on a terminal, or --force`);
+    if ((plan.stop.length > 0 || plan.newer.length > 0) && !yes) {
+      const stop = plan.stop.length > 0 ? `stop ${plan.stop.join(', ')} and ` : '';
+      const destroy = plan.newer.length > 0 ? `, destroying ${plan.newer.length} newer snapshot(s)` : '';
+      const question = `${stop}roll back ${plan.datasets.join(', ')} to @${plan.snapname}${destroy}?`;
+      if (!(await confirm(question[0]!.toUpperCase() + question.slice(1)))) {
+        throw new UsageError(`not confirmed: ${question.slice(0, -1)} needs a yes on a terminal, or --yes`);
       }
     }
     const result = await executeRestore(plan, deps);
@@ -133,7 +139,7 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
   async list(args) {
     const { values, positionals } = parse(args, { json: { type: 'boolean' } });
     if (positionals.length > 1) throw new UsageError('virtsnap list takes at most one DATASET');
-    const dumps = listArchived(loadConfig(), positionals[0]);
+    const dumps = await listArchived(loadConfig(), new ZfsClient(), positionals[0]);
     print(dumps, values.json === true, () => formatList(dumps));
   },
 
@@ -166,7 +172,7 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
     const { values, positionals } = parse(args, { json: { type: 'boolean' } });
     if (positionals.length > 1) throw new UsageError('virtsnap status takes at most one DATASET');
     const config = loadConfig();
-    const rows = await domainStatus(config, new LibvirtClient({ uri: config.libvirtUri }), positionals[0]);
+    const rows = await domainStatus(config, new LibvirtClient({ uri: config.libvirtUri }), new ZfsClient(), positionals[0]);
     print(rows, values.json === true, () => formatStatus(rows));
   },
 

@@ -4,14 +4,15 @@
 // snapshot the dump belongs to; a dump is only useful together with one of
 // them.
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream, readdirSync, readFileSync, renameSync, statSync, unlinkSync, chmodSync, fsyncSync, openSync, closeSync, cpSync, rmSync } from 'node:fs';
+import { createReadStream, createWriteStream, lstatSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, chmodSync, fsyncSync, openSync, closeSync, cpSync, rmSync, type Stats } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
 import path from 'node:path';
 import { VirtsnapError } from './errors.js';
-import { ensureDir, exists, fileSafe, fsyncDir, PRIVATE_FILE, writeJsonAtomic } from './fsutil.js';
+import { ensureDir, ensureSubdir, assertOwnDir, exists, fileSafe, fsyncDir, openExclusive, PRIVATE_DIR, PRIVATE_FILE, writeJsonAtomic } from './fsutil.js';
 import { withLock } from './lock.js';
 import type { CompletedJob } from './libvirt/virsh.js';
+import { legacyRef, type SnapshotRef } from './snapshot-id.js';
 
 export interface DumpDisk {
   target: string;
@@ -23,17 +24,23 @@ export interface DumpDisk {
 }
 
 export interface Manifest {
-  format: 'virtsnap-dump/1';
+  format: 'virtsnap-dump/2';
   id: string;
   domain: { name: string; uuid: string };
-  /** Every ZFS snapshot the dump belongs to, as dataset@snapname. */
-  snapshots: string[];
+  /**
+   * Every ZFS snapshot the dump belongs to, by guid. Only snapshots taken
+   * while the disks stood still at the RAM's instant (lib/snapshot-id.ts).
+   */
+  snapshots: SnapshotRef[];
   types: string[];
-  /** Absolute path of the memory file. */
+  /**
+   * The memory file: always `<id>.save` beside the manifest. What a manifest
+   * on disk says here is never followed (see readManifest).
+   */
   memoryFile: string;
   bytes: number;
   sha256: string;
-  /** Directory with domain XML, NVRAM and TPM state copies. */
+  /** Directory with domain XML, NVRAM and TPM state copies: `<id>.meta` beside the manifest, or null. */
   metaDir: string | null;
   disks: DumpDisk[];
   times: {
@@ -47,6 +54,11 @@ export interface Manifest {
   };
   libvirtUri: string;
   hostname: string;
+}
+
+/** The current names of a dump's snapshots (dataset@snapname). */
+export function snapshotNames(m: Pick<Manifest, 'snapshots'>): string[] {
+  return m.snapshots.map((r) => r.name);
 }
 
 export interface ArchivedDump {
@@ -119,7 +131,9 @@ export async function stageFile(src: string, dest: string): Promise<Staged> {
   }
   const tmp = `${dest}.part`;
   const counter = new HashingCounter();
-  await pipeline(createReadStream(src), counter, createWriteStream(tmp, { mode: PRIVATE_FILE }));
+  // Never through a symlink planted at the temp name (O_EXCL|O_NOFOLLOW).
+  const fd = openExclusive(tmp);
+  await pipeline(createReadStream(src), counter, createWriteStream(tmp, { fd }));
   fsyncFile(tmp);
   return {
     sha256: counter.hash.digest('hex'),
@@ -142,7 +156,7 @@ export async function moveAndHash(src: string, dest: string): Promise<{ sha256: 
 export interface ArchiveInput {
   id: string;
   domain: { name: string; uuid: string };
-  snapshots: string[];
+  snapshots: SnapshotRef[];
   types: string[];
   memoryFile: string;
   metaDir: string | null;
@@ -162,9 +176,9 @@ export interface ArchiveInput {
  * without its manifest (which gc would take for a stray).
  */
 export async function archiveDump(archiveDir: string, input: ArchiveInput): Promise<ArchivedDump> {
-  ensureDir(archiveDir);
+  ensureDir(archiveDir, PRIVATE_DIR, 'VIRTSNAP_ARCHIVE_DIR');
   const dir = domainDir(archiveDir, input.domain.name);
-  ensureDir(dir);
+  ensureSubdir(dir);
   const memoryFile = path.join(dir, `${input.id}.save`);
   const staged = await stageFile(input.memoryFile, memoryFile);
   const { sha256, bytes } = staged;
@@ -172,11 +186,12 @@ export async function archiveDump(archiveDir: string, input: ArchiveInput): Prom
   if (input.metaDir !== null && exists(input.metaDir)) {
     metaDir = path.join(dir, `${input.id}.meta`);
     // cpSync+rm rather than rename: the staging dir may be on another filesystem.
+    rmSync(metaDir, { recursive: true, force: true }); // a half-copied one from a crashed attempt
     cpSync(input.metaDir, metaDir, { recursive: true });
     chmodSync(metaDir, 0o700);
   }
   const manifest: Manifest = {
-    format: 'virtsnap-dump/1',
+    format: 'virtsnap-dump/2',
     id: input.id,
     domain: input.domain,
     snapshots: input.snapshots,
@@ -203,6 +218,23 @@ export async function archiveDump(archiveDir: string, input: ArchiveInput): Prom
   return { manifest, manifestFile };
 }
 
+/** The names virtsnap gives a dump's files: `<stamp>-<uuid8>` (see plan.ts). */
+const DUMP_ID = /^\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}$/;
+
+/** Files of ours that are only ever half-written: a crash left them, nothing refers to them. */
+function halfWrittenId(file: string): string | null {
+  const part = /^(.+)\.save\.part$/.exec(file); // stageFile's copy across filesystems
+  if (part && DUMP_ID.test(part[1]!)) return part[1]!;
+  const tmp = /^\.(.+)\.json\.\d+\.tmp$/.exec(file); // writeFileAtomic's temp manifest
+  if (tmp && DUMP_ID.test(tmp[1]!)) return tmp[1]!;
+  return null;
+}
+
+/**
+ * Reads a manifest. Its own `memoryFile` and `metaDir` fields are never
+ * followed: the files are always `<id>.save` and `<id>.meta` beside it, so a
+ * tampered manifest cannot point gc, prune or restore anywhere else.
+ */
 function readManifest(file: string): Manifest {
   let value: unknown;
   try {
@@ -210,56 +242,96 @@ function readManifest(file: string): Manifest {
   } catch (err) {
     throw new VirtsnapError(`manifest ${file} is not readable JSON (${(err as Error).message}): run \`virtsnap gc\` or remove it`);
   }
-  const m = value as Partial<Manifest>;
-  if (m.format !== 'virtsnap-dump/1' || !Array.isArray(m.snapshots) || typeof m.memoryFile !== 'string') {
+  const m = value as Omit<Partial<Manifest>, 'format' | 'snapshots'> & { format?: string; snapshots?: unknown[] };
+  const ours = (m.format === 'virtsnap-dump/1' || m.format === 'virtsnap-dump/2') && Array.isArray(m.snapshots) && typeof m.id === 'string';
+  if (!ours || `${m.id}.json` !== path.basename(file)) {
     throw new VirtsnapError(`manifest ${file} is not a virtsnap dump manifest: remove it or move it out of the archive`);
   }
-  return m as Manifest;
+  const dir = path.dirname(file);
+  // virtsnap-dump/1 named snapshots only; their refs have no guid and are found by name.
+  const snapshots = m.snapshots!.map((r) => (typeof r === 'string' ? legacyRef(r) : (r as SnapshotRef)));
+  return {
+    ...(m as Manifest),
+    format: 'virtsnap-dump/2',
+    snapshots,
+    memoryFile: path.join(dir, `${m.id}.save`),
+    metaDir: m.metaDir === null || m.metaDir === undefined ? null : path.join(dir, `${m.id}.meta`),
+  };
 }
 
 export interface ArchiveScan {
   dumps: ArchivedDump[];
   /** Manifests that cannot be read or are not ours: never a reason to delete anything. */
   broken: { file: string; reason: string }[];
-  /** Files in domain dirs that belong to no readable manifest (.save, .part, .meta, temp files). */
+  /** Half-written files of ours that nothing refers to (a crash left them): gc deletes these. */
   strays: string[];
+  /** Everything else that is not ours: reported, never deleted. */
+  foreign: { path: string; reason: string }[];
 }
 
-/** Reads the whole archive. A missing archive dir is an empty archive. */
+/**
+ * Reads the whole archive. A missing archive dir is an empty archive. What
+ * virtsnap did not write is listed in `foreign` and never deleted: the
+ * archive may sit on a shared backup mount.
+ */
 export function scanArchive(archiveDir: string): ArchiveScan {
+  const scan: ArchiveScan = { dumps: [], broken: [], strays: [], foreign: [] };
   let domains: string[];
   try {
     domains = readdirSync(archiveDir);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { dumps: [], broken: [], strays: [] };
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return scan;
     throw new VirtsnapError(`cannot read archive ${archiveDir} (VIRTSNAP_ARCHIVE_DIR): ${(err as Error).message}`);
   }
-  const scan: ArchiveScan = { dumps: [], broken: [], strays: [] };
+  assertOwnDir(archiveDir, 'VIRTSNAP_ARCHIVE_DIR');
   for (const d of domains.sort()) {
     const dir = path.join(archiveDir, d);
-    let files: string[];
-    try {
-      files = readdirSync(dir);
-    } catch {
-      continue; // not a directory
+    const st = lstatSync(dir, { throwIfNoEntry: false });
+    if (st === undefined) continue;
+    if (!st.isDirectory()) {
+      scan.foreign.push({ path: dir, reason: st.isSymbolicLink() ? 'a symlink, not a domain directory of ours' : 'not a domain directory of ours' });
+      continue;
     }
-    const owned = new Set<string>();
-    for (const f of files.sort()) {
+    const files = readdirSync(dir).sort();
+    const manifests = new Set<string>();
+    for (const f of files) {
       if (!f.endsWith('.json') || f.startsWith('.')) continue;
       const manifestFile = path.join(dir, f);
       const id = f.slice(0, -'.json'.length);
-      // Whatever shares a broken manifest's id is kept: we cannot tell what it is for.
-      for (const suffix of ['.json', '.save', '.meta']) owned.add(id + suffix);
+      manifests.add(id);
       try {
         scan.dumps.push({ manifest: readManifest(manifestFile), manifestFile });
       } catch (err) {
+        // Whatever shares a broken manifest's id is kept too: we cannot tell what it is for.
         scan.broken.push({ file: manifestFile, reason: (err as Error).message });
       }
     }
-    for (const f of files) if (!owned.has(f)) scan.strays.push(path.join(dir, f));
+    for (const f of files) {
+      const p = path.join(dir, f);
+      const kind = classify(f, lstatSync(p), manifests);
+      if (kind === 'dump') continue;
+      if (kind === 'stray') scan.strays.push(p);
+      else scan.foreign.push({ path: p, reason: kind });
+    }
   }
   scan.dumps.sort((a, b) => a.manifest.times.startedAt.localeCompare(b.manifest.times.startedAt));
   return scan;
+}
+
+/** What one entry of a domain dir is: part of a dump, a stray of ours, or (the reason it is) not ours. */
+function classify(f: string, st: Stats, manifests: ReadonlySet<string>): 'dump' | 'stray' | string {
+  const m = /^(.+)\.(json|save|meta)$/.exec(f);
+  if (m !== null && manifests.has(m[1]!)) {
+    if (st.isSymbolicLink()) return 'a symlink where a dump file should be: not written by virtsnap';
+    return 'dump';
+  }
+  if (st.isSymbolicLink()) return 'a symlink: not written by virtsnap';
+  const half = halfWrittenId(f);
+  if (half !== null && st.isFile() && !manifests.has(half)) return 'stray';
+  // A meta dir copied in before its manifest was written (archiveDump crashed in between).
+  if (m !== null && m[2] === 'meta' && DUMP_ID.test(m[1]!) && st.isDirectory()) return 'stray';
+  if (m !== null && m[2] === 'save' && DUMP_ID.test(m[1]!)) return 'a RAM dump of ours without its manifest: no snapshot is known for it, remove it by hand if you do not need it';
+  return 'not written by virtsnap';
 }
 
 /** Every dump in the archive, oldest first. Throws on an unreadable manifest. */
@@ -270,23 +342,28 @@ export function listDumps(archiveDir: string): ArchivedDump[] {
   return scan.dumps;
 }
 
-/** Points a dump at fewer snapshots (atomically). */
-export function setSnapshots(dump: ArchivedDump, snapshots: string[]): ArchivedDump {
+/** Points a dump at its snapshots as they are now (fewer, or renamed), atomically. */
+export function setSnapshots(dump: ArchivedDump, snapshots: SnapshotRef[]): ArchivedDump {
   const manifest = { ...dump.manifest, snapshots };
   writeJsonAtomic(dump.manifestFile, manifest);
   return { manifest, manifestFile: dump.manifestFile };
 }
 
-/** Deletes a dump: memory file and meta dir first, the manifest last (a crash leaves a stray for gc, never a dump without its manifest). */
+/**
+ * Deletes a dump: memory file and meta dir first, the manifest last (a crash
+ * leaves a stray for gc, never a dump without its manifest). Only the files
+ * beside the manifest, and never through a symlink.
+ */
 export function deleteDump(dump: ArchivedDump): number {
   let freed = 0;
-  try {
-    freed = statSync(dump.manifest.memoryFile).size;
-  } catch {
-    // already gone
+  const memory = lstatSync(dump.manifest.memoryFile, { throwIfNoEntry: false });
+  if (memory !== undefined && !memory.isSymbolicLink()) {
+    freed = memory.size;
+    rmSync(dump.manifest.memoryFile, { force: true });
   }
-  rmSync(dump.manifest.memoryFile, { force: true });
-  if (dump.manifest.metaDir !== null) rmSync(dump.manifest.metaDir, { recursive: true, force: true });
+  const meta = dump.manifest.metaDir === null ? undefined : lstatSync(dump.manifest.metaDir, { throwIfNoEntry: false });
+  // rmSync does not follow symlinks inside the tree; the top must not be one either.
+  if (meta !== undefined && meta.isDirectory()) rmSync(dump.manifest.metaDir!, { recursive: true, force: true });
   rmSync(dump.manifestFile, { force: true });
   fsyncDir(path.dirname(dump.manifestFile));
   return freed;

@@ -3,10 +3,14 @@
 // They go into `<dataset mountpoint>/.virtsnap/<domain>/` so they travel in
 // the ZFS snapshot, and into the dump's meta dir in the archive (a zvol has
 // no files of its own to carry them).
-import { cpSync, existsSync, copyFileSync, chmodSync } from 'node:fs';
+//
+// A dataset's mountpoint may be writable by others: every write goes through
+// SafeDir, which never follows a symlink planted there.
+import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { ensureDir, writeFileAtomic, PRIVATE_FILE } from './fsutil.js';
+import { fileSafe } from './fsutil.js';
 import type { LibvirtClient } from './libvirt/virsh.js';
+import { SafeDir, withSafeDir } from './safe-dir.js';
 
 export interface DomainFiles {
   uuid: string;
@@ -19,22 +23,35 @@ export function swtpmDir(uuid: string): string {
   return path.join('/var/lib/libvirt/swtpm', uuid);
 }
 
-export async function saveDomainFiles(domain: DomainFiles, virsh: LibvirtClient, dirs: string[]): Promise<void> {
-  if (dirs.length === 0) return;
+/** `<mountpoint>/.virtsnap/<domain>`: the two last components are virtsnap's own. */
+export function datasetMetaDir(mountpoint: string, domainName: string): string {
+  return path.join(mountpoint, '.virtsnap', fileSafe(domainName));
+}
+export const DATASET_META_DEPTH = 2;
+
+/** Where the copies go: a dir and how many of its last components virtsnap makes (see SafeDir.open). */
+export interface MetaTarget {
+  dir: string;
+  ours: number;
+}
+
+export async function saveDomainFiles(domain: DomainFiles, virsh: LibvirtClient, targets: MetaTarget[]): Promise<void> {
+  if (targets.length === 0) return;
   const live = await virsh.dumpxml(domain.uuid);
   const inactive = await virsh.dumpxml(domain.uuid, true);
-  for (const dir of dirs) {
-    ensureDir(dir);
-    writeFileAtomic(path.join(dir, 'domain.xml'), live);
-    writeFileAtomic(path.join(dir, 'domain-inactive.xml'), inactive);
-    if (domain.nvram !== null && existsSync(domain.nvram)) {
-      const copy = path.join(dir, 'nvram.fd');
-      copyFileSync(domain.nvram, copy);
-      chmodSync(copy, PRIVATE_FILE);
-    }
-    const tpm = swtpmDir(domain.uuid);
-    if (domain.tpmEmulator && existsSync(tpm)) {
-      cpSync(tpm, path.join(dir, 'swtpm'), { recursive: true });
-    }
+  const tpm = swtpmDir(domain.uuid);
+  for (const t of targets) {
+    withSafeDir(t.dir, { ours: t.ours, create: true }, (dir) => {
+      const d = dir as SafeDir;
+      d.writeFile('domain.xml', live);
+      d.writeFile('domain-inactive.xml', inactive);
+      if (domain.nvram !== null && existsSync(domain.nvram)) d.copyFileIn(domain.nvram, 'nvram.fd');
+      if (domain.tpmEmulator && existsSync(tpm)) d.copyTreeIn(tpm, 'swtpm');
+    });
   }
+}
+
+/** A saved copy from `<mountpoint>/.virtsnap/<domain>/` (in a clone or rolled-back dataset), never through a symlink. */
+export function readSavedFile(metaDir: string, file: string): Buffer | null {
+  return withSafeDir(metaDir, { ours: DATASET_META_DEPTH, create: false }, (d) => d?.readFile(file) ?? null);
 }

@@ -59,6 +59,36 @@ export class ZfsError extends VirtsnapError {
   }
 }
 
+/** A file operation failed: one line naming the path and what to do, not a stack trace. */
+export class FsError extends VirtsnapError {
+  override name = 'FsError';
+  readonly code: string;
+  constructor(err: NodeJS.ErrnoException, readonly path: string, what: string) {
+    super(`${what}: ${path}: ${fsAdvice(err)}`);
+    this.code = err.code ?? 'EIO';
+  }
+}
+
+function fsAdvice(err: NodeJS.ErrnoException): string {
+  switch (err.code) {
+    case 'ENOENT':
+      return 'does not exist: create it or fix the setting';
+    case 'EACCES':
+    case 'EPERM':
+      return 'permission denied: run as root, or fix its owner and mode';
+    case 'ENOSPC':
+      return 'no space left on the device: free some space';
+    case 'EROFS':
+      return 'the filesystem is read-only: remount it read-write or choose another path';
+    case 'EIO':
+      return 'I/O error: check the disk (dmesg)';
+    case 'ENOTDIR':
+      return 'a part of the path is not a directory: fix the path';
+    default:
+      return err.message;
+  }
+}
+
 /** Another run holds the lock on a domain for longer than we may wait. */
 export class LockTimeoutError extends VirtsnapError {
   override name = 'LockTimeoutError';

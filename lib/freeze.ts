@@ -12,11 +12,11 @@
 // never left on an overlay or paused because of us.
 import { hostname } from 'node:os';
 import { rmSync, statSync } from 'node:fs';
-import { archiveDump, withArchiveLock, type ArchivedDump } from './archive.js';
+import { archiveDump, snapshotNames, withArchiveLock, type ArchivedDump } from './archive.js';
 import type { Config } from './config.js';
-import { saveDomainFiles } from './domain-files.js';
-import { LibvirtError, VirtsnapError, ZfsError } from './errors.js';
-import { exists, removeIfExists } from './fsutil.js';
+import { DATASET_META_DEPTH, saveDomainFiles } from './domain-files.js';
+import { LibvirtError, VirtsnapError } from './errors.js';
+import { ensureDir, exists, removeIfExists } from './fsutil.js';
 import type { JournalEntry, OverlayRecord } from './journal.js';
 import type { Owner } from './owner.js';
 import { Journal } from './journal.js';
@@ -26,7 +26,8 @@ import { log } from './log.js';
 import { showSaveProgress } from './progress.js';
 import { sleep } from './lock.js';
 import type { DomainPlan, FreezePlan } from './plan.js';
-import type { ZfsClient } from './zfs.js';
+import { datasetOfSnapshot, type ZfsClient } from './zfs.js';
+import { tieSnapshots, type SnapshotRef } from './snapshot-id.js';
 
 export interface Deps {
   virsh: LibvirtClient;
@@ -78,6 +79,7 @@ function entryOf(dp: DomainPlan, plan: FreezePlan, deps: Deps): JournalEntry {
     metaDir: dp.metaDir,
     overlays: overlaysOf(dp),
     snapshots: dp.snapshots,
+    mountpoints: dp.mountpoints,
     owner: deps.owner,
     startedAt: now,
     updatedAt: now,
@@ -105,8 +107,9 @@ function assertUnchanged(dp: DomainPlan, domain: Domain): void {
 
 async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<JournalEntry | null> {
   const { virsh, config, journal } = deps;
+  const inDatasets = dp.datasetMetaDirs.map((dir) => ({ dir, ours: DATASET_META_DEPTH }));
   if (dp.action === 'record') {
-    await saveDomainFiles(dp, virsh, dp.datasetMetaDirs);
+    await saveDomainFiles(dp, virsh, inDatasets);
     log.info(`saved XML of shut-off domain into ${dp.datasetMetaDirs.join(', ')}`, ctx(dp.name));
     return null;
   }
@@ -114,7 +117,9 @@ async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promi
   await journal.claim(entry, config.lockTimeoutMs);
   try {
     assertUnchanged(dp, await virsh.domain(dp.uuid));
-    await saveDomainFiles(dp, virsh, [dp.metaDir, ...dp.datasetMetaDirs]);
+    // QEMU must reach the overlays in it: traversable, not listable.
+    ensureDir(config.overlayDir, 0o711, 'VIRTSNAP_OVERLAY_DIR');
+    await saveDomainFiles(dp, virsh, [{ dir: dp.metaDir, ours: 1 }, ...inDatasets]);
   } catch (err) {
     rmSync(dp.metaDir, { recursive: true, force: true });
     journal.remove(dp.uuid);
@@ -132,12 +137,36 @@ async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promi
     throw err;
   }
   const job = await virsh.completedJob(dp.uuid).catch(() => null);
-  entry = journal.update(entry, { step: 'frozen', frozenAt: new Date().toISOString(), ...(job ? { job } : {}) });
+  let existedAtFreeze: Record<string, string>;
+  try {
+    existedAtFreeze = await snapshotsAtFreeze(entry.snapshots, deps);
+  } catch (err) {
+    log.error(`cannot ask ZFS which snapshots exist (${(err as Error).message}): thawing, no RAM dump could be tied to a snapshot`, ctx(dp.name));
+    await thawDomain({ ...entry, step: 'frozen' }, deps, { keepDump: false });
+    throw err;
+  }
+  entry = journal.update(entry, { step: 'frozen', frozenAt: new Date().toISOString(), existedAtFreeze, ...(job ? { job } : {}) });
   log.info(
     `frozen in ${Date.now() - started} ms (guest paused ${job?.downtimeMs ?? '?'} ms)`,
     ctx(dp.name, plan.targets.join(',')),
   );
   return entry;
+}
+
+/**
+ * The run's snapshot names that exist right after the RAM was saved, with
+ * their guids: whatever exists now was taken before the disks stood still,
+ * and the dump must never be tied to it (sanoid reusing a name, a user's
+ * `DS@NAME` made by hand).
+ */
+async function snapshotsAtFreeze(wanted: string[], deps: Deps): Promise<Record<string, string>> {
+  const { props } = await deps.zfs.snapshotProps(wanted.map(datasetOfSnapshot));
+  const existed: Record<string, string> = {};
+  for (const name of wanted) {
+    const p = props.get(name);
+    if (p !== undefined) existed[name] = p.guid;
+  }
+  return existed;
 }
 
 /**
@@ -252,27 +281,60 @@ export interface ThawOptions {
 /** Brings one domain back onto its own disks and deals with its RAM dump. */
 export async function thawDomain(entry: JournalEntry, deps: Deps, options: ThawOptions): Promise<ArchivedDump | null> {
   const { virsh, journal } = deps;
-  const dumpComplete = entry.step !== 'snapshotting';
-  entry = journal.update(entry, { step: 'committing' });
   const before = await virsh.domain(entry.domain.uuid);
   if (before.state === 'shut off' && entry.overlays.some((o) => before.disks.find((d) => d.target === o.target)?.source === o.overlay)) {
     throw new VirtsnapError(
       `domain ${JSON.stringify(entry.domain.name)} was shut down while on overlays: start it (it runs on the overlays) and run \`virtsnap recover\``,
     );
   }
+  let keep = options.keepDump;
   const manual = entry.overlays.length > 0 && entry.overlays.every((o) => o.overlay === null);
-  if (manual && before.state !== 'paused' && options.keepDump) {
+  if (manual && before.state !== 'paused' && keep) {
     log.error('the domain was frozen paused (no overlays) but has been resumed since: its disks moved on, the RAM dump is discarded', ctx(entry.domain.name));
-    options = { ...options, keepDump: false };
+    keep = false;
   }
+  // Which snapshots hold the disks of the RAM's instant is decided now, while
+  // they still stand still, and written down before the first commit: after
+  // a crash half-way through the commits, recover must not look again.
+  let tied = entry.tied;
+  if (keep && tied === undefined) {
+    if (entry.step === 'frozen') tied = await tieDump(entry, deps);
+    else log.error(`the run died at step ${entry.step}, before it recorded which snapshots hold the RAM's instant: the RAM dump is discarded`, ctx(entry.domain.name));
+  }
+  entry = journal.update(entry, { step: entry.step === 'committed' ? 'committed' : 'committing', ...(tied !== undefined ? { tied } : {}) });
   for (const o of entry.overlays) await commitDisk(entry, o, before, deps);
   assertOnOriginals(entry, await virsh.domain(entry.domain.uuid));
   for (const o of entry.overlays) if (o.overlay !== null) removeIfExists(o.overlay);
   entry = journal.update(entry, { step: 'committed' });
-  const dump = options.keepDump && dumpComplete ? await keepDump(entry, deps) : null;
+  const dump = keep && tied !== undefined && tied.length > 0 ? await keepDump(entry, tied, deps) : null;
   if (dump === null) dropDump(entry);
   journal.remove(entry.domain.uuid);
   return dump;
+}
+
+/** The snapshots of the run that hold this domain's disks as they were when its RAM was saved (see lib/snapshot-id.ts). */
+async function tieDump(entry: JournalEntry, deps: Deps): Promise<SnapshotRef[]> {
+  const name = entry.domain.name;
+  let now;
+  try {
+    now = await deps.zfs.snapshotProps(entry.snapshots.map(datasetOfSnapshot));
+  } catch (err) {
+    log.error(`cannot ask ZFS which snapshots exist (${(err as Error).message}): the RAM dump cannot be tied to any snapshot and is discarded`, ctx(name));
+    return [];
+  }
+  const { tied, refused } = tieSnapshots({
+    wanted: entry.snapshots,
+    existedAtFreeze: entry.existedAtFreeze,
+    now: now.props,
+    unknownDatasets: now.unknown,
+    freezeStartedMs: Date.parse(entry.startedAt),
+    mountpointOf: (ds) => entry.mountpoints?.[ds] ?? null,
+  });
+  for (const r of refused) log.warn(`RAM dump not tied to ${r.name}: ${r.reason}`, ctx(name, datasetOfSnapshot(r.name)));
+  if (tied.length === 0) {
+    log.error(`no snapshot of this run holds the disks as they were when the RAM was saved (${entry.snapshots.join(', ')}): RAM dump discarded`, ctx(name));
+  }
+  return tied;
 }
 
 function dropDump(entry: JournalEntry): void {
@@ -280,8 +342,8 @@ function dropDump(entry: JournalEntry): void {
   rmSync(entry.metaDir, { recursive: true, force: true });
 }
 
-/** Archives the dump, tied to the snapshots that really exist (sanoid runs post even when `zfs snapshot` failed). */
-async function keepDump(entry: JournalEntry, deps: Deps): Promise<ArchivedDump | null> {
+/** Archives the dump, tied to the snapshots that hold its instant. */
+async function keepDump(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): Promise<ArchivedDump | null> {
   const name = entry.domain.name;
   if (!exists(entry.memoryFile)) {
     log.error(`memory file ${entry.memoryFile} is missing: no RAM dump for this snapshot`, ctx(name));
@@ -292,18 +354,11 @@ async function keepDump(entry: JournalEntry, deps: Deps): Promise<ArchivedDump |
     log.error(`memory file ${entry.memoryFile} is incomplete: no RAM dump for this snapshot`, ctx(name));
     return null;
   }
-  const snapshots = await existingSnapshots(entry.snapshots, deps.zfs);
-  const missing = entry.snapshots.filter((s) => !snapshots.includes(s));
-  if (missing.length > 0) log.warn(`snapshot(s) ${missing.join(', ')} do not exist: the dump is not tied to them`, ctx(name));
-  if (snapshots.length === 0) {
-    log.error('none of the snapshots of this run exist (did zfs snapshot fail?): RAM dump discarded', ctx(name));
-    return null;
-  }
   // Under the archive lock: gc must not take a half-archived dump for a stray.
   const dump = await withArchiveLock(deps.config.stateDir, deps.config.lockTimeoutMs, () => archiveDump(deps.config.archiveDir, {
     id: entry.tag,
     domain: entry.domain,
-    snapshots,
+    snapshots: tied,
     types: entry.types,
     memoryFile: entry.memoryFile,
     metaDir: entry.metaDir,
@@ -314,30 +369,25 @@ async function keepDump(entry: JournalEntry, deps: Deps): Promise<ArchivedDump |
     libvirtUri: deps.config.libvirtUri,
     hostname: hostname(),
   }));
-  log.info(`archived RAM dump ${dump.manifest.memoryFile} (${dump.manifest.bytes} bytes) for ${snapshots.join(', ')}`, ctx(name));
+  log.info(`archived RAM dump ${dump.manifest.memoryFile} (${dump.manifest.bytes} bytes) for ${snapshotNames(dump.manifest).join(', ')}`, ctx(name));
   return dump;
-}
-
-async function existingSnapshots(wanted: string[], zfs: ZfsClient): Promise<string[]> {
-  const census = await zfs.census(wanted);
-  // A dataset gone since its snapshot (pool exported mid-run?): keep the journal for recover, decide nothing now.
-  const [unknown] = census.unknownDatasets;
-  if (unknown !== undefined) throw new ZfsError(`cannot list snapshots of ${unknown}: dataset does not exist`, 'dataset does not exist');
-  return wanted.filter((s) => census.present.has(s));
 }
 
 export interface ThawResult {
   dumps: ArchivedDump[];
   failures: string[];
+  /** Domains thawed without a RAM dump kept (not tied to any snapshot, or incomplete): see the log. */
+  discarded: string[];
 }
 
 /** post: thaw every domain the run froze. One domain's failure does not stop the others. */
 export async function thawRun(runId: string, deps: Deps): Promise<ThawResult> {
-  const result: ThawResult = { dumps: [], failures: [] };
+  const result: ThawResult = { dumps: [], failures: [], discarded: [] };
   for (const entry of deps.journal.list().filter((e) => e.runId === runId)) {
     try {
       const dump = await thawDomain(entry, deps, { keepDump: true });
       if (dump !== null) result.dumps.push(dump);
+      else result.discarded.push(entry.domain.name);
     } catch (err) {
       log.error((err as Error).message, ctx(entry.domain.name));
       result.failures.push((err as Error).message);

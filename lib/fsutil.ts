@@ -1,16 +1,62 @@
 // Small filesystem helpers with the durability and permissions virtsnap needs:
 // RAM dumps and their records hold guest secrets (0600 files, 0700 dirs), and
 // a record is either the old or the new version after a crash, never half.
-import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, writeSync, chmodSync, statSync, unlinkSync } from 'node:fs';
+import { closeSync, constants, fchmodSync, fsyncSync, lstatSync, mkdirSync, openSync, renameSync, writeSync, chmodSync, statSync, unlinkSync } from 'node:fs';
+import { ConfigError, FsError, VirtsnapError } from './errors.js';
 import path from 'node:path';
 
 export const PRIVATE_DIR = 0o700;
 export const PRIVATE_FILE = 0o600;
 
-/** mkdir -p, and the last component gets `mode` even if it already existed. */
-export function ensureDir(dir: string, mode = PRIVATE_DIR): void {
-  mkdirSync(dir, { recursive: true, mode });
-  chmodSync(dir, mode);
+/**
+ * A directory virtsnap keeps private data in (archive, state, overlay dir
+ * and what it makes below them). Missing components are created with
+ * `mode`. One that already exists keeps its mode (the user chose it), but
+ * must be a real directory (not a symlink, unless it is the configured path
+ * itself), owned by us and not writable by others: otherwise anyone who can
+ * write there could make root write RAM dumps, or delete, through it.
+ */
+export function ensureDir(dir: string, mode = PRIVATE_DIR, what = dir): void {
+  const created = mkdirSync(dir, { recursive: true, mode });
+  if (created !== undefined) {
+    // mkdir applies the umask; RAM dumps need exactly `mode` on what we made.
+    for (let p = dir; isInsideDir(p, created); p = path.dirname(p)) {
+      chmodSync(p, mode);
+      if (p === created) break;
+    }
+  }
+  assertOwnDir(dir, what);
+}
+
+/** Refuses a directory that others could write to or that someone else owns. */
+export function assertOwnDir(dir: string, what = dir): void {
+  let st;
+  try {
+    st = statSync(dir);
+  } catch (err) {
+    throw new FsError(err as NodeJS.ErrnoException, dir, `cannot use ${what}`);
+  }
+  if (!st.isDirectory()) throw new ConfigError(`${what} (${dir}) is not a directory: remove it or choose another path`);
+  const uid = process.geteuid?.() ?? 0;
+  if (st.uid !== uid) {
+    throw new ConfigError(`${what} (${dir}) is owned by uid ${st.uid}, not by virtsnap's user (uid ${uid}): virtsnap will not keep RAM dumps there; chown it or choose another path`);
+  }
+  if ((st.mode & 0o002) !== 0) {
+    throw new ConfigError(`${what} (${dir}) is writable by everyone (mode ${(st.mode & 0o7777).toString(8)}): virtsnap will not write or delete there; chmod o-w it or choose another path`);
+  }
+}
+
+/** Like ensureDir for a directory below one already checked: it must not be a symlink either. */
+export function ensureSubdir(dir: string, mode = PRIVATE_DIR): void {
+  try {
+    mkdirSync(dir, { mode });
+    chmodSync(dir, mode);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  }
+  const st = lstatSync(dir);
+  if (st.isSymbolicLink()) throw new VirtsnapError(`${dir} is a symlink: virtsnap does not write through symlinks; remove it`);
+  assertOwnDir(dir);
 }
 
 export function fsyncDir(dir: string): void {
@@ -22,18 +68,29 @@ export function fsyncDir(dir: string): void {
   }
 }
 
+/**
+ * Opens a new file for writing, never through a symlink: O_EXCL makes
+ * O_CREAT fail on anything already there, a planted symlink included. A
+ * stale file of ours at that name is unlinked first (unlink removes a
+ * symlink itself, not what it points to).
+ */
+export function openExclusive(file: string, mode = PRIVATE_FILE): number {
+  removeIfExists(file);
+  return openSync(file, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
+}
+
 /** Write to a temp file beside the target, fsync, rename over it, fsync the directory. */
 export function writeFileAtomic(file: string, data: string | Buffer, mode = PRIVATE_FILE): void {
   const dir = path.dirname(file);
   const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
-  const fd = openSync(tmp, 'w', mode);
+  const fd = openExclusive(tmp, mode);
   try {
     writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
     fsyncSync(fd);
+    fchmodSync(fd, mode);
   } finally {
     closeSync(fd);
   }
-  chmodSync(tmp, mode);
   renameSync(tmp, file);
   fsyncDir(dir);
 }

@@ -10,8 +10,9 @@ import path from 'node:path';
 import { LockTimeoutError, VirtsnapError } from './errors.js';
 import { sleep, withLock } from './lock.js';
 import type { Owner } from './owner.js';
-import { ensureDir, removeIfExists, writeJsonAtomic } from './fsutil.js';
+import { ensureDir, ensureSubdir, PRIVATE_DIR, removeIfExists, writeJsonAtomic } from './fsutil.js';
 import type { CompletedJob } from './libvirt/virsh.js';
+import type { SnapshotRef } from './snapshot-id.js';
 
 export type Step =
   /** snapshot-create is about to run: overlays and memory file may exist. */
@@ -52,6 +53,15 @@ export interface JournalEntry {
   overlays: OverlayRecord[];
   /** Every `dataset@snapname` that holds this domain's frozen disks. */
   snapshots: string[];
+  /** Where those datasets were mounted at the freeze (the dump's disk paths are under these). */
+  mountpoints?: Record<string, string>;
+  /**
+   * guids of those names that already existed right after the RAM was saved:
+   * such a snapshot holds older disks and the dump is never tied to it.
+   */
+  existedAtFreeze?: Record<string, string>;
+  /** The snapshots the dump is tied to, decided before the first commit (lib/snapshot-id.ts). */
+  tied?: SnapshotRef[];
   /** The process that owns this run (sanoid, or virtsnap itself); its death makes the entry stale. */
   owner: Owner;
   startedAt: string;
@@ -89,7 +99,8 @@ export class Journal {
   }
 
   write(entry: JournalEntry): void {
-    ensureDir(this.dir);
+    ensureDir(path.dirname(this.dir), PRIVATE_DIR, 'VIRTSNAP_STATE_DIR');
+    ensureSubdir(this.dir);
     writeJsonAtomic(this.file(entry.domain.uuid), { ...entry, updatedAt: new Date().toISOString() });
   }
 

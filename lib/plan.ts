@@ -5,6 +5,8 @@ import path from 'node:path';
 import type { Config } from './config.js';
 import type { Disk } from './libvirt/domain-xml.js';
 import { snapshotXml } from './libvirt/snapshot-xml.js';
+import { notGuestState, unplaceable } from './disks.js';
+import { datasetMetaDir } from './domain-files.js';
 import type { Domain, DomainState } from './libvirt/virsh.js';
 import { fileSafe, isInsideDir } from './fsutil.js';
 import type { Inventory } from './inventory.js';
@@ -55,6 +57,8 @@ export interface DomainPlan {
   datasetMetaDirs: string[];
   /** Every `dataset@snapname` that will hold this domain's disks as they were frozen. */
   snapshots: string[];
+  /** Where those datasets are mounted: the disk paths in the RAM dump are under these. */
+  mountpoints: Record<string, string>;
   nvram: string | null;
   tpmEmulator: boolean;
   snapshotXml: string | null;
@@ -81,12 +85,9 @@ export function runIdOf(request: Pick<RunRequest, 'targets' | 'snapnames'>): str
 const FREEZABLE: readonly DomainState[] = ['running', 'paused', 'blocked', 'idle'];
 
 function skipReason(disk: Disk, dataset: string | null, datasets: ReadonlySet<string>): string | null {
-  if (disk.device === 'cdrom' || disk.device === 'floppy') return disk.device;
-  if (disk.device === 'lun') return 'lun (SCSI passthrough)';
-  if (disk.source === null) return disk.type === 'network' ? 'network disk' : 'empty';
-  if (disk.readonly) return 'read-only';
-  if (disk.shareable) return 'shareable';
-  if (disk.type !== 'file' && disk.type !== 'block') return `${disk.type} disk`;
+  const ignored = notGuestState(disk);
+  if (ignored !== null) return ignored;
+  if (unplaceable(disk)) return 'storage volume (see problems)';
   if (dataset === null || !datasets.has(dataset)) return 'outside the snapshotted datasets';
   return null;
 }
@@ -108,9 +109,9 @@ function planDisks(domain: Domain, inv: Inventory, datasets: ReadonlySet<string>
   });
 }
 
-function datasetMetaDir(dataset: string, inv: Inventory, domainName: string): string | null {
+function metaDirIn(dataset: string, inv: Inventory, domainName: string): string | null {
   const mountpoint = inv.mountpointOf.get(dataset);
-  return mountpoint === undefined ? null : path.join(mountpoint, '.virtsnap', fileSafe(domainName));
+  return mountpoint === undefined ? null : datasetMetaDir(mountpoint, domainName);
 }
 
 function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config: Config, datasets: ReadonlySet<string>): DomainPlan | null {
@@ -135,7 +136,8 @@ function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config:
     disks: planned,
     memoryFile,
     metaDir: `${base}.meta`,
-    datasetMetaDirs: holding.map((ds) => datasetMetaDir(ds, inv, domain.name)).filter((d): d is string => d !== null),
+    datasetMetaDirs: holding.map((ds) => metaDirIn(ds, inv, domain.name)).filter((d): d is string => d !== null),
+    mountpoints: Object.fromEntries(holding.flatMap((ds) => (inv.mountpointOf.has(ds) ? [[ds, inv.mountpointOf.get(ds)!]] : []))),
     snapshots: holding.flatMap((ds) => request.snapnames.map((s) => `${ds}@${s}`)),
     nvram: domain.nvram,
     tpmEmulator: domain.tpmEmulator,
@@ -155,7 +157,7 @@ function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config:
 /** A storage-pool volume has no path in the domain XML: we cannot tell which dataset holds it. */
 function volumeProblems(domain: Domain): string[] {
   return domain.disks
-    .filter((d) => d.type === 'volume' && !d.readonly && !d.shareable && d.device !== 'cdrom' && d.device !== 'floppy')
+    .filter(unplaceable)
     .map(
       (d) =>
         `domain ${JSON.stringify(domain.name)} disk ${d.target} is a libvirt storage volume: virtsnap cannot tell which dataset holds it, so it cannot freeze it with the rest; give it a file or block source`,

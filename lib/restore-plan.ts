@@ -2,6 +2,8 @@
 // to restore, and the domain XML each one gets. Pure: lib/restore.ts
 // gathers the facts and carries the plan out.
 import type { Manifest } from './archive.js';
+import { stateDisks } from './disks.js';
+import type { Disk } from './libvirt/domain-xml.js';
 import { escapeXml } from './libvirt/snapshot-xml.js';
 import { isInSubtree, splitSnapshot } from './zfs.js';
 
@@ -12,7 +14,8 @@ export interface RestoreRequest {
   snapshot: string;
   domain?: string;
   mode: RestoreMode;
-  force: boolean;
+  /** Allow `zfs rollback -r`, which destroys the snapshots taken after this one. */
+  destroyNewer: boolean;
   paused: boolean;
   /** New name (and UUID) for a clone that runs beside its original. */
   as?: string;
@@ -21,10 +24,16 @@ export interface RestoreRequest {
 export interface RestoreFacts {
   /** Snapshots of the snapshot's dataset and its subtree, oldest first. */
   snapshots: string[];
-  /** Dumps that name the snapshot (or a child's snapshot of the same name), with what is wrong with each, if anything. */
-  dumps: { manifest: Manifest; problem: string | null }[];
+  /**
+   * Dumps tied (by guid) to the snapshot or to a child's snapshot of the same
+   * name, their snapshot refs under their current names, with what is wrong
+   * with each, if anything, and the disks of the domain XML inside the dump.
+   */
+  dumps: { manifest: Manifest; problem: string | null; disks?: Disk[] }[];
   /** Domains defined now: name, uuid, state, and the datasets their disks live in. */
   domains: { name: string; uuid: string; state: string; datasets: string[] }[];
+  /** Where datasets are mounted now (for dumps that did not record it). */
+  mounts?: Record<string, string>;
   /** An existing dataset at the clone target, if any. */
   cloneTargetExists: boolean;
   /** A domain with the --as name already exists. */
@@ -43,6 +52,12 @@ export interface DomainRestore {
   dump: Manifest | null;
 }
 
+/** A restored dataset as the dump knew it: the disk paths inside the dump are under this name and mountpoint. */
+export interface DatasetSource {
+  dataset: string;
+  mountpoint: string | null;
+}
+
 export interface RestorePlan {
   snapshot: string;
   snapname: string;
@@ -51,13 +66,25 @@ export interface RestorePlan {
   datasets: string[];
   /** clone: source dataset -> clone dataset. */
   cloneOf: Record<string, string>;
+  /** Each dataset of `datasets` as the dumps knew it when they were taken (it may have been renamed or promoted since). */
+  sources: Record<string, DatasetSource>;
   /** rollback: snapshots that `zfs rollback -r` would destroy. */
   newer: string[];
-  /** Running domains that must be stopped first (rollback, or a clone without --as). */
+  /** Running domains that must be stopped first: rollback, only those with disks in the rolled-back datasets. */
   stop: string[];
   domains: DomainRestore[];
   paused: boolean;
   problems: string[];
+}
+
+/** A disk path lies in one of the restored datasets, as the dump knew them. */
+export function inRestoredDatasets(source: string, sources: readonly DatasetSource[]): boolean {
+  return sources.some(
+    (s) =>
+      (s.mountpoint !== null && source.startsWith(s.mountpoint === '/' ? '/' : `${s.mountpoint}/`)) ||
+      source === `/dev/zvol/${s.dataset}` ||
+      source.startsWith(`/dev/zvol/${s.dataset}-part`),
+  );
 }
 
 export function planRestore(request: RestoreRequest, facts: RestoreFacts, newUuid: () => string): RestorePlan {
@@ -69,6 +96,7 @@ export function planRestore(request: RestoreRequest, facts: RestoreFacts, newUui
     mode: request.mode,
     datasets: [],
     cloneOf: {},
+    sources: {},
     newer: [],
     stop: [],
     domains: [],
@@ -85,12 +113,26 @@ export function planRestore(request: RestoreRequest, facts: RestoreFacts, newUui
   // The datasets: the snapshot's own, and the children holding the dumps' disks (recursive = zfs).
   const involved = new Set<string>([dataset]);
   for (const d of dumps) {
-    for (const s of d.manifest.snapshots) {
-      const p = splitSnapshot(s);
-      if (p.snapname === snapname && isInSubtree(p.dataset, dataset)) involved.add(p.dataset);
+    for (const ref of d.manifest.snapshots) {
+      const p = splitSnapshot(ref.name);
+      if (p.snapname !== snapname || !isInSubtree(p.dataset, dataset)) continue;
+      involved.add(p.dataset);
+      plan.sources[p.dataset] ??= { dataset: splitSnapshot(ref.frozenAs).dataset, mountpoint: ref.mountpoint ?? facts.mounts?.[p.dataset] ?? null };
     }
   }
   plan.datasets = [...involved].sort();
+  for (const ds of plan.datasets) plan.sources[ds] ??= { dataset: ds, mountpoint: facts.mounts?.[ds] ?? null };
+
+  // RAM from the snapshot with any disk not restored with it would corrupt
+  // that disk: checked here, before anything is stopped, rolled back or cloned.
+  for (const d of dumps) {
+    for (const disk of stateDisks(d.disks ?? [])) {
+      if (inRestoredDatasets(disk.source!, Object.values(plan.sources))) continue;
+      problems.push(
+        `disk ${disk.target} of ${JSON.stringify(d.manifest.domain.name)} (${disk.source}) is not in ${plan.datasets.join(', ')}: its RAM dump must not run on that disk as it is now; nothing was changed (move the disk into the snapshotted datasets for future snapshots)`,
+      );
+    }
+  }
 
   const domainNames = new Set(dumps.map((d) => d.manifest.domain.name));
   plan.domains = dumps.map((d) => ({
@@ -114,7 +156,8 @@ export function planRestore(request: RestoreRequest, facts: RestoreFacts, newUui
   }
   if (request.as !== undefined && facts.asNameTaken) problems.push(`a domain named ${JSON.stringify(request.as)} already exists: choose another --as`);
 
-  const touches = (d: { datasets: string[] }) => d.datasets.some((ds) => plan.datasets.some((p) => isInSubtree(ds, p)));
+  // Exactly these datasets: `zfs rollback` of a parent leaves its children as they are.
+  const touches = (d: { datasets: string[] }) => d.datasets.some((ds) => plan.datasets.includes(ds));
   for (const d of (facts.frozen ?? []).filter(touches)) {
     problems.push(`domain ${JSON.stringify(d.name)} is held by a snapshot run (see \`virtsnap status\`): wait for it, or \`virtsnap recover\` if it died, then restore`);
   }
@@ -141,8 +184,8 @@ export function planRestore(request: RestoreRequest, facts: RestoreFacts, newUui
     const index = own.indexOf(`${ds}@${snapname}`);
     return index < 0 ? [] : own.slice(index + 1);
   });
-  if (plan.newer.length > 0 && !request.force) {
-    problems.push(`zfs rollback would destroy ${plan.newer.length} newer snapshot(s): ${plan.newer.join(', ')}; add --force to accept that, or use --clone`);
+  if (plan.newer.length > 0 && !request.destroyNewer) {
+    problems.push(`zfs rollback would destroy ${plan.newer.length} newer snapshot(s): ${plan.newer.join(', ')}; add --destroy-newer to accept that, or use --clone`);
   }
   plan.stop = running.filter(touches).map((d) => d.name);
   return plan;
@@ -159,6 +202,11 @@ export function rewriteDiskPaths(xml: string, mounts: { from: string; to: string
   return out;
 }
 
+/** Points the domain's UEFI variable store at `nvram`. */
+export function setNvramPath(xml: string, nvram: string): string {
+  return xml.replace(/(<nvram\b[^>]*>)[^<]*(<\/nvram>)/, `$1${escapeXml(nvram)}$2`);
+}
+
 /**
  * A domain XML for a clone running beside its original: new name and UUID,
  * its own NVRAM file and console logs, network links down (same MACs).
@@ -166,7 +214,7 @@ export function rewriteDiskPaths(xml: string, mounts: { from: string; to: string
 export function renameDomainXml(xml: string, from: { name: string; uuid: string }, to: { name: string; uuid: string; nvram: string | null }): string {
   let out = xml.replace(/<name>[^<]*<\/name>/, `<name>${escapeXml(to.name)}</name>`);
   out = out.replace(/<uuid>[^<]*<\/uuid>/, `<uuid>${to.uuid}</uuid>`);
-  if (to.nvram !== null) out = out.replace(/(<nvram\b[^>]*>)[^<]*(<\/nvram>)/, `$1${escapeXml(to.nvram)}$2`);
+  if (to.nvram !== null) out = setNvramPath(out, to.nvram);
   const oldName = escapeXml(from.name);
   const newName = escapeXml(to.name);
   // Only the file name changes: the directories exist for the original already.

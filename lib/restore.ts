@@ -6,25 +6,30 @@
 // --rollback: stop the VMs on those datasets, zfs rollback, put back NVRAM,
 //   restore the RAM dump.
 // Everything is checked before the first change: the snapshot exists, each
-// dump verifies (header, XML, sha256), nothing newer is lost without --force.
-import { copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync, chmodSync, readFileSync, realpathSync, renameSync } from 'node:fs';
+// dump verifies (header, XML, sha256), every disk the RAM was running on is
+// restored with it, nothing newer is lost without --destroy-newer.
+import { copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync, readFileSync, realpathSync, renameSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { scanArchive } from './archive.js';
 import type { Config } from './config.js';
 import { VirtsnapError, ZfsError } from './errors.js';
-import { fileSafe } from './fsutil.js';
+import { fileSafe, writeFileAtomic } from './fsutil.js';
+import { datasetMetaDir, readSavedFile } from './domain-files.js';
+import { stateDisks } from './disks.js';
+import { follow, locate, poolsOf } from './snapshot-id.js';
+import type { Disk } from './libvirt/domain-xml.js';
 import { datasetsOfDomains } from './inventory.js';
 import { parseDomainXml } from './libvirt/domain-xml.js';
 import { readSaveImageXml, rewriteSaveImageXml } from './libvirt/save-image.js';
 import type { LibvirtClient } from './libvirt/virsh.js';
 import { sleep } from './lock.js';
 import { log } from './log.js';
-import { planRestore, renameDomainXml, rewriteDiskPaths, type DomainRestore, type RestoreFacts, type RestorePlan, type RestoreRequest } from './restore-plan.js';
+import { planRestore, renameDomainXml, rewriteDiskPaths, setNvramPath, type DomainRestore, type RestoreFacts, type RestorePlan, type RestoreRequest } from './restore-plan.js';
 import { checkDump } from './verify.js';
 import { Journal } from './journal.js';
-import { isInSubtree, readMounts, splitSnapshot, type ZfsClient } from './zfs.js';
+import { isInSubtree, poolOf, readMounts, splitSnapshot, type ZfsClient } from './zfs.js';
 
 export interface RestoreDeps {
   virsh: LibvirtClient;
@@ -32,19 +37,35 @@ export interface RestoreDeps {
   config: Config;
 }
 
-async function gatherFacts(request: RestoreRequest, deps: RestoreDeps): Promise<RestoreFacts> {
+/**
+ * The dumps of `DS@SNAP`: those tied by guid to it or to a child's snapshot
+ * of the same name, wherever the dump first saw them (a snapshot renamed or
+ * promoted since is found all the same).
+ */
+async function dumpsOf(request: RestoreRequest, deps: RestoreDeps): Promise<RestoreFacts['dumps']> {
   const { dataset, snapname } = splitSnapshot(request.snapshot);
-  const snapshots = await deps.zfs.listSnapshotsByCreation(dataset);
+  const scan = scanArchive(deps.config.archiveDir);
+  const census = await deps.zfs.guidCensus(poolsOf(scan.dumps.flatMap((d) => d.manifest.snapshots)).concat(poolOf(dataset)));
   const dumps: RestoreFacts['dumps'] = [];
-  for (const { manifest } of scanArchive(deps.config.archiveDir).dumps) {
-    const mine = manifest.snapshots.some((s) => {
-      const p = splitSnapshot(s);
-      return p.snapname === snapname && isInSubtree(p.dataset, dataset);
+  for (const { manifest } of scan.dumps) {
+    const current = { ...manifest, snapshots: follow(manifest.snapshots, census) };
+    const mine = current.snapshots.some((ref) => {
+      const p = splitSnapshot(ref.name);
+      return p.snapname === snapname && isInSubtree(p.dataset, dataset) && locate(ref, census) === ref.name;
     });
-    if (mine && (request.domain === undefined || manifest.domain.name === request.domain)) {
-      dumps.push({ manifest, problem: await checkDump(manifest) });
-    }
+    if (!mine || (request.domain !== undefined && manifest.domain.name !== request.domain)) continue;
+    const problem = await checkDump(manifest);
+    let disks: Disk[] | undefined;
+    if (problem === null) disks = parseDomainXml(readSaveImageXml(manifest.memoryFile).xml).disks;
+    dumps.push({ manifest: current, problem, ...(disks ? { disks } : {}) });
   }
+  return dumps;
+}
+
+async function gatherFacts(request: RestoreRequest, deps: RestoreDeps): Promise<RestoreFacts> {
+  const { dataset } = splitSnapshot(request.snapshot);
+  const snapshots = await deps.zfs.listSnapshotsByCreation(dataset);
+  const dumps = snapshots.includes(request.snapshot) ? await dumpsOf(request, deps) : [];
   const all = await deps.virsh.domains();
   const datasetsOf = datasetsOfDomains(all);
   const domains = all.map((d) => ({
@@ -58,6 +79,7 @@ async function gatherFacts(request: RestoreRequest, deps: RestoreDeps): Promise<
     snapshots,
     dumps,
     domains,
+    mounts: Object.fromEntries(readMounts().map((m) => [m.dataset, m.mountpoint])),
     frozen: domains.filter((d) => inJournal.has(d.uuid)).map((d) => ({ name: d.name, datasets: d.datasets })),
     cloneTargetExists: request.mode.kind === 'clone' ? await deps.zfs.exists(request.mode.dataset) : false,
     asNameTaken: request.as !== undefined && all.some((d) => d.name === request.as),
@@ -85,76 +107,94 @@ interface Paths {
   zvols: { from: string; to: string }[];
 }
 
-/** Where the datasets' files are once cloned (identity for a rollback). */
+/** Where the datasets' files are once cloned or rolled back, from where the dump knew them. */
 function pathsAfter(plan: RestorePlan): Paths {
   const mountpoints = new Map(readMounts().map((m) => [m.dataset, m.mountpoint]));
   const paths: Paths = { mounts: [], zvols: [] };
   for (const ds of plan.datasets) {
     const target = plan.cloneOf[ds] ?? ds;
-    const from = mountpoints.get(ds);
+    const source = plan.sources[ds] ?? { dataset: ds, mountpoint: null };
+    const from = source.mountpoint ?? mountpoints.get(ds);
     const to = mountpoints.get(target);
     if (from !== undefined && to !== undefined) paths.mounts.push({ from, to });
-    paths.zvols.push({ from: ds, to: target });
+    paths.zvols.push({ from: source.dataset, to: target });
   }
   // Deepest first, so a child's mountpoint is not rewritten as its parent's subdirectory.
   paths.mounts.sort((a, b) => b.from.length - a.from.length);
   return paths;
 }
 
-/** The saved copies (.virtsnap/<domain>/ in a restored dataset, else the dump's meta dir). */
-function savedFile(d: DomainRestore, paths: Paths, file: string): string | null {
+/** A saved copy: from `.virtsnap/<domain>/` in a restored dataset (never through a symlink), else from the dump's meta dir. */
+function savedFile(d: DomainRestore, paths: Paths, file: string): Buffer | null {
   for (const { to } of paths.mounts) {
-    const p = path.join(to, '.virtsnap', fileSafe(d.name), file);
-    if (existsSync(p)) return p;
+    const data = readSavedFile(datasetMetaDir(to, d.name), file);
+    if (data !== null) return data;
   }
   const meta = d.dump?.metaDir;
-  if (meta && existsSync(path.join(meta, file))) return path.join(meta, file);
+  if (meta && existsSync(path.join(meta, file))) return readFileSync(path.join(meta, file));
   return null;
 }
 
-function nvramPathFor(d: DomainRestore, xml: string): string | null {
+/**
+ * The NVRAM file the restored domain uses. A clone never takes the
+ * original's: with --as it gets `<new name>_VARS.fd`, without --as (same
+ * name, the original shut off) a file of its own beside the original's.
+ */
+function nvramPathFor(d: DomainRestore, xml: string, plan: RestorePlan): string | null {
   const current = parseDomainXml(xml).nvram;
   if (current === null) return null;
-  if (d.newName === d.name) return current;
-  return path.join(path.dirname(current), `${fileSafe(d.newName)}_VARS.fd`);
+  if (d.newName !== d.name) return path.join(path.dirname(current), `${fileSafe(d.newName)}_VARS.fd`);
+  if (plan.mode.kind === 'clone') {
+    const leaf = fileSafe(plan.mode.dataset.replace(/\//g, '_'));
+    return current.replace(/(\.fd)?$/, `.${leaf}$1`);
+  }
+  return current;
 }
 
 /**
  * Every writable disk must exist and lie in what was cloned or rolled back:
  * RAM from the snapshot on any other disk (one reached through a symlink we
- * did not rewrite, one in another dataset) would corrupt that disk.
+ * did not rewrite, one in another dataset) would corrupt it. The plan
+ * checked the paths before anything changed; this checks what they are.
  */
 function assertDisksRestorable(d: DomainRestore, xml: string, paths: Paths): void {
-  for (const disk of parseDomainXml(xml).disks) {
-    if (disk.source === null || disk.readonly || disk.device === 'cdrom' || disk.device === 'floppy') continue;
-    if (!existsSync(disk.source)) {
-      throw new VirtsnapError(`disk ${disk.target} of ${JSON.stringify(d.name)} is not in the snapshot (${disk.source} missing): not restoring it`);
+  for (const disk of stateDisks(parseDomainXml(xml).disks)) {
+    const source = disk.source!;
+    if (!existsSync(source)) {
+      throw new VirtsnapError(`disk ${disk.target} of ${JSON.stringify(d.name)} is not in the snapshot (${source} missing): not restoring it`);
     }
-    const real = realpathSync(disk.source);
-    const inside = paths.mounts.some((m) => real.startsWith(`${m.to}/`)) || paths.zvols.some((z) => disk.source === `/dev/zvol/${z.to}` || disk.source!.startsWith(`/dev/zvol/${z.to}-part`));
+    const real = realpathSync(source);
+    const inside = paths.mounts.some((m) => real.startsWith(`${m.to}/`)) || paths.zvols.some((z) => source === `/dev/zvol/${z.to}` || source.startsWith(`/dev/zvol/${z.to}-part`));
     if (!inside) {
       throw new VirtsnapError(
-        `disk ${disk.target} of ${JSON.stringify(d.name)} (${disk.source}) is not in ${Object.values(paths.mounts).map((m) => m.to).join(', ')}: restoring its RAM onto that disk would corrupt it; not restoring`,
+        `disk ${disk.target} of ${JSON.stringify(d.name)} (${source}) is not in ${paths.mounts.map((m) => m.to).join(', ')}: restoring its RAM onto that disk would corrupt it; not restoring`,
       );
     }
   }
 }
 
-function prepareXml(d: DomainRestore, xml: string, paths: Paths): { xml: string; nvram: string | null } {
+function prepareXml(d: DomainRestore, xml: string, paths: Paths, plan: RestorePlan): { xml: string; nvram: string | null } {
   let out = rewriteDiskPaths(xml, paths.mounts, paths.zvols);
-  const nvram = nvramPathFor(d, out);
+  const nvram = nvramPathFor(d, out, plan);
   if (d.newName !== d.name) out = renameDomainXml(out, d, { name: d.newName, uuid: d.newUuid, nvram });
+  else if (nvram !== null) out = setNvramPath(out, nvram);
   return { xml: out, nvram };
 }
 
-async function restoreDomain(d: DomainRestore, plan: RestorePlan, deps: RestoreDeps, paths: Paths, work: string): Promise<string> {
+/** What a restore changed outside the datasets, so that a failed clone restore can put it back. */
+interface Undo {
+  /** NVRAM files written: the file, and where what it replaced was moved (null: there was none). */
+  nvram: { dest: string; aside: string | null }[];
+}
+
+async function restoreDomain(d: DomainRestore, plan: RestorePlan, deps: RestoreDeps, paths: Paths, work: string, undo: Undo): Promise<string> {
   const ctx = { domain: d.newName, dataset: splitSnapshot(plan.snapshot).dataset };
-  const inactiveFile = savedFile(d, paths, 'domain-inactive.xml');
+  const inactive = savedFile(d, paths, 'domain-inactive.xml')?.toString('utf8') ?? null;
   const renamed = d.newName !== d.name;
   // Define the clone first, so the restored domain is persistent under its new name.
   if (renamed || d.dump === null) {
-    if (inactiveFile === null) throw new VirtsnapError(`no saved definition of ${JSON.stringify(d.name)} in ${plan.snapshot}: cannot define it`);
-    const def = prepareXml(d, readFileSync(inactiveFile, 'utf8'), paths);
+    if (inactive === null) throw new VirtsnapError(`no saved definition of ${JSON.stringify(d.name)} in ${plan.snapshot}: cannot define it`);
+    const def = prepareXml(d, inactive, paths, plan);
     const defFile = path.join(work, `${fileSafe(d.newName)}-define.xml`);
     writeFileSync(defFile, def.xml, { mode: 0o600 });
     assertDisksRestorable(d, def.xml, paths);
@@ -163,13 +203,13 @@ async function restoreDomain(d: DomainRestore, plan: RestorePlan, deps: RestoreD
   }
   const nvramCopy = savedFile(d, paths, 'nvram.fd');
   if (d.dump === null) {
-    if (nvramCopy !== null && inactiveFile !== null) putNvram(nvramCopy, nvramPathFor(d, rewriteDiskPaths(readFileSync(inactiveFile, 'utf8'), paths.mounts, paths.zvols)));
+    if (nvramCopy !== null && inactive !== null) putNvram(nvramCopy, prepareXml(d, inactive, paths, plan).nvram, undo);
     return `${d.newName}: no RAM dump in ${plan.snapshot} (the VM was shut off, or the snapshot is older than virtsnap): disks and definition restored; start it with \`virsh start\``;
   }
   const image = readSaveImageXml(d.dump.memoryFile);
-  const live = prepareXml(d, image.xml, paths);
+  const live = prepareXml(d, image.xml, paths, plan);
   assertDisksRestorable(d, live.xml, paths);
-  if (nvramCopy !== null) putNvram(nvramCopy, live.nvram);
+  if (nvramCopy !== null) putNvram(nvramCopy, live.nvram, undo);
   if (renamed) {
     // libvirt's ABI check refuses a new UUID, so the copy's embedded XML is rewritten instead.
     const copy = path.join(work, `${fileSafe(d.newName)}.save`);
@@ -187,11 +227,27 @@ async function restoreDomain(d: DomainRestore, plan: RestorePlan, deps: RestoreD
 }
 
 /** Puts the saved NVRAM in place; what was there is kept beside it, not overwritten. */
-function putNvram(copy: string, dest: string | null): void {
+function putNvram(copy: Buffer, dest: string | null, undo: Undo): void {
   if (dest === null) return;
-  if (existsSync(dest)) renameSync(dest, `${dest}.before-restore-${new Date().toISOString().replace(/[-:]/g, '')}`);
-  copyFileSync(copy, dest);
-  chmodSync(dest, 0o600);
+  let aside: string | null = null;
+  if (existsSync(dest)) {
+    aside = `${dest}.before-restore-${new Date().toISOString().replace(/[-:]/g, '')}`;
+    renameSync(dest, aside);
+  }
+  undo.nvram.push({ dest, aside });
+  writeFileAtomic(dest, copy);
+}
+
+/** Puts back the NVRAM files a failed restore replaced. */
+function undoNvram(undo: Undo): void {
+  for (const { dest, aside } of undo.nvram.reverse()) {
+    try {
+      rmSync(dest, { force: true });
+      if (aside !== null) renameSync(aside, dest);
+    } catch (err) {
+      log.error(`could not put back ${dest}${aside ? ` from ${aside}` : ''}: ${(err as Error).message}`);
+    }
+  }
 }
 
 /** A clone restore failed: take back the domains it defined and the clones it made; the originals were never touched. */
@@ -238,6 +294,7 @@ export async function executeRestore(plan: RestorePlan, deps: RestoreDeps): Prom
     }
   }
   const work = mkdtempSync(path.join(tmpdir(), 'virtsnap-restore-'));
+  const undo: Undo = { nvram: [] };
   try {
     if (plan.mode.kind === 'clone') {
       for (const ds of plan.datasets) {
@@ -246,9 +303,14 @@ export async function executeRestore(plan: RestorePlan, deps: RestoreDeps): Prom
       }
     }
     const paths = pathsAfter(plan);
-    for (const d of plan.domains) messages.push(await restoreDomain(d, plan, deps, paths, work));
+    for (const d of plan.domains) messages.push(await restoreDomain(d, plan, deps, paths, work, undo));
   } catch (err) {
-    if (plan.mode.kind === 'clone') await undoClone(plan, deps);
+    if (plan.mode.kind === 'clone') {
+      await undoClone(plan, deps);
+      undoNvram(undo);
+    } else if (undo.nvram.some((n) => n.aside !== null)) {
+      log.error(`restore failed after the rollback: the NVRAM it replaced is kept beside it (${undo.nvram.flatMap((n) => n.aside ?? []).join(', ')})`);
+    }
     throw err;
   } finally {
     rmSync(work, { recursive: true, force: true });

@@ -5,21 +5,42 @@
 // destroyed snapshot at a time; the dump goes only when no snapshot it names
 // exists any more. The manifest is a cache: ZFS is the truth, asked before
 // anything is deleted.
-import { readdirSync, rmSync, statSync } from 'node:fs';
+import { lstatSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { deleteDump, scanArchive, setSnapshots, withArchiveLock, type ArchivedDump } from './archive.js';
+import { deleteDump, scanArchive, setSnapshots, snapshotNames, withArchiveLock, type ArchivedDump, type Manifest } from './archive.js';
 import type { Config } from './config.js';
-import { exists, isInsideDir } from './fsutil.js';
 import { Journal } from './journal.js';
-import { readSaveImageHeader } from './libvirt/save-image.js';
 import { log } from './log.js';
 import type { PruneEvent } from './sanoid/env.js';
-import { datasetOfSnapshot, type SnapshotCensus, type ZfsClient } from './zfs.js';
+import { locate, poolsOf, type SnapshotRef } from './snapshot-id.js';
+import { datasetOfSnapshot, type GuidCensus, type ZfsClient } from './zfs.js';
 
-/** The snapshots of a dump that still count: present in ZFS, or of a dataset ZFS does not know right now. */
-function stillNeeded(snapshots: string[], census: SnapshotCensus): string[] {
-  // Never delete on an unknown dataset: its pool may only be missing for now.
-  return snapshots.filter((s) => census.present.has(s) || census.unknownDatasets.has(datasetOfSnapshot(s)));
+/** What becomes of a dump: nothing, its snapshots renamed or fewer, or deleted. */
+export type Fate = { kind: 'keep' } | { kind: 'update'; snapshots: SnapshotRef[]; gone: string[] } | { kind: 'delete'; gone: string[] };
+
+/**
+ * The one rule for when a RAM dump may be deleted: when none of its
+ * snapshots exists any more, found by guid (so `zfs rename` and `zfs
+ * promote` never orphan it). A snapshot of a pool ZFS does not know right
+ * now (not imported) counts as existing. Snapshots that moved get their
+ * current name.
+ */
+export function fateOf(manifest: Pick<Manifest, 'snapshots'>, census: GuidCensus): Fate {
+  const kept: SnapshotRef[] = [];
+  const gone: string[] = [];
+  let renamed = false;
+  for (const ref of manifest.snapshots) {
+    const where = locate(ref, census);
+    if (where === 'gone') gone.push(ref.name);
+    else if (where === 'unknown') kept.push(ref);
+    else {
+      if (where !== ref.name) renamed = true;
+      kept.push({ ...ref, name: where });
+    }
+  }
+  if (kept.length === 0) return { kind: 'delete', gone };
+  if (gone.length === 0 && !renamed) return { kind: 'keep' };
+  return { kind: 'update', snapshots: kept, gone };
 }
 
 export interface PruneResult {
@@ -30,6 +51,10 @@ export interface PruneResult {
   freedBytes: number;
 }
 
+function warnUnknownPools(census: GuidCensus, report: (line: string) => void): void {
+  for (const pool of census.unknownPools) report(`pool ${pool} is not imported: the snapshots of its dumps count as kept, nothing of it is deleted`);
+}
+
 /** pruning_script: sanoid destroyed `dataset@snapname`. */
 export async function pruneSnapshot(event: PruneEvent, config: Config, zfs: ZfsClient): Promise<PruneResult> {
   const snapshot = `${event.dataset}@${event.snapname}`;
@@ -37,51 +62,53 @@ export async function pruneSnapshot(event: PruneEvent, config: Config, zfs: ZfsC
   return withArchiveLock(config.stateDir, config.lockTimeoutMs, async () => {
     const scan = scanArchive(config.archiveDir);
     for (const b of scan.broken) log.warn(`${b.reason} (left alone)`);
-    const dumps = scan.dumps.filter((d) => d.manifest.snapshots.includes(snapshot));
+    const dumps = scan.dumps.filter((d) => snapshotNames(d.manifest).includes(snapshot));
     if (dumps.length === 0) {
       log.debug(`no RAM dump belongs to ${snapshot}: nothing to do`, { dataset: event.dataset });
       return result;
     }
-    const truth = await zfs.census(dumps.flatMap((d) => d.manifest.snapshots));
-    if (truth.present.has(snapshot)) {
+    const census = await zfs.guidCensus(poolsOf(dumps.flatMap((d) => d.manifest.snapshots)));
+    warnUnknownPools(census, (line) => log.warn(line, { dataset: event.dataset }));
+    if (census.names.has(snapshot)) {
       log.warn(`sanoid says ${snapshot} was pruned, but ZFS still has it: its RAM dump stays`, { dataset: event.dataset });
     }
-    for (const ds of truth.unknownDatasets) log.warn(`dataset ${ds} is not known to ZFS (pool not imported? renamed?): its snapshots count as kept`, { dataset: ds });
-    for (const dump of dumps) settle(dump, truth, result);
+    for (const dump of dumps) settle(dump, fateOf(dump.manifest, census), result);
     return result;
   });
 }
 
-/** Brings one dump in line with ZFS: fewer snapshots, or gone. */
-function settle(dump: ArchivedDump, truth: SnapshotCensus, result: PruneResult): void {
+/** Carries out a dump's fate. */
+function settle(dump: ArchivedDump, fate: Fate, result: PruneResult): void {
   const m = dump.manifest;
-  const keep = stillNeeded(m.snapshots, truth);
-  const ctx = { domain: m.domain.name, dataset: datasetOfSnapshot(m.snapshots[0] ?? '@') };
-  if (keep.length === m.snapshots.length) return;
-  if (keep.length > 0) {
-    setSnapshots(dump, keep);
+  const ctx = { domain: m.domain.name, dataset: datasetOfSnapshot(m.snapshots[0]?.name ?? '@') };
+  if (fate.kind === 'keep') return;
+  if (fate.kind === 'update') {
+    setSnapshots(dump, fate.snapshots);
     result.updated.push(m.id);
-    log.info(`RAM dump ${m.id} kept for ${keep.join(', ')}`, ctx);
+    log.info(`RAM dump ${m.id} kept for ${fate.snapshots.map((r) => r.name).join(', ')}`, ctx);
     return;
   }
   result.freedBytes += deleteDump(dump);
   result.deleted.push(m.id);
-  log.info(`RAM dump ${m.id} deleted: none of its snapshots exists any more`, ctx);
+  log.info(`RAM dump ${m.id} deleted: none of its snapshots exists any more (${fate.gone.join(', ')})`, ctx);
 }
 
 export interface GcReport {
+  /** Dumps whose snapshots are fewer now, or were renamed or promoted. */
   updated: string[];
   deleted: string[];
-  /** Files removed that belonged to no dump (half-written, orphaned). */
+  /** Files of ours removed that belonged to no dump (half-written, orphaned). */
   removed: string[];
-  /** Left alone, with the reason. */
+  /** Left alone, with the reason (unreadable manifests, pools not imported). */
   kept: string[];
+  /** Files and dirs that virtsnap did not write, found in the archive or overlay dir: never deleted. */
+  foreign: { path: string; reason: string }[];
   freedBytes: number;
 }
 
 function sizeOf(p: string): number {
   try {
-    const st = statSync(p);
+    const st = lstatSync(p);
     if (!st.isDirectory()) return st.size;
     return readdirSync(p).reduce((sum, f) => sum + sizeOf(path.join(p, f)), 0);
   } catch {
@@ -89,58 +116,62 @@ function sizeOf(p: string): number {
   }
 }
 
+/** What virtsnap names files in the overlay dir: `<domain>.<stamp>-<uuid8>.save|.meta` in flight, `….<disk>.qcow2` overlays (plan.ts). */
+const IN_FLIGHT = /\.\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}\.(save|meta)$/;
+const OVERLAY = /\.\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}\.[^/]+\.qcow2$/;
+
 /**
  * In-flight files in the overlay dir that no journal entry claims: memory
  * files and meta dirs of runs that died before they were journaled or after
- * they were thawed. Overlays (.qcow2) are never touched here: one may still
- * be in use by a VM, and `virtsnap recover` is the tool for those.
+ * they were thawed, recognised by virtsnap's own naming. Anything else there
+ * (a user's own `virsh save` image) is reported, not touched. Overlays
+ * (.qcow2) are never touched here: one may still be in use by a VM, and
+ * `virtsnap recover` is the tool for those.
  */
-function overlayDirStrays(config: Config): string[] {
+function sweepOverlayDir(config: Config): { strays: string[]; foreign: GcReport['foreign'] } {
+  const result: { strays: string[]; foreign: GcReport['foreign'] } = { strays: [], foreign: [] };
   let files: string[];
   try {
     files = readdirSync(config.overlayDir);
   } catch {
-    return [];
+    return result;
   }
   const claimed = new Set(new Journal(config.stateDir).list().flatMap((e) => [e.memoryFile, e.metaDir]));
-  return files
-    .map((f) => path.join(config.overlayDir, f))
-    .filter((p) => (p.endsWith('.save') || p.endsWith('.meta')) && !claimed.has(p));
-}
-
-function isHalfWritten(file: string): boolean {
-  if (file.endsWith('.part') || /\.tmp$/.test(file)) return true;
-  if (!file.endsWith('.save')) return false;
-  const header = readSaveImageHeader(file);
-  return header !== null && !header.complete;
+  for (const f of files.sort()) {
+    const p = path.join(config.overlayDir, f);
+    const st = lstatSync(p, { throwIfNoEntry: false });
+    if (st === undefined || OVERLAY.test(f)) continue;
+    const ours = IN_FLIGHT.test(f) && (f.endsWith('.save') ? st.isFile() : st.isDirectory());
+    if (!ours) result.foreign.push({ path: p, reason: 'not written by virtsnap (left alone)' });
+    else if (!claimed.has(p)) result.strays.push(p);
+  }
+  return result;
 }
 
 /** `virtsnap gc`: sweep the whole archive against ZFS. */
 export async function collectGarbage(config: Config, zfs: ZfsClient, options: { dryRun: boolean }): Promise<GcReport> {
-  const report: GcReport = { updated: [], deleted: [], removed: [], kept: [], freedBytes: 0 };
+  const report: GcReport = { updated: [], deleted: [], removed: [], kept: [], foreign: [], freedBytes: 0 };
   return withArchiveLock(config.stateDir, config.lockTimeoutMs, async () => {
     const scan = scanArchive(config.archiveDir);
     for (const b of scan.broken) report.kept.push(`${b.file}: ${b.reason}`);
-    const truth = await zfs.census(scan.dumps.flatMap((d) => d.manifest.snapshots));
-    for (const ds of truth.unknownDatasets) report.kept.push(`dumps of ${ds}: ZFS does not know this dataset (pool not imported? renamed?), nothing deleted for it`);
+    report.foreign.push(...scan.foreign);
+    const census = await zfs.guidCensus(poolsOf(scan.dumps.flatMap((d) => d.manifest.snapshots)));
+    warnUnknownPools(census, (line) => report.kept.push(line));
     for (const dump of scan.dumps) {
-      const m = dump.manifest;
-      const keep = stillNeeded(m.snapshots, truth);
-      if (keep.length === m.snapshots.length) continue;
-      if (keep.length > 0) {
-        report.updated.push(m.id);
-        if (!options.dryRun) setSnapshots(dump, keep);
+      const fate = fateOf(dump.manifest, census);
+      if (fate.kind === 'keep') continue;
+      if (fate.kind === 'update') {
+        report.updated.push(dump.manifest.id);
+        if (!options.dryRun) setSnapshots(dump, fate.snapshots);
         continue;
       }
-      report.deleted.push(m.id);
-      report.freedBytes += sizeOf(m.memoryFile);
+      report.deleted.push(dump.manifest.id);
+      report.freedBytes += sizeOf(dump.manifest.memoryFile);
       if (!options.dryRun) deleteDump(dump);
     }
-    for (const stray of [...scan.strays, ...overlayDirStrays(config)]) {
-      const inArchive = isInsideDir(stray, config.archiveDir);
-      // An unclaimed file in the archive belongs to no snapshot; in the overlay dir only RAM files are ours to sweep.
-      if (!inArchive && !isHalfWritten(stray) && !stray.endsWith('.meta') && !stray.endsWith('.save')) continue;
-      if (!exists(stray)) continue;
+    const overlay = sweepOverlayDir(config);
+    report.foreign.push(...overlay.foreign);
+    for (const stray of [...scan.strays, ...overlay.strays]) {
       report.removed.push(stray);
       report.freedBytes += sizeOf(stray);
       if (!options.dryRun) rmSync(stray, { recursive: true, force: true });

@@ -83,5 +83,10 @@ export async function runPost(request: RunRequest, deps: Deps): Promise<ThawResu
   if (result.failures.length > 0) {
     throw new VirtsnapError(result.failures.length === 1 ? result.failures[0]! : `${result.failures.length} domains could not be thawed (see above)`);
   }
+  if (result.discarded.length > 0) {
+    throw new VirtsnapError(
+      `no RAM dump kept for ${result.discarded.map((n) => JSON.stringify(n)).join(', ')} (back on its own disks; see above why): ${request.targets.join(',')}@${request.snapnames[0] ?? ''} holds their disks without RAM`,
+    );
+  }
   return result;
 }

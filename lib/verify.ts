@@ -2,7 +2,7 @@
 // Header (magic, version, format, XML length), the embedded domain XML
 // (parses, names the manifest's domain), and the sha256 in the manifest.
 import { statSync } from 'node:fs';
-import { sha256File, scanArchive, type Manifest } from './archive.js';
+import { sha256File, scanArchive, snapshotNames, type Manifest } from './archive.js';
 import { parseDomainXml } from './libvirt/domain-xml.js';
 import { HEADER_BYTES, readSaveImageHeader, readSaveImageXml } from './libvirt/save-image.js';
 import { datasetOfSnapshot, isInSubtree, isDatasetName } from './zfs.js';
@@ -55,7 +55,7 @@ export async function verifyArchive(archiveDir: string, target?: string): Promis
   const matches = (m: Manifest): boolean => {
     if (target === undefined) return true;
     if (m.domain.name === target) return true;
-    return isDatasetName(target) && m.snapshots.some((s) => isInSubtree(datasetOfSnapshot(s), target));
+    return isDatasetName(target) && snapshotNames(m).some((s) => isInSubtree(datasetOfSnapshot(s), target));
   };
   for (const { manifest } of scan.dumps.filter((d) => matches(d.manifest))) {
     const problem = await checkDump(manifest);

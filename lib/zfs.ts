@@ -43,6 +43,51 @@ export interface SnapshotCensus {
   unknownDatasets: Set<string>;
 }
 
+/** What ZFS says identifies one snapshot. */
+export interface SnapshotProps {
+  guid: string;
+  createtxg: string;
+  /** Seconds since the epoch (ZFS keeps whole seconds). */
+  creation: number;
+}
+
+/** Every snapshot of some pools, found by guid whatever its name is now. */
+export interface GuidCensus {
+  /** guid -> current dataset@snapname */
+  byGuid: Map<string, string>;
+  /** Current snapshot names. */
+  names: Set<string>;
+  /** Filesystems and volumes of the pools. */
+  datasets: Set<string>;
+  /** Pools ZFS does not know right now: nothing of theirs counts as gone. */
+  unknownPools: Set<string>;
+}
+
+/** `zfs get -H -p -o name,property,value guid,createtxg,creation` output -> props per snapshot name. */
+export function parseSnapshotProps(out: string): Map<string, SnapshotProps> {
+  const partial = new Map<string, Partial<SnapshotProps>>();
+  for (const line of out.split('\n')) {
+    const [name, property, value] = line.split('\t');
+    if (name === undefined || value === undefined || !name.includes('@')) continue;
+    const p = partial.get(name) ?? {};
+    if (property === 'guid') p.guid = value;
+    else if (property === 'createtxg') p.createtxg = value;
+    else if (property === 'creation') p.creation = Number(value);
+    partial.set(name, p);
+  }
+  const props = new Map<string, SnapshotProps>();
+  for (const [name, p] of partial) {
+    if (p.guid !== undefined && p.createtxg !== undefined && p.creation !== undefined && Number.isFinite(p.creation)) {
+      props.set(name, { guid: p.guid, createtxg: p.createtxg, creation: p.creation });
+    }
+  }
+  return props;
+}
+
+export function poolOf(dataset: string): string {
+  return dataset.split('/')[0]!;
+}
+
 /** `a/b` is `a/b` itself or below it. */
 export function isInSubtree(dataset: string, root: string): boolean {
   return dataset === root || dataset.startsWith(root + '/');
@@ -196,6 +241,52 @@ export class ZfsClient {
         continue;
       }
       for (const s of await this.listSnapshots(ds, false)) census.present.add(s);
+    }
+    return census;
+  }
+
+  /**
+   * guid, createtxg and creation of the snapshots of `datasets` (not of
+   * their children). A dataset ZFS does not know is listed in `unknown`.
+   * `-p`: zfs-fuse prints guids as "15.0E" without it.
+   */
+  async snapshotProps(datasets: string[]): Promise<{ props: Map<string, SnapshotProps>; unknown: Set<string> }> {
+    const props = new Map<string, SnapshotProps>();
+    const unknown = new Set<string>();
+    for (const ds of new Set(datasets)) {
+      if (!(await this.exists(ds))) {
+        unknown.add(ds);
+        continue;
+      }
+      const out = await this.zfs(['get', '-H', '-p', '-d', '1', '-o', 'name,property,value', 'guid,createtxg,creation', ds], `cannot read snapshots of ${ds}`);
+      for (const [name, p] of parseSnapshotProps(out)) if (name.startsWith(`${ds}@`)) props.set(name, p);
+    }
+    return { props, unknown };
+  }
+
+  /**
+   * Every snapshot of each pool by guid, under its current name: a snapshot
+   * keeps its guid through `zfs rename` and `zfs promote` (and send|recv).
+   * A pool ZFS does not know (not imported) is listed in `unknownPools`.
+   */
+  async guidCensus(pools: string[]): Promise<GuidCensus> {
+    const census: GuidCensus = { byGuid: new Map(), names: new Set(), datasets: new Set(), unknownPools: new Set() };
+    for (const pool of new Set(pools)) {
+      if (!(await this.exists(pool))) {
+        census.unknownPools.add(pool);
+        continue;
+      }
+      const out = await this.zfs(['get', '-H', '-p', '-r', '-o', 'name,value', 'guid', pool], `cannot list snapshots of pool ${pool}`);
+      for (const line of out.split('\n')) {
+        const [name, guid] = line.split('\t');
+        if (name === undefined || guid === undefined || name === '') continue;
+        if (!name.includes('@')) {
+          census.datasets.add(name);
+          continue;
+        }
+        census.names.add(name);
+        census.byGuid.set(guid, name);
+      }
     }
     return census;
   }

@@ -6,9 +6,10 @@ export function formatGc(report: GcReport, dryRun: boolean): string {
   const would = dryRun ? 'would ' : '';
   const lines = [
     ...report.deleted.map((id) => `${would}delete dump ${id}: none of its snapshots exists`),
-    ...report.updated.map((id) => `${would}update dump ${id}: some of its snapshots are gone`),
+    ...report.updated.map((id) => `${would}update dump ${id}: some of its snapshots are gone, renamed or promoted`),
     ...report.removed.map((f) => `${would}remove ${f}`),
     ...report.kept.map((k) => `left alone: ${k}`),
+    ...report.foreign.map((f) => `not ours, left alone: ${f.path}: ${f.reason}`),
   ];
   const mib = (report.freedBytes / 1024 ** 2).toFixed(1);
   lines.push(`${dryRun ? 'would free' : 'freed'} ${mib} MiB`);

@@ -1,7 +1,9 @@
 // `virtsnap list [--json] [DATASET]`: the RAM dumps in the archive.
-import { listDumps, type Manifest } from '../archive.js';
+import { listDumps, snapshotNames, type ArchivedDump, type Manifest } from '../archive.js';
+import { log } from '../log.js';
+import { follow, poolsOf } from '../snapshot-id.js';
 import type { Config } from '../config.js';
-import { assertDatasetName, datasetOfSnapshot, isInSubtree } from '../zfs.js';
+import { assertDatasetName, datasetOfSnapshot, isInSubtree, type ZfsClient } from '../zfs.js';
 import { table } from '../format.js';
 
 export interface ListedDump {
@@ -16,12 +18,26 @@ export interface ListedDump {
   pauseMs: number | null;
 }
 
-export function listArchived(config: Config, dataset?: string): ListedDump[] {
+/** The dumps, their snapshots under their current names (renamed or promoted ones are followed by guid). */
+export async function listArchived(config: Config, zfs: ZfsClient, dataset?: string): Promise<ListedDump[]> {
   if (dataset !== undefined) assertDatasetName(dataset, 'virtsnap list');
-  return listDumps(config.archiveDir)
-    .map((d) => d.manifest)
-    .filter((m) => dataset === undefined || m.snapshots.some((s) => isInSubtree(datasetOfSnapshot(s), dataset)))
+  const manifests = await currentManifests(listDumps(config.archiveDir), zfs);
+  return manifests
+    .filter((m) => dataset === undefined || snapshotNames(m).some((s) => isInSubtree(datasetOfSnapshot(s), dataset)))
     .map(toListed);
+}
+
+/** Manifests with their snapshots' current names; as recorded when ZFS cannot be asked (said on stderr). */
+export async function currentManifests(dumps: ArchivedDump[], zfs: ZfsClient): Promise<Manifest[]> {
+  const manifests = dumps.map((d) => d.manifest);
+  if (manifests.length === 0) return manifests;
+  try {
+    const census = await zfs.guidCensus(poolsOf(manifests.flatMap((m) => m.snapshots)));
+    return manifests.map((m) => ({ ...m, snapshots: follow(m.snapshots, census) }));
+  } catch (err) {
+    log.warn(`cannot ask ZFS where the snapshots are now (${(err as Error).message}): showing the names recorded in the manifests`);
+    return manifests;
+  }
 }
 
 function toListed(m: Manifest): ListedDump {
@@ -29,7 +45,7 @@ function toListed(m: Manifest): ListedDump {
     id: m.id,
     domain: m.domain.name,
     uuid: m.domain.uuid,
-    snapshots: m.snapshots,
+    snapshots: snapshotNames(m),
     memoryFile: m.memoryFile,
     bytes: m.bytes,
     sha256: m.sha256,

@@ -35,8 +35,11 @@ export async function oneOffSnapshot(options: SnapshotOptions, deps: Deps): Prom
   if (options.dryRun) {
     return { snapshots: [snapshot], plan: await planRun(request, deps, { recursive: options.recursive }), dumps: [] };
   }
-  if ((await deps.zfs.listSnapshots(options.dataset, false)).includes(snapshot)) {
-    throw new VirtsnapError(`snapshot ${snapshot} already exists: choose another --name`);
+  // Refused early, for a clear message; the thaw checks again by guid, so a
+  // snapshot of this name made meanwhile is never taken for ours either.
+  const taken = (await deps.zfs.listSnapshots(options.dataset, options.recursive)).filter((s) => s.endsWith(`@${name}`));
+  if (taken.length > 0) {
+    throw new VirtsnapError(`snapshot ${taken.join(', ')} already exists: choose another --name`);
   }
   let plan: FreezePlan;
   try {

@@ -1,13 +1,14 @@
 // `virtsnap status [DATASET]`: every domain, where its disks live, whether it
 // is on one of our overlays right now, and its latest RAM dump.
-import { scanArchive } from '../archive.js';
+import { scanArchive, snapshotNames } from '../archive.js';
+import { currentManifests } from './list.js';
 import type { Config } from '../config.js';
 import { table } from '../format.js';
 import { isInsideDir } from '../fsutil.js';
 import { datasetsOfDomains } from '../inventory.js';
 import { Journal } from '../journal.js';
 import type { LibvirtClient } from '../libvirt/virsh.js';
-import { assertDatasetName, isInSubtree } from '../zfs.js';
+import { assertDatasetName, isInSubtree, type ZfsClient } from '../zfs.js';
 
 export interface DomainStatus {
   name: string;
@@ -21,11 +22,11 @@ export interface DomainStatus {
   latestDump: { id: string; snapshots: string[]; takenAt: string; ageSeconds: number } | null;
 }
 
-export async function domainStatus(config: Config, virsh: LibvirtClient, dataset?: string, now = new Date()): Promise<DomainStatus[]> {
+export async function domainStatus(config: Config, virsh: LibvirtClient, zfs: ZfsClient, dataset?: string, now = new Date()): Promise<DomainStatus[]> {
   if (dataset !== undefined) assertDatasetName(dataset, 'virtsnap status');
   const domains = await virsh.domains();
   const datasetsOf = datasetsOfDomains(domains);
-  const dumps = scanArchive(config.archiveDir).dumps;
+  const dumps = (await currentManifests(scanArchive(config.archiveDir).dumps, zfs)).map((manifest) => ({ manifest }));
   const journal = new Journal(config.stateDir);
   const result: DomainStatus[] = [];
   for (const d of [...domains].sort((a, b) => a.name.localeCompare(b.name))) {
@@ -43,7 +44,7 @@ export async function domainStatus(config: Config, virsh: LibvirtClient, dataset
       heldBy: journal.read(d.uuid)?.runId ?? null,
       latestDump:
         latest && takenAt
-          ? { id: latest.id, snapshots: latest.snapshots, takenAt, ageSeconds: Math.round((now.getTime() - Date.parse(takenAt)) / 1000) }
+          ? { id: latest.id, snapshots: snapshotNames(latest), takenAt, ageSeconds: Math.round((now.getTime() - Date.parse(takenAt)) / 1000) }
           : null,
     });
   }

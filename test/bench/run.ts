@@ -7,6 +7,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { hostname, cpus } from 'node:os';
 import path from 'node:path';
+import { ZfsClient } from '../../lib/zfs.js';
 import { archiveDump, listDumps } from '../../lib/archive.js';
 import { run } from '../../lib/exec.js';
 import { bed, destroyDataset, sh } from '../helpers/bed.js';
@@ -34,6 +35,7 @@ async function benchPrune(): Promise<void> {
   const names = Array.from({ length: SNAPSHOTS }, (_, i) => `bench_${String(i).padStart(4, '0')}`);
   for (const n of names) await sh('zfs', ['snapshot', `${dataset}@${n}`]);
 
+  const { props } = await new ZfsClient().snapshotProps([dataset]);
   const scratch = mkdtempSync('/tmp/vsbed-bench-');
   for (let i = 0; i < SNAPSHOTS; i += 2) {
     const mem = path.join(scratch, `${i}.save`);
@@ -41,7 +43,7 @@ async function benchPrune(): Promise<void> {
     await archiveDump(setup.archiveDir, {
       id: `bench-${String(i).padStart(4, '0')}`,
       domain: { name: 'vsbed-bench', uuid: '00000000-0000-0000-0000-000000000000' },
-      snapshots: [`${dataset}@${names[i]}`, `${dataset}@${names[i + 1]}`],
+      snapshots: [`${dataset}@${names[i]}`, `${dataset}@${names[i + 1]}`].map((name) => ({ name, frozenAs: name, guid: props.get(name)!.guid, createtxg: props.get(name)!.createtxg, creation: props.get(name)!.creation, mountpoint: null })),
       types: ['hourly', 'daily'],
       memoryFile: mem,
       metaDir: null,

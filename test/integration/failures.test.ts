@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
+import { snapshotNames } from '../../lib/archive.js';
 import { after, before, describe, it } from 'node:test';
 import { Journal, type JournalEntry } from '../../lib/journal.js';
 import { ownerOf } from '../../lib/owner.js';
@@ -174,7 +175,7 @@ describe('bad input and failures', () => {
     const postTwo = await hook('post', setup.env(sanoidEnv(dataset(), 'two', 'post')));
     assert.equal(postTwo.code, 0, postTwo.stderr);
     await assertUntouched(a, originals);
-    const snaps = setup.dumps().filter((d) => d.manifest.domain.name === a.name).map((d) => d.manifest.snapshots);
+    const snaps = setup.dumps().filter((d) => d.manifest.domain.name === a.name).map((d) => snapshotNames(d.manifest));
     assert.deepEqual(snaps, [[`${dataset()}@one_hourly`], [`${dataset()}@two_hourly`]]);
   });
 });
@@ -215,7 +216,7 @@ describe('names with spaces, quotes and shell metacharacters', () => {
     assert.equal(dumps[0]!.manifest.domain.name, name);
     const xml = path.join(await mountpointOf(dataset()), '.virtsnap', name, 'domain.xml');
     assert.ok(readFileSync(xml, 'utf8').includes('vsbed-odd'));
-    const text = await restoreOnClone(g, dumps[0]!.manifest.memoryFile, dumps[0]!.manifest.snapshots[0]!);
+    const text = await restoreOnClone(g, dumps[0]!.manifest.memoryFile, snapshotNames(dumps[0]!.manifest)[0]!);
     assert.deepEqual(mismatches(text), []);
     assert.deepEqual(markers().filter((m) => existsSync(m)), [], 'no name may reach a shell');
   });

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { Manifest } from '../../lib/archive.js';
+import { snapshotNames, type Manifest } from '../../lib/archive.js';
 import { bed, destroyDataset, Guest, lastTick, mismatches, mountpointOf, removeDomains, sh, virsh, type Bed } from '../helpers/bed.js';
 import { Setup, virtsnap } from '../helpers/virtsnap.js';
 
@@ -48,7 +48,7 @@ describe('virtsnap snapshot and restore', () => {
     assert.equal(out.code, 0, out.stderr);
     const manifests = JSON.parse(out.stdout) as Manifest[];
     assert.equal(manifests.length, 1, 'one dump: the shut-off guest has no RAM');
-    assert.deepEqual(manifests[0]!.snapshots, [`${dataset()}@one`]);
+    assert.deepEqual(manifests[0]!.snapshots.map((r) => r.name), [`${dataset()}@one`]);
     assert.equal(await guest.state(), 'running');
     const again = await virtsnap(setup, ['snapshot', dataset(), '--name', 'one']);
     assert.notEqual(again.code, 0);
@@ -155,7 +155,7 @@ describe('virtsnap snapshot and restore', () => {
     assert.notEqual(missing.code, 0);
     assert.match(missing.stderr, /snapshot vsbed\/vm\/rs@nope does not exist/);
 
-    const dump = setup.dumps().find((d) => d.manifest.snapshots.includes(`${dataset()}@one`))!;
+    const dump = setup.dumps().find((d) => snapshotNames(d.manifest).includes(`${dataset()}@one`))!;
     const at = Math.floor(dump.manifest.bytes / 2);
     const flipped = readFileSync(dump.manifest.memoryFile).subarray(at, at + 1)[0]! ^ 0xff;
     const fd = openSync(dump.manifest.memoryFile, 'r+');

@@ -4,7 +4,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { archiveDump, domainDir, listDumps, moveAndHash, sha256File, type ArchiveInput } from '../../lib/archive.js';
+import { archiveDump, domainDir, listDumps, moveAndHash, sha256File, snapshotNames, type ArchiveInput } from '../../lib/archive.js';
+import { legacyRef } from '../../lib/snapshot-id.js';
 import { VirtsnapError } from '../../lib/errors.js';
 
 let dir: string;
@@ -43,7 +44,7 @@ function input(id: string, memoryFile: string, metaDir: string | null, startedAt
   return {
     id,
     domain: { name: 'web', uuid: '4aa4739f-40fb-4dd3-b355-8e408c5e68f7' },
-    snapshots: ['tank/vm@autosnap_x_monthly', 'tank/vm@autosnap_x_daily'],
+    snapshots: ['tank/vm@autosnap_x_monthly', 'tank/vm@autosnap_x_daily'].map(legacyRef),
     types: ['monthly', 'daily'],
     memoryFile,
     metaDir,
@@ -71,9 +72,9 @@ describe('archiveDump', () => {
     assert.equal(manifest.memoryFile, save);
     assert.equal(manifest.bytes, data.length);
     assert.equal(manifest.sha256, sha256(data));
-    assert.equal(manifest.format, 'virtsnap-dump/1');
+    assert.equal(manifest.format, 'virtsnap-dump/2');
     assert.equal(manifest.id, id);
-    assert.deepEqual(manifest.snapshots, ['tank/vm@autosnap_x_monthly', 'tank/vm@autosnap_x_daily']);
+    assert.deepEqual(snapshotNames(manifest), ['tank/vm@autosnap_x_monthly', 'tank/vm@autosnap_x_daily']);
     assert.equal(manifest.times.pauseMs, 40);
     assert.equal(manifest.times.saveMs, 1500);
     assert.equal(manifest.times.startedAt, '2024-01-02T03:04:05.000Z');

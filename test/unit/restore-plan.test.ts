@@ -2,9 +2,10 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import type { Manifest } from '../../lib/archive.js';
-import { planRestore, renameDomainXml, rewriteDiskPaths, type RestoreFacts, type RestoreRequest } from '../../lib/restore-plan.js';
+import type { SnapshotRef } from '../../lib/snapshot-id.js';
+import { inRestoredDatasets, planRestore, renameDomainXml, rewriteDiskPaths, type RestoreFacts, type RestoreRequest } from '../../lib/restore-plan.js';
 import { splitSnapshot } from '../../lib/zfs.js';
-import { parseDomainXml } from '../../lib/libvirt/domain-xml.js';
+import { parseDomainXml, type Disk } from '../../lib/libvirt/domain-xml.js';
 
 function fixture(name: string): string {
   // tests run from dist/test/unit/
@@ -14,12 +15,17 @@ function fixture(name: string): string {
 const WEB_UUID = '11111111-1111-4111-8111-111111111111';
 const DB_UUID = '22222222-2222-4222-8222-222222222222';
 
+/** Refs as the tie recorded them: guid from the name, mountpoint /<dataset>. */
+function refs(names: string[]): SnapshotRef[] {
+  return names.map((name) => ({ name, frozenAs: name, guid: `g-${name}`, createtxg: '1', creation: 1, mountpoint: `/${splitSnapshot(name).dataset}` }));
+}
+
 function manifest(name: string, uuid: string, snapshots: string[], id = `dump-${name}`): Manifest {
   return {
-    format: 'virtsnap-dump/1',
+    format: 'virtsnap-dump/2',
     id,
     domain: { name, uuid },
-    snapshots,
+    snapshots: refs(snapshots),
     types: ['hourly'],
     memoryFile: `/var/lib/virtsnap/archive/${name}/${id}.save`,
     bytes: 1024,
@@ -44,11 +50,11 @@ function facts(f: Partial<RestoreFacts> = {}): RestoreFacts {
 }
 
 function clone(snapshot: string, dataset = 'tank/restore', extra: Partial<RestoreRequest> = {}): RestoreRequest {
-  return { snapshot, mode: { kind: 'clone', dataset }, force: false, paused: false, ...extra };
+  return { snapshot, mode: { kind: 'clone', dataset }, destroyNewer: false, paused: false, ...extra };
 }
 
 function rollback(snapshot: string, extra: Partial<RestoreRequest> = {}): RestoreRequest {
-  return { snapshot, mode: { kind: 'rollback' }, force: false, paused: false, ...extra };
+  return { snapshot, mode: { kind: 'rollback' }, destroyNewer: false, paused: false, ...extra };
 }
 
 /** Deterministic UUIDs, counting up; throws when more are drawn than allowed. */
@@ -268,7 +274,7 @@ describe('planRestore: clone', () => {
 });
 
 describe('planRestore: rollback', () => {
-  it('newer snapshots on the involved datasets are listed, and are a problem without --force', () => {
+  it('newer snapshots on the involved datasets are listed, and are a problem without --destroy-newer', () => {
     // Only tank/vm is involved (no dumps naming children): tank/vm/x's snapshots are not rolled back.
     const f = facts({ snapshots: ['tank/vm@a', 'tank/vm/x@a', 'tank/vm@b', 'tank/vm/x@b', 'tank/vm@c'] });
     const plan = planRestore(rollback('tank/vm@a'), f, noUuid);
@@ -276,13 +282,13 @@ describe('planRestore: rollback', () => {
     assert.deepEqual(plan.newer, ['tank/vm@b', 'tank/vm@c']);
     assert.equal(plan.problems.length, 1);
     assert.match(plan.problems[0]!, /would destroy 2 newer snapshot\(s\): tank\/vm@b, tank\/vm@c/);
-    assert.match(plan.problems[0]!, /--force/);
+    assert.match(plan.problems[0]!, /--destroy-newer/);
     assert.deepEqual(plan.cloneOf, {});
   });
 
-  it('with --force the newer snapshots are still listed, but no problem', () => {
+  it('with --destroy-newer the newer snapshots are still listed, but no problem', () => {
     const f = facts({ snapshots: ['tank/vm@a', 'tank/vm@b', 'tank/vm@c'] });
-    const plan = planRestore(rollback('tank/vm@a', { force: true }), f, noUuid);
+    const plan = planRestore(rollback('tank/vm@a', { destroyNewer: true }), f, noUuid);
     assert.deepEqual(plan.newer, ['tank/vm@b', 'tank/vm@c']);
     assert.deepEqual(plan.problems, []);
   });
@@ -296,7 +302,7 @@ describe('planRestore: rollback', () => {
   it('newer snapshots of involved children are listed too', () => {
     const m = manifest('web', WEB_UUID, ['tank/vm@a', 'tank/vm/x@a']);
     const f = facts({ snapshots: ['tank/vm@a', 'tank/vm/x@a', 'tank/vm/y@a', 'tank/vm@b', 'tank/vm/x@b', 'tank/vm/y@b'], dumps: [{ manifest: m, problem: null }] });
-    const plan = planRestore(rollback('tank/vm@a', { force: true }), f, noUuid);
+    const plan = planRestore(rollback('tank/vm@a', { destroyNewer: true }), f, noUuid);
     assert.deepEqual(plan.datasets, ['tank/vm', 'tank/vm/x']);
     assert.ok(plan.newer.includes('tank/vm@b'));
     assert.ok(plan.newer.includes('tank/vm/x@b'));
@@ -315,7 +321,7 @@ describe('planRestore: rollback', () => {
     },
   );
 
-  it('stop lists running domains on or under the involved datasets, not shut-off ones or ones elsewhere', () => {
+  it('stop lists running domains on the rolled-back datasets, not on children that are not rolled back, shut-off ones or ones elsewhere', () => {
     const f = facts({
       domains: [
         { name: 'web', uuid: WEB_UUID, state: 'running', datasets: ['tank/vm'] },
@@ -328,7 +334,7 @@ describe('planRestore: rollback', () => {
       ],
     });
     const plan = planRestore(rollback('tank/vm@b'), f, noUuid);
-    assert.deepEqual(plan.stop, ['web', 'db', 'held']);
+    assert.deepEqual(plan.stop, ['web', 'held'], 'db is in tank/vm/disks, which a rollback of tank/vm leaves as it is');
     assert.deepEqual(plan.problems, []);
   });
 
@@ -556,4 +562,58 @@ describe('renameDomainXml', () => {
       assert.equal(out.split("path='/var/log/vsbed-t1/vsbed-t1-clone.log'").length - 1, 2);
     },
   );
+});
+
+describe('planRestore: checked before anything changes', () => {
+  const disk = (target: string, source: string, extra: Partial<Disk> = {}): Disk => ({
+    target,
+    device: 'disk',
+    type: 'file',
+    source,
+    format: 'qcow2',
+    readonly: false,
+    shareable: false,
+    backing: null,
+    ...extra,
+  });
+
+  for (const mode of ['rollback', 'clone'] as const) {
+    it(`${mode}: a writable disk outside the restored datasets is a problem, so nothing is stopped, rolled back or cloned`, () => {
+      const m = manifest('web', WEB_UUID, ['tank/vm@a']);
+      const disks = [disk('vda', '/tank/vm/web.qcow2'), disk('vdb', '/srv/other/web-data.qcow2'), disk('hdc', '/srv/iso/x.iso', { device: 'cdrom', readonly: true })];
+      const f = facts({ dumps: [{ manifest: m, problem: null, disks }], domains: [{ name: 'web', uuid: WEB_UUID, state: 'running', datasets: ['tank/vm'] }] });
+      const request = mode === 'rollback' ? rollback('tank/vm@a', { destroyNewer: true }) : clone('tank/vm@a', 'tank/restore', { as: 'web2' });
+      const plan = planRestore(request, f, uuids());
+      assert.equal(plan.problems.length, 1, plan.problems.join('\n'));
+      assert.match(plan.problems[0]!, /disk vdb of "web" \(\/srv\/other\/web-data\.qcow2\) is not in tank\/vm: .*nothing was changed/);
+    });
+  }
+
+  it('a dump whose snapshot was promoted and renamed since: the datasets are the current ones, the paths are rewritten from where the dump saw them', () => {
+    const m = manifest('web', WEB_UUID, ['tank/vm@a']);
+    // What gatherFacts hands over after following the guid: tank/vm@a is now tank/restore@a2.
+    m.snapshots = [{ ...m.snapshots[0]!, name: 'tank/restore@a2' }];
+    const f = facts({ snapshots: ['tank/restore@a2'], dumps: [{ manifest: m, problem: null, disks: [disk('vda', '/tank/vm/web.qcow2')] }] });
+    const plan = planRestore(clone('tank/restore@a2', 'tank/again', { as: 'web3' }), f, uuids());
+    assert.deepEqual(plan.problems, []);
+    assert.deepEqual(plan.datasets, ['tank/restore']);
+    assert.deepEqual(plan.cloneOf, { 'tank/restore': 'tank/again' });
+    assert.deepEqual(plan.sources, { 'tank/restore': { dataset: 'tank/vm', mountpoint: '/tank/vm' } });
+  });
+
+  it('a dump recorded before guids (no mountpoint) is checked against the current mountpoints', () => {
+    const m = manifest('web', WEB_UUID, ['tank/vm@a']);
+    m.snapshots = [{ ...m.snapshots[0]!, guid: null, mountpoint: null }];
+    const f = facts({ mounts: { 'tank/vm': '/srv/vm' }, dumps: [{ manifest: m, problem: null, disks: [disk('vda', '/srv/vm/web.qcow2')] }] });
+    assert.deepEqual(planRestore(clone('tank/vm@a', 'tank/r', { as: 'w' }), f, uuids()).problems, []);
+  });
+
+  it('inRestoredDatasets: inside a mountpoint or the zvol, not a sibling with the same prefix', () => {
+    const sources = [{ dataset: 'tank/vm', mountpoint: '/tank/vm' }];
+    assert.ok(inRestoredDatasets('/tank/vm/a.qcow2', sources));
+    assert.ok(inRestoredDatasets('/dev/zvol/tank/vm', sources));
+    assert.ok(inRestoredDatasets('/dev/zvol/tank/vm-part1', sources));
+    assert.ok(!inRestoredDatasets('/tank/vmx/a.qcow2', sources));
+    assert.ok(!inRestoredDatasets('/dev/zvol/tank/vmx', sources));
+  });
 });

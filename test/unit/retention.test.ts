@@ -1,22 +1,67 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { archiveDump, listDumps } from '../../lib/archive.js';
+import { archiveDump, listDumps, snapshotNames } from '../../lib/archive.js';
 import { loadConfig, type Config } from '../../lib/config.js';
-import { collectGarbage, pruneSnapshot } from '../../lib/retention.js';
-import { ZfsClient } from '../../lib/zfs.js';
+import { collectGarbage, fateOf, pruneSnapshot } from '../../lib/retention.js';
+import { legacyRef, type SnapshotRef } from '../../lib/snapshot-id.js';
+import { poolOf, ZfsClient, type GuidCensus } from '../../lib/zfs.js';
 
-/** A ZFS that knows some datasets and snapshots, and nothing else. */
-function fakeZfs(datasets: string[], snapshots: string[]): ZfsClient {
-  // The real client's own logic (census) over these two answers from "zfs".
+/** A ZFS with some pools imported and these snapshots (name -> guid); the real client's parsing on top. */
+function fakeZfs(pools: string[], snapshots: Record<string, string>): ZfsClient {
   return Object.assign(Object.create(ZfsClient.prototype) as ZfsClient, {
-    exists: async (ds: string) => datasets.includes(ds),
-    listSnapshots: async (ds?: string, recursive = true) =>
-      snapshots.filter((s) => ds === undefined || (recursive ? s.startsWith(`${ds}@`) || s.startsWith(`${ds}/`) : s.startsWith(`${ds}@`))),
+    exists: async (ds: string) => pools.includes(poolOf(ds)),
+    zfs: async (args: string[]) => {
+      const pool = args[args.length - 1]!;
+      const lines = [`${pool}\t1`, ...Object.entries(snapshots).filter(([n]) => poolOf(n) === pool).map(([n, g]) => `${n}\t${g}`)];
+      return lines.join('\n') + '\n';
+    },
   });
 }
+
+function ref(name: string, guid: string): SnapshotRef {
+  return { name, frozenAs: name, guid, createtxg: '1', creation: 1, mountpoint: '/x' };
+}
+
+function census(byName: Record<string, string>, extra: Partial<GuidCensus> = {}): GuidCensus {
+  return {
+    byGuid: new Map(Object.entries(byName).map(([n, g]) => [g, n])),
+    names: new Set(Object.keys(byName)),
+    datasets: new Set(Object.keys(byName).map((n) => n.split('@')[0]!)),
+    unknownPools: new Set(),
+    ...extra,
+  };
+}
+
+describe('fateOf: when a dump may be deleted', () => {
+  it('keep while every snapshot is where it was', () => {
+    assert.deepEqual(fateOf({ snapshots: [ref('tank/vm@a', 'g1')] }, census({ 'tank/vm@a': 'g1' })), { kind: 'keep' });
+  });
+  it('a renamed or promoted snapshot is found by guid and the dump follows its new name', () => {
+    const fate = fateOf({ snapshots: [ref('tank/vm@a', 'g1')] }, census({ 'tank/clone@a': 'g1' }));
+    assert.equal(fate.kind, 'update');
+    assert.deepEqual(fate.kind === 'update' && fate.snapshots.map((r) => r.name), ['tank/clone@a']);
+  });
+  it('a snapshot re-created under the same name is another snapshot: the dump goes', () => {
+    assert.deepEqual(fateOf({ snapshots: [ref('tank/vm@a', 'g1')] }, census({ 'tank/vm@a': 'g2' })), { kind: 'delete', gone: ['tank/vm@a'] });
+  });
+  it('fewer snapshots: update; none: delete', () => {
+    const two = { snapshots: [ref('tank/vm@h', 'g1'), ref('tank/vm@d', 'g2')] };
+    const fate = fateOf(two, census({ 'tank/vm@d': 'g2' }));
+    assert.deepEqual(fate.kind === 'update' && [fate.snapshots.map((r) => r.name), fate.gone], [['tank/vm@d'], ['tank/vm@h']]);
+    assert.equal(fateOf(two, census({})).kind, 'delete');
+  });
+  it('a pool that is not imported keeps its snapshots', () => {
+    assert.deepEqual(fateOf({ snapshots: [ref('other/vm@a', 'g1')] }, census({}, { unknownPools: new Set(['other']) })), { kind: 'keep' });
+  });
+  it('an old manifest without guids: by name, and kept while its dataset is unknown', () => {
+    assert.deepEqual(fateOf({ snapshots: [legacyRef('tank/vm@a')] }, census({ 'tank/vm@a': 'g9' })), { kind: 'keep' });
+    assert.deepEqual(fateOf({ snapshots: [legacyRef('tank/gone@a')] }, census({ 'tank/vm@b': 'g9' })), { kind: 'keep' });
+    assert.equal(fateOf({ snapshots: [legacyRef('tank/vm@a')] }, census({ 'tank/vm@b': 'g9' })).kind, 'delete');
+  });
+});
 
 describe('retention against ZFS', () => {
   let root: string;
@@ -35,12 +80,12 @@ describe('retention against ZFS', () => {
   });
   after(() => rmSync(root, { recursive: true, force: true }));
 
-  async function dump(id: string, snapshots: string[]) {
+  async function dump(id: string, snapshots: SnapshotRef[], domain = 'vm') {
     const mem = path.join(root, `${id}.mem`);
     writeFileSync(mem, Buffer.concat([Buffer.from('LibvirtQemudSave'), Buffer.alloc(100)]));
     return archiveDump(config.archiveDir, {
       id,
-      domain: { name: 'vm', uuid: '11111111-1111-1111-1111-111111111111' },
+      domain: { name: domain, uuid: '11111111-1111-1111-1111-111111111111' },
       snapshots,
       types: [],
       memoryFile: mem,
@@ -55,26 +100,78 @@ describe('retention against ZFS', () => {
   }
 
   it('prune keeps a dump while another of its snapshots exists, deletes it with the last', async () => {
-    const d = await dump('a', ['tank/vm@h1', 'tank/vm@d1']);
-    let r = await pruneSnapshot({ script: 'prune', dataset: 'tank/vm', snapname: 'h1' }, config, fakeZfs(['tank/vm'], ['tank/vm@d1']));
+    const d = await dump('a', [ref('tank/vm@h1', 'g1'), ref('tank/vm@d1', 'g2')]);
+    let r = await pruneSnapshot({ script: 'prune', dataset: 'tank/vm', snapname: 'h1' }, config, fakeZfs(['tank'], { 'tank/vm@d1': 'g2' }));
     assert.deepEqual(r.updated, ['a']);
-    assert.deepEqual(listDumps(config.archiveDir)[0]!.manifest.snapshots, ['tank/vm@d1']);
-    r = await pruneSnapshot({ script: 'prune', dataset: 'tank/vm', snapname: 'd1' }, config, fakeZfs(['tank/vm'], []));
+    assert.deepEqual(snapshotNames(listDumps(config.archiveDir)[0]!.manifest), ['tank/vm@d1']);
+    r = await pruneSnapshot({ script: 'prune', dataset: 'tank/vm', snapname: 'd1' }, config, fakeZfs(['tank'], {}));
     assert.deepEqual(r.deleted, ['a']);
     assert.equal(existsSync(d.manifest.memoryFile), false);
   });
 
-  it('a snapshot of a dataset ZFS does not know (pool not imported, renamed) is never taken as gone', async () => {
-    const d = await dump('b', ['tank/vm@h2', 'other/vm@h2']);
-    const r = await pruneSnapshot({ script: 'prune', dataset: 'tank/vm', snapname: 'h2' }, config, fakeZfs(['tank/vm'], []));
+  it('a promoted snapshot keeps its dump through prune and gc, under its new name', async () => {
+    const d = await dump('p', [ref('tank/vm@h', 'gp1'), ref('tank/vm@d', 'gp2')]);
+    // tank/vm@d was pruned; tank/vm@h was promoted into tank/clone meanwhile.
+    const zfs = fakeZfs(['tank'], { 'tank/clone@h': 'gp1' });
+    const r = await pruneSnapshot({ script: 'prune', dataset: 'tank/vm', snapname: 'd' }, config, zfs);
     assert.deepEqual(r.deleted, []);
-    assert.deepEqual(listDumps(config.archiveDir).find((x) => x.manifest.id === 'b')!.manifest.snapshots, ['other/vm@h2']);
-    const gc = await collectGarbage(config, fakeZfs(['tank/vm'], []), { dryRun: false });
+    const gc = await collectGarbage(config, zfs, { dryRun: false });
     assert.deepEqual(gc.deleted, []);
-    assert.ok(gc.kept.some((k) => k.includes('other/vm')));
+    assert.ok(existsSync(d.manifest.memoryFile));
+    assert.deepEqual(snapshotNames(listDumps(config.archiveDir).find((x) => x.manifest.id === 'p')!.manifest), ['tank/clone@h']);
+    rmSync(d.manifest.memoryFile);
+    rmSync(d.manifestFile);
+  });
+
+  it('a snapshot of a pool ZFS does not know (not imported) is never taken as gone', async () => {
+    const d = await dump('b', [ref('tank/vm@h2', 'gb1'), ref('other/vm@h2', 'gb2')]);
+    const r = await pruneSnapshot({ script: 'prune', dataset: 'tank/vm', snapname: 'h2' }, config, fakeZfs(['tank'], {}));
+    assert.deepEqual(r.deleted, []);
+    assert.deepEqual(snapshotNames(listDumps(config.archiveDir).find((x) => x.manifest.id === 'b')!.manifest), ['other/vm@h2']);
+    const gc = await collectGarbage(config, fakeZfs(['tank'], {}), { dryRun: false });
+    assert.deepEqual(gc.deleted, []);
+    assert.ok(gc.kept.some((k) => k.includes('pool other')));
     assert.ok(existsSync(d.manifest.memoryFile));
     // Once the pool is back and the snapshot really is gone, gc deletes it.
-    const gc2 = await collectGarbage(config, fakeZfs(['tank/vm', 'other/vm'], []), { dryRun: false });
+    const gc2 = await collectGarbage(config, fakeZfs(['tank', 'other'], {}), { dryRun: false });
     assert.deepEqual(gc2.deleted, ['b']);
+  });
+
+  it('gc deletes only what virtsnap wrote: foreign files, symlinks and a tampered manifest are reported, never followed', async () => {
+    const outside = path.join(root, 'outside');
+    mkdirSync(outside, { recursive: true });
+    const precious = path.join(outside, 'precious.save');
+    writeFileSync(precious, 'not virtsnap');
+    const d = await dump('20240101T000000.000Z-11111111', [ref('tank/vm@gone', 'gt1')], 'web');
+    // The manifest now names a file outside the archive as its memory file and meta dir.
+    const m = JSON.parse(readFileSync(d.manifestFile, 'utf8')) as Record<string, unknown>;
+    writeFileSync(d.manifestFile, JSON.stringify({ ...m, memoryFile: precious, metaDir: outside }));
+    const domainDir = path.dirname(d.manifestFile);
+    const foreignFile = path.join(domainDir, 'notes.txt');
+    writeFileSync(foreignFile, 'mine');
+    const foreignDir = path.join(config.archiveDir, 'backup-of-someone');
+    writeFileSync(path.join(config.archiveDir, 'README'), 'shared mount');
+    symlinkSync(outside, foreignDir);
+    const ourPart = path.join(domainDir, '20240101T000000.000Z-22222222.save.part');
+    writeFileSync(ourPart, 'half');
+    const ourMeta = path.join(domainDir, '20240101T000000.000Z-33333333.meta');
+    mkdirSync(ourMeta);
+    mkdirSync(config.overlayDir, { recursive: true });
+    const usersSave = path.join(config.overlayDir, 'myvm.save');
+    writeFileSync(usersSave, 'a virsh save of the user');
+    const ourInFlight = path.join(config.overlayDir, 'web.20240101T000000.000Z-44444444.save');
+    writeFileSync(ourInFlight, 'x');
+
+    const dry = await collectGarbage(config, fakeZfs(['tank'], {}), { dryRun: true });
+    assert.ok(existsSync(d.manifest.memoryFile), 'a dry run deletes nothing');
+    const gc = await collectGarbage(config, fakeZfs(['tank'], {}), { dryRun: false });
+    assert.deepEqual(gc.deleted, dry.deleted);
+    assert.deepEqual(gc.deleted, ['20240101T000000.000Z-11111111']);
+    assert.ok(existsSync(precious), 'the path the manifest named is not followed');
+    assert.equal(existsSync(d.manifest.memoryFile), false, 'the dump file beside the manifest is deleted');
+    assert.deepEqual(gc.removed.sort(), [ourInFlight, ourMeta, ourPart].sort());
+    for (const p of [foreignFile, foreignDir, path.join(config.archiveDir, 'README'), usersSave, outside]) assert.ok(existsSync(p), `${p} is not ours and stays`);
+    const reported = gc.foreign.map((f) => f.path);
+    for (const p of [foreignFile, foreignDir, path.join(config.archiveDir, "README"), usersSave]) assert.ok(reported.includes(p), `${p} is reported`);
   });
 });

@@ -298,6 +298,7 @@ export function scanArchive(archiveDir: string): ArchiveScan {
       if (!f.endsWith('.json') || f.startsWith('.')) continue;
       const manifestFile = path.join(dir, f);
       const id = f.slice(0, -'.json'.length);
+      if (!lstatSync(manifestFile).isFile() || !looksLikeManifest(manifestFile, id)) continue; // another tool's JSON: foreign
       manifests.add(id);
       try {
         scan.dumps.push({ manifest: readManifest(manifestFile), manifestFile });
@@ -316,6 +317,16 @@ export function scanArchive(archiveDir: string): ArchiveScan {
   }
   scan.dumps.sort((a, b) => a.manifest.times.startedAt.localeCompare(b.manifest.times.startedAt));
   return scan;
+}
+
+/** Ours (maybe damaged), or another tool's JSON: our naming, or our format named in it. */
+function looksLikeManifest(file: string, id: string): boolean {
+  if (DUMP_ID.test(id)) return true;
+  try {
+    return readFileSync(file, 'utf8').slice(0, 4096).includes('"virtsnap-dump/');
+  } catch {
+    return false;
+  }
 }
 
 /** What one entry of a domain dir is: part of a dump, a stray of ours, or (the reason it is) not ours. */

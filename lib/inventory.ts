@@ -5,6 +5,7 @@ import { existsSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import type { Config } from './config.js';
 import { UsageError } from './errors.js';
+import { assertOwnDir } from './fsutil.js';
 import type { Domain, LibvirtClient } from './libvirt/virsh.js';
 import { log } from './log.js';
 import { readSanoidConf, recursionOf } from './sanoid/conf.js';
@@ -93,6 +94,28 @@ export function datasetsOfDomains(domains: Domain[]): Map<string, string[]> {
   return new Map(domains.map((d) => [d.uuid, datasetsOfDomain(d, datasetOf)]));
 }
 
+/**
+ * virtsnap's own dirs that exist but are not private to it: refused before
+ * anything is frozen, rather than found out when the dump is to be archived.
+ */
+function privateDirProblems(config: Config): string[] {
+  const problems: string[] = [];
+  const dirs: [string, string][] = [
+    [config.archiveDir, 'VIRTSNAP_ARCHIVE_DIR'],
+    [config.stateDir, 'VIRTSNAP_STATE_DIR'],
+    [config.overlayDir, 'VIRTSNAP_OVERLAY_DIR'],
+  ];
+  for (const [dir, what] of dirs) {
+    if (!existsSync(dir)) continue;
+    try {
+      assertOwnDir(dir, what);
+    } catch (err) {
+      problems.push((err as Error).message);
+    }
+  }
+  return problems;
+}
+
 export async function takeInventory(targets: string[], config: Config, clients: Clients, options: { recursive?: boolean; now?: Date } = {}): Promise<Inventory> {
   const datasets = await snapshottedDatasets(targets, config, clients.zfs, options.recursive);
   const mounts = readMounts();
@@ -104,6 +127,6 @@ export async function takeInventory(targets: string[], config: Config, clients: 
     datasetOfSource: resolveSources(domains, mounts, zvolDeviceMap()),
     mountpointOf: new Map(mounts.map((m) => [m.dataset, m.mountpoint])),
     datasetOfOverlayDir: datasetOfDir(config.overlayDir, mounts),
-    problems: [],
+    problems: privateDirProblems(config),
   };
 }

@@ -7,7 +7,7 @@
 // instead: the directory is pinned by its open descriptor (renaming it or
 // swapping in a symlink after our checks changes nothing), and O_NOFOLLOW
 // refuses a symlink at the one component that is resolved by name.
-import { closeSync, constants, fstatSync, fsyncSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, statSync, unlinkSync, writeSync, fchmodSync } from 'node:fs';
+import { closeSync, constants, fstatSync, lstatSync, fsyncSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, statSync, unlinkSync, writeSync, fchmodSync } from 'node:fs';
 import path from 'node:path';
 import { VirtsnapError } from './errors.js';
 import { PRIVATE_DIR, PRIVATE_FILE } from './fsutil.js';
@@ -76,7 +76,9 @@ export class SafeDir {
     } catch (err) {
       const code = errno(err);
       if (code === 'ENOENT' && !create) return null;
-      if (code === 'ELOOP') throw new UnsafePathError(`${shown} is a symlink: virtsnap does not write or read through symlinks there; remove it`);
+      // With O_DIRECTORY, Linux answers ENOTDIR rather than ELOOP for a symlink.
+      const link = code === 'ELOOP' || (code === 'ENOTDIR' && lstatSync(this.child(name), { throwIfNoEntry: false })?.isSymbolicLink() === true);
+      if (link) throw new UnsafePathError(`${shown} is a symlink: virtsnap does not write or read through symlinks there; remove it`);
       if (code === 'ENOTDIR') throw new UnsafePathError(`${shown} is not a directory: remove it so virtsnap can make its own`);
       throw new VirtsnapError(`cannot open ${shown}: ${(err as Error).message}`);
     }

@@ -24,9 +24,10 @@ export class Setup {
   constructor(
     readonly root: string,
     readonly overlayDir: string,
+    archiveDir?: string,
   ) {
     this.envFile = path.join(root, 'virtsnap.env');
-    this.archiveDir = path.join(root, 'archive');
+    this.archiveDir = archiveDir ?? path.join(root, 'archive');
     this.stateDir = path.join(root, 'state');
     this.sanoidDir = path.join(root, 'sanoid');
   }
@@ -39,7 +40,7 @@ export class Setup {
     const overlayDir = settings.VIRTSNAP_OVERLAY_DIR ?? b.overlayDir;
     // QEMU (user libvirt-qemu) must reach the overlays: traversable, not listable.
     mkdirSync(overlayDir, { recursive: true, mode: 0o711 });
-    const s = new Setup(root, overlayDir);
+    const s = new Setup(root, overlayDir, settings.VIRTSNAP_ARCHIVE_DIR);
     s.writeEnv(settings);
     return s;
   }

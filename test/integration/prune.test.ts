@@ -118,15 +118,20 @@ describe('prune hook under sanoid: a dump goes with the last of its snapshots', 
       const [one, two] = setup.dumps();
       assert.ok(one && two);
       const dir = path.dirname(one.manifest.memoryFile);
-      const part = path.join(dir, 'crashed.save');
+      // A copy into the archive that a crash cut short, named as virtsnap names them.
+      const part = path.join(dir, '20240101T000000.000Z-deadbeef.save.part');
       writeFileSync(part, Buffer.concat([Buffer.from('LibvirtQemudPart'), Buffer.alloc(200)]));
+      // Not virtsnap's naming: reported, never deleted.
+      const foreign = path.join(dir, 'crashed.save');
+      writeFileSync(foreign, Buffer.concat([Buffer.from('LibvirtQemudPart'), Buffer.alloc(200)]));
 
       await zfsRetry(['destroy', `${dataset()}@one`]);
       const dry = await virtsnap(setup, ['gc', '--dry-run', '--json']);
       assert.equal(dry.code, 0, dry.stderr);
-      const report = JSON.parse(dry.stdout) as { deleted: string[]; removed: string[]; freedBytes: number };
+      const report = JSON.parse(dry.stdout) as { deleted: string[]; removed: string[]; foreign: { path: string }[]; freedBytes: number };
       assert.deepEqual(report.deleted, [one.manifest.id]);
       assert.deepEqual(report.removed, [part]);
+      assert.deepEqual(report.foreign.map((f) => f.path), [foreign]);
       assert.ok(existsSync(one.manifest.memoryFile), '--dry-run deletes nothing');
 
       // A manifest that is not JSON is never a reason to delete anything.
@@ -142,7 +147,10 @@ describe('prune hook under sanoid: a dump goes with the last of its snapshots', 
       assert.ok(!existsSync(one.manifest.memoryFile) && !existsSync(one.manifestFile) && !existsSync(part));
       assert.match(real.stdout, /left alone: .*broken\.json/);
       assert.ok(existsSync(broken));
+      assert.ok(existsSync(foreign), 'not ours: left alone');
+      assert.match(real.stdout, /not ours, left alone: .*crashed\.save/);
       rmSync(broken);
+      rmSync(foreign);
       assert.deepEqual(setup.dumps().map((d) => d.manifest.id), [two.manifest.id]);
     });
 

@@ -81,7 +81,7 @@ describe('virtsnap snapshot and restore', () => {
     await removeDomains('vsbed-rs-clone');
   });
 
-  it('restore --rollback refuses while newer snapshots exist, then with --force restores in place silently', async () => {
+  it('restore --rollback refuses while newer snapshots exist, then with --yes --destroy-newer restores in place silently', async () => {
     const second = await virtsnap(setup, ['snapshot', dataset(), '--name', 'two']);
     assert.equal(second.code, 0, second.stderr);
     const refused = await virtsnap(setup, ['restore', `${dataset()}@one`, '--rollback']);
@@ -89,7 +89,7 @@ describe('virtsnap snapshot and restore', () => {
     assert.match(refused.stderr, new RegExp(`newer snapshot\\(s\\): ${dataset()}@two`));
     assert.equal(await guest.state(), 'running', 'a refusal changes nothing');
 
-    const dry = await virtsnap(setup, ['restore', `${dataset()}@one`, '--rollback', '--force', '--dry-run']);
+    const dry = await virtsnap(setup, ['restore', `${dataset()}@one`, '--rollback', '--destroy-newer', '--dry-run']);
     assert.equal(dry.code, 0, dry.stderr);
     const plan = JSON.parse(dry.stdout) as { stop: string[]; newer: string[] };
     assert.deepEqual(plan.stop, ['vsbed-rs'], 'the rollback stops the running guest');
@@ -98,7 +98,7 @@ describe('virtsnap snapshot and restore', () => {
     // before the restored guest's first line (virtlogd appends late lines).
     await guest.stop();
     const offset = guest.consoleSize();
-    const out = await virtsnap(setup, ['restore', `${dataset()}@one`, '--rollback', '--force']);
+    const out = await virtsnap(setup, ['restore', `${dataset()}@one`, '--rollback', '--yes', '--destroy-newer']);
     assert.equal(out.code, 0, out.stderr);
     assert.equal(await guest.state(), 'running');
     const text = await guest.oracleAfter(offset, 3);

@@ -4,7 +4,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { archiveDump, domainDir, listDumps, moveAndHash, sha256File, snapshotNames, type ArchiveInput } from '../../lib/archive.js';
+import { archiveDump, domainDir, listDumps, moveAndHash, scanArchive, sha256File, snapshotNames, type ArchiveInput } from '../../lib/archive.js';
 import { legacyRef } from '../../lib/snapshot-id.js';
 import { VirtsnapError } from '../../lib/errors.js';
 
@@ -209,11 +209,21 @@ describe('listDumps', () => {
     });
   });
 
-  it('JSON that is not a dump manifest is a VirtsnapError naming the file', () => {
+  it("another tool's JSON is not a manifest: listed as foreign, never an error or a reason to delete", () => {
     const archive = path.join(dir, 'archive');
     mkdirSync(path.join(archive, 'web'), { recursive: true });
     const other = path.join(archive, 'web', 'other.json');
     writeFileSync(other, '{"hello": "world"}');
-    assert.throws(() => listDumps(archive), (err: unknown) => err instanceof VirtsnapError && err.message.includes(other));
+    assert.deepEqual(listDumps(archive), []);
+    assert.deepEqual(scanArchive(archive).foreign.map((f) => f.path), [other]);
+  });
+
+  it('a manifest of ours that is damaged (our naming, or our format in it) is broken: kept, and an error for list', () => {
+    const archive = path.join(dir, 'archive');
+    mkdirSync(path.join(archive, 'web'), { recursive: true });
+    const ours = path.join(archive, 'web', '20240101T000000.000Z-aaaaaaaa.json');
+    writeFileSync(ours, '{"hello": "world"}');
+    assert.deepEqual(scanArchive(archive).broken.map((b) => b.file), [ours]);
+    assert.throws(() => listDumps(archive), (err: unknown) => err instanceof VirtsnapError && err.message.includes(ours));
   });
 });

@@ -77,6 +77,7 @@ function fsAdvice(err: NodeJS.ErrnoException): string {
     case 'EPERM':
       return 'permission denied: run as root, or fix its owner and mode';
     case 'ENOSPC':
+    case 'EDQUOT':
       return 'no space left on the device: free some space';
     case 'EROFS':
       return 'the filesystem is read-only: remount it read-write or choose another path';

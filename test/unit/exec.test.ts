@@ -132,3 +132,19 @@ describe('run', () => {
     assert.equal(out.stderr, 'err\n');
   });
 });
+
+describe('filesystem errors end in one line', () => {
+  it('EACCES, ENOSPC and EROFS name the path and what to do, exit 1, no stack', async () => {
+    const { asFsError } = await import('../../lib/main.js');
+    for (const [code, advice] of [['EACCES', /permission denied: run as root/], ['ENOSPC', /no space left/], ['EROFS', /read-only: remount/]] as const) {
+      const err = Object.assign(new Error(`${code}: x`), { code, syscall: 'open', path: '/var/lib/virtsnap/state/locks' });
+      const fsErr = asFsError(err);
+      assert.ok(fsErr);
+      assert.equal(fsErr.exitCode, 1);
+      assert.match(fsErr.message, /^cannot open: \/var\/lib\/virtsnap\/state\/locks: /);
+      assert.match(fsErr.message, advice);
+      assert.ok(!fsErr.message.includes('\n'));
+    }
+    assert.equal(asFsError(new TypeError('a bug')), null, 'a bug still gets its stack trace');
+  });
+});

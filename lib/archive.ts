@@ -250,6 +250,10 @@ function readManifest(file: string): Manifest {
   const dir = path.dirname(file);
   // virtsnap-dump/1 named snapshots only; their refs have no guid and are found by name.
   const snapshots = m.snapshots!.map((r) => (typeof r === 'string' ? legacyRef(r) : (r as SnapshotRef)));
+  if (snapshots.some((r) => r === null || typeof r !== 'object' || typeof r.name !== 'string' || !r.name.includes('@'))) {
+    throw new VirtsnapError(`manifest ${file} lists a snapshot without a dataset@name: it is damaged; restore it from a backup or remove it with its dump`);
+  }
+  for (const r of snapshots) r.frozenAs ??= r.name;
   return {
     ...(m as Manifest),
     format: 'virtsnap-dump/2',
@@ -290,6 +294,10 @@ export function scanArchive(archiveDir: string): ArchiveScan {
     if (st === undefined) continue;
     if (!st.isDirectory()) {
       scan.foreign.push({ path: dir, reason: st.isSymbolicLink() ? 'a symlink, not a domain directory of ours' : 'not a domain directory of ours' });
+      continue;
+    }
+    if (st.uid !== (process.geteuid?.() ?? 0) || (st.mode & 0o022) !== 0) {
+      scan.foreign.push({ path: dir, reason: 'a directory that is not private to virtsnap (owner or mode): nothing in it is read or deleted' });
       continue;
     }
     const files = readdirSync(dir).sort();

@@ -77,13 +77,18 @@ export interface RestorePlan {
   problems: string[];
 }
 
+/** `/dev/zvol/<dataset>` or one of its partitions (`-part1`), not a sibling zvol named `<dataset>-partner`. */
+export function isZvolOf(source: string, dataset: string): boolean {
+  const base = `/dev/zvol/${dataset}`;
+  return source === base || (source.startsWith(`${base}-part`) && /^[0-9]+$/.test(source.slice(base.length + '-part'.length)));
+}
+
 /** A disk path lies in one of the restored datasets, as the dump knew them. */
 export function inRestoredDatasets(source: string, sources: readonly DatasetSource[]): boolean {
   return sources.some(
     (s) =>
       (s.mountpoint !== null && source.startsWith(s.mountpoint === '/' ? '/' : `${s.mountpoint}/`)) ||
-      source === `/dev/zvol/${s.dataset}` ||
-      source.startsWith(`/dev/zvol/${s.dataset}-part`),
+      isZvolOf(source, s.dataset),
   );
 }
 
@@ -125,11 +130,16 @@ export function planRestore(request: RestoreRequest, facts: RestoreFacts, newUui
 
   // RAM from the snapshot with any disk not restored with it would corrupt
   // that disk: checked here, before anything is stopped, rolled back or cloned.
+  const restoredAsFrozen = new Set(Object.values(plan.sources).map((src) => src.dataset));
   for (const d of dumps) {
     for (const disk of stateDisks(d.disks ?? [])) {
-      if (inRestoredDatasets(disk.source!, Object.values(plan.sources))) continue;
+      // The freeze recorded each disk it held still, with its dataset: the
+      // path alone would take a child dataset mounted below for the parent.
+      const frozen = d.manifest.disks.find((f) => f.target === disk.target);
+      const where = frozen === undefined ? `was not in the snapshot with the RAM (outside ${plan.datasets.join(', ')} when it was saved)` : restoredAsFrozen.has(frozen.dataset) && inRestoredDatasets(disk.source!, Object.values(plan.sources)) ? null : `is not in ${plan.datasets.join(', ')}`;
+      if (where === null) continue;
       problems.push(
-        `disk ${disk.target} of ${JSON.stringify(d.manifest.domain.name)} (${disk.source}) is not in ${plan.datasets.join(', ')}: its RAM dump must not run on that disk as it is now; nothing was changed (move the disk into the snapshotted datasets for future snapshots)`,
+        `disk ${disk.target} of ${JSON.stringify(d.manifest.domain.name)} (${disk.source}) ${where}: its RAM dump must not run on that disk as it is now; nothing was changed (move the disk into the snapshotted datasets for future snapshots)`,
       );
     }
   }
@@ -188,7 +198,20 @@ export function planRestore(request: RestoreRequest, facts: RestoreFacts, newUui
     problems.push(`zfs rollback would destroy ${plan.newer.length} newer snapshot(s): ${plan.newer.join(', ')}; add --destroy-newer to accept that, or use --clone`);
   }
   plan.stop = running.filter(touches).map((d) => d.name);
+  // The VM of a dump, running on disks that are not rolled back (moved, or
+  // the snapshot was promoted or renamed since): rolling back would not stop
+  // it, and its RAM would replace it over other disks.
+  for (const d of plan.domains) {
+    const live = running.find((r) => r.uuid === d.uuid || r.name === d.newName);
+    if (live !== undefined && !plan.stop.includes(live.name)) {
+      problems.push(`domain ${JSON.stringify(live.name)} is running on disks outside ${plan.datasets.join(', ')}: stop it first, or restore with --clone NEW_DATASET --as NEW_NAME`);
+    }
+  }
   return plan;
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
 /** Rewrites every disk path under `from` mountpoints/zvols to the clone's. */
@@ -197,7 +220,8 @@ export function rewriteDiskPaths(xml: string, mounts: { from: string; to: string
   for (const m of mounts) out = out.split(`'${escapeXml(m.from)}/`).join(`'${escapeXml(m.to)}/`);
   for (const z of zvols) {
     out = out.split(`'/dev/zvol/${escapeXml(z.from)}'`).join(`'/dev/zvol/${escapeXml(z.to)}'`);
-    out = out.split(`'/dev/zvol/${escapeXml(z.from)}-part`).join(`'/dev/zvol/${escapeXml(z.to)}-part`);
+    const part = new RegExp(`'/dev/zvol/${escapeRegExp(escapeXml(z.from))}-part([0-9]+)'`, 'g');
+    out = out.replace(part, (_m, n: string) => `'/dev/zvol/${escapeXml(z.to)}-part${n}'`);
   }
   return out;
 }

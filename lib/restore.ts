@@ -26,10 +26,10 @@ import { readSaveImageXml, rewriteSaveImageXml } from './libvirt/save-image.js';
 import type { LibvirtClient } from './libvirt/virsh.js';
 import { sleep } from './lock.js';
 import { log } from './log.js';
-import { planRestore, renameDomainXml, rewriteDiskPaths, setNvramPath, type DomainRestore, type RestoreFacts, type RestorePlan, type RestoreRequest } from './restore-plan.js';
+import { isZvolOf, planRestore, renameDomainXml, rewriteDiskPaths, setNvramPath, type DomainRestore, type RestoreFacts, type RestorePlan, type RestoreRequest } from './restore-plan.js';
 import { checkDump } from './verify.js';
 import { Journal } from './journal.js';
-import { isInSubtree, poolOf, readMounts, splitSnapshot, type ZfsClient } from './zfs.js';
+import { datasetOfFile, isInSubtree, poolOf, readMounts, splitSnapshot, type ZfsClient } from './zfs.js';
 
 export interface RestoreDeps {
   virsh: LibvirtClient;
@@ -164,7 +164,10 @@ function assertDisksRestorable(d: DomainRestore, xml: string, paths: Paths): voi
       throw new VirtsnapError(`disk ${disk.target} of ${JSON.stringify(d.name)} is not in the snapshot (${source} missing): not restoring it`);
     }
     const real = realpathSync(source);
-    const inside = paths.mounts.some((m) => real.startsWith(`${m.to}/`)) || paths.zvols.some((z) => source === `/dev/zvol/${z.to}` || source.startsWith(`/dev/zvol/${z.to}-part`));
+    // The deepest dataset holding the file, so that a child mounted below a restored dataset does not pass for it.
+    const holder = datasetOfFile(real, readMounts())?.dataset;
+    const targets = new Set(paths.zvols.map((z) => z.to));
+    const inside = (holder !== undefined && targets.has(holder)) || paths.zvols.some((z) => isZvolOf(source, z.to));
     if (!inside) {
       throw new VirtsnapError(
         `disk ${disk.target} of ${JSON.stringify(d.name)} (${source}) is not in ${paths.mounts.map((m) => m.to).join(', ')}: restoring its RAM onto that disk would corrupt it; not restoring`,
@@ -305,12 +308,9 @@ export async function executeRestore(plan: RestorePlan, deps: RestoreDeps): Prom
     const paths = pathsAfter(plan);
     for (const d of plan.domains) messages.push(await restoreDomain(d, plan, deps, paths, work, undo));
   } catch (err) {
-    if (plan.mode.kind === 'clone') {
-      await undoClone(plan, deps);
-      undoNvram(undo);
-    } else if (undo.nvram.some((n) => n.aside !== null)) {
-      log.error(`restore failed after the rollback: the NVRAM it replaced is kept beside it (${undo.nvram.flatMap((n) => n.aside ?? []).join(', ')})`);
-    }
+    if (plan.mode.kind === 'clone') await undoClone(plan, deps);
+    // Whatever NVRAM file was replaced goes back: a failed restore leaves it as it found it.
+    undoNvram(undo);
     throw err;
   } finally {
     rmSync(work, { recursive: true, force: true });

@@ -9,6 +9,7 @@ import { lstatSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { deleteDump, scanArchive, setSnapshots, snapshotNames, withArchiveLock, type ArchivedDump, type Manifest } from './archive.js';
 import type { Config } from './config.js';
+import { assertOwnDir } from './fsutil.js';
 import { Journal } from './journal.js';
 import { log } from './log.js';
 import type { PruneEvent } from './sanoid/env.js';
@@ -136,6 +137,8 @@ function sweepOverlayDir(config: Config): { strays: string[]; foreign: GcReport[
   } catch {
     return result;
   }
+  // Never sweep a dir others could swap things into under our feet.
+  assertOwnDir(config.overlayDir, 'VIRTSNAP_OVERLAY_DIR');
   const claimed = new Set(new Journal(config.stateDir).list().flatMap((e) => [e.memoryFile, e.metaDir]));
   for (const f of files.sort()) {
     const p = path.join(config.overlayDir, f);

@@ -53,8 +53,12 @@ export interface SnapshotProps {
 
 /** Every snapshot of some pools, found by guid whatever its name is now. */
 export interface GuidCensus {
-  /** guid -> current dataset@snapname */
-  byGuid: Map<string, string>;
+  /**
+   * guid -> every snapshot with it now (dataset@snapname and createtxg).
+   * Usually one; a copy made with `zfs send | zfs recv` into the same pool
+   * (syncoid to a local backup dataset) has the same guid, another createtxg.
+   */
+  byGuid: Map<string, { name: string; createtxg: string }[]>;
   /** Current snapshot names. */
   names: Set<string>;
   /** Filesystems and volumes of the pools. */
@@ -64,7 +68,7 @@ export interface GuidCensus {
 }
 
 /** `zfs get -H -p -o name,property,value guid,createtxg,creation` output -> props per snapshot name. */
-export function parseSnapshotProps(out: string): Map<string, SnapshotProps> {
+export function parseSnapshotProps(out: string, needCreation = true): Map<string, SnapshotProps> {
   const partial = new Map<string, Partial<SnapshotProps>>();
   for (const line of out.split('\n')) {
     const [name, property, value] = line.split('\t');
@@ -77,9 +81,9 @@ export function parseSnapshotProps(out: string): Map<string, SnapshotProps> {
   }
   const props = new Map<string, SnapshotProps>();
   for (const [name, p] of partial) {
-    if (p.guid !== undefined && p.createtxg !== undefined && p.creation !== undefined && Number.isFinite(p.creation)) {
-      props.set(name, { guid: p.guid, createtxg: p.createtxg, creation: p.creation });
-    }
+    if (p.guid === undefined || p.createtxg === undefined) continue;
+    if (needCreation && (p.creation === undefined || !Number.isFinite(p.creation))) continue;
+    props.set(name, { guid: p.guid, createtxg: p.createtxg, creation: p.creation ?? NaN });
   }
   return props;
 }
@@ -276,16 +280,14 @@ export class ZfsClient {
         census.unknownPools.add(pool);
         continue;
       }
-      const out = await this.zfs(['get', '-H', '-p', '-r', '-o', 'name,value', 'guid', pool], `cannot list snapshots of pool ${pool}`);
+      const out = await this.zfs(['get', '-H', '-p', '-r', '-o', 'name,property,value', 'guid,createtxg', pool], `cannot list snapshots of pool ${pool}`);
       for (const line of out.split('\n')) {
-        const [name, guid] = line.split('\t');
-        if (name === undefined || guid === undefined || name === '') continue;
-        if (!name.includes('@')) {
-          census.datasets.add(name);
-          continue;
-        }
+        const [name] = line.split('\t');
+        if (name !== undefined && name !== '' && !name.includes('@')) census.datasets.add(name);
+      }
+      for (const [name, p] of parseSnapshotProps(out, false)) {
         census.names.add(name);
-        census.byGuid.set(guid, name);
+        census.byGuid.set(p.guid, [...(census.byGuid.get(p.guid) ?? []), { name, createtxg: p.createtxg }]);
       }
     }
     return census;

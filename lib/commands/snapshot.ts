@@ -57,7 +57,15 @@ export async function oneOffSnapshot(options: SnapshotOptions, deps: Deps): Prom
     snapshotError = err;
   }
   // Thaw whether or not the snapshot worked: the VMs must leave their overlays.
-  const { dumps } = await runPost(request, deps);
+  let dumps: ArchivedDump[];
+  try {
+    ({ dumps } = await runPost(request, deps));
+  } catch (err) {
+    // With no snapshot taken, the thaw's "no dump kept" is the consequence; the cause is zfs's error.
+    if (snapshotError === null) throw err;
+    log.debug(`after the failed snapshot: ${(err as Error).message}`);
+    throw snapshotError;
+  }
   if (snapshotError !== null) throw snapshotError;
   const frozen = plan.domains.filter((d) => d.action === 'freeze').length;
   if (dumps.length !== frozen) {

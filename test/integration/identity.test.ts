@@ -162,7 +162,7 @@ describe('data identity and safe deletion', () => {
       assert.deepEqual(plan.stop.sort(), ['vsbed-id', 'vsbed-id-out'], 'the plan lists the VMs it would stop');
 
       const refused = await virtsnap(setup, ['restore', `${ds()}@out`, '--rollback', '--yes', '--destroy-newer']);
-      assertOneLineError(refused, /disk vdb of "vsbed-id-out" \(.*id-other.*\) is not in vsbed\/vm\/id: .*nothing was changed/);
+      assertOneLineError(refused, /disk vdb of "vsbed-id-out" \(.*id-other.*\) was not in the snapshot with the RAM \(outside vsbed\/vm\/id when it was saved\): .*nothing was changed/);
       assert.equal(await out.state(), 'running', 'not stopped');
       assert.equal(await guest.state(), 'running', 'not stopped');
 

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import type { Manifest } from '../../lib/archive.js';
 import type { SnapshotRef } from '../../lib/snapshot-id.js';
-import { inRestoredDatasets, planRestore, renameDomainXml, rewriteDiskPaths, type RestoreFacts, type RestoreRequest } from '../../lib/restore-plan.js';
+import { inRestoredDatasets, isZvolOf, planRestore, renameDomainXml, rewriteDiskPaths, type RestoreFacts, type RestoreRequest } from '../../lib/restore-plan.js';
 import { splitSnapshot } from '../../lib/zfs.js';
 import { parseDomainXml, type Disk } from '../../lib/libvirt/domain-xml.js';
 
@@ -577,20 +577,49 @@ describe('planRestore: checked before anything changes', () => {
     ...extra,
   });
 
+  const frozenDisk = (target: string, source: string, dataset: string) => ({ target, source, dataset, format: 'qcow2', bytes: null });
+
   for (const mode of ['rollback', 'clone'] as const) {
     it(`${mode}: a writable disk outside the restored datasets is a problem, so nothing is stopped, rolled back or cloned`, () => {
       const m = manifest('web', WEB_UUID, ['tank/vm@a']);
+      m.disks = [frozenDisk('vda', '/tank/vm/web.qcow2', 'tank/vm')];
       const disks = [disk('vda', '/tank/vm/web.qcow2'), disk('vdb', '/srv/other/web-data.qcow2'), disk('hdc', '/srv/iso/x.iso', { device: 'cdrom', readonly: true })];
       const f = facts({ dumps: [{ manifest: m, problem: null, disks }], domains: [{ name: 'web', uuid: WEB_UUID, state: 'running', datasets: ['tank/vm'] }] });
       const request = mode === 'rollback' ? rollback('tank/vm@a', { destroyNewer: true }) : clone('tank/vm@a', 'tank/restore', { as: 'web2' });
       const plan = planRestore(request, f, uuids());
       assert.equal(plan.problems.length, 1, plan.problems.join('\n'));
-      assert.match(plan.problems[0]!, /disk vdb of "web" \(\/srv\/other\/web-data\.qcow2\) is not in tank\/vm: .*nothing was changed/);
+      assert.match(plan.problems[0]!, /disk vdb of "web" \(\/srv\/other\/web-data\.qcow2\) was not in the snapshot with the RAM \(outside tank\/vm when it was saved\): .*nothing was changed/);
     });
   }
 
+  it('a disk in a child dataset mounted below the restored one is not taken for the parent: it was not frozen with it', () => {
+    const m = manifest('web', WEB_UUID, ['tank/vm@a']);
+    m.disks = [frozenDisk('vda', '/tank/vm/web.qcow2', 'tank/vm'), frozenDisk('vdb', '/tank/vm/child/b.qcow2', 'tank/vm/child')];
+    const disks = [disk('vda', '/tank/vm/web.qcow2'), disk('vdb', '/tank/vm/child/b.qcow2')];
+    const plan = planRestore(rollback('tank/vm@a', { destroyNewer: true }), facts({ dumps: [{ manifest: m, problem: null, disks }] }), uuids());
+    assert.equal(plan.problems.length, 1, plan.problems.join('\n'));
+    assert.match(plan.problems[0]!, /disk vdb .* is not in tank\/vm:/);
+  });
+
+  it('rollback refuses while the dump\'s VM runs on disks that are not rolled back', () => {
+    const m = manifest('web', WEB_UUID, ['tank/vm@a']);
+    m.disks = [frozenDisk('vda', '/tank/vm/web.qcow2', 'tank/vm')];
+    const f = facts({ dumps: [{ manifest: m, problem: null, disks: [disk('vda', '/tank/vm/web.qcow2')] }], domains: [{ name: 'web', uuid: WEB_UUID, state: 'running', datasets: ['tank/moved'] }] });
+    const plan = planRestore(rollback('tank/vm@a'), f, uuids());
+    assert.deepEqual(plan.stop, []);
+    assert.match(plan.problems.join('\n'), /domain "web" is running on disks outside tank\/vm: stop it first/);
+  });
+
+  it('zvols: a partition of the restored zvol counts, a sibling zvol with a similar name does not', () => {
+    assert.ok(isZvolOf('/dev/zvol/tank/vm-part2', 'tank/vm'));
+    assert.ok(!isZvolOf('/dev/zvol/tank/vm-partner', 'tank/vm'));
+    const xml = "<source dev='/dev/zvol/tank/vm-part1'/><source dev='/dev/zvol/tank/vm-partner'/>";
+    assert.equal(rewriteDiskPaths(xml, [], [{ from: 'tank/vm', to: 'tank/r' }]), "<source dev='/dev/zvol/tank/r-part1'/><source dev='/dev/zvol/tank/vm-partner'/>");
+  });
+
   it('a dump whose snapshot was promoted and renamed since: the datasets are the current ones, the paths are rewritten from where the dump saw them', () => {
     const m = manifest('web', WEB_UUID, ['tank/vm@a']);
+    m.disks = [frozenDisk('vda', '/tank/vm/web.qcow2', 'tank/vm')];
     // What gatherFacts hands over after following the guid: tank/vm@a is now tank/restore@a2.
     m.snapshots = [{ ...m.snapshots[0]!, name: 'tank/restore@a2' }];
     const f = facts({ snapshots: ['tank/restore@a2'], dumps: [{ manifest: m, problem: null, disks: [disk('vda', '/tank/vm/web.qcow2')] }] });
@@ -603,6 +632,7 @@ describe('planRestore: checked before anything changes', () => {
 
   it('a dump recorded before guids (no mountpoint) is checked against the current mountpoints', () => {
     const m = manifest('web', WEB_UUID, ['tank/vm@a']);
+    m.disks = [frozenDisk('vda', '/srv/vm/web.qcow2', 'tank/vm')];
     m.snapshots = [{ ...m.snapshots[0]!, guid: null, mountpoint: null }];
     const f = facts({ mounts: { 'tank/vm': '/srv/vm' }, dumps: [{ manifest: m, problem: null, disks: [disk('vda', '/srv/vm/web.qcow2')] }] });
     assert.deepEqual(planRestore(clone('tank/vm@a', 'tank/r', { as: 'w' }), f, uuids()).problems, []);

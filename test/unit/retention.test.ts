@@ -15,7 +15,7 @@ function fakeZfs(pools: string[], snapshots: Record<string, string>): ZfsClient 
     exists: async (ds: string) => pools.includes(poolOf(ds)),
     zfs: async (args: string[]) => {
       const pool = args[args.length - 1]!;
-      const lines = [`${pool}\t1`, ...Object.entries(snapshots).filter(([n]) => poolOf(n) === pool).map(([n, g]) => `${n}\t${g}`)];
+      const lines = [`${pool}\tguid\t1`, ...Object.entries(snapshots).filter(([n]) => poolOf(n) === pool).flatMap(([n, g]) => [`${n}\tguid\t${g}`, `${n}\tcreatetxg\t1`])];
       return lines.join('\n') + '\n';
     },
   });
@@ -27,7 +27,7 @@ function ref(name: string, guid: string): SnapshotRef {
 
 function census(byName: Record<string, string>, extra: Partial<GuidCensus> = {}): GuidCensus {
   return {
-    byGuid: new Map(Object.entries(byName).map(([n, g]) => [g, n])),
+    byGuid: new Map(Object.entries(byName).map(([n, g]) => [g, [{ name: n, createtxg: '1' }]])),
     names: new Set(Object.keys(byName)),
     datasets: new Set(Object.keys(byName).map((n) => n.split('@')[0]!)),
     unknownPools: new Set(),

@@ -268,7 +268,7 @@ describe('data identity and safe deletion', () => {
     assert.equal(snap.code, 0, snap.stderr);
     const dump = setup.dumps().find((d) => d.manifest.domain.name === 'vsbed-id-ren')!;
     await g.remove();
-    await zfsRetry(['rename', ren(), renamed()]);
+    await zfsRetry(['rename', ren(), renamed()], 80); // zfs-fuse stays busy a while after the guest is gone
     const gc = await virtsnap(setup, ['gc']);
     assert.equal(gc.code, 0, gc.stderr);
     assert.ok(existsSync(dump.manifest.memoryFile), 'kept: its snapshot lives on under the new dataset name');

@@ -326,6 +326,18 @@ export class Guest {
   }
 }
 
+/** The console of a domain the tests did not create (a restored clone), once it shows `ticks` rounds of the oracle. */
+export async function consoleOf(name: string, ticks = 3, timeoutMs = 60_000): Promise<string> {
+  const b = await bed();
+  const log = path.join(b.consoleDir, `${name}.log`);
+  let text = '';
+  for (const deadline = Date.now() + timeoutMs; Date.now() < deadline && (text.match(/TICK/g) ?? []).length < ticks; ) {
+    await sleep(200);
+    text = existsSync(log) ? readFileSync(log, 'latin1') : '';
+  }
+  return text;
+}
+
 export function mismatches(consoleText: string): string[] {
   return consoleText.split('\n').filter((l) => l.includes('MISMATCH'));
 }

@@ -119,3 +119,16 @@ export async function runProgram(program: string, args: string[], env: Record<st
 export function virtsnap(setup: Setup, args: string[]): Promise<Ran> {
   return runProgram(cli, args, setup.env());
 }
+
+/** What sanoid hands a pre or post hook for one hourly snapshot `dataset@<snap>_hourly`. */
+export function sanoidEnv(dataset: string, snap: string, script: 'pre' | 'post'): Record<string, string> {
+  return {
+    SANOID_SCRIPT: script,
+    SANOID_TARGET: dataset,
+    SANOID_TARGETS: dataset,
+    // sanoid's post gets the dataset in SANOID_SNAPNAME (its issue #798).
+    SANOID_SNAPNAME: script === 'post' ? `${dataset}@${snap}_hourly` : `${snap}_hourly`,
+    SANOID_SNAPNAMES: `${snap}_hourly`,
+    SANOID_TYPES: 'hourly',
+  };
+}

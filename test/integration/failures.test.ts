@@ -9,21 +9,10 @@ import { after, before, describe, it } from 'node:test';
 import { Journal, type JournalEntry } from '../../lib/journal.js';
 import { ownerOf } from '../../lib/owner.js';
 import { bed, destroyDataset, Guest, mismatches, mountpointOf, removeDomains, restoreOnClone, sh, snapshotsOf, type Bed } from '../helpers/bed.js';
-import { hooks, leftovers, runProgram, Setup, type Ran } from '../helpers/virtsnap.js';
+import { hooks, leftovers, runProgram, sanoidEnv, Setup, type Ran } from '../helpers/virtsnap.js';
 
 function hook(which: 'pre' | 'post', env: Record<string, string>): Promise<Ran> {
   return runProgram(hooks[which], [], env);
-}
-
-function sanoidEnv(dataset: string, snap: string, script: 'pre' | 'post'): Record<string, string> {
-  return {
-    SANOID_SCRIPT: script,
-    SANOID_TARGET: dataset,
-    SANOID_TARGETS: dataset,
-    SANOID_SNAPNAME: script === 'post' ? `${dataset}@${snap}_hourly` : `${snap}_hourly`,
-    SANOID_SNAPNAMES: `${snap}_hourly`,
-    SANOID_TYPES: 'hourly',
-  };
 }
 
 /** The error line virtsnap printed (the last ERROR line). */

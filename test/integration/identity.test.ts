@@ -8,19 +8,8 @@ import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync,
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { snapshotNames } from '../../lib/archive.js';
-import { bed, datasetExists, Guest, mismatches, mountpointOf, removeDomains, sh, sleep, snapshotsOf, zfsRetry, type Bed } from '../helpers/bed.js';
-import { hooks, leftovers, runProgram, Setup, virtsnap, type Ran } from '../helpers/virtsnap.js';
-
-function sanoidEnv(dataset: string, snap: string, script: 'pre' | 'post'): Record<string, string> {
-  return {
-    SANOID_SCRIPT: script,
-    SANOID_TARGET: dataset,
-    SANOID_TARGETS: dataset,
-    SANOID_SNAPNAME: script === 'post' ? `${dataset}@${snap}_hourly` : `${snap}_hourly`,
-    SANOID_SNAPNAMES: `${snap}_hourly`,
-    SANOID_TYPES: 'hourly',
-  };
-}
+import { bed, consoleOf, datasetExists, Guest, mismatches, mountpointOf, removeDomains, sh, snapshotsOf, zfsRetry, type Bed } from '../helpers/bed.js';
+import { hooks, leftovers, runProgram, sanoidEnv, Setup, virtsnap, type Ran } from '../helpers/virtsnap.js';
 
 /** Every refusal is one line, names the thing, and never shows a stack trace. */
 function assertOneLineError(out: Ran, pattern: RegExp): void {
@@ -233,12 +222,7 @@ describe('data identity and safe deletion', () => {
     const again = await virtsnap(setup, ['restore', `${clone()}@one`, '--domain', 'vsbed-id', '--clone', clone2(), '--as', 'vsbed-id-c2']);
     assert.equal(again.code, 0, again.stderr);
     assert.match(again.stdout, /vsbed-id-c2: running/);
-    const log = path.join(b.consoleDir, 'vsbed-id-c2.log');
-    let text = '';
-    for (let i = 0; i < 300 && (text.match(/TICK/g) ?? []).length < 3; i++) {
-      await sleep(200);
-      text = existsSync(log) ? readFileSync(log, 'latin1') : '';
-    }
+    const text = await consoleOf('vsbed-id-c2');
     assert.ok((text.match(/TICK/g) ?? []).length >= 3, `the restored clone runs: ${text.slice(-200)}`);
     assert.deepEqual(mismatches(text), []);
     assert.doesNotMatch(text, /VSBED BOOT/, 'from RAM, not booted');
@@ -278,12 +262,7 @@ describe('data identity and safe deletion', () => {
     assert.equal(out.code, 0, out.stderr);
     const disks = await sh('virsh', ['-c', 'qemu:///system', 'domblklist', 'vsbed-id-c2']);
     assert.ok(disks.includes(await mountpointOf(clone2())), disks);
-    const log = path.join(b.consoleDir, 'vsbed-id-c2.log');
-    let text = '';
-    for (let i = 0; i < 300 && (text.match(/TICK/g) ?? []).length < 3; i++) {
-      await sleep(200);
-      text = existsSync(log) ? readFileSync(log, 'latin1') : '';
-    }
+    const text = await consoleOf('vsbed-id-c2');
     assert.ok((text.match(/TICK/g) ?? []).length >= 3, `the restored clone runs: ${text.slice(-200)}`);
     assert.deepEqual(mismatches(text), []);
     await removeDomains('vsbed-id-c2');

@@ -9,7 +9,7 @@ import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
 import path from 'node:path';
 import { VirtsnapError } from './errors.js';
-import { ensureDir, ensureSubdir, assertOwnDir, exists, fileSafe, fsyncDir, openExclusive, PRIVATE_DIR, PRIVATE_FILE, writeJsonAtomic } from './fsutil.js';
+import { closedToOthers, ensureDir, ensureSubdir, assertOwnDir, exists, fileSafe, fsyncDir, openExclusive, PRIVATE_DIR, PRIVATE_FILE, writeJsonAtomic } from './fsutil.js';
 import { withLock } from './lock.js';
 import type { CompletedJob } from './libvirt/virsh.js';
 import { legacyRef, type SnapshotRef } from './snapshot-id.js';
@@ -254,6 +254,7 @@ function readManifest(file: string): Manifest {
     throw new VirtsnapError(`manifest ${file} lists a snapshot without a dataset@name: it is damaged; restore it from a backup or remove it with its dump`);
   }
   for (const r of snapshots) r.frozenAs ??= r.name;
+  if (!Array.isArray(m.disks)) throw new VirtsnapError(`manifest ${file} has no list of disks: it is damaged; restore it from a backup or remove it with its dump`);
   return {
     ...(m as Manifest),
     format: 'virtsnap-dump/2',
@@ -296,7 +297,7 @@ export function scanArchive(archiveDir: string): ArchiveScan {
       scan.foreign.push({ path: dir, reason: st.isSymbolicLink() ? 'a symlink, not a domain directory of ours' : 'not a domain directory of ours' });
       continue;
     }
-    if (st.uid !== (process.geteuid?.() ?? 0) || (st.mode & 0o022) !== 0) {
+    if (st.uid !== (process.geteuid?.() ?? 0) || !closedToOthers(st.mode)) {
       scan.foreign.push({ path: dir, reason: 'a directory that is not private to virtsnap (owner or mode): nothing in it is read or deleted' });
       continue;
     }

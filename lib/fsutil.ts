@@ -41,9 +41,14 @@ export function assertOwnDir(dir: string, what = dir): void {
   if (st.uid !== uid) {
     throw new ConfigError(`${what} (${dir}) is owned by uid ${st.uid}, not by virtsnap's user (uid ${uid}): virtsnap will not keep RAM dumps there; chown it or choose another path`);
   }
-  if ((st.mode & 0o002) !== 0) {
-    throw new ConfigError(`${what} (${dir}) is writable by everyone (mode ${(st.mode & 0o7777).toString(8)}): virtsnap will not write or delete there; chmod o-w it or choose another path`);
+  if (!closedToOthers(st.mode)) {
+    throw new ConfigError(`${what} (${dir}) is writable by others (mode ${(st.mode & 0o7777).toString(8)}): virtsnap will not write or delete there; chmod go-w it or choose another path`);
   }
+}
+
+/** The one rule for a directory virtsnap writes or deletes in: nobody but its owner may write to it. */
+export function closedToOthers(mode: number): boolean {
+  return (mode & 0o022) === 0;
 }
 
 /** Like ensureDir for a directory below one already checked: it must not be a symlink either. */

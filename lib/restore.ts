@@ -163,6 +163,7 @@ function assertDisksRestorable(d: DomainRestore, xml: string, paths: Paths): voi
     if (!existsSync(source)) {
       throw new VirtsnapError(`disk ${disk.target} of ${JSON.stringify(d.name)} is not in the snapshot (${source} missing): not restoring it`);
     }
+    if (d.dump === null) continue; // no RAM: its disks may live anywhere, as they did before
     const real = realpathSync(source);
     // The deepest dataset holding the file, so that a child mounted below a restored dataset does not pass for it.
     const holder = datasetOfFile(real, readMounts())?.dataset;
@@ -190,7 +191,25 @@ interface Undo {
   nvram: { dest: string; aside: string | null }[];
 }
 
-async function restoreDomain(d: DomainRestore, plan: RestorePlan, deps: RestoreDeps, paths: Paths, work: string, undo: Undo): Promise<string> {
+/**
+ * Restores one domain. If it fails, the NVRAM it replaced goes back for a
+ * clone (the original's state must stay as it was); after a rollback the
+ * snapshot's NVRAM stays with the rolled-back disks and the old one is named.
+ */
+async function restoreDomain(d: DomainRestore, plan: RestorePlan, deps: RestoreDeps, paths: Paths, work: string): Promise<string> {
+  const undo: Undo = { nvram: [] };
+  try {
+    return await restoreDomainOnce(d, plan, deps, paths, work, undo);
+  } catch (err) {
+    if (plan.mode.kind === 'clone') undoNvram(undo);
+    else if (undo.nvram.some((n) => n.aside !== null)) {
+      log.error(`the NVRAM that was there before is kept at ${undo.nvram.flatMap((n) => n.aside ?? []).join(', ')}`, { domain: d.newName });
+    }
+    throw err;
+  }
+}
+
+async function restoreDomainOnce(d: DomainRestore, plan: RestorePlan, deps: RestoreDeps, paths: Paths, work: string, undo: Undo): Promise<string> {
   const ctx = { domain: d.newName, dataset: splitSnapshot(plan.snapshot).dataset };
   const inactive = savedFile(d, paths, 'domain-inactive.xml')?.toString('utf8') ?? null;
   const renamed = d.newName !== d.name;
@@ -297,7 +316,6 @@ export async function executeRestore(plan: RestorePlan, deps: RestoreDeps): Prom
     }
   }
   const work = mkdtempSync(path.join(tmpdir(), 'virtsnap-restore-'));
-  const undo: Undo = { nvram: [] };
   try {
     if (plan.mode.kind === 'clone') {
       for (const ds of plan.datasets) {
@@ -306,11 +324,9 @@ export async function executeRestore(plan: RestorePlan, deps: RestoreDeps): Prom
       }
     }
     const paths = pathsAfter(plan);
-    for (const d of plan.domains) messages.push(await restoreDomain(d, plan, deps, paths, work, undo));
+    for (const d of plan.domains) messages.push(await restoreDomain(d, plan, deps, paths, work));
   } catch (err) {
     if (plan.mode.kind === 'clone') await undoClone(plan, deps);
-    // Whatever NVRAM file was replaced goes back: a failed restore leaves it as it found it.
-    undoNvram(undo);
     throw err;
   } finally {
     rmSync(work, { recursive: true, force: true });

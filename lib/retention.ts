@@ -5,7 +5,7 @@
 // destroyed snapshot at a time; the dump goes only when no snapshot it names
 // exists any more. The manifest is a cache: ZFS is the truth, asked before
 // anything is deleted.
-import { lstatSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { deleteDump, scanArchive, setSnapshots, snapshotNames, withArchiveLock, type ArchivedDump, type Manifest } from './archive.js';
 import type { Config } from './config.js';
@@ -137,8 +137,6 @@ function sweepOverlayDir(config: Config): { strays: string[]; foreign: GcReport[
   } catch {
     return result;
   }
-  // Never sweep a dir others could swap things into under our feet.
-  assertOwnDir(config.overlayDir, 'VIRTSNAP_OVERLAY_DIR');
   const claimed = new Set(new Journal(config.stateDir).list().flatMap((e) => [e.memoryFile, e.metaDir]));
   for (const f of files.sort()) {
     const p = path.join(config.overlayDir, f);
@@ -154,6 +152,8 @@ function sweepOverlayDir(config: Config): { strays: string[]; foreign: GcReport[
 /** `virtsnap gc`: sweep the whole archive against ZFS. */
 export async function collectGarbage(config: Config, zfs: ZfsClient, options: { dryRun: boolean }): Promise<GcReport> {
   const report: GcReport = { updated: [], deleted: [], removed: [], kept: [], foreign: [], freedBytes: 0 };
+  // Never sweep a dir others could swap things into under our feet: checked before anything is deleted.
+  if (existsSync(config.overlayDir)) assertOwnDir(config.overlayDir, 'VIRTSNAP_OVERLAY_DIR');
   return withArchiveLock(config.stateDir, config.lockTimeoutMs, async () => {
     const scan = scanArchive(config.archiveDir);
     for (const b of scan.broken) report.kept.push(`${b.file}: ${b.reason}`);

@@ -10,7 +10,7 @@
 import { closeSync, constants, fstatSync, lstatSync, fsyncSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, statSync, unlinkSync, writeSync, fchmodSync } from 'node:fs';
 import path from 'node:path';
 import { VirtsnapError } from './errors.js';
-import { PRIVATE_DIR, PRIVATE_FILE } from './fsutil.js';
+import { closedToOthers, PRIVATE_DIR, PRIVATE_FILE } from './fsutil.js';
 
 export class UnsafePathError extends VirtsnapError {
   override name = 'UnsafePathError';
@@ -84,7 +84,7 @@ export class SafeDir {
     }
     const st = fstatSync(fd);
     const uid = process.geteuid?.() ?? 0;
-    if (st.uid !== uid || (st.mode & 0o022) !== 0) {
+    if (st.uid !== uid || !closedToOthers(st.mode)) {
       closeSync(fd);
       throw new UnsafePathError(
         `${shown} is ${st.uid !== uid ? `owned by uid ${st.uid}` : `writable by others (mode ${(st.mode & 0o777).toString(8)})`}: virtsnap will not write or read through it; remove it (virtsnap makes its own)`,

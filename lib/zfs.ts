@@ -133,7 +133,8 @@ export function datasetOfFile(realPath: string, mounts: readonly Mount[]): Mount
   let best: Mount | null = null;
   for (const m of mounts) {
     const inside = realPath === m.mountpoint || realPath.startsWith(m.mountpoint === '/' ? '/' : m.mountpoint + '/');
-    if (inside && (best === null || m.mountpoint.length > best.mountpoint.length)) best = m;
+    // >=: of two mounts on one path, the later one in the table is the one you see.
+    if (inside && (best === null || m.mountpoint.length >= best.mountpoint.length)) best = m;
   }
   return best;
 }

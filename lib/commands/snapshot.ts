@@ -57,16 +57,14 @@ export async function oneOffSnapshot(options: SnapshotOptions, deps: Deps): Prom
     snapshotError = err;
   }
   // Thaw whether or not the snapshot worked: the VMs must leave their overlays.
-  let dumps: ArchivedDump[];
-  try {
-    ({ dumps } = await runPost(request, deps));
-  } catch (err) {
-    // With no snapshot taken, the thaw's "no dump kept" is the consequence; the cause is zfs's error.
-    if (snapshotError === null) throw err;
-    log.debug(`after the failed snapshot: ${(err as Error).message}`);
+  if (snapshotError !== null) {
+    // No snapshot, so no dump is kept: that is the consequence, zfs's error the
+    // cause. A VM that could not be thawed is said first, loudest.
+    const { failures } = await thawRun(runIdOf(request), deps);
+    if (failures.length > 0) throw new VirtsnapError(`${failures.join('; ')} (and zfs snapshot failed: ${(snapshotError as Error).message})`);
     throw snapshotError;
   }
-  if (snapshotError !== null) throw snapshotError;
+  const { dumps } = await runPost(request, deps);
   const frozen = plan.domains.filter((d) => d.action === 'freeze').length;
   if (dumps.length !== frozen) {
     throw new VirtsnapError(`snapshot ${snapshot} was taken but only ${dumps.length} of ${frozen} RAM dumps were archived (see above)`);

@@ -316,8 +316,8 @@ describe('data identity and safe deletion', () => {
   it('a world-writable archive dir is refused with one line naming it', async () => {
     chmodSync(setup.archiveDir, 0o777);
     try {
-      assertOneLineError(await virtsnap(setup, ['gc']), /VIRTSNAP_ARCHIVE_DIR \(.*identity-archive\) is writable by everyone .*chmod o-w/);
-      assertOneLineError(await virtsnap(setup, ['snapshot', ds(), '--name', 'ww']), /VIRTSNAP_ARCHIVE_DIR .*writable by everyone/);
+      assertOneLineError(await virtsnap(setup, ['gc']), /VIRTSNAP_ARCHIVE_DIR \(.*identity-archive\) is writable by others .*chmod go-w/);
+      assertOneLineError(await virtsnap(setup, ['snapshot', ds(), '--name', 'ww']), /VIRTSNAP_ARCHIVE_DIR .*writable by others/);
       assert.equal(await guest.state(), 'running');
       assert.deepEqual(setup.journalFiles(), []);
     } finally {

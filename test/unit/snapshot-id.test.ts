@@ -60,7 +60,7 @@ describe('locate and follow: finding a snapshot by guid', () => {
   const census: GuidCensus = {
     byGuid: new Map([
       ['g1', [{ name: 'tank/clone@a', createtxg: '5' }]],
-      ['g2', [{ name: 'tank/backup/vm@b', createtxg: '900' }, { name: 'tank/vm@b', createtxg: '7' }, { name: 'tank/vm@renamed', createtxg: '8' }]],
+      ['g2', [{ name: 'tank/vm@renamed', createtxg: '8' }, { name: 'tank/vm@b', createtxg: '7' }, { name: 'tank/backup/vm@b', createtxg: '900' }]],
     ]),
     names: new Set(['tank/clone@a', 'tank/vm@b']),
     datasets: new Set(['tank/vm', 'tank/clone']),
@@ -73,7 +73,7 @@ describe('locate and follow: finding a snapshot by guid', () => {
     assert.equal(locate(ref('far/vm@a', 'g5'), census), 'unknown');
   });
   it('a guid shared with a received copy (syncoid into the same pool): the recorded name wins, then the same createtxg', () => {
-    assert.equal(locate({ ...ref('tank/vm@b', 'g2'), createtxg: '7' }, census), 'tank/vm@b');
+    assert.equal(locate({ ...ref('tank/vm@b', 'g2'), createtxg: '8' }, census), 'tank/vm@b', 'the recorded name wins over a createtxg match');
     assert.equal(locate({ ...ref('tank/vm@old', 'g2'), createtxg: '8' }, census), 'tank/vm@renamed');
     assert.equal(locate({ ...ref('tank/vm@gone', 'g2'), createtxg: '1' }, census), 'tank/backup/vm@b', 'only copies left: the dump follows one, it is not deleted');
   });

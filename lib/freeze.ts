@@ -24,7 +24,7 @@ import { readSaveImageHeader } from './libvirt/save-image.js';
 import type { Domain, LibvirtClient } from './libvirt/virsh.js';
 import { log } from './log.js';
 import { showSaveProgress } from './progress.js';
-import { sleep } from './lock.js';
+import { sleep, withLock } from './lock.js';
 import type { DomainPlan, FreezePlan } from './plan.js';
 import { datasetOfSnapshot, type ZfsClient } from './zfs.js';
 import { tieSnapshots, type SnapshotRef } from './snapshot-id.js';
@@ -278,8 +278,28 @@ export interface ThawOptions {
   keepDump: boolean;
 }
 
-/** Brings one domain back onto its own disks and deals with its RAM dump. */
-export async function thawDomain(entry: JournalEntry, deps: Deps, options: ThawOptions): Promise<ArchivedDump | null> {
+/** The domain was thawed by another process (post and `recover --force` racing) while this one waited its turn. */
+export const THAWED_ELSEWHERE = 'thawed-elsewhere';
+
+/**
+ * Brings one domain back onto its own disks and deals with its RAM dump.
+ * One thaw per domain at a time, from the first look at the domain to the
+ * journal's removal: post, `recover` and `recover --force` serialise here,
+ * so one never aborts the block job of another.
+ */
+export async function thawDomain(entry: JournalEntry, deps: Deps, options: ThawOptions): Promise<ArchivedDump | null | typeof THAWED_ELSEWHERE> {
+  const patience = deps.config.lockTimeoutMs + deps.config.commitTimeoutMs * Math.max(1, entry.overlays.length);
+  return withLock(deps.journal.lockDir, `thaw-${entry.domain.uuid}`, Date.now() + patience, async () => {
+    const current = deps.journal.read(entry.domain.uuid);
+    if (current === null || current.tag !== entry.tag) {
+      log.info('already thawed by another virtsnap process', ctx(entry.domain.name));
+      return THAWED_ELSEWHERE;
+    }
+    return thawHeld(entry, deps, options);
+  });
+}
+
+async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): Promise<ArchivedDump | null> {
   const { virsh, journal } = deps;
   const before = await virsh.domain(entry.domain.uuid);
   if (before.state === 'shut off' && entry.overlays.some((o) => before.disks.find((d) => d.target === o.target)?.source === o.overlay)) {
@@ -386,6 +406,7 @@ export async function thawRun(runId: string, deps: Deps): Promise<ThawResult> {
   for (const entry of deps.journal.list().filter((e) => e.runId === runId)) {
     try {
       const dump = await thawDomain(entry, deps, { keepDump: true });
+      if (dump === THAWED_ELSEWHERE) continue;
       if (dump !== null) result.dumps.push(dump);
       else result.discarded.push(entry.domain.name);
     } catch (err) {

@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { Journal, type JournalEntry } from '../../lib/journal.js';
 import { ownerOf } from '../../lib/owner.js';
 import { bed, destroyDataset, Guest, mismatches, mountpointOf, removeDomains, restoreOnClone, sh, snapshotsOf, type Bed } from '../helpers/bed.js';
-import { hooks, leftovers, runProgram, sanoidEnv, Setup, type Ran } from '../helpers/virtsnap.js';
+import { cli, hooks, leftovers, runProgram, sanoidEnv, Setup, type Ran } from '../helpers/virtsnap.js';
 
 function hook(which: 'pre' | 'post', env: Record<string, string>): Promise<Ran> {
   return runProgram(hooks[which], [], env);
@@ -166,6 +166,26 @@ describe('bad input and failures', () => {
     await assertUntouched(a, originals);
     const snaps = setup.dumps().filter((d) => d.manifest.domain.name === a.name).map((d) => snapshotNames(d.manifest));
     assert.deepEqual(snaps, [[`${dataset()}@one_hourly`], [`${dataset()}@two_hourly`]]);
+  });
+
+  it('post and `recover --force` at once take turns: both VMs back, one dump each, no block job aborted', async () => {
+    const originals = [await a.sources(), await c.sources()];
+    assert.equal((await hook('pre', setup.env(sanoidEnv(dataset(), 'race', 'pre')))).code, 0);
+    await sh('zfs', ['snapshot', `${dataset()}@race_hourly`]);
+    const [post, recover] = await Promise.all([
+      hook('post', setup.env(sanoidEnv(dataset(), 'race', 'post'))),
+      runProgram(cli, ['recover', '--force'], setup.env()),
+    ]);
+    assert.equal(post.code, 0, post.stderr);
+    assert.equal(recover.code, 0, recover.stderr);
+    for (const out of [post.stderr, recover.stderr]) assert.doesNotMatch(out, /ERROR|abort/i, out);
+    await assertUntouched(a, originals[0]!);
+    await assertUntouched(c, originals[1]!);
+    assert.deepEqual(setup.journalFiles(), []);
+    for (const g of [a, c]) {
+      const race = setup.dumps().filter((d) => d.manifest.domain.name === g.name && snapshotNames(d.manifest).includes(`${dataset()}@race_hourly`));
+      assert.equal(race.length, 1, `${g.name}: exactly one dump for the race snapshot`);
+    }
   });
 });
 

@@ -7,7 +7,7 @@
 // instead: the directory is pinned by its open descriptor (renaming it or
 // swapping in a symlink after our checks changes nothing), and O_NOFOLLOW
 // refuses a symlink at the one component that is resolved by name.
-import { closeSync, constants, fstatSync, lstatSync, fsyncSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, statSync, unlinkSync, writeSync, fchmodSync } from 'node:fs';
+import { closeSync, constants, fstatSync, lstatSync, fsyncSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, unlinkSync, writeSync, fchmodSync } from 'node:fs';
 import path from 'node:path';
 import { VirtsnapError } from './errors.js';
 import { closedToOthers, PRIVATE_DIR, PRIVATE_FILE } from './fsutil.js';
@@ -141,15 +141,6 @@ export class SafeDir {
       if (errno(err) === 'ENOENT') return null;
       if (errno(err) === 'ELOOP') throw new UnsafePathError(`${path.join(this.shown, name)} is a symlink: virtsnap does not read through it; remove it`);
       throw err;
-    }
-  }
-
-  has(name: string): boolean {
-    try {
-      statSync(this.child(name), { throwIfNoEntry: true });
-      return true;
-    } catch {
-      return false;
     }
   }
 

@@ -33,16 +33,6 @@ export function datasetOfSnapshot(snapshot: string): string {
   return splitSnapshot(snapshot).dataset;
 }
 
-/**
- * What ZFS says about some snapshots: the ones it has, and the datasets it
- * does not know at all. A snapshot of an unknown dataset is not "gone": its
- * pool may not be imported, or the dataset renamed.
- */
-export interface SnapshotCensus {
-  present: Set<string>;
-  unknownDatasets: Set<string>;
-}
-
 /** What ZFS says identifies one snapshot. */
 export interface SnapshotProps {
   guid: string;
@@ -235,19 +225,6 @@ export class ZfsClient {
 
   async clone(snapshot: string, target: string): Promise<void> {
     await this.zfs(['clone', snapshot, target], `cannot clone ${snapshot} to ${target}`);
-  }
-
-  /** Which of `snapshots` exist, asking once per dataset. */
-  async census(snapshots: string[]): Promise<SnapshotCensus> {
-    const census: SnapshotCensus = { present: new Set(), unknownDatasets: new Set() };
-    for (const ds of new Set(snapshots.map(datasetOfSnapshot))) {
-      if (!(await this.exists(ds))) {
-        census.unknownDatasets.add(ds);
-        continue;
-      }
-      for (const s of await this.listSnapshots(ds, false)) census.present.add(s);
-    }
-    return census;
   }
 
   /**

@@ -9,7 +9,7 @@ import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
 import path from 'node:path';
 import { VirtsnapError } from './errors.js';
-import { closedToOthers, ensureDir, ensureSubdir, assertOwnDir, exists, fileSafe, fsyncDir, openExclusive, PRIVATE_DIR, PRIVATE_FILE, writeJsonAtomic } from './fsutil.js';
+import { assertOwnDir, ensureDirBelow, exists, fileSafe, fsyncDir, openExclusive, privacyProblem, PRIVATE_FILE, writeJsonAtomic } from './fsutil.js';
 import { withLock } from './lock.js';
 import type { CompletedJob } from './libvirt/virsh.js';
 import { legacyRef, type SnapshotRef } from './snapshot-id.js';
@@ -176,9 +176,8 @@ export interface ArchiveInput {
  * without its manifest (which gc would take for a stray).
  */
 export async function archiveDump(archiveDir: string, input: ArchiveInput): Promise<ArchivedDump> {
-  ensureDir(archiveDir, PRIVATE_DIR, 'VIRTSNAP_ARCHIVE_DIR');
   const dir = domainDir(archiveDir, input.domain.name);
-  ensureSubdir(dir);
+  ensureDirBelow(dir, 'VIRTSNAP_ARCHIVE_DIR');
   const memoryFile = path.join(dir, `${input.id}.save`);
   const staged = await stageFile(input.memoryFile, memoryFile);
   const { sha256, bytes } = staged;
@@ -297,8 +296,9 @@ export function scanArchive(archiveDir: string): ArchiveScan {
       scan.foreign.push({ path: dir, reason: st.isSymbolicLink() ? 'a symlink, not a domain directory of ours' : 'not a domain directory of ours' });
       continue;
     }
-    if (st.uid !== (process.geteuid?.() ?? 0) || !closedToOthers(st.mode)) {
-      scan.foreign.push({ path: dir, reason: 'a directory that is not private to virtsnap (owner or mode): nothing in it is read or deleted' });
+    const problem = privacyProblem(st);
+    if (problem !== null) {
+      scan.foreign.push({ path: dir, reason: `a directory ${problem}, not private to virtsnap: nothing in it is read or deleted` });
       continue;
     }
     const files = readdirSync(dir).sort();

@@ -37,30 +37,41 @@ export function assertOwnDir(dir: string, what = dir): void {
     throw new FsError(err as NodeJS.ErrnoException, dir, `cannot use ${what}`);
   }
   if (!st.isDirectory()) throw new ConfigError(`${what} (${dir}) is not a directory: remove it or choose another path`);
-  const uid = process.geteuid?.() ?? 0;
-  if (st.uid !== uid) {
-    throw new ConfigError(`${what} (${dir}) is owned by uid ${st.uid}, not by virtsnap's user (uid ${uid}): virtsnap will not keep RAM dumps there; chown it or choose another path`);
-  }
-  if (!closedToOthers(st.mode)) {
-    throw new ConfigError(`${what} (${dir}) is writable by others (mode ${(st.mode & 0o7777).toString(8)}): virtsnap will not write or delete there; chmod go-w it or choose another path`);
+  const problem = privacyProblem(st);
+  if (problem !== null) {
+    throw new ConfigError(`${what} (${dir}) is ${problem}: virtsnap will not keep RAM dumps there, nor write or delete; ${st.uid === ownUid() ? 'chmod go-w it' : 'chown it'} or choose another path`);
   }
 }
 
-/** The one rule for a directory virtsnap writes or deletes in: nobody but its owner may write to it. */
-export function closedToOthers(mode: number): boolean {
-  return (mode & 0o022) === 0;
+function ownUid(): number {
+  return process.geteuid?.() ?? 0;
 }
 
-/** Like ensureDir for a directory below one already checked: it must not be a symlink either. */
-export function ensureSubdir(dir: string, mode = PRIVATE_DIR): void {
+/**
+ * The one rule for a directory virtsnap writes or deletes in: owned by
+ * virtsnap's user, and nobody else may write to it. Null when it holds,
+ * else what is wrong ("owned by uid N", "writable by others (mode M)").
+ */
+export function privacyProblem(st: { uid: number; mode: number }): string | null {
+  if (st.uid !== ownUid()) return `owned by uid ${st.uid}, not by virtsnap's user (uid ${ownUid()})`;
+  if ((st.mode & 0o022) !== 0) return `writable by others (mode ${(st.mode & 0o7777).toString(8)})`;
+  return null;
+}
+
+/**
+ * `dir` below a configured one (`what`, e.g. VIRTSNAP_STATE_DIR): both made
+ * private if missing, both checked. A closed parent means nobody else can
+ * swap `dir` for a symlink after the check.
+ */
+export function ensureDirBelow(dir: string, what: string, mode = PRIVATE_DIR): void {
+  ensureDir(path.dirname(dir), PRIVATE_DIR, what);
   try {
     mkdirSync(dir, { mode });
     chmodSync(dir, mode);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
   }
-  const st = lstatSync(dir);
-  if (st.isSymbolicLink()) throw new VirtsnapError(`${dir} is a symlink: virtsnap does not write through symlinks; remove it`);
+  if (lstatSync(dir).isSymbolicLink()) throw new VirtsnapError(`${dir} is a symlink: virtsnap does not write through symlinks; remove it`);
   assertOwnDir(dir);
 }
 

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { LockTimeoutError, VirtsnapError } from './errors.js';
 import { sleep, withLock } from './lock.js';
 import type { Owner } from './owner.js';
-import { ensureDir, ensureSubdir, PRIVATE_DIR, removeIfExists, writeJsonAtomic } from './fsutil.js';
+import { ensureDirBelow, removeIfExists, writeJsonAtomic } from './fsutil.js';
 import type { CompletedJob } from './libvirt/virsh.js';
 import type { SnapshotRef } from './snapshot-id.js';
 
@@ -99,8 +99,7 @@ export class Journal {
   }
 
   write(entry: JournalEntry): void {
-    ensureDir(path.dirname(this.dir), PRIVATE_DIR, 'VIRTSNAP_STATE_DIR');
-    ensureSubdir(this.dir);
+    ensureDirBelow(this.dir, 'VIRTSNAP_STATE_DIR');
     writeJsonAtomic(this.file(entry.domain.uuid), { ...entry, updatedAt: new Date().toISOString() });
   }
 

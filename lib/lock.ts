@@ -5,7 +5,7 @@
 import { closeSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { LockTimeoutError } from './errors.js';
-import { ensureDir, ensureSubdir, PRIVATE_DIR, removeIfExists } from './fsutil.js';
+import { ensureDirBelow, removeIfExists } from './fsutil.js';
 import { ownerIsAlive, ownerOf, processIsAlive, type Owner } from './owner.js';
 
 /** The holder is written as an Owner (pid, boot id, start time): after a reboot a reused pid is not taken for it. */
@@ -28,8 +28,7 @@ export function sleep(ms: number): Promise<void> {
 /** Runs `fn` holding lock `name` in `lockDir`, waiting until `deadline` (ms since epoch) for it. */
 export async function withLock<T>(lockDir: string, name: string, deadline: number, fn: () => T | Promise<T>): Promise<T> {
   // Locks live in STATE_DIR/locks: both must be ours and closed to others.
-  ensureDir(path.dirname(lockDir), PRIVATE_DIR, 'VIRTSNAP_STATE_DIR');
-  ensureSubdir(lockDir);
+  ensureDirBelow(lockDir, 'VIRTSNAP_STATE_DIR');
   const lock = path.join(lockDir, `${name}.lock`);
   for (;;) {
     let fd: number;

@@ -10,7 +10,7 @@
 import { closeSync, constants, fstatSync, lstatSync, fsyncSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, unlinkSync, writeSync, fchmodSync } from 'node:fs';
 import path from 'node:path';
 import { VirtsnapError } from './errors.js';
-import { closedToOthers, PRIVATE_DIR, PRIVATE_FILE } from './fsutil.js';
+import { privacyProblem, PRIVATE_DIR, PRIVATE_FILE } from './fsutil.js';
 
 export class UnsafePathError extends VirtsnapError {
   override name = 'UnsafePathError';
@@ -82,13 +82,10 @@ export class SafeDir {
       if (code === 'ENOTDIR') throw new UnsafePathError(`${shown} is not a directory: remove it so virtsnap can make its own`);
       throw new VirtsnapError(`cannot open ${shown}: ${(err as Error).message}`);
     }
-    const st = fstatSync(fd);
-    const uid = process.geteuid?.() ?? 0;
-    if (st.uid !== uid || !closedToOthers(st.mode)) {
+    const problem = privacyProblem(fstatSync(fd));
+    if (problem !== null) {
       closeSync(fd);
-      throw new UnsafePathError(
-        `${shown} is ${st.uid !== uid ? `owned by uid ${st.uid}` : `writable by others (mode ${(st.mode & 0o777).toString(8)})`}: virtsnap will not write or read through it; remove it (virtsnap makes its own)`,
-      );
+      throw new UnsafePathError(`${shown} is ${problem}: virtsnap will not write or read through it; remove it (virtsnap makes its own)`);
     }
     return new SafeDir(fd, shown);
   }

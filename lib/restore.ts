@@ -29,7 +29,7 @@ import { log } from './log.js';
 import { isZvolOf, planRestore, renameDomainXml, rewriteDiskPaths, setNvramPath, type DomainRestore, type RestoreFacts, type RestorePlan, type RestoreRequest } from './restore-plan.js';
 import { checkDump } from './verify.js';
 import { Journal } from './journal.js';
-import { datasetOfFile, isInSubtree, poolOf, readMounts, splitSnapshot, type ZfsClient } from './zfs.js';
+import { datasetOfFile, isInSubtree, poolOf, readMounts, splitSnapshot, type Mount, type ZfsClient } from './zfs.js';
 
 export interface RestoreDeps {
   virsh: LibvirtClient;
@@ -105,12 +105,15 @@ async function retryBusy(what: () => Promise<void>): Promise<void> {
 interface Paths {
   mounts: { from: string; to: string }[];
   zvols: { from: string; to: string }[];
+  /** The mount table as it is after the clone or rollback, read once. */
+  table: Mount[];
 }
 
 /** Where the datasets' files are once cloned or rolled back, from where the dump knew them. */
 function pathsAfter(plan: RestorePlan): Paths {
-  const mountpoints = new Map(readMounts().map((m) => [m.dataset, m.mountpoint]));
-  const paths: Paths = { mounts: [], zvols: [] };
+  const table = readMounts();
+  const mountpoints = new Map(table.map((m) => [m.dataset, m.mountpoint]));
+  const paths: Paths = { mounts: [], zvols: [], table };
   for (const ds of plan.datasets) {
     const target = plan.cloneOf[ds] ?? ds;
     const source = plan.sources[ds] ?? { dataset: ds, mountpoint: null };
@@ -166,7 +169,7 @@ function assertDisksRestorable(d: DomainRestore, xml: string, paths: Paths): voi
     if (d.dump === null) continue; // no RAM: its disks may live anywhere, as they did before
     const real = realpathSync(source);
     // The deepest dataset holding the file, so that a child mounted below a restored dataset does not pass for it.
-    const holder = datasetOfFile(real, readMounts())?.dataset;
+    const holder = datasetOfFile(real, paths.table)?.dataset;
     const targets = new Set(paths.zvols.map((z) => z.to));
     const inside = (holder !== undefined && targets.has(holder)) || paths.zvols.some((z) => isZvolOf(source, z.to));
     if (!inside) {

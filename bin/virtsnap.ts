@@ -3,7 +3,10 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { formatList, listArchived } from '../lib/commands/list.js';
 import { formatGc, formatVerdicts } from '../lib/commands/archive-report.js';
 import { doctor, formatFindings } from '../lib/commands/doctor.js';
-import { recover } from '../lib/recovery.js';
+import { discardEntry, recover } from '../lib/recovery.js';
+import { watch } from '../lib/watchdog.js';
+import { stopOnSignals } from '../lib/signals.js';
+import { ownerOf } from '../lib/owner.js';
 import { domainStatus, formatStatus } from '../lib/commands/status.js';
 import { collectGarbage } from '../lib/retention.js';
 import { verifyArchive } from '../lib/verify.js';
@@ -15,7 +18,7 @@ import { LibvirtClient } from '../lib/libvirt/virsh.js';
 import { executeRestore, prepareRestore } from '../lib/restore.js';
 import { confirm } from '../lib/terminal.js';
 import { main } from '../lib/main.js';
-import { makeDeps } from '../lib/runs.js';
+import { makeClients, makeDeps } from '../lib/deps.js';
 
 const usage = `usage: virtsnap COMMAND [options]
 
@@ -30,7 +33,10 @@ const usage = `usage: virtsnap COMMAND [options]
                       drop what no snapshot needs any more (dumps, half-written files)
   verify [--json] [DATASET|DOMAIN]
                       check every RAM dump (header, domain XML, sha256)
-  recover [--force]   commit back VMs that a crashed run left on overlays
+  recover [--force]   commit back VMs that an interrupted run left on overlays
+  recover --discard DOMAIN [--yes]
+                      end the journal entry of a VM that can never be thawed
+                      (undefined, shut down on its overlays); names what it leaves
   status [--json] [DATASET]
                       each VM: datasets, state, on an overlay?, latest dump
   doctor [--json]     check the host and sanoid.conf, say what to fix
@@ -61,7 +67,7 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
       json: { type: 'boolean' },
     });
     if (positionals.length !== 1) throw new UsageError('virtsnap snapshot needs exactly one DATASET: virtsnap snapshot tank/vm');
-    const deps = makeDeps(loadConfig(), process.pid);
+    const deps = makeDeps(loadConfig(), { ownerPid: process.pid });
     const result = await oneOffSnapshot(
       {
         dataset: positionals[0]!,
@@ -104,7 +110,7 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
     assertSnapshotName(snapname, 'virtsnap restore');
     if (typeof values.clone === 'string') assertDatasetName(values.clone, '--clone');
     const config = loadConfig();
-    const deps = { virsh: new LibvirtClient({ uri: config.libvirtUri }), zfs: new ZfsClient(), config };
+    const deps = { ...makeClients(config), config, stop: stopOnSignals() };
     const plan = await prepareRestore(
       {
         snapshot: positionals[0]!,
@@ -159,13 +165,36 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
   },
 
   async recover(args) {
-    const { values, positionals } = parse(args, { force: { type: 'boolean' } });
-    if (positionals.length > 0) throw new UsageError('virtsnap recover takes no arguments besides --force');
-    const result = await recover(makeDeps(loadConfig(), process.pid), { force: values.force === true });
+    const { values, positionals } = parse(args, { force: { type: 'boolean' }, discard: { type: 'string' }, yes: { type: 'boolean', short: 'y' } });
+    if (positionals.length > 0) throw new UsageError('virtsnap recover takes no arguments besides --force, or --discard DOMAIN [--yes]');
+    const deps = makeDeps(loadConfig(), { ownerPid: process.pid });
+    if (typeof values.discard === 'string') {
+      const question = `End the journal entry of ${JSON.stringify(values.discard)} without thawing it (its RAM dump is deleted, its overlays are kept)?`;
+      if (values.yes !== true && !(await confirm(question))) {
+        throw new UsageError(`not confirmed: recover --discard ${values.discard} needs a yes on a terminal, or --yes`);
+      }
+      const r = await discardEntry(deps, values.discard);
+      process.stdout.write(
+        `${r.domain}: journal entry ended\n` +
+          r.leftBehind.map((f) => `  left behind (the VM's writes since the freeze): ${f}\n`).join('') +
+          r.staleSnapshots.map((s) => `  holds its disk from before the freeze: ${s}\n`).join(''),
+      );
+      return;
+    }
+    const result = await recover(deps, { force: values.force === true });
     if (result.recovered.length + result.skipped.length + result.failed.length === 0) {
       process.stdout.write('nothing to recover\n');
     }
     return result.failed.length > 0 ? 1 : 0;
+  },
+
+  // Started by the pre hook and `virtsnap snapshot` (lib/watchdog.ts), not by people.
+  async watchdog(args) {
+    const { values } = parse(args, { run: { type: 'string' }, starter: { type: 'string' } });
+    const starter = Number(values.starter);
+    if (typeof values.run !== 'string' || !Number.isInteger(starter) || starter <= 0) throw new UsageError('virtsnap watchdog needs --run RUN_ID --starter PID');
+    const config = loadConfig();
+    return watch(values.run, ownerOf(starter), makeDeps(config, { ownerPid: starter }));
   },
 
   async status(args) {

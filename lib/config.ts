@@ -23,7 +23,13 @@ export interface Config {
   /** Bounds, in milliseconds. */
   saveTimeoutMs: number;
   commitTimeoutMs: number;
+  /** `virsh define`: slow where libvirt re-probes QEMU on every define (no udev: /dev/kvm 0600). */
+  defineTimeoutMs: number;
+  /** `virsh restore`: reads the whole RAM dump back. */
+  restoreTimeoutMs: number;
   lockTimeoutMs: number;
+  /** How the watchdog is started (lib/watchdog.ts): `auto` uses systemd-run where systemd runs. */
+  watchdog: 'auto' | 'detached';
   /** The env file that was read, if any. */
   configFile: string | null;
 }
@@ -39,8 +45,12 @@ const defaults: Record<string, string> = {
   VIRTSNAP_LIVE: 'yes',
   VIRTSNAP_SAVE_TIMEOUT: '600',
   VIRTSNAP_COMMIT_TIMEOUT: '300',
+  VIRTSNAP_DEFINE_TIMEOUT: '120',
+  VIRTSNAP_RESTORE_TIMEOUT: '600',
   VIRTSNAP_LOCK_TIMEOUT: '120',
   VIRTSNAP_LOG: 'info',
+  // How the watchdog is started: auto (systemd-run where systemd runs) or detached.
+  VIRTSNAP_WATCHDOG: 'auto',
 };
 
 const known = new Set([...Object.keys(defaults), 'VIRTSNAP_CONFIG']);
@@ -66,7 +76,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     live: yesNo(merged, 'VIRTSNAP_LIVE'),
     saveTimeoutMs: seconds(merged, 'VIRTSNAP_SAVE_TIMEOUT'),
     commitTimeoutMs: seconds(merged, 'VIRTSNAP_COMMIT_TIMEOUT'),
+    defineTimeoutMs: seconds(merged, 'VIRTSNAP_DEFINE_TIMEOUT'),
+    restoreTimeoutMs: seconds(merged, 'VIRTSNAP_RESTORE_TIMEOUT'),
     lockTimeoutMs: seconds(merged, 'VIRTSNAP_LOCK_TIMEOUT'),
+    watchdog: oneOf(merged, 'VIRTSNAP_WATCHDOG', ['auto', 'detached'] as const),
     configFile: fromFile.path,
   };
 }
@@ -101,6 +114,12 @@ function absolutePath(values: Record<string, string>, key: string): string {
   const value = nonEmpty(values, key);
   if (!path.isAbsolute(value)) throw new ConfigError(`${key}=${value} is not an absolute path: give a path starting with /`);
   return path.normalize(value).replace(/\/+$/, '') || '/';
+}
+
+function oneOf<T extends string>(values: Record<string, string>, key: string, allowed: readonly T[]): T {
+  const value = nonEmpty(values, key).toLowerCase();
+  if (!(allowed as readonly string[]).includes(value)) throw new ConfigError(`${key}=${value} is not one of ${allowed.join(', ')}`);
+  return value as T;
 }
 
 function yesNo(values: Record<string, string>, key: string): boolean {

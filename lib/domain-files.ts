@@ -35,7 +35,7 @@ export interface MetaTarget {
   ours: number;
 }
 
-export async function saveDomainFiles(domain: DomainFiles, virsh: LibvirtClient, targets: MetaTarget[]): Promise<void> {
+export async function saveDomainFiles(domain: DomainFiles, virsh: Pick<LibvirtClient, 'dumpxml'>, targets: MetaTarget[]): Promise<void> {
   if (targets.length === 0) return;
   const live = await virsh.dumpxml(domain.uuid);
   const inactive = await virsh.dumpxml(domain.uuid, true);

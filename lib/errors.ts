@@ -111,3 +111,14 @@ export function oneLine(text: string): string {
     .filter((l) => l !== '')
     .join(' ');
 }
+
+/**
+ * A filesystem error from Node (EACCES, ENOSPC, EROFS, EIO, ...) is the
+ * host's condition, not a bug: one line naming the path and what to do.
+ */
+export function asFsError(err: unknown): FsError | null {
+  const e = err as NodeJS.ErrnoException;
+  if (e === null || typeof e !== 'object' || typeof e.code !== 'string' || typeof e.syscall !== 'string') return null;
+  if (!['EACCES', 'EPERM', 'ENOSPC', 'EDQUOT', 'EROFS', 'EIO', 'ENOENT', 'ENOTDIR', 'EMFILE', 'ENFILE'].includes(e.code)) return null;
+  return new FsError(e, e.path ?? '(unknown path)', `cannot ${e.syscall}`);
+}

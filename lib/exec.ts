@@ -42,6 +42,9 @@ export async function run(command: string, args: readonly string[], options: Run
     // stdin must not be a socket (node's default pipe): Debian's bash then
     // believes it runs under rshd and sources root's ~/.bashrc.
     stdio: ['ignore', 'pipe', 'pipe'],
+    // Its own process group: Ctrl-C reaches virtsnap, which finishes or undoes
+    // the step, instead of virsh, which would abort libvirt's job under us.
+    detached: true,
   });
   const started = Date.now();
   const out = await shell`${command} ${[...args]}`;
@@ -50,4 +53,30 @@ export async function run(command: string, args: readonly string[], options: Run
   // zx kills with SIGKILL on timeout; any other death by signal is a crash.
   const timedOut = out.signal === 'SIGKILL' && Date.now() - started >= timeoutMs;
   throw new CommandError(command, args, out.exitCode ?? -1, oneLine(out.stderr || out.stdout), timedOut, out.stdout);
+}
+
+/**
+ * Starts a program that outlives us (the watchdog): its own session, so a
+ * signal to our process group or the end of a cron job does not reach it;
+ * output appended to `logFile`. Returns its pid.
+ */
+export async function startDetached(command: string, args: readonly string[], options: { logFile: string; env?: Record<string, string> }): Promise<number> {
+  const { spawn } = await import('node:child_process');
+  const { openSync, closeSync } = await import('node:fs');
+  const fd = openSync(options.logFile, 'a', 0o600);
+  try {
+    const child = spawn(command, [...args], {
+      detached: true,
+      stdio: ['ignore', fd, fd],
+      env: { ...process.env, ...options.env, LC_ALL: 'C', LANG: 'C' },
+    });
+    const pid = await new Promise<number>((resolve, reject) => {
+      child.once('spawn', () => resolve(child.pid ?? -1));
+      child.once('error', reject);
+    });
+    child.unref();
+    return pid;
+  } finally {
+    closeSync(fd);
+  }
 }

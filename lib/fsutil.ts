@@ -1,7 +1,7 @@
 // Small filesystem helpers with the durability and permissions virtsnap needs:
 // RAM dumps and their records hold guest secrets (0600 files, 0700 dirs), and
 // a record is either the old or the new version after a crash, never half.
-import { closeSync, constants, fchmodSync, fsyncSync, lstatSync, mkdirSync, openSync, renameSync, writeSync, chmodSync, statSync, unlinkSync } from 'node:fs';
+import { closeSync, constants, fchmodSync, fsyncSync, lstatSync, mkdirSync, openSync, renameSync, writeSync, chmodSync, statSync, statfsSync, unlinkSync } from 'node:fs';
 import { ConfigError, FsError, VirtsnapError } from './errors.js';
 import path from 'node:path';
 
@@ -144,4 +144,16 @@ export function fileSafe(name: string): string {
 export function isInsideDir(file: string, dir: string): boolean {
   if (dir === '/') return true;
   return file === dir || file.startsWith(dir + '/');
+}
+
+/** Bytes free for us in the filesystem holding `dir` (its nearest existing ancestor), or null if it cannot be told. */
+export function freeBytes(dir: string): number | null {
+  for (let d = dir; ; d = path.dirname(d)) {
+    try {
+      const st = statfsSync(d);
+      return Number(st.bavail) * Number(st.bsize);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || d === path.dirname(d)) return null;
+    }
+  }
 }

@@ -27,8 +27,8 @@ export interface Inventory {
 }
 
 export interface Clients {
-  virsh: LibvirtClient;
-  zfs: ZfsClient;
+  virsh: Pick<LibvirtClient, 'domains'>;
+  zfs: Pick<ZfsClient, 'exists' | 'subtree'>;
 }
 
 export function stampOf(date: Date): string {
@@ -36,7 +36,7 @@ export function stampOf(date: Date): string {
 }
 
 /** The datasets a run on `targets` snapshots: a target's subtree when sanoid uses `recursive = zfs` for it. */
-export async function snapshottedDatasets(targets: string[], config: Config, zfs: ZfsClient, recursive?: boolean): Promise<string[]> {
+export async function snapshottedDatasets(targets: string[], config: Config, zfs: Pick<ZfsClient, 'exists' | 'subtree'>, recursive?: boolean): Promise<string[]> {
   const ini = recursive === undefined ? readSanoidConf(config.sanoidConf) : null;
   const result = new Set<string>();
   for (const target of targets) {

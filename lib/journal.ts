@@ -9,6 +9,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { LockTimeoutError, VirtsnapError } from './errors.js';
 import { sleep, withLock } from './lock.js';
+import { log } from './log.js';
 import type { Owner } from './owner.js';
 import { ensureDirBelow, removeIfExists, writeJsonAtomic } from './fsutil.js';
 import type { CompletedJob } from './libvirt/virsh.js';
@@ -64,6 +65,15 @@ export interface JournalEntry {
   tied?: SnapshotRef[];
   /** The process that owns this run (sanoid, or virtsnap itself); its death makes the entry stale. */
   owner: Owner;
+  /** The virtsnap process doing the freeze (the pre hook): while it lives, nobody else judges the domain. */
+  worker?: Owner;
+  /** The domain's state when frozen: a thaw resumes it only if it ran, and only from a pause of ours. */
+  stateBefore?: string;
+  /**
+   * Snapshots taken while this domain could not be thawed: they hold its disk
+   * as it was when it was frozen, not as the VM has it now (it writes to the overlay).
+   */
+  staleSnapshots?: string[];
   startedAt: string;
   frozenAt?: string;
   job?: CompletedJob;
@@ -107,6 +117,22 @@ export class Journal {
     const next = { ...entry, ...changes };
     this.write(next);
     return next;
+  }
+
+  /**
+   * An update that must not stop a thaw: the thaw is the undo, and a full or
+   * read-only state dir must not leave the VM on its overlays. Returns whether
+   * the entry on disk now says what `entry` says.
+   */
+  tryUpdate(entry: JournalEntry, changes: Partial<JournalEntry>): { entry: JournalEntry; written: boolean } {
+    const next = { ...entry, ...changes };
+    try {
+      this.write(next);
+      return { entry: next, written: true };
+    } catch (err) {
+      log.warn(`cannot write the journal in ${this.dir} (${(err as Error).message}): going on without it`, { domain: entry.domain.name });
+      return { entry: next, written: false };
+    }
   }
 
   remove(uuid: string): void {

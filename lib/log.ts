@@ -1,6 +1,9 @@
 // One line per action on stderr. sanoid passes its hooks' stderr through to
 // wherever its own output goes (the journal under systemd, mail under cron),
-// so each line names the domain and dataset it is about.
+// so each line names the domain and dataset it is about. When stderr is the
+// systemd journal (JOURNAL_STREAM names it), each line starts with its syslog
+// priority, `<3>` for an error, which journald reads (SyslogLevelPrefix=).
+import { fstatSync } from 'node:fs';
 
 export type Level = 'debug' | 'info' | 'warn' | 'error';
 
@@ -25,9 +28,25 @@ function format(level: Level, message: string, ctx: LogContext): string {
   return parts.join(' ');
 }
 
+const priority: Record<Level, number> = { debug: 7, info: 6, warn: 4, error: 3 };
+
+let journal: boolean | null = null;
+/** Whether stderr is the journal stream systemd gave us (not a pipe a child of ours inherited). */
+function toJournal(): boolean {
+  if (journal !== null) return journal;
+  const [dev, ino] = (process.env.JOURNAL_STREAM ?? '').split(':');
+  try {
+    const st = fstatSync(2);
+    journal = dev !== undefined && ino !== undefined && String(st.dev) === dev && String(st.ino) === ino;
+  } catch {
+    journal = false;
+  }
+  return journal;
+}
+
 function write(level: Level, message: string, ctx: LogContext = {}): void {
   if (order[level] < threshold()) return;
-  process.stderr.write(format(level, message, ctx) + '\n');
+  process.stderr.write((toJournal() ? `<${priority[level]}>` : '') + format(level, message, ctx) + '\n');
 }
 
 export const log = {

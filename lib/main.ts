@@ -1,6 +1,6 @@
 // How every entry point (hooks and CLI) ends: an expected error is one line
 // on stderr and its exit code; anything else is a bug and gets a stack trace.
-import { FsError, VirtsnapError } from './errors.js';
+import { asFsError, VirtsnapError } from './errors.js';
 import { log } from './log.js';
 
 export function main(fn: () => Promise<number | void>): void {
@@ -25,17 +25,6 @@ export function main(fn: () => Promise<number | void>): void {
       process.exitCode = 70;
     },
   );
-}
-
-/**
- * A filesystem error from Node (EACCES, ENOSPC, EROFS, EIO, ...) is the
- * host's condition, not a bug: one line naming the path and what to do.
- */
-export function asFsError(err: unknown): FsError | null {
-  const e = err as NodeJS.ErrnoException;
-  if (e === null || typeof e !== 'object' || typeof e.code !== 'string' || typeof e.syscall !== 'string') return null;
-  if (!['EACCES', 'EPERM', 'ENOSPC', 'EDQUOT', 'EROFS', 'EIO', 'ENOENT', 'ENOTDIR', 'EMFILE', 'ENFILE'].includes(e.code)) return null;
-  return new FsError(e, e.path ?? '(unknown path)', `cannot ${e.syscall}`);
 }
 
 /** `--dry-run` and friends for the hooks, which otherwise take no arguments. */

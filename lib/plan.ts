@@ -72,8 +72,11 @@ export interface FreezePlan {
   /** Every dataset the run snapshots: the targets, and their subtrees under `recursive = zfs`. */
   datasets: string[];
   domains: DomainPlan[];
-  /** Domains with disks here that still run on one of our overlays (another run, or a crashed one). */
-  onOverlays: { name: string; uuid: string }[];
+  /**
+   * Domains with disks here that still run on one of our overlays (another
+   * run, or one that could not be thawed): not frozen by this run, named by it.
+   */
+  onOverlays: { name: string; uuid: string; reason: string }[];
   /** Reasons not to start at all. Nothing is touched when this is not empty. */
   problems: string[];
 }
@@ -174,7 +177,7 @@ function stateProblems(domain: Domain, plan: DomainPlan): string[] {
  * failed) has its sources in the overlay dir, so it has nothing to freeze;
  * what matters is whether the image below the overlay is in these datasets.
  */
-function leftoverProblems(domain: Domain, inv: Inventory, datasets: ReadonlySet<string>, config: Config): string[] {
+function leftovers(domain: Domain, inv: Inventory, datasets: ReadonlySet<string>, config: Config): string[] {
   return domain.disks
     .filter((d) => d.source !== null && isInsideDir(d.source, config.overlayDir))
     .filter((d) => {
@@ -183,7 +186,7 @@ function leftoverProblems(domain: Domain, inv: Inventory, datasets: ReadonlySet<
     })
     .map(
       (d) =>
-        `domain ${JSON.stringify(domain.name)} disk ${d.target} still runs on overlay ${d.source} from an earlier run: run \`virtsnap recover\``,
+        `domain ${JSON.stringify(domain.name)} disk ${d.target} still runs on overlay ${d.source} from an earlier run, so this snapshot holds its disk as it was then: run \`virtsnap recover\``,
     );
 }
 
@@ -199,9 +202,12 @@ export function planFreeze(request: RunRequest, inv: Inventory, config: Config):
   const domains: DomainPlan[] = [];
   const onOverlays: FreezePlan['onOverlays'] = [];
   for (const domain of [...inv.domains].sort((a, b) => a.name.localeCompare(b.name))) {
-    const leftovers = leftoverProblems(domain, inv, datasets, config);
-    if (leftovers.length > 0) onOverlays.push({ name: domain.name, uuid: domain.uuid });
-    problems.push(...leftovers);
+    const onOverlay = leftovers(domain, inv, datasets, config);
+    if (onOverlay.length > 0) {
+      // Not a reason to leave the other VMs unfrozen: this one is named, they are dumped.
+      onOverlays.push({ name: domain.name, uuid: domain.uuid, reason: onOverlay.join('; ') });
+      continue;
+    }
     const plan = planDomain(domain, request, inv, config, datasets);
     if (plan === null) continue;
     problems.push(...stateProblems(domain, plan), ...volumeProblems(domain));

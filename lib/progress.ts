@@ -9,7 +9,7 @@ export interface Progress {
 
 const none: Progress = { stop() {} };
 
-export function showSaveProgress(virsh: LibvirtClient, uuid: string, name: string, enabled = process.stderr.isTTY === true): Progress {
+export function showSaveProgress(virsh: Pick<LibvirtClient, 'activeJob'>, uuid: string, name: string, enabled = process.stderr.isTTY === true): Progress {
   if (!enabled) return none;
   let shown = false;
   let busy = false;

@@ -1,35 +1,104 @@
-// Finishing what a crashed run left behind (`virtsnap recover`, and the pre
-// hook before every freeze): every domain still in the journal whose run is
-// dead is committed back onto its own disks; its RAM dump is archived if it
-// is complete and its snapshots exist.
-import type { Deps } from './freeze.js';
-import { thawDomain } from './freeze.js';
-import { ownerIsAlive } from './owner.js';
+// Finishing what an interrupted run left behind (`virtsnap recover`, the
+// watchdog, and the pre hook before every freeze): every domain still in the
+// journal whose run is over is committed back onto its own disks; its RAM
+// dump is archived if it is complete and its snapshots exist.
+//
+// A domain that cannot be brought back (undefined, shut down on its
+// overlays, a commit that keeps failing) is *stuck*: every later run names
+// it, and `virtsnap recover --discard DOMAIN` ends its entry once a person
+// has dealt with it.
+import type { Deps } from './deps.js';
+import { UsageError, VirtsnapError } from './errors.js';
+import type { JournalEntry } from './journal.js';
 import { log } from './log.js';
+import { ownerIsAlive } from './owner.js';
+import { dropDump, StuckError, thawDomain, THAWED_ELSEWHERE } from './thaw.js';
+import { exists } from './fsutil.js';
+
+/**
+ * The one rule for taking over a domain's journal entry: neither the run's
+ * owner (sanoid, or `virtsnap snapshot`) nor the process that froze it (the
+ * pre hook, which sanoid's script_timeout can orphan) is alive.
+ */
+export function abandoned(entry: Pick<JournalEntry, 'owner' | 'worker'>): boolean {
+  return !ownerIsAlive(entry.owner) && !(entry.worker !== undefined && ownerIsAlive(entry.worker));
+}
 
 export interface RecoverResult {
   recovered: string[];
   skipped: string[];
   failed: string[];
+  /** Failed for a reason no retry fixes (see StuckError): a person must act. */
+  stuck: string[];
 }
 
-export async function recover(deps: Deps, options: { force: boolean; quietIfLive?: boolean }): Promise<RecoverResult> {
-  const result: RecoverResult = { recovered: [], skipped: [], failed: [] };
+export interface RecoverOptions {
+  /** Also take over entries whose run still looks alive. */
+  force: boolean;
+  quietIfLive?: boolean;
+  /** Only this run's entries (the watchdog). */
+  runId?: string;
+}
+
+export async function recover(deps: Deps, options: RecoverOptions): Promise<RecoverResult> {
+  const result: RecoverResult = { recovered: [], skipped: [], failed: [], stuck: [] };
   for (const entry of deps.journal.list()) {
+    if (options.runId !== undefined && entry.runId !== options.runId) continue;
     const ctx = { domain: entry.domain.name };
-    if (!options.force && ownerIsAlive(entry.owner)) {
+    if (!options.force && !abandoned(entry)) {
       if (!options.quietIfLive) log.warn(`run ${entry.runId} (pid ${entry.owner.pid}) is still going: left alone (use --force if it is stuck)`, ctx);
       result.skipped.push(entry.domain.name);
       continue;
     }
     try {
       log.info(`recovering from run ${entry.runId}, left at step ${entry.step}`, ctx);
-      await thawDomain(entry, deps, { keepDump: true });
-      result.recovered.push(entry.domain.name);
+      if ((await thawDomain(entry, deps, { keepDump: true })) !== THAWED_ELSEWHERE) result.recovered.push(entry.domain.name);
     } catch (err) {
       log.error((err as Error).message, ctx);
       result.failed.push(entry.domain.name);
+      if (err instanceof StuckError) result.stuck.push(entry.domain.name);
     }
   }
   return result;
+}
+
+export interface DiscardResult {
+  domain: string;
+  /** Files of the entry kept because they may hold the VM's newest writes. */
+  leftBehind: string[];
+  /** Snapshots taken while it was stuck: they hold its disk from before the freeze. */
+  staleSnapshots: string[];
+}
+
+/**
+ * Ends the journal entry of a domain that can never be thawed. Deletes only
+ * the RAM dump (it belongs to no snapshot now); the overlays are left where
+ * they are and named: after a shut-down or an undefine they hold the VM's
+ * newest writes.
+ */
+export async function discardEntry(deps: Deps, domain: string): Promise<DiscardResult> {
+  const entry = deps.journal.list().find((e) => e.domain.name === domain || e.domain.uuid === domain);
+  if (entry === undefined) throw new UsageError(`no journal entry for domain ${JSON.stringify(domain)}: see \`virtsnap status\``);
+  if (!abandoned(entry)) {
+    throw new VirtsnapError(`run ${entry.runId} (pid ${entry.owner.pid}) still holds domain ${JSON.stringify(entry.domain.name)}: wait for it to end`);
+  }
+  if (await deps.virsh.exists(entry.domain.uuid)) {
+    const domain = await deps.virsh.domain(entry.domain.uuid);
+    const running = domain.state !== 'shut off';
+    const onOverlay = entry.overlays.some((o) => o.overlay !== null && domain.disks.find((d) => d.target === o.target)?.source === o.overlay);
+    if (running && onOverlay) {
+      throw new VirtsnapError(
+        `domain ${JSON.stringify(entry.domain.name)} runs on our overlays: run \`virtsnap recover\` to commit it back instead of discarding`,
+      );
+    }
+  }
+  dropDump(entry);
+  deps.journal.remove(entry.domain.uuid);
+  const leftBehind = entry.overlays.map((o) => o.overlay).filter((f): f is string => f !== null && exists(f));
+  log.warn(
+    `ended the journal entry of run ${entry.runId}; its RAM dump is deleted` +
+      (leftBehind.length > 0 ? `; left behind, with the VM's writes since ${entry.frozenAt ?? entry.startedAt}: ${leftBehind.join(', ')}` : ''),
+    { domain: entry.domain.name },
+  );
+  return { domain: entry.domain.name, leftBehind, staleSnapshots: entry.staleSnapshots ?? [] };
 }

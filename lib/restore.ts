@@ -14,7 +14,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { scanArchive } from './archive.js';
 import type { Config } from './config.js';
-import { VirtsnapError, ZfsError } from './errors.js';
+import { LibvirtError, VirtsnapError, ZfsError } from './errors.js';
+import type { StopSignal } from './signals.js';
 import { fileSafe, writeFileAtomic } from './fsutil.js';
 import { datasetMetaDir, readSavedFile } from './domain-files.js';
 import { stateDisks } from './disks.js';
@@ -35,6 +36,31 @@ export interface RestoreDeps {
   virsh: LibvirtClient;
   zfs: ZfsClient;
   config: Config;
+  /** A signal stops a clone restore between domains (the clone is then removed); a rollback restore finishes. */
+  stop?: StopSignal;
+}
+
+/**
+ * A timeout is not a result: libvirt may finish a define or a restore after
+ * virsh was killed (seen: a define taking 45 s). Wait for what libvirt
+ * reports before calling it failed, so a failed restore never leaves a
+ * definition behind that nobody knows of.
+ */
+async function settled(call: Promise<void>, done: () => Promise<boolean>, what: string, graceMs: number, ctx: { domain: string }): Promise<void> {
+  try {
+    await call;
+  } catch (err) {
+    if (!(err instanceof LibvirtError) || !/no answer from libvirt/.test(err.message)) throw err;
+    const deadline = Date.now() + graceMs;
+    for (;;) {
+      if (await done().catch(() => false)) {
+        log.warn(`${what} outlived virsh's time limit, and libvirt finished it anyway`, ctx);
+        return;
+      }
+      if (Date.now() >= deadline) throw err;
+      await sleep(1000);
+    }
+  }
 }
 
 /**
@@ -223,7 +249,13 @@ async function restoreDomainOnce(d: DomainRestore, plan: RestorePlan, deps: Rest
     const defFile = path.join(work, `${fileSafe(d.newName)}-define.xml`);
     writeFileSync(defFile, def.xml, { mode: 0o600 });
     assertDisksRestorable(d, def.xml, paths);
-    await deps.virsh.define(defFile);
+    await settled(
+      deps.virsh.define(defFile, deps.config.defineTimeoutMs),
+      async () => (await deps.virsh.uuidOf(d.newName)) === d.newUuid,
+      'the define',
+      deps.config.defineTimeoutMs,
+      { domain: d.newName },
+    );
     log.info(`defined ${JSON.stringify(d.newName)} from the snapshot's saved XML`, ctx);
   }
   const nvramCopy = savedFile(d, paths, 'nvram.fd');
@@ -240,15 +272,26 @@ async function restoreDomainOnce(d: DomainRestore, plan: RestorePlan, deps: Rest
     const copy = path.join(work, `${fileSafe(d.newName)}.save`);
     copyFileSync(d.dump.memoryFile, copy);
     rewriteSaveImageXml(copy, live.xml);
-    await deps.virsh.restore(copy, { paused: plan.paused });
+    await settled(deps.virsh.restore(copy, { paused: plan.paused }, deps.config.restoreTimeoutMs), () => isUp(d.newUuid, deps), 'the restore', deps.config.restoreTimeoutMs, { domain: d.newName });
     rmSync(copy, { force: true });
   } else {
     const xmlFile = path.join(work, `${fileSafe(d.newName)}.xml`);
     writeFileSync(xmlFile, live.xml, { mode: 0o600 });
-    await deps.virsh.restore(d.dump.memoryFile, { paused: plan.paused, xmlFile });
+    await settled(
+      deps.virsh.restore(d.dump.memoryFile, { paused: plan.paused, xmlFile }, deps.config.restoreTimeoutMs),
+      () => isUp(d.newUuid, deps),
+      'the restore',
+      deps.config.restoreTimeoutMs,
+      { domain: d.newName },
+    );
   }
   log.info(`restored ${plan.paused ? 'paused' : 'running'} from RAM dump ${d.dump.id}`, ctx);
   return `${d.newName}: ${plan.paused ? 'paused' : 'running'}, as at ${plan.snapshot}`;
+}
+
+async function isUp(uuid: string, deps: RestoreDeps): Promise<boolean> {
+  if (!(await deps.virsh.exists(uuid))) return false;
+  return ['running', 'paused'].includes(await deps.virsh.state(uuid));
 }
 
 /** Puts the saved NVRAM in place; what was there is kept beside it, not overwritten. */
@@ -327,7 +370,10 @@ export async function executeRestore(plan: RestorePlan, deps: RestoreDeps): Prom
       }
     }
     const paths = pathsAfter(plan);
-    for (const d of plan.domains) messages.push(await restoreDomain(d, plan, deps, paths, work));
+    for (const d of plan.domains) {
+      if (plan.mode.kind === 'clone') deps.stop?.check(`before restoring ${JSON.stringify(d.newName)}`);
+      messages.push(await restoreDomain(d, plan, deps, paths, work));
+    }
   } catch (err) {
     if (plan.mode.kind === 'clone') await undoClone(plan, deps);
     throw err;

@@ -1,28 +1,19 @@
 // The pre and post halves of a snapshot run, shared by the sanoid hooks and
 // by `virtsnap snapshot`: parse input -> inventory -> plan -> freeze/thaw.
-import type { Config } from './config.js';
+import type { Deps } from './deps.js';
 import { LockTimeoutError, VirtsnapError } from './errors.js';
-import { freeze, thawRun, type Deps, type ThawResult } from './freeze.js';
+import { freeze } from './freeze.js';
 import { takeInventory } from './inventory.js';
-import { Journal } from './journal.js';
-import { hookOwnerPid, ownerIsAlive, ownerOf } from './owner.js';
+import type { JournalEntry } from './journal.js';
 import { sleep } from './lock.js';
-import { LibvirtClient } from './libvirt/virsh.js';
 import { log } from './log.js';
 import { planFreeze, runIdOf, type FreezePlan, type RunRequest } from './plan.js';
-import { recover } from './recovery.js';
-import { ZfsClient } from './zfs.js';
+import { abandoned, recover } from './recovery.js';
+import { thawRun, type ThawResult } from './thaw.js';
+import { startWatchdog } from './watchdog.js';
+import { isInSubtree } from './zfs.js';
 
-/** `ownerPid`: the process whose death ends the run; the hooks' is sanoid. */
-export function makeDeps(config: Config, ownerPid = hookOwnerPid()): Deps {
-  return {
-    virsh: new LibvirtClient({ uri: config.libvirtUri }),
-    zfs: new ZfsClient(),
-    config,
-    journal: new Journal(config.stateDir),
-    owner: ownerOf(ownerPid),
-  };
-}
+export { makeDeps } from './deps.js';
 
 export interface PreOptions {
   /** Override sanoid.conf: snapshot the targets' whole subtrees (`zfs snapshot -r`). */
@@ -40,7 +31,7 @@ function heldByLiveRuns(plan: FreezePlan, deps: Deps): string[] {
   const held: string[] = [];
   for (const d of plan.onOverlays) {
     const entry = deps.journal.read(d.uuid);
-    if (entry !== null && entry.runId !== plan.runId && ownerIsAlive(entry.owner)) held.push(`${JSON.stringify(d.name)} (run ${entry.runId})`);
+    if (entry !== null && entry.runId !== plan.runId && !abandoned(entry)) held.push(`${JSON.stringify(d.name)} (run ${entry.runId})`);
   }
   return held;
 }
@@ -69,17 +60,70 @@ export async function runPre(request: RunRequest, deps: Deps, options: PreOption
   await recover(deps, { force: false, quietIfLive: true });
   const plan = await planWhenFree(request, deps, options);
   const dataset = request.targets.join(',');
+  // Loud, but not a reason to leave the other VMs unfrozen: the pre hook still
+  // exits 0, so sanoid snapshots them (even with no_inconsistent_snapshot).
+  for (const s of stuckDomains(plan.datasets, plan.onOverlays, deps)) log.error(s.message, { domain: s.name, dataset });
   if (plan.domains.length === 0 && plan.problems.length === 0) {
-    log.debug('no domain has disks here: nothing to freeze', { dataset });
+    log.debug('no domain to freeze here', { dataset });
     return plan;
   }
+  // Before the first claim: from here on, if we die, the watchdog brings the VMs back.
+  if (plan.problems.length === 0 && plan.domains.some((d) => d.action === 'freeze')) await startWatchdog(plan.runId, deps.config);
   await freeze(plan, deps);
   return plan;
+}
+
+export interface Stuck {
+  name: string;
+  uuid: string;
+  message: string;
+  entry: JournalEntry | null;
+}
+
+function touches(entry: JournalEntry, datasets: readonly string[]): boolean {
+  return entry.overlays.some((o) => datasets.some((ds) => o.dataset === ds || isInSubtree(o.dataset, ds)));
+}
+
+/**
+ * Domains with disks in `datasets` that no thaw could bring back: still on
+ * an overlay of ours with no live run holding them, or an abandoned journal
+ * entry (undefined, shut down on overlays, a commit that keeps failing).
+ * Every snapshot of these datasets holds such a domain's disk as it was when
+ * it was frozen.
+ */
+export function stuckDomains(datasets: readonly string[], onOverlays: FreezePlan['onOverlays'], deps: Pick<Deps, 'journal'>): Stuck[] {
+  const result: Stuck[] = [];
+  const seen = new Set<string>();
+  for (const entry of deps.journal.list()) {
+    if (!abandoned(entry) || !touches(entry, datasets)) continue;
+    seen.add(entry.domain.uuid);
+    result.push({
+      name: entry.domain.name,
+      uuid: entry.domain.uuid,
+      entry,
+      message:
+        `domain ${JSON.stringify(entry.domain.name)} is stuck since ${entry.frozenAt ?? entry.startedAt} (run ${entry.runId}, step ${entry.step}): ` +
+        `snapshots hold its disk as it was then, not its newest writes; \`virtsnap status\` says why, \`virtsnap recover\` retries, \`virtsnap recover --discard\` ends it`,
+    });
+  }
+  for (const d of onOverlays) {
+    if (seen.has(d.uuid) || deps.journal.read(d.uuid) !== null) continue;
+    result.push({ name: d.name, uuid: d.uuid, entry: null, message: d.reason });
+  }
+  return result;
 }
 
 /** post: thaw what pre froze and archive the RAM dumps. Throws when any domain could not be thawed. */
 export async function runPost(request: RunRequest, deps: Deps): Promise<ThawResult> {
   const result = await thawRun(runIdOf(request), deps);
+  // The run's snapshots that hold a stuck domain's old disk are recorded as such (`virtsnap status`).
+  const stuck = stuckDomains(request.targets, [], deps);
+  for (const s of stuck) {
+    if (s.entry === null) continue;
+    const mine = request.targets.filter((t) => touches(s.entry!, [t])).flatMap((t) => request.snapnames.map((n) => `${t}@${n}`));
+    deps.journal.tryUpdate(s.entry, { staleSnapshots: [...new Set([...(s.entry.staleSnapshots ?? []), ...mine])] });
+  }
+  if (stuck.length > 0) result.failures.push(...stuck.map((s) => s.message));
   if (result.failures.length > 0) {
     throw new VirtsnapError(result.failures.length === 1 ? result.failures[0]! : `${result.failures.length} domains could not be thawed (see above)`);
   }

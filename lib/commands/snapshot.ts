@@ -2,7 +2,8 @@
 // snapshot, the same freeze/thaw as the hooks with `zfs snapshot` between.
 import type { ArchivedDump } from '../archive.js';
 import { VirtsnapError } from '../errors.js';
-import { thawRun, type Deps } from '../freeze.js';
+import type { Deps } from '../deps.js';
+import { thawRun } from '../thaw.js';
 import { stampOf } from '../inventory.js';
 import { log } from '../log.js';
 import { runIdOf, type FreezePlan } from '../plan.js';

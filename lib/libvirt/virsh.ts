@@ -45,6 +45,11 @@ function jobField(out: string, label: string): number | null {
   return Math.round(Number(m[1]) * (scale[m[2] ?? ''] ?? 1));
 }
 
+export function parseStateReason(out: string): { state: DomainState; reason: string } {
+  const m = /^\s*(.+?)\s*(?:\((.*)\))?\s*$/.exec(out.trim()) ?? [];
+  return { state: (m[1] ?? out.trim()) as DomainState, reason: m[2] ?? '' };
+}
+
 function libvirtText(err: CommandError): string {
   return err.stderr.replace(/\berror: /g, '').trim() || err.message;
 }
@@ -83,6 +88,23 @@ export class LibvirtClient {
   async state(uuid: string): Promise<DomainState> {
     const out = await this.virsh(['domstate', uuid], `cannot get the state of domain ${uuid}`);
     return out.trim() as DomainState;
+  }
+
+  /** The state and libvirt's reason for it: `paused` for an `I/O error`, a `snapshot`, a `user`... */
+  async stateReason(uuid: string): Promise<{ state: DomainState; reason: string }> {
+    const out = await this.virsh(['domstate', uuid, '--reason'], `cannot get the state of domain ${uuid}`);
+    return parseStateReason(out);
+  }
+
+  /** Whether libvirt knows the domain (false once it is undefined). */
+  async exists(uuid: string): Promise<boolean> {
+    try {
+      await this.virsh(['domuuid', uuid], `cannot look up domain ${uuid}`);
+      return true;
+    } catch (err) {
+      if (err instanceof LibvirtError && /not found|no domain/i.test(err.libvirtMessage)) return false;
+      throw err;
+    }
   }
 
   async dumpxml(uuid: string, inactive = false): Promise<string> {
@@ -164,6 +186,14 @@ export class LibvirtClient {
     return out.trim() !== '' && !/No current block job/i.test(out);
   }
 
+  /**
+   * Pivots a commit job that has reached the ready state. Throws while it is
+   * not ready yet (libvirt: "not ready for pivot yet"): the caller retries.
+   */
+  async pivot(uuid: string, target: string): Promise<void> {
+    await this.virsh(['blockjob', uuid, target, '--pivot'], `cannot pivot the block job on ${target}`);
+  }
+
   async abortBlockJob(uuid: string, target: string): Promise<void> {
     await this.virsh(['blockjob', uuid, target, '--abort'], `cannot abort the block job on ${target}`);
   }
@@ -183,8 +213,19 @@ export class LibvirtClient {
     await this.virsh(args, `cannot restore ${file}`, { timeoutMs });
   }
 
-  async define(xmlFile: string): Promise<void> {
-    await this.virsh(['define', xmlFile], `cannot define a domain from ${xmlFile}`);
+  /** define may be slow (libvirt re-probes QEMU on some hosts): the caller gives the limit, and reads libvirt's state after a timeout. */
+  async define(xmlFile: string, timeoutMs = this.timeoutMs): Promise<void> {
+    await this.virsh(['define', xmlFile], `cannot define a domain from ${xmlFile}`, { timeoutMs });
+  }
+
+  /** The UUID of the domain called `name`, or null when there is none. */
+  async uuidOf(name: string): Promise<string | null> {
+    try {
+      return (await this.virsh(['domuuid', '--domain', name], `cannot look up domain ${JSON.stringify(name)}`)).trim() || null;
+    } catch (err) {
+      if (err instanceof LibvirtError && /not found|no domain/i.test(err.libvirtMessage)) return null;
+      throw err;
+    }
   }
 
   async undefine(uuid: string): Promise<void> {

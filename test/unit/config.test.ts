@@ -50,6 +50,9 @@ describe('loadConfig', () => {
       live: true,
       saveTimeoutMs: 600_000,
       commitTimeoutMs: 300_000,
+      defineTimeoutMs: 120_000,
+      restoreTimeoutMs: 600_000,
+      watchdog: 'auto',
       lockTimeoutMs: 120_000,
       configFile: empty,
     });

@@ -135,7 +135,7 @@ describe('run', () => {
 
 describe('filesystem errors end in one line', () => {
   it('EACCES, ENOSPC and EROFS name the path and what to do, exit 1, no stack', async () => {
-    const { asFsError } = await import('../../lib/main.js');
+    const { asFsError } = await import('../../lib/errors.js');
     for (const [code, advice] of [['EACCES', /permission denied: run as root/], ['ENOSPC', /no space left/], ['EROFS', /read-only: remount/]] as const) {
       const err = Object.assign(new Error(`${code}: x`), { code, syscall: 'open', path: '/var/lib/virtsnap/state/locks' });
       const fsErr = asFsError(err);

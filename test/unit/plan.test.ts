@@ -291,16 +291,18 @@ describe('planFreeze', () => {
     assert.ok(plan.problems.some((p) => p.includes('"dead"') && p.includes('crashed')));
   });
 
-  it('a disk whose source is inside the overlay dir -> a problem mentioning virtsnap recover', () => {
+  it('a disk whose source is inside the overlay dir -> the domain is named as stuck, not frozen, and the others still are', () => {
     const d = dom('leftover', 'running', [disk('vda', '/tank/vm/a.qcow2'), disk('vdb', `${OVERLAY}/leftover.old.vdb.qcow2`, { backing: '/tank/vm/b.raw' })]);
-    const plan = planFreeze(request, inventory([d]), config);
-    assert.equal(plan.problems.length, 1);
-    assert.match(plan.problems[0]!, /virtsnap recover/);
-    assert.match(plan.problems[0]!, /vdb/);
+    const other = dom('other', 'running', [disk('vda', '/tank/vm/c.qcow2')]);
+    const plan = planFreeze(request, inventory([d, other]), config);
+    assert.deepEqual(plan.problems, []);
+    assert.deepEqual(plan.onOverlays.map((o) => o.name), ['leftover']);
+    assert.match(plan.onOverlays[0]!.reason, /vdb.*virtsnap recover/);
+    assert.deepEqual(plan.domains.map((x) => x.name), ['other']);
   });
 
   it(
-    'a domain whose every disk runs on a leftover overlay -> a problem mentioning virtsnap recover',
+    'a domain whose every disk runs on a leftover overlay -> named as stuck, mentioning virtsnap recover',
     () => {
       const d = { ...parseDomainXml(readFileSync(new URL('../../../test/fixtures/dumpxml-on-overlays.xml', import.meta.url), 'utf8')), state: 'running' as const, xml: '' };
       const overlayConfig = { ...config, overlayDir: '/var/lib/vsbed/overlay' };
@@ -314,8 +316,8 @@ describe('planFreeze', () => {
       });
       const plan = planFreeze({ ...request, targets: ['vsbed/vm'] }, inv, overlayConfig);
       assert.ok(
-        plan.problems.some((p) => /virtsnap recover/.test(p)),
-        `expected a recover problem, got ${JSON.stringify(plan.problems)}`,
+        plan.onOverlays.some((p) => /virtsnap recover/.test(p.reason)),
+        `expected a stuck domain, got ${JSON.stringify(plan.onOverlays)}`,
       );
     },
   );

@@ -1,0 +1,69 @@
+// What a run works with, built in one place. The libvirt and ZFS clients are
+// narrowed to the calls runs make, so freeze, thaw, recover and the watchdog
+// can be tested with in-memory fakes that fail on command (test/unit/fakes.ts).
+import type { Config } from './config.js';
+import { Journal } from './journal.js';
+import { LibvirtClient } from './libvirt/virsh.js';
+import { hookOwnerPid, ownerOf, type Owner } from './owner.js';
+import { noStop, stopOnSignals, type StopSignal } from './signals.js';
+import { ZfsClient } from './zfs.js';
+
+/** The libvirt calls of freeze, thaw, recover and the watchdog. */
+export type RunLibvirt = Pick<
+  LibvirtClient,
+  | 'version'
+  | 'domains'
+  | 'domain'
+  | 'dumpxml'
+  | 'stateReason'
+  | 'exists'
+  | 'createSnapshot'
+  | 'completedJob'
+  | 'activeJob'
+  | 'abortJob'
+  | 'activeCommit'
+  | 'hasBlockJob'
+  | 'pivot'
+  | 'abortBlockJob'
+  | 'resume'
+>;
+
+/** The ZFS calls of a run (inventory, freeze, thaw, `virtsnap snapshot`). */
+export type RunZfs = Pick<ZfsClient, 'exists' | 'subtree' | 'snapshotProps' | 'snapshot' | 'listSnapshots'>;
+
+export interface Deps {
+  virsh: RunLibvirt;
+  zfs: RunZfs;
+  config: Config;
+  journal: Journal;
+  /** The process that owns the run (sanoid for the hooks, see owner.hookOwnerPid). */
+  owner: Owner;
+  /** This process: the one doing the work. */
+  worker: Owner;
+  /** SIGINT/SIGTERM/SIGHUP received: freeze stops and undoes, thaw goes on (lib/signals.ts). */
+  stop: StopSignal;
+}
+
+export interface Clients {
+  virsh: LibvirtClient;
+  zfs: ZfsClient;
+}
+
+export function makeClients(config: Config): Clients {
+  return { virsh: new LibvirtClient({ uri: config.libvirtUri }), zfs: new ZfsClient() };
+}
+
+/**
+ * `ownerPid`: the process whose death ends the run; the hooks' is sanoid.
+ * `signals`: take over SIGINT/SIGTERM/SIGHUP (every entry point that changes VMs does).
+ */
+export function makeDeps(config: Config, options: { ownerPid?: number; signals?: boolean } = {}): Deps {
+  return {
+    ...makeClients(config),
+    config,
+    journal: new Journal(config.stateDir),
+    owner: ownerOf(options.ownerPid ?? hookOwnerPid()),
+    worker: ownerOf(process.pid),
+    stop: options.signals === false ? noStop : stopOnSignals(),
+  };
+}

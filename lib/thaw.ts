@@ -1,0 +1,333 @@
+// Thaw: bring one frozen domain back onto its own disks and deal with its
+// RAM dump. Per domain: settle any libvirt job still running on it, decide
+// which snapshots hold the RAM's instant (before the disks move again),
+// active block commit of each overlay into its own image and pivot, check,
+// resume what a pause of ours or an I/O error left paused, delete the
+// overlays, then archive the dump or drop it.
+//
+// The same code serves post, `virtsnap recover`, the watchdog and a freeze
+// undoing itself: it starts from whatever step the journal says and never
+// assumes the step before it finished.
+import { hostname } from 'node:os';
+import { rmSync } from 'node:fs';
+import { archiveDump, snapshotNames, withArchiveLock, type ArchivedDump } from './archive.js';
+import type { Deps } from './deps.js';
+import { asFsError, LibvirtError, VirtsnapError } from './errors.js';
+import { exists, removeIfExists } from './fsutil.js';
+import type { JournalEntry, OverlayRecord } from './journal.js';
+import { readSaveImageHeader } from './libvirt/save-image.js';
+import type { Domain } from './libvirt/virsh.js';
+import { log } from './log.js';
+import { sleep, withLock } from './lock.js';
+import { tieSnapshots, type SnapshotRef } from './snapshot-id.js';
+import { datasetOfSnapshot } from './zfs.js';
+
+function ctx(name: string, dataset?: string) {
+  return dataset === undefined ? { domain: name } : { domain: name, dataset };
+}
+
+/** A domain that no thaw can bring back without a person: named by every later run and `virtsnap status`. */
+export class StuckError extends VirtsnapError {
+  override name = 'StuckError';
+}
+
+/** How often to look again while waiting for libvirt. */
+const POLL_MS = 500;
+
+/**
+ * Waits until libvirt runs no job on the domain, aborting it first: a thaw
+ * never judges a domain while libvirt's snapshot job on it still runs (a
+ * killed virsh leaves libvirtd going on with it, and the disks switch when
+ * it ends). False when the job would not end.
+ */
+export async function settleDomainJob(uuid: string, deps: Pick<Deps, 'virsh'>, name: string, timeoutMs = 60_000): Promise<boolean> {
+  if ((await deps.virsh.activeJob(uuid).catch(() => null)) === null) return true;
+  log.warn('libvirt still runs a job on the domain (a run was cut short during the RAM save): aborting it and waiting for it to end', ctx(name));
+  await deps.virsh.abortJob(uuid).catch(() => undefined);
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    await sleep(POLL_MS);
+    if ((await deps.virsh.activeJob(uuid).catch(() => null)) === null) return true;
+  }
+  return false;
+}
+
+/**
+ * Pivots our commit job on `target` once it is ready. A job left by an
+ * interrupted thaw (post killed during `blockcommit --wait`, virsh killed by
+ * a timeout or a signal, libvirtd restarted) is ours and nearly done: pivot
+ * it, never abort it. Returns when the disk is on its original image.
+ */
+async function pivotWhenReady(entry: JournalEntry, o: OverlayRecord, deps: Deps, timeoutMs: number): Promise<void> {
+  const { uuid, name } = entry.domain;
+  const deadline = Date.now() + timeoutMs;
+  let lastError = '';
+  for (;;) {
+    if (!(await deps.virsh.hasBlockJob(uuid, o.target))) {
+      const source = (await deps.virsh.domain(uuid)).disks.find((d) => d.target === o.target)?.source;
+      if (source === o.original) return; // it pivoted on its own (the virsh that started it did)
+      throw new VirtsnapError(`the commit job on ${o.target} ended without a pivot: the disk is on ${source ?? 'nothing'}${lastError ? ` (${lastError})` : ''}`);
+    }
+    try {
+      await deps.virsh.pivot(uuid, o.target);
+      log.info(`pivoted the commit job of ${o.target} that an interrupted thaw left running`, ctx(name, o.dataset));
+      return;
+    } catch (err) {
+      lastError = err instanceof LibvirtError ? err.libvirtMessage.replace(/\berror: /g, '').trim() : (err as Error).message;
+    }
+    if (Date.now() >= deadline) throw new VirtsnapError(`the commit job on ${o.target} was not ready for a pivot within ${Math.round(timeoutMs / 1000)}s (${lastError})`);
+    await sleep(POLL_MS);
+  }
+}
+
+async function commitDisk(entry: JournalEntry, o: OverlayRecord, domain: Domain, deps: Deps): Promise<void> {
+  const { uuid, name } = entry.domain;
+  const disk = domain.disks.find((d) => d.target === o.target);
+  if (disk?.source === o.original) return; // nothing to commit, or committed before a crash
+  if (disk?.source !== o.overlay) {
+    throw new StuckError(
+      `domain ${JSON.stringify(name)} disk ${o.target} is on ${disk?.source ?? 'nothing'}, neither our overlay ${o.overlay} nor ${o.original}: leaving it alone, check it by hand`,
+    );
+  }
+  const started = Date.now();
+  const failed = (reason: string) =>
+    new VirtsnapError(`block commit of ${o.target} failed, the domain stays on overlay ${o.overlay} (${reason}): fix the cause, then run \`virtsnap recover\``);
+  try {
+    if (await deps.virsh.hasBlockJob(uuid, o.target)) {
+      log.warn(`a commit job of an interrupted thaw still runs on ${o.target}: waiting for it`, ctx(name, o.dataset));
+      await pivotWhenReady(entry, o, deps, deps.config.commitTimeoutMs);
+    } else {
+      await deps.virsh.activeCommit(uuid, o.target, deps.config.commitTimeoutMs);
+    }
+  } catch (err) {
+    // A timeout is not a result: virsh may have been killed while libvirt
+    // goes on. Look at what libvirt has now before deciding anything.
+    let reason = err instanceof LibvirtError ? err.libvirtMessage.replace(/\berror: /g, '').trim() || err.message : (err as Error).message;
+    let back = false;
+    try {
+      if (await deps.virsh.hasBlockJob(uuid, o.target)) {
+        await pivotWhenReady(entry, o, deps, deps.config.commitTimeoutMs);
+        back = true;
+      } else {
+        back = (await deps.virsh.domain(uuid)).disks.find((d) => d.target === o.target)?.source === o.original;
+      }
+    } catch (again) {
+      reason = `${reason}; then: ${(again as Error).message}`;
+    }
+    if (!back) {
+      if (await deps.virsh.hasBlockJob(uuid, o.target).catch(() => false)) await deps.virsh.abortBlockJob(uuid, o.target).catch(() => undefined);
+      throw failed(reason);
+    }
+  }
+  log.info(`committed ${o.target} back into ${o.original} in ${Date.now() - started} ms`, ctx(name, o.dataset));
+}
+
+function assertOnOriginals(entry: JournalEntry, domain: Domain): void {
+  for (const o of entry.overlays) {
+    const source = domain.disks.find((d) => d.target === o.target)?.source;
+    if (source !== o.original) {
+      throw new VirtsnapError(`domain ${JSON.stringify(entry.domain.name)} disk ${o.target} is on ${source ?? 'nothing'} after the commit, expected ${o.original}`);
+    }
+  }
+}
+
+/** libvirt's reasons for a pause that only we (a snapshot, a save) or a full overlay dir (an I/O error) cause. */
+const PAUSED_BY_US_OR_IO = /^(snapshot|saving|save|migrating|I\/O error|ioerror|starting up|from snapshot)$/i;
+
+/**
+ * A domain that ran when frozen and is paused now, by our snapshot or by
+ * QEMU on an I/O error (the overlay's filesystem filled up), is resumed once
+ * it is back on its own disks. A pause by a user is left alone.
+ */
+async function resumeIfOurs(entry: JournalEntry, deps: Deps): Promise<void> {
+  if ((entry.stateBefore ?? 'running') === 'paused') return;
+  const { state, reason } = await deps.virsh.stateReason(entry.domain.uuid);
+  if (state !== 'paused' || !PAUSED_BY_US_OR_IO.test(reason)) return;
+  await deps.virsh.resume(entry.domain.uuid);
+  const why = /I\/O|ioerror/i.test(reason) ? 'QEMU had paused it on an I/O error while it ran on the overlay' : `it was left paused (${reason})`;
+  log.warn(`resumed the domain: ${why}; it runs on its own disks again`, ctx(entry.domain.name));
+}
+
+export interface ThawOptions {
+  /** Archive the RAM dump (post, recover), or throw it away (undoing a failed freeze). */
+  keepDump: boolean;
+}
+
+/** The domain was thawed by another process (post and `recover --force` racing) while this one waited its turn. */
+export const THAWED_ELSEWHERE = 'thawed-elsewhere';
+
+/**
+ * Brings one domain back onto its own disks and deals with its RAM dump.
+ * One thaw per domain at a time, from the first look at the domain to the
+ * journal's removal: post, `recover`, `recover --force` and the watchdog
+ * serialise here, so one never aborts the block job of another.
+ */
+export async function thawDomain(entry: JournalEntry, deps: Deps, options: ThawOptions): Promise<ArchivedDump | null | typeof THAWED_ELSEWHERE> {
+  const patience = deps.config.lockTimeoutMs + deps.config.commitTimeoutMs * Math.max(1, entry.overlays.length);
+  return withLock(deps.journal.lockDir, `thaw-${entry.domain.uuid}`, Date.now() + patience, async () => {
+    let current: JournalEntry | null;
+    try {
+      current = deps.journal.read(entry.domain.uuid);
+    } catch {
+      current = entry; // a damaged journal file: the entry we hold is all we know
+    }
+    if (current === null || current.tag !== entry.tag) {
+      log.info('already thawed by another virtsnap process', ctx(entry.domain.name));
+      return THAWED_ELSEWHERE;
+    }
+    // What is on disk is newer than what the caller read (a step it missed), unless the caller could not write it.
+    return thawHeld(stepOrder(current.step) >= stepOrder(entry.step) ? { ...entry, ...current } : entry, deps, options);
+  });
+}
+
+function stepOrder(step: JournalEntry['step']): number {
+  return ['snapshotting', 'frozen', 'committing', 'committed'].indexOf(step);
+}
+
+async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): Promise<ArchivedDump | null> {
+  const { virsh, journal } = deps;
+  const name = entry.domain.name;
+  let keep = options.keepDump;
+  if (entry.step !== 'committed') {
+    if (!(await virsh.exists(entry.domain.uuid))) {
+      throw new StuckError(
+        `domain ${JSON.stringify(name)} was undefined while frozen: its newest writes are in ${entry.overlays.map((o) => o.overlay).filter((x) => x !== null).join(', ') || 'no overlay'}; ` +
+          `define it again and run \`virtsnap recover\`, or end this with \`virtsnap recover --discard ${name}\``,
+      );
+    }
+    if (!(await settleDomainJob(entry.domain.uuid, deps, name))) {
+      throw new VirtsnapError(`libvirt still runs a job on domain ${JSON.stringify(name)} and would not abort it: run \`virtsnap recover\` once it ends`);
+    }
+    const before = await virsh.domain(entry.domain.uuid);
+    if (before.state === 'shut off' && entry.overlays.some((o) => before.disks.find((d) => d.target === o.target)?.source === o.overlay)) {
+      throw new StuckError(
+        `domain ${JSON.stringify(name)} was shut down while on overlays: start it (it runs on the overlays) and run \`virtsnap recover\``,
+      );
+    }
+    const manual = entry.overlays.length > 0 && entry.overlays.every((o) => o.overlay === null);
+    if (manual && before.state !== 'paused' && keep) {
+      log.error('the domain was frozen paused (no overlays) but has been resumed since: its disks moved on, the RAM dump is discarded', ctx(name));
+      keep = false;
+    }
+    // Which snapshots hold the disks of the RAM's instant is decided now, while
+    // they still stand still, and written down before the first commit: after
+    // a crash half-way through the commits, recover must not look again.
+    let tied = entry.tied;
+    if (keep && tied === undefined) {
+      if (entry.step === 'frozen') tied = await tieDump(entry, deps);
+      else log.error(`the run died at step ${entry.step}, before it recorded which snapshots hold the RAM's instant: the RAM dump is discarded`, ctx(name));
+    }
+    const committing = journal.tryUpdate(entry, { step: 'committing', ...(tied !== undefined ? { tied } : {}) });
+    entry = committing.entry;
+    if (!committing.written && entry.tied !== undefined && entry.tied.length > 0 && keep) {
+      // Unrecorded, the tie could be made again after a crash, once the disks moved on.
+      log.error('the journal cannot record which snapshots hold the RAM dump: it is discarded', ctx(name));
+      keep = false;
+    }
+    for (const o of entry.overlays) await commitDisk(entry, o, before, deps);
+    assertOnOriginals(entry, await virsh.domain(entry.domain.uuid));
+    await resumeIfOurs(entry, deps);
+    for (const o of entry.overlays) if (o.overlay !== null) removeIfExists(o.overlay);
+    entry = journal.tryUpdate(entry, { step: 'committed' }).entry;
+  }
+  const tied = entry.tied ?? [];
+  const dump = keep && tied.length > 0 ? await keepDump(entry, tied, deps) : null;
+  if (dump === null) dropDump(entry);
+  journal.remove(entry.domain.uuid);
+  return dump;
+}
+
+/** The snapshots of the run that hold this domain's disks as they were when its RAM was saved (see lib/snapshot-id.ts). */
+async function tieDump(entry: JournalEntry, deps: Deps): Promise<SnapshotRef[]> {
+  const name = entry.domain.name;
+  let now;
+  try {
+    now = await deps.zfs.snapshotProps(entry.snapshots.map(datasetOfSnapshot));
+  } catch (err) {
+    log.error(`cannot ask ZFS which snapshots exist (${(err as Error).message}): the RAM dump cannot be tied to any snapshot and is discarded`, ctx(name));
+    return [];
+  }
+  const { tied, refused } = tieSnapshots({
+    wanted: entry.snapshots,
+    existedAtFreeze: entry.existedAtFreeze,
+    now: now.props,
+    unknownDatasets: now.unknown,
+    freezeStartedMs: Date.parse(entry.startedAt),
+    mountpointOf: (ds) => entry.mountpoints?.[ds] ?? null,
+  });
+  for (const r of refused) log.warn(`RAM dump not tied to ${r.name}: ${r.reason}`, ctx(name, datasetOfSnapshot(r.name)));
+  if (tied.length === 0) {
+    log.error(`no snapshot of this run holds the disks as they were when the RAM was saved (${entry.snapshots.join(', ')}): RAM dump discarded`, ctx(name));
+  }
+  return tied;
+}
+
+export function dropDump(entry: Pick<JournalEntry, 'memoryFile' | 'metaDir'>): void {
+  removeIfExists(entry.memoryFile);
+  rmSync(entry.metaDir, { recursive: true, force: true });
+}
+
+/** Archives the dump, tied to the snapshots that hold its instant. */
+async function keepDump(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): Promise<ArchivedDump | null> {
+  const name = entry.domain.name;
+  if (!exists(entry.memoryFile)) {
+    log.error(`memory file ${entry.memoryFile} is missing: no RAM dump for this snapshot`, ctx(name));
+    return null;
+  }
+  const header = readSaveImageHeader(entry.memoryFile);
+  if (header === null || !header.complete) {
+    log.error(`memory file ${entry.memoryFile} is incomplete: no RAM dump for this snapshot`, ctx(name));
+    return null;
+  }
+  try {
+    // Under the archive lock: gc must not take a half-archived dump for a stray.
+    const dump = await withArchiveLock(deps.config.stateDir, deps.config.lockTimeoutMs, () =>
+      archiveDump(deps.config.archiveDir, {
+        id: entry.tag,
+        domain: entry.domain,
+        snapshots: tied,
+        types: entry.types,
+        memoryFile: entry.memoryFile,
+        metaDir: entry.metaDir,
+        disks: entry.overlays.map((o) => ({ target: o.target, source: o.original, dataset: o.dataset, format: o.format, bytes: o.bytes })),
+        startedAt: entry.startedAt,
+        frozenAt: entry.frozenAt ?? null,
+        job: entry.job ?? null,
+        libvirtUri: deps.config.libvirtUri,
+        hostname: hostname(),
+      }),
+    );
+    log.info(`archived RAM dump ${dump.manifest.memoryFile} (${dump.manifest.bytes} bytes) for ${snapshotNames(dump.manifest).join(', ')}`, ctx(name));
+    return dump;
+  } catch (err) {
+    // The VM is back on its own disks; the dump waits in the overlay dir and
+    // the journal (step committed) until the archive takes it.
+    const fsError = asFsError(err);
+    const why = fsError !== null ? fsError.message : (err as Error).message;
+    throw new VirtsnapError(`the VM is back on its own disks, but its RAM dump cannot be archived (${why}): it waits in ${entry.memoryFile}; fix that, then run \`virtsnap recover\``);
+  }
+}
+
+export interface ThawResult {
+  dumps: ArchivedDump[];
+  failures: string[];
+  /** Domains thawed without a RAM dump kept (not tied to any snapshot, or incomplete): see the log. */
+  discarded: string[];
+}
+
+/** post: thaw every domain the run froze. One domain's failure does not stop the others. */
+export async function thawRun(runId: string, deps: Deps, options: ThawOptions = { keepDump: true }): Promise<ThawResult> {
+  const result: ThawResult = { dumps: [], failures: [], discarded: [] };
+  for (const entry of deps.journal.list().filter((e) => e.runId === runId)) {
+    try {
+      const dump = await thawDomain(entry, deps, options);
+      if (dump === THAWED_ELSEWHERE) continue;
+      if (dump !== null) result.dumps.push(dump);
+      else result.discarded.push(entry.domain.name);
+    } catch (err) {
+      log.error((err as Error).message, ctx(entry.domain.name));
+      result.failures.push((err as Error).message);
+    }
+  }
+  return result;
+}

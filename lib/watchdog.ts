@@ -1,0 +1,126 @@
+// The watchdog: from the moment a run starts freezing until its thaw, a
+// process outside the hook makes sure the VMs come back.
+//
+// Why: sanoid's script_timeout kills sanoid itself (SIGALRM) and the hook
+// runs on as an orphan; `kill -9` of a hook or of sanoid, a stop of
+// sanoid.service, an OOM kill: in each, nobody runs post. The watchdog sees
+// the run's owner and the freezing process gone while domains of the run are
+// still in the journal, waits for any thaw in progress (the per-domain thaw
+// lock), and commits them back through the same recover as everyone else.
+// A dump is kept only if a snapshot of the run was taken while the disks
+// stood still (lib/snapshot-id.ts); otherwise it belongs to no snapshot and
+// is discarded.
+//
+// How it is started: under systemd (PID 1 is systemd), as a transient
+// service through `systemd-run`, so it is outside sanoid.service's cgroup,
+// which systemd kills as a whole when sanoid dies or is stopped; its log goes
+// to the journal with error priority. Elsewhere (cron, a shell, the test
+// bed), as a detached process in its own session, logging to
+// STATE_DIR/watchdog.log and, for errors, to syslog through logger(1).
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Config } from './config.js';
+import type { Deps } from './deps.js';
+import { run, startDetached } from './exec.js';
+import { ensureDirBelow } from './fsutil.js';
+import { sleep } from './lock.js';
+import { log } from './log.js';
+import { ownerIsAlive, type Owner } from './owner.js';
+import { abandoned, recover } from './recovery.js';
+
+/** How often the watchdog looks: with a thaw of a few seconds, VMs are back well within a minute. */
+export const WATCH_INTERVAL_MS = 2_000;
+
+const MAX_TRIES = 3;
+
+export type Verdict = 'wait' | 'thaw' | 'done' | 'give-up';
+
+/**
+ * What the watchdog does next, from what it sees. Pure: the rule in one place.
+ * `entries`: the run's journal entries; `starterAlive`: the process that
+ * started the watchdog (the pre hook, or `virtsnap snapshot`) still runs;
+ * `failedBefore`: entries that a recover of ours already failed on.
+ */
+export function verdict(entries: readonly { abandoned: boolean; tag: string }[], starterAlive: boolean, failedBefore: ReadonlySet<string>): Verdict {
+  if (entries.length === 0) return starterAlive ? 'wait' : 'done';
+  const orphans = entries.filter((e) => e.abandoned);
+  if (orphans.length === 0) return 'wait';
+  if (orphans.every((e) => failedBefore.has(e.tag))) return entries.length === orphans.length ? 'give-up' : 'wait';
+  return 'thaw';
+}
+
+/** Watches run `runId` until none of its domains is frozen and the process that started it is gone. */
+export async function watch(runId: string, starter: Owner, deps: Deps, intervalMs = WATCH_INTERVAL_MS): Promise<number> {
+  const failures = new Map<string, number>();
+  const failed = new Set<string>(); // given up on after MAX_TRIES
+  const ctx = { dataset: runId };
+  for (;;) {
+    const entries = deps.journal.list().filter((e) => e.runId === runId);
+    const next = verdict(
+      entries.map((e) => ({ abandoned: abandoned(e), tag: e.tag })),
+      ownerIsAlive(starter),
+      failed,
+    );
+    if (next === 'done') return 0;
+    if (next === 'give-up') {
+      await alarm(`run ${runId}: ${entries.map((e) => JSON.stringify(e.domain.name)).join(', ')} could not be brought back (see above): \`virtsnap status\` names them, \`virtsnap recover\` retries`, ctx);
+      return 1;
+    }
+    if (next === 'thaw') {
+      const names = entries.filter((e) => abandoned(e)).map((e) => JSON.stringify(e.domain.name));
+      await alarm(`run ${runId} ended without its post hook (its owner, pid ${entries[0]!.owner.pid}, is gone) while ${names.join(', ')} were frozen: committing them back`, ctx);
+      const result = await recover(deps, { force: false, quietIfLive: true, runId });
+      if (result.recovered.length > 0) await alarm(`run ${runId}: ${result.recovered.map((n) => JSON.stringify(n)).join(', ')} back on their own disks`, ctx, 'warn');
+      if (result.failed.length === 0) continue;
+      // libvirtd restarting, a commit that timed out: try again a few times before giving up.
+      for (const e of deps.journal.list().filter((x) => x.runId === runId && result.failed.includes(x.domain.name))) {
+        const n = (failures.get(e.tag) ?? 0) + 1;
+        failures.set(e.tag, n);
+        if (n >= MAX_TRIES || result.stuck.includes(e.domain.name)) failed.add(e.tag);
+      }
+    }
+    await sleep(intervalMs);
+  }
+}
+
+/** An event a person must hear of: the log at error priority, and syslog where there is no journal. */
+async function alarm(message: string, ctx: { dataset: string }, level: 'error' | 'warn' = 'error'): Promise<void> {
+  log[level](`watchdog: ${message}`, ctx);
+  if (process.env.JOURNAL_STREAM !== undefined) return;
+  await run('logger', ['-t', 'virtsnap', '-p', `daemon.${level === 'error' ? 'err' : 'warning'}`, '--', `watchdog: ${message}`], { timeoutMs: 5_000 }).catch(() => undefined);
+}
+
+const virtsnapJs = path.join(path.dirname(fileURLToPath(import.meta.url)), '../bin/virtsnap.js');
+
+/** The settings the watchdog must see as we do: the env file and every VIRTSNAP_ variable. */
+function settingsEnv(): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) if (k.startsWith('VIRTSNAP_') && v !== undefined) env[k] = v;
+  return env;
+}
+
+/**
+ * Starts the watchdog for a run, before its first domain is claimed. A run
+ * whose watchdog cannot be started is refused: nothing would bring its VMs
+ * back if we died.
+ */
+export async function startWatchdog(runId: string, config: Config, starterPid = process.pid): Promise<void> {
+  const args = [virtsnapJs, 'watchdog', '--run', runId, '--starter', String(starterPid)];
+  const env = settingsEnv();
+  if (config.watchdog === 'auto' && existsSync('/run/systemd/system')) {
+    await run('systemd-run', [
+      '--quiet',
+      '--no-block',
+      '--collect',
+      `--unit=virtsnap-watchdog-${process.pid}-${Date.now()}`,
+      '--description=virtsnap watchdog: thaws VMs if a snapshot run dies',
+      ...Object.entries(env).map(([k, v]) => `--setenv=${k}=${v}`),
+      process.execPath,
+      ...args,
+    ]);
+    return;
+  }
+  ensureDirBelow(config.stateDir, 'VIRTSNAP_STATE_DIR');
+  await startDetached(process.execPath, args, { logFile: path.join(config.stateDir, 'watchdog.log'), env });
+}

@@ -45,6 +45,9 @@ function jobField(out: string, label: string): number | null {
   return Math.round(Number(m[1]) * (scale[m[2] ?? ''] ?? 1));
 }
 
+/** libvirt's words for a domain it does not know (virsh says "failed to get domain" for a UUID lookup). */
+const NOT_FOUND = /not found|no domain|failed to get domain/i;
+
 export function parseStateReason(out: string): { state: DomainState; reason: string } {
   const m = /^\s*(.+?)\s*(?:\((.*)\))?\s*$/.exec(out.trim()) ?? [];
   return { state: (m[1] ?? out.trim()) as DomainState, reason: m[2] ?? '' };
@@ -99,10 +102,10 @@ export class LibvirtClient {
   /** Whether libvirt knows the domain (false once it is undefined). */
   async exists(uuid: string): Promise<boolean> {
     try {
-      await this.virsh(['domuuid', uuid], `cannot look up domain ${uuid}`);
+      await this.virsh(['domname', uuid], `cannot look up domain ${uuid}`);
       return true;
     } catch (err) {
-      if (err instanceof LibvirtError && /not found|no domain/i.test(err.libvirtMessage)) return false;
+      if (err instanceof LibvirtError && NOT_FOUND.test(err.libvirtMessage)) return false;
       throw err;
     }
   }
@@ -124,7 +127,7 @@ export class LibvirtClient {
         result.push(await this.domain(uuid));
       } catch (err) {
         // undefined between list and dumpxml: it is gone, not ours to freeze
-        if (err instanceof LibvirtError && /not found|no domain/i.test(err.libvirtMessage)) continue;
+        if (err instanceof LibvirtError && NOT_FOUND.test(err.libvirtMessage)) continue;
         throw err;
       }
     }
@@ -223,7 +226,7 @@ export class LibvirtClient {
     try {
       return (await this.virsh(['domuuid', '--domain', name], `cannot look up domain ${JSON.stringify(name)}`)).trim() || null;
     } catch (err) {
-      if (err instanceof LibvirtError && /not found|no domain/i.test(err.libvirtMessage)) return null;
+      if (err instanceof LibvirtError && NOT_FOUND.test(err.libvirtMessage)) return null;
       throw err;
     }
   }

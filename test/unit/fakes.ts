@@ -1,0 +1,315 @@
+// In-memory libvirt and ZFS for unit tests of freeze, thaw, recover and the
+// watchdog: the narrow interfaces of lib/deps.ts, with failures on command.
+// They model what matters to those modules (which image each disk is on,
+// block jobs and their readiness, domain jobs, pause reasons), nothing more.
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import type { Config } from '../../lib/config.js';
+import type { Deps, RunLibvirt, RunZfs } from '../../lib/deps.js';
+import { LibvirtError } from '../../lib/errors.js';
+import { Journal, type JournalEntry } from '../../lib/journal.js';
+import type { Disk } from '../../lib/libvirt/domain-xml.js';
+import type { CompletedJob, Domain, DomainState } from '../../lib/libvirt/virsh.js';
+import { ownerOf } from '../../lib/owner.js';
+import { noStop } from '../../lib/signals.js';
+import type { SnapshotProps } from '../../lib/zfs.js';
+
+export interface FakeDomain {
+  name: string;
+  uuid: string;
+  state: DomainState;
+  reason: string;
+  /** target -> the image it is on now, and the one below it. */
+  disks: Map<string, { source: string; backing: string | null }>;
+  /** target -> a commit job: polls left until it is ready. */
+  blockJobs: Map<string, { readyIn: number }>;
+  /** A domain job (a RAM save): polls left until it ends by itself (Infinity: only an abort ends it). */
+  job: { endsIn: number; aborted: boolean } | null;
+}
+
+type Method = keyof RunLibvirt;
+
+/** Each call is logged as `method target?`; `failNext(method, n, err)` makes the next n calls of it throw. */
+export class FakeLibvirt implements RunLibvirt {
+  readonly domainsByUuid = new Map<string, FakeDomain>();
+  readonly calls: string[] = [];
+  private readonly failures = new Map<Method, { left: number; error: () => Error }[]>();
+  /** Called on every call, before it is carried out: a test's hook to change the world mid-run. */
+  onCall: (method: Method, uuid?: string, target?: string) => void = () => undefined;
+
+  add(name: string, uuid: string, disks: Record<string, string>, state: DomainState = 'running'): FakeDomain {
+    const d: FakeDomain = {
+      name,
+      uuid,
+      state,
+      reason: state === 'running' ? 'unpaused' : '',
+      disks: new Map(Object.entries(disks).map(([t, s]) => [t, { source: s, backing: null }])),
+      blockJobs: new Map(),
+      job: null,
+    };
+    this.domainsByUuid.set(uuid, d);
+    return d;
+  }
+
+  failNext(method: Method, times = 1, message = `${method} failed`, timedOut = false): void {
+    const list = this.failures.get(method) ?? [];
+    list.push({ left: times, error: () => new LibvirtError(timedOut ? `${method}: no answer from libvirt within 1s` : `${method}: ${message}`, timedOut ? '' : message) });
+    this.failures.set(method, list);
+  }
+
+  private enter(method: Method, uuid?: string, target?: string): void {
+    this.calls.push(target === undefined ? method : `${method} ${target}`);
+    this.onCall(method, uuid, target);
+    const pending = this.failures.get(method)?.find((f) => f.left > 0);
+    if (pending !== undefined) {
+      pending.left--;
+      throw pending.error();
+    }
+  }
+
+  private get(uuid: string): FakeDomain {
+    const d = this.domainsByUuid.get(uuid);
+    if (d === undefined) throw new LibvirtError(`domain ${uuid} not found`, `error: failed to get domain '${uuid}': Domain not found`);
+    return d;
+  }
+
+  async version(): Promise<string> {
+    this.enter('version');
+    return '9.0.0';
+  }
+
+  async domains(): Promise<Domain[]> {
+    this.enter('domains');
+    return [...this.domainsByUuid.values()].map((d) => this.view(d));
+  }
+
+  private view(d: FakeDomain): Domain {
+    const disks: Disk[] = [...d.disks].map(([target, x]) => ({
+      target,
+      device: 'disk',
+      type: 'file',
+      source: x.source,
+      format: 'qcow2',
+      readonly: false,
+      shareable: false,
+      backing: x.backing,
+    }));
+    return { name: d.name, uuid: d.uuid, memoryKiB: 1024, disks, nvram: null, tpmEmulator: false, state: d.state, xml: '<domain/>' };
+  }
+
+  async domain(uuid: string): Promise<Domain> {
+    this.enter('domain', uuid);
+    return this.view(this.get(uuid));
+  }
+
+  async dumpxml(uuid: string): Promise<string> {
+    this.enter('dumpxml', uuid);
+    this.get(uuid);
+    return '<domain/>';
+  }
+
+  async stateReason(uuid: string): Promise<{ state: DomainState; reason: string }> {
+    this.enter('stateReason', uuid);
+    const d = this.get(uuid);
+    return { state: d.state, reason: d.reason };
+  }
+
+  async exists(uuid: string): Promise<boolean> {
+    this.enter('exists', uuid);
+    return this.domainsByUuid.has(uuid);
+  }
+
+  /** Switches every disk named in `overlays` (target -> overlay path). */
+  snapshotSwitches = new Map<string, Record<string, string>>();
+
+  async createSnapshot(uuid: string): Promise<void> {
+    this.enter('createSnapshot', uuid);
+    const d = this.get(uuid);
+    for (const [target, overlay] of Object.entries(this.snapshotSwitches.get(uuid) ?? {})) {
+      const disk = d.disks.get(target)!;
+      d.disks.set(target, { source: overlay, backing: disk.source });
+    }
+  }
+
+  async completedJob(): Promise<CompletedJob> {
+    this.enter('completedJob');
+    return { elapsedMs: 10, downtimeMs: 5, memoryBytes: 1 };
+  }
+
+  async activeJob(uuid: string): Promise<{ processedBytes: number; totalBytes: number } | null> {
+    this.enter('activeJob', uuid);
+    const d = this.get(uuid);
+    if (d.job === null) return null;
+    if (d.job.aborted || --d.job.endsIn <= 0) {
+      d.job = null;
+      return null;
+    }
+    return { processedBytes: 1, totalBytes: 2 };
+  }
+
+  async abortJob(uuid: string): Promise<void> {
+    this.enter('abortJob', uuid);
+    const d = this.get(uuid);
+    if (d.job !== null) d.job.aborted = true;
+  }
+
+  /** Starts the commit; `commitSteps` polls until ready; with `pivotsItself` (virsh --pivot --wait) it also pivots. */
+  commitSteps = 0;
+
+  async activeCommit(uuid: string, target: string): Promise<void> {
+    this.enter('activeCommit', uuid, target);
+    const d = this.get(uuid);
+    if (d.blockJobs.has(target)) throw new LibvirtError('block commit failed', `error: disk '${target}' already in active block job`);
+    if (this.commitSteps > 0) {
+      d.blockJobs.set(target, { readyIn: this.commitSteps });
+      throw new LibvirtError('block commit failed: no answer from libvirt within 1s', '');
+    }
+    this.pivotNow(d, target);
+  }
+
+  private pivotNow(d: FakeDomain, target: string): void {
+    const disk = d.disks.get(target)!;
+    if (disk.backing === null) throw new Error(`fake: ${target} has no backing image to commit into`);
+    d.disks.set(target, { source: disk.backing, backing: null });
+    d.blockJobs.delete(target);
+  }
+
+  async hasBlockJob(uuid: string, target: string): Promise<boolean> {
+    this.enter('hasBlockJob', uuid, target);
+    return this.get(uuid).blockJobs.has(target);
+  }
+
+  async pivot(uuid: string, target: string): Promise<void> {
+    this.enter('pivot', uuid, target);
+    const d = this.get(uuid);
+    const job = d.blockJobs.get(target);
+    if (job === undefined) throw new LibvirtError('no job', `error: No active block job '${target}'`);
+    if (--job.readyIn > 0) throw new LibvirtError('not ready', `error: block copy still active: disk '${target}' not ready for pivot yet`);
+    this.pivotNow(d, target);
+  }
+
+  async abortBlockJob(uuid: string, target: string): Promise<void> {
+    this.enter('abortBlockJob', uuid, target);
+    this.get(uuid).blockJobs.delete(target);
+  }
+
+  async resume(uuid: string): Promise<void> {
+    this.enter('resume', uuid);
+    const d = this.get(uuid);
+    d.state = 'running';
+    d.reason = 'unpaused';
+  }
+}
+
+export class FakeZfs implements RunZfs {
+  readonly snapshots = new Map<string, SnapshotProps>();
+  private txg = 100;
+
+  take(name: string, creation = Math.floor(Date.now() / 1000)): void {
+    this.snapshots.set(name, { guid: String(Math.floor(Math.random() * 1e15)), createtxg: String(this.txg++), creation });
+  }
+
+  async exists(): Promise<boolean> {
+    return true;
+  }
+
+  async subtree(dataset: string): Promise<string[]> {
+    return [dataset];
+  }
+
+  async snapshot(names: string[]): Promise<void> {
+    for (const n of names) this.take(n);
+  }
+
+  async listSnapshots(): Promise<string[]> {
+    return [...this.snapshots.keys()];
+  }
+
+  async snapshotProps(datasets: string[]): Promise<{ props: Map<string, SnapshotProps>; unknown: Set<string> }> {
+    const props = new Map([...this.snapshots].filter(([n]) => datasets.includes(n.split('@')[0]!)));
+    return { props, unknown: new Set() };
+  }
+}
+
+/** A journal whose writes fail (ENOSPC) once `failAfter` more writes have succeeded. */
+export class FlakyJournal extends Journal {
+  failAfter = Infinity;
+  override write(entry: JournalEntry): void {
+    if (this.failAfter <= 0) {
+      const err = new Error('ENOSPC: no space left on device, open') as NodeJS.ErrnoException;
+      err.code = 'ENOSPC';
+      err.syscall = 'open';
+      throw err;
+    }
+    this.failAfter--;
+    super.write(entry);
+  }
+}
+
+export function fakeConfig(root: string): Config {
+  return {
+    libvirtUri: 'test:///fake',
+    overlayDir: path.join(root, 'overlay'),
+    archiveDir: path.join(root, 'archive'),
+    stateDir: path.join(root, 'state'),
+    sanoidConf: path.join(root, 'sanoid.conf'),
+    live: true,
+    saveTimeoutMs: 1000,
+    commitTimeoutMs: 3000,
+    defineTimeoutMs: 1000,
+    restoreTimeoutMs: 1000,
+    lockTimeoutMs: 1000,
+    watchdog: 'detached',
+    configFile: null,
+  };
+}
+
+export function fakeDeps(virsh = new FakeLibvirt(), zfs = new FakeZfs()): Deps & { virsh: FakeLibvirt; zfs: FakeZfs; journal: FlakyJournal; root: string } {
+  const root = mkdtempSync(path.join(tmpdir(), 'virtsnap-fake-'));
+  const config = fakeConfig(root);
+  return { virsh, zfs, config, journal: new FlakyJournal(config.stateDir), owner: ownerOf(process.pid), worker: ownerOf(process.pid), stop: noStop, root };
+}
+
+/** A journal entry of a domain frozen by a run whose owner (pid 999999999) is gone. */
+export function frozenEntry(d: FakeDomain, overlays: Record<string, string>, changes: Partial<JournalEntry> = {}): JournalEntry {
+  const now = new Date().toISOString();
+  const dead = { pid: 999_999_999, bootId: 'x', startTime: '1' };
+  return {
+    format: 'virtsnap-journal/1',
+    runId: 'tank/vm@snap',
+    targets: ['tank/vm'],
+    snapnames: ['snap'],
+    types: ['hourly'],
+    domain: { name: d.name, uuid: d.uuid },
+    step: 'frozen',
+    tag: `${d.name}.tag`,
+    memoryFile: `/nonexistent/${d.name}.save`,
+    metaDir: `/nonexistent/${d.name}.meta`,
+    overlays: Object.entries(overlays).map(([target, overlay]) => ({
+      target,
+      original: d.disks.get(target)!.backing ?? d.disks.get(target)!.source,
+      format: 'qcow2',
+      bytes: 1,
+      dataset: 'tank/vm',
+      overlay,
+    })),
+    snapshots: ['tank/vm@snap'],
+    owner: dead,
+    worker: dead,
+    stateBefore: 'running',
+    startedAt: now,
+    frozenAt: now,
+    existedAtFreeze: {},
+    updatedAt: now,
+    ...changes,
+  };
+}
+
+/** Puts `d`'s disks on overlays, as a freeze leaves them. */
+export function onOverlays(d: FakeDomain, overlays: Record<string, string>): void {
+  for (const [target, overlay] of Object.entries(overlays)) {
+    const disk = d.disks.get(target)!;
+    d.disks.set(target, { source: overlay, backing: disk.source });
+  }
+}

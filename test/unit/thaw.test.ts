@@ -1,0 +1,163 @@
+// Thaw, recover, discard and the watchdog's rule against in-memory libvirt
+// and ZFS that fail on command: each fault step of the integration suite, fast.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { abandoned, discardEntry, recover } from '../../lib/recovery.js';
+import { StuckError, thawDomain, thawRun } from '../../lib/thaw.js';
+import { verdict } from '../../lib/watchdog.js';
+import { ownerOf } from '../../lib/owner.js';
+import { fakeDeps, frozenEntry, onOverlays } from './fakes.js';
+
+const OV = '/ov/web.tag.vda.qcow2';
+const OV2 = '/ov/web.tag.vdb.qcow2';
+
+function setup(disks: Record<string, string> = { vda: '/tank/vm/web-vda.qcow2' }, overlays: Record<string, string> = { vda: OV }) {
+  const deps = fakeDeps();
+  const d = deps.virsh.add('web', 'u-web', disks);
+  onOverlays(d, overlays);
+  const entry = frozenEntry(d, overlays);
+  deps.journal.write(entry);
+  return { deps, d, entry };
+}
+
+describe('thaw', () => {
+  it('commits every disk back, removes the journal entry, keeps no dump when told not to', async () => {
+    const { deps, d, entry } = setup({ vda: '/tank/vm/a.qcow2', vdb: '/tank/vm/b.qcow2' }, { vda: OV, vdb: OV2 });
+    assert.equal(await thawDomain(entry, deps, { keepDump: false }), null);
+    assert.equal(d.disks.get('vda')!.source, '/tank/vm/a.qcow2');
+    assert.equal(d.disks.get('vdb')!.source, '/tank/vm/b.qcow2');
+    assert.deepEqual(deps.journal.list(), []);
+  });
+
+  it('a commit whose virsh timed out while libvirt went on is pivoted once ready, never aborted', async () => {
+    const { deps, d, entry } = setup();
+    deps.virsh.commitSteps = 3;
+    await thawDomain(entry, deps, { keepDump: false });
+    assert.equal(d.disks.get('vda')!.source, '/tank/vm/web-vda.qcow2');
+    assert.ok(deps.virsh.calls.includes('pivot vda'));
+    assert.ok(!deps.virsh.calls.includes('abortBlockJob vda'), deps.virsh.calls.join(', '));
+  });
+
+  it('a commit job left by an interrupted thaw is pivoted, not started again', async () => {
+    const { deps, d, entry } = setup();
+    d.blockJobs.set('vda', { readyIn: 2 });
+    await thawDomain({ ...entry, step: 'committing' }, deps, { keepDump: false });
+    assert.equal(d.disks.get('vda')!.source, '/tank/vm/web-vda.qcow2');
+    assert.ok(!deps.virsh.calls.includes('activeCommit vda'));
+    assert.ok(!deps.virsh.calls.includes('abortBlockJob vda'));
+  });
+
+  it("libvirt's snapshot job still running (pre killed during the save): aborted and waited for before the domain is judged", async () => {
+    const deps = fakeDeps();
+    const d = deps.virsh.add('web', 'u-web', { vda: '/tank/vm/web-vda.qcow2' });
+    d.job = { endsIn: Infinity, aborted: false };
+    const entry = frozenEntry(d, { vda: OV }, { step: 'snapshotting' });
+    entry.overlays[0]!.original = '/tank/vm/web-vda.qcow2';
+    deps.journal.write(entry);
+    // The job would switch the disks when it ends; aborted, it does not.
+    await thawDomain(entry, deps, { keepDump: true });
+    assert.ok(deps.virsh.calls.indexOf('abortJob') < deps.virsh.calls.indexOf('domain'), deps.virsh.calls.join(', '));
+    assert.equal(d.disks.get('vda')!.source, '/tank/vm/web-vda.qcow2');
+    assert.deepEqual(deps.journal.list(), []);
+  });
+
+  it('a full state dir does not stop the thaw: the VM is committed back, and the unrecordable tie discards the dump', async () => {
+    const { deps, d, entry } = setup();
+    deps.zfs.take('tank/vm@snap');
+    deps.journal.failAfter = 0;
+    const dump = await thawDomain(entry, deps, { keepDump: true });
+    assert.equal(dump, null);
+    assert.equal(d.disks.get('vda')!.source, '/tank/vm/web-vda.qcow2');
+  });
+
+  it('a domain QEMU paused on an I/O error is resumed after the commit; a pause by a user is left alone', async () => {
+    const io = setup();
+    io.d.state = 'paused';
+    io.d.reason = 'I/O error';
+    await thawDomain(io.entry, io.deps, { keepDump: false });
+    assert.equal(io.d.state, 'running');
+    const user = setup();
+    user.d.state = 'paused';
+    user.d.reason = 'user';
+    await thawDomain(user.entry, user.deps, { keepDump: false });
+    assert.equal(user.d.state, 'paused');
+  });
+
+  it('an undefined domain is stuck, and its entry stays for `recover --discard`', async () => {
+    const { deps, entry } = setup();
+    deps.virsh.domainsByUuid.clear();
+    await assert.rejects(thawDomain(entry, deps, { keepDump: true }), (err: Error) => err instanceof StuckError && /undefined while frozen.*recover --discard web/.test(err.message));
+    assert.equal(deps.journal.list().length, 1);
+  });
+
+  it('a domain shut down on its overlays is stuck', async () => {
+    const { deps, d, entry } = setup();
+    d.state = 'shut off';
+    await assert.rejects(thawDomain(entry, deps, { keepDump: true }), StuckError);
+  });
+
+  it('a commit that fails for good leaves the entry and names the overlay', async () => {
+    const { deps, entry } = setup();
+    deps.virsh.failNext('activeCommit', 1, 'No space left on device');
+    await assert.rejects(thawDomain(entry, deps, { keepDump: false }), /block commit of vda failed, the domain stays on overlay \/ov\/web.tag.vda.qcow2 \(No space left on device\)/);
+    assert.equal(deps.journal.list()[0]!.step, 'committing');
+  });
+
+  it('thawRun goes on with the next domain after one fails', async () => {
+    const deps = fakeDeps();
+    const a = deps.virsh.add('a', 'u-a', { vda: '/tank/vm/a.qcow2' });
+    const b = deps.virsh.add('b', 'u-b', { vda: '/tank/vm/b.qcow2' });
+    onOverlays(a, { vda: '/ov/a.qcow2' });
+    onOverlays(b, { vda: '/ov/b.qcow2' });
+    deps.journal.write(frozenEntry(a, { vda: '/ov/a.qcow2' }));
+    deps.journal.write(frozenEntry(b, { vda: '/ov/b.qcow2' }));
+    deps.virsh.failNext('activeCommit', 1, 'boom');
+    const result = await thawRun('tank/vm@snap', deps, { keepDump: false });
+    assert.equal(result.failures.length, 1);
+    assert.equal(b.disks.get('vda')!.source, '/tank/vm/b.qcow2');
+  });
+});
+
+describe('recover and discard', () => {
+  it('an entry is taken over only when both the run owner and the freezing process are gone', () => {
+    const dead = { pid: 999_999_999, bootId: 'x', startTime: '1' };
+    const me = ownerOf(process.pid);
+    assert.equal(abandoned({ owner: dead, worker: dead }), true);
+    assert.equal(abandoned({ owner: dead, worker: me }), false, 'sanoid died, the orphaned pre hook still freezes');
+    assert.equal(abandoned({ owner: me, worker: dead }), false, 'sanoid lives: post will come');
+    assert.equal(abandoned({ owner: dead }), true);
+  });
+
+  it('recover names a stuck domain apart from a failure worth retrying', async () => {
+    const { deps } = setup();
+    deps.virsh.domainsByUuid.clear();
+    const r = await recover(deps, { force: false });
+    assert.deepEqual(r.stuck, ['web']);
+  });
+
+  it('--discard ends the entry of an undefined domain, deletes nothing but the RAM dump, names the overlays', async () => {
+    const { deps } = setup();
+    deps.virsh.domainsByUuid.clear();
+    const r = await discardEntry(deps, 'web');
+    assert.equal(r.domain, 'web');
+    assert.deepEqual(deps.journal.list(), []);
+  });
+
+  it('--discard refuses a domain that runs on our overlays: recover is the way', async () => {
+    const { deps } = setup();
+    await assert.rejects(discardEntry(deps, 'web'), /runs on our overlays: run `virtsnap recover`/);
+    assert.equal(deps.journal.list().length, 1);
+  });
+});
+
+describe('the watchdog rule', () => {
+  const e = (abandonedNow: boolean, tag = 't') => ({ abandoned: abandonedNow, tag });
+  it('waits while the run or its freezing process lives, thaws what is abandoned, ends when nothing is left', () => {
+    assert.equal(verdict([], true, new Set()), 'wait', 'the pre hook has not claimed anything yet');
+    assert.equal(verdict([], false, new Set()), 'done');
+    assert.equal(verdict([e(false)], false, new Set()), 'wait', 'sanoid is between pre and post');
+    assert.equal(verdict([e(true)], false, new Set()), 'thaw');
+    assert.equal(verdict([e(true, 'a')], false, new Set(['a'])), 'give-up');
+    assert.equal(verdict([e(true, 'a'), e(true, 'b')], false, new Set(['a'])), 'thaw');
+  });
+});

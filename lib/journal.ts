@@ -7,7 +7,7 @@
 // domain's journal happen under a short mutex, `STATE_DIR/locks/<uuid>.lock`.
 import { readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
-import { LockTimeoutError, VirtsnapError } from './errors.js';
+import { asFsError, FsError, LockTimeoutError, VirtsnapError } from './errors.js';
 import { sleep, withLock } from './lock.js';
 import { log } from './log.js';
 import type { Owner } from './owner.js';
@@ -110,7 +110,12 @@ export class Journal {
 
   write(entry: JournalEntry): void {
     ensureDirBelow(this.dir, 'VIRTSNAP_STATE_DIR');
-    writeJsonAtomic(this.file(entry.domain.uuid), { ...entry, updatedAt: new Date().toISOString() });
+    const file = this.file(entry.domain.uuid);
+    try {
+      writeJsonAtomic(file, { ...entry, updatedAt: new Date().toISOString() });
+    } catch (err) {
+      throw asFsError(err) === null ? err : new FsError(err as NodeJS.ErrnoException, file, 'cannot write the journal (VIRTSNAP_STATE_DIR)');
+    }
   }
 
   update(entry: JournalEntry, changes: Partial<JournalEntry>): JournalEntry {

@@ -2,7 +2,7 @@
 // created with O_EXCL and naming its holder. A lock whose holder died
 // is taken over. (Node has no flock(2); this is what the journal and the
 // archive use to serialise their read-modify-write steps.)
-import { closeSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { LockTimeoutError } from './errors.js';
 import { ensureDirBelow, removeIfExists } from './fsutil.js';
@@ -14,12 +14,21 @@ function holderIsDead(lock: string): boolean {
   try {
     holder = JSON.parse(readFileSync(lock, 'utf8')) as Owner | number;
   } catch {
-    return false; // just created, holder not written yet
+    // Just created, holder not written yet; or its holder could not write it
+    // (a full state dir) and may have died since: only a fresh one counts.
+    try {
+      return Date.now() - statSync(lock).mtimeMs > UNWRITTEN_LOCK_MS;
+    } catch {
+      return false;
+    }
   }
   if (typeof holder === 'number') return Number.isInteger(holder) && holder > 0 && !processIsAlive(holder); // a bare pid
   if (!Number.isInteger(holder.pid) || holder.pid <= 0) return false;
   return !ownerIsAlive(holder);
 }
+
+/** A lock file still empty after this long names no holder: its holder died before it could write itself in. */
+const UNWRITTEN_LOCK_MS = 30_000;
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -47,7 +56,12 @@ export async function withLock<T>(lockDir: string, name: string, deadline: numbe
       continue;
     }
     try {
-      writeSync(fd, JSON.stringify(ownerOf(process.pid)));
+      try {
+        writeSync(fd, JSON.stringify(ownerOf(process.pid)));
+      } catch {
+        // A full state dir: the lock is held all the same (the file exists);
+        // it only cannot say by whom, and counts as stale after a while.
+      }
       closeSync(fd);
       return await fn();
     } finally {

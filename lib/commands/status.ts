@@ -7,6 +7,7 @@ import { table } from '../format.js';
 import { isInsideDir } from '../fsutil.js';
 import { datasetsOfDomains } from '../inventory.js';
 import { Journal } from '../journal.js';
+import { abandoned } from '../recovery.js';
 import type { LibvirtClient } from '../libvirt/virsh.js';
 import { assertDatasetName, isInSubtree, type ZfsClient } from '../zfs.js';
 
@@ -19,6 +20,11 @@ export interface DomainStatus {
   onOverlay: string[];
   /** The run holding the domain, if the journal has one. */
   heldBy: string | null;
+  /**
+   * The run that froze it is over and no thaw could bring it back: what
+   * happened, and the snapshots taken since, which hold its disk from before.
+   */
+  stuck: { since: string; step: string; staleSnapshots: string[] } | null;
   latestDump: { id: string; snapshots: string[]; takenAt: string; ageSeconds: number } | null;
 }
 
@@ -28,7 +34,27 @@ export async function domainStatus(config: Config, virsh: LibvirtClient, zfs: Zf
   const datasetsOf = datasetsOfDomains(domains);
   const dumps = (await currentManifests(scanArchive(config.archiveDir).dumps, zfs)).map((manifest) => ({ manifest }));
   const journal = new Journal(config.stateDir);
+  const entries = journal.list();
+  const stuckOf = (uuid: string): DomainStatus['stuck'] => {
+    const e = entries.find((x) => x.domain.uuid === uuid);
+    return e !== undefined && abandoned(e) ? { since: e.frozenAt ?? e.startedAt, step: e.step, staleSnapshots: e.staleSnapshots ?? [] } : null;
+  };
   const result: DomainStatus[] = [];
+  // A domain undefined while frozen is in the journal only: it must not vanish from view.
+  for (const e of entries.filter((x) => !domains.some((d) => d.uuid === x.domain.uuid))) {
+    const datasets = [...new Set(e.overlays.map((o) => o.dataset))];
+    if (dataset !== undefined && !datasets.some((ds) => isInSubtree(ds, dataset))) continue;
+    result.push({
+      name: e.domain.name,
+      uuid: e.domain.uuid,
+      state: 'undefined',
+      datasets,
+      onOverlay: e.overlays.filter((o) => o.overlay !== null).map((o) => o.target),
+      heldBy: e.runId,
+      stuck: stuckOf(e.domain.uuid),
+      latestDump: null,
+    });
+  }
   for (const d of [...domains].sort((a, b) => a.name.localeCompare(b.name))) {
     const datasets = datasetsOf.get(d.uuid) ?? [];
     if (dataset !== undefined && !datasets.some((ds) => isInSubtree(ds, dataset))) continue;
@@ -41,7 +67,8 @@ export async function domainStatus(config: Config, virsh: LibvirtClient, zfs: Zf
       state: d.state,
       datasets,
       onOverlay: d.disks.filter((k) => k.source !== null && isInsideDir(k.source, config.overlayDir)).map((k) => k.target),
-      heldBy: journal.read(d.uuid)?.runId ?? null,
+      heldBy: entries.find((x) => x.domain.uuid === d.uuid)?.runId ?? null,
+      stuck: stuckOf(d.uuid),
       latestDump:
         latest && takenAt
           ? { id: latest.id, snapshots: snapshotNames(latest), takenAt, ageSeconds: Math.round((now.getTime() - Date.parse(takenAt)) / 1000) }
@@ -60,14 +87,30 @@ function age(seconds: number): string {
 
 export function formatStatus(rows: DomainStatus[]): string {
   if (rows.length === 0) return 'no domains\n';
-  return table(
+  const text = table(
     ['DOMAIN', 'STATE', 'DATASETS', 'OVERLAY', 'LATEST DUMP'],
     rows.map((r) => [
       r.name,
       r.state,
       r.datasets.join(',') || '-',
-      r.onOverlay.length > 0 ? `ON ${r.onOverlay.join(',')}${r.heldBy ? ` (run ${r.heldBy})` : ' (leftover: virtsnap recover)'}` : 'no',
+      r.stuck !== null
+        ? `STUCK ${r.onOverlay.join(',') || '-'} since ${r.stuck.since} (step ${r.stuck.step})`
+        : r.onOverlay.length > 0
+          ? `ON ${r.onOverlay.join(',')}${r.heldBy ? ` (run ${r.heldBy})` : ' (leftover: virtsnap recover)'}`
+          : 'no',
       r.latestDump ? `${age(r.latestDump.ageSeconds)} ago ${r.latestDump.snapshots[0] ?? ''}` : '-',
     ]),
+  );
+  const stuck = rows.filter((r) => r.stuck !== null);
+  return (
+    text +
+    stuck
+      .map(
+        (r) =>
+          `\n${r.name}: could not be thawed since ${r.stuck!.since}; \`virtsnap recover\` retries, \`virtsnap recover --discard ${r.name}\` ends it.` +
+          (r.stuck!.staleSnapshots.length > 0 ? `\n  these snapshots hold its disk from before that, not its newest writes: ${r.stuck!.staleSnapshots.join(', ')}` : ''),
+      )
+      .join('') +
+    (stuck.length > 0 ? '\n' : '')
   );
 }

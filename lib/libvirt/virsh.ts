@@ -180,7 +180,8 @@ export class LibvirtClient {
     await this.virsh(
       ['blockcommit', uuid, target, '--active', '--shallow', '--pivot', '--wait', '--timeout', String(seconds)],
       `block commit of ${target} failed`,
-      { timeoutMs: timeoutMs + 30_000 },
+      // virsh gives up (and aborts the job) at --timeout; ours is only for a virsh that hangs.
+      { timeoutMs: timeoutMs + Math.min(30_000, timeoutMs) },
     );
   }
 

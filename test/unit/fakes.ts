@@ -204,6 +204,8 @@ export class FakeLibvirt implements RunLibvirt {
 
 export class FakeZfs implements RunZfs {
   readonly snapshots = new Map<string, SnapshotProps>();
+  /** Datasets that no longer exist under their name (renamed). */
+  readonly gone = new Set<string>();
   private txg = 100;
 
   take(name: string, creation = Math.floor(Date.now() / 1000)): void {
@@ -227,8 +229,8 @@ export class FakeZfs implements RunZfs {
   }
 
   async snapshotProps(datasets: string[]): Promise<{ props: Map<string, SnapshotProps>; unknown: Set<string> }> {
-    const props = new Map([...this.snapshots].filter(([n]) => datasets.includes(n.split('@')[0]!)));
-    return { props, unknown: new Set() };
+    const props = new Map([...this.snapshots].filter(([n]) => datasets.includes(n.split('@')[0]!) && !this.gone.has(n.split('@')[0]!)));
+    return { props, unknown: new Set(datasets.filter((d) => this.gone.has(d))) };
   }
 }
 

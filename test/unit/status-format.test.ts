@@ -39,7 +39,7 @@ describe('table', () => {
 });
 
 function row(s: Partial<DomainStatus> & { name: string }): DomainStatus {
-  return { uuid: 'u', state: 'running', datasets: [], onOverlay: [], heldBy: null, latestDump: null, ...s };
+  return { uuid: 'u', state: 'running', datasets: [], onOverlay: [], heldBy: null, stuck: null, latestDump: null, ...s };
 }
 
 describe('formatStatus', () => {
@@ -99,5 +99,14 @@ describe('formatStatus', () => {
       const out = formatStatus([row({ name: 'web', latestDump: { id: 'd', snapshots: ['tank/vm@s'], takenAt: '2024-01-01T00:00:00Z', ageSeconds: seconds } })]);
       assert.ok(out.includes(`${text} ago tank/vm@s`), `${seconds}: ${out}`);
     }
+  });
+});
+
+describe('formatStatus of a stuck domain', () => {
+  it('names it, says since when, what ends it, and which snapshots hold its old disk', () => {
+    const out = formatStatus([row({ name: 'db', state: 'undefined', onOverlay: ['vda'], stuck: { since: '2026-11-23T10:00:00Z', step: 'frozen', staleSnapshots: ['tank/vm@x_hourly'] } })]);
+    assert.match(out, /db\s+undefined\s+-\s+STUCK vda since 2026-11-23T10:00:00Z \(step frozen\)/);
+    assert.match(out, /virtsnap recover --discard db/);
+    assert.match(out, /hold its disk from before that, not its newest writes: tank\/vm@x_hourly/);
   });
 });

@@ -70,6 +70,15 @@ describe('thaw', () => {
     assert.equal(d.disks.get('vda')!.source, '/tank/vm/web-vda.qcow2');
   });
 
+  it('the dataset renamed between pre and post: the VM is committed back, no dump is tied to a name that moved', async () => {
+    const { deps, d, entry } = setup();
+    deps.zfs.take('tank/vm@snap');
+    deps.zfs.gone.add('tank/vm');
+    assert.equal(await thawDomain(entry, deps, { keepDump: true }), null);
+    assert.equal(d.disks.get('vda')!.source, '/tank/vm/web-vda.qcow2');
+    assert.deepEqual(deps.journal.list(), []);
+  });
+
   it('a domain QEMU paused on an I/O error is resumed after the commit; a pause by a user is left alone', async () => {
     const io = setup();
     io.d.state = 'paused';

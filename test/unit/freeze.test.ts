@@ -1,0 +1,120 @@
+// freeze against in-memory libvirt and ZFS: every way it can be cut short
+// ends with the VMs back on their own disks and nothing in the journal.
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { describe, it } from 'node:test';
+import { freeze } from '../../lib/freeze.js';
+import type { DomainPlan, FreezePlan } from '../../lib/plan.js';
+import { InterruptedError, type StopSignal } from '../../lib/signals.js';
+import { fakeDeps, type FakeDomain } from './fakes.js';
+
+function planFor(deps: ReturnType<typeof fakeDeps>, domains: FakeDomain[]): FreezePlan {
+  const plans: DomainPlan[] = domains.map((d) => {
+    const base = path.join(deps.config.overlayDir, `${d.name}.tag`);
+    const metaInDataset = path.join(deps.root, 'dataset', '.virtsnap', d.name);
+    const overlays: Record<string, string> = {};
+    for (const target of d.disks.keys()) overlays[target] = `${base}.${target}.qcow2`;
+    deps.virsh.snapshotSwitches.set(d.uuid, overlays);
+    return {
+      name: d.name,
+      uuid: d.uuid,
+      state: d.state,
+      action: 'freeze',
+      live: true,
+      tag: `${d.name}.tag`,
+      disks: [...d.disks].map(([target, x]) => ({
+        target,
+        device: 'disk',
+        source: x.source,
+        format: 'qcow2',
+        dataset: 'tank/vm',
+        overlay: overlays[target]!,
+        manual: false,
+        skip: null,
+      })),
+      memoryFile: `${base}.save`,
+      metaDir: `${base}.meta`,
+      datasetMetaDirs: [metaInDataset],
+      snapshots: ['tank/vm@snap'],
+      mountpoints: { 'tank/vm': path.join(deps.root, 'dataset') },
+      nvram: null,
+      tpmEmulator: false,
+      snapshotXml: '<domainsnapshot/>',
+    };
+  });
+  mkdirSync(path.join(deps.root, 'dataset'), { recursive: true, mode: 0o700 });
+  return { runId: 'tank/vm@snap', targets: ['tank/vm'], snapnames: ['snap'], types: ['hourly'], datasets: ['tank/vm'], domains: plans, onOverlays: [], problems: [] };
+}
+
+function twoDomains() {
+  const deps = fakeDeps();
+  const a = deps.virsh.add('a', 'u-a', { vda: '/tank/vm/a.qcow2' });
+  const b = deps.virsh.add('b', 'u-b', { vda: '/tank/vm/b1.qcow2', vdb: '/tank/vm/b2.qcow2' });
+  return { deps, a, b, plan: planFor(deps, [a, b]) };
+}
+
+function onOwnDisks(...domains: FakeDomain[]): void {
+  for (const d of domains) for (const [t, x] of d.disks) assert.ok(x.source.startsWith('/tank/vm/'), `${d.name} ${t} is on ${x.source}`);
+}
+
+describe('freeze', () => {
+  it('freezes every domain and journals each as frozen', async () => {
+    const { deps, a, b, plan } = twoDomains();
+    const { frozen } = await freeze(plan, deps);
+    assert.deepEqual(frozen.map((e) => e.step), ['frozen', 'frozen']);
+    assert.ok(a.disks.get('vda')!.source.includes('.tag.'));
+    assert.ok(b.disks.get('vdb')!.source.includes('.tag.'));
+    assert.equal(deps.journal.list().length, 2);
+  });
+
+  it('a signal during the first save: that save finishes, then both are left unfrozen and the run exits as interrupted', async () => {
+    const { deps, a, b, plan } = twoDomains();
+    const stop = { requested: null as NodeJS.Signals | null, check(what: string) { if (this.requested) throw new InterruptedError(`stopped by ${this.requested} ${what}`); } } satisfies StopSignal;
+    deps.stop = stop;
+    deps.virsh.onCall = (method) => {
+      if (method === 'createSnapshot') stop.requested = 'SIGTERM';
+    };
+    await assert.rejects(freeze(plan, deps), InterruptedError);
+    onOwnDisks(a, b);
+    assert.equal(deps.virsh.calls.filter((c) => c === 'createSnapshot').length, 1, 'the second domain is never frozen');
+    assert.deepEqual(deps.journal.list(), []);
+  });
+
+  it("the run's owner died while we froze (sanoid's script_timeout): everything is thawed at once", async () => {
+    const { deps, a, b, plan } = twoDomains();
+    deps.owner = { pid: 999_999_999, bootId: 'x', startTime: '1' };
+    await assert.rejects(freeze(plan, deps), /died while the VMs were frozen .*script_timeout/);
+    onOwnDisks(a, b);
+    assert.deepEqual(deps.journal.list(), []);
+  });
+
+  it("the journal cannot record 'frozen' (state dir full): the domain is thawed all the same", async () => {
+    const { deps, a, b, plan } = twoDomains();
+    deps.journal.failAfter = 1; // the claim is written, 'frozen' is not
+    await assert.rejects(freeze(plan, deps), /ENOSPC/);
+    onOwnDisks(a, b);
+    assert.ok(deps.virsh.calls.includes('activeCommit vda'), 'committed back without a journal');
+  });
+
+  it('a snapshot call that timed out while libvirt completed it: the switched disks are committed back', async () => {
+    const { deps, a, plan } = twoDomains();
+    deps.virsh.failNext('createSnapshot', 1, '', true);
+    deps.virsh.onCall = (method, uuid) => {
+      if (method === 'createSnapshot' && uuid === 'u-a') a.disks.set('vda', { source: `${deps.config.overlayDir}/a.tag.vda.qcow2`, backing: '/tank/vm/a.qcow2' });
+    };
+    await assert.rejects(freeze(plan, deps), /no answer from libvirt/);
+    onOwnDisks(a);
+    assert.deepEqual(deps.journal.list(), []);
+  });
+
+  it('a snapshot job still running after virsh gave up is aborted and waited for before anything is judged', async () => {
+    const { deps, a, plan } = twoDomains();
+    deps.virsh.failNext('createSnapshot', 1, '', true);
+    a.job = { endsIn: 3, aborted: false };
+    await assert.rejects(freeze(plan, deps), /no answer from libvirt/);
+    const calls = deps.virsh.calls;
+    assert.ok(calls.indexOf('abortJob') >= 0 && calls.indexOf('abortJob') < calls.lastIndexOf('domain'), calls.join(', '));
+    onOwnDisks(a);
+  });
+});

@@ -4,9 +4,8 @@ import { formatList, listArchived } from '../lib/commands/list.js';
 import { formatGc, formatVerdicts } from '../lib/commands/archive-report.js';
 import { doctor, formatFindings } from '../lib/commands/doctor.js';
 import { discardEntry, recover } from '../lib/recovery.js';
-import { watch } from '../lib/watchdog.js';
+import { parseStarter, watch } from '../lib/watchdog.js';
 import { stopOnSignals } from '../lib/signals.js';
-import { ownerOf } from '../lib/owner.js';
 import { domainStatus, formatStatus } from '../lib/commands/status.js';
 import { collectGarbage } from '../lib/retention.js';
 import { verifyArchive } from '../lib/verify.js';
@@ -191,10 +190,9 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
   // Started by the pre hook and `virtsnap snapshot` (lib/watchdog.ts), not by people.
   async watchdog(args) {
     const { values } = parse(args, { run: { type: 'string' }, starter: { type: 'string' } });
-    const starter = Number(values.starter);
-    if (typeof values.run !== 'string' || !Number.isInteger(starter) || starter <= 0) throw new UsageError('virtsnap watchdog needs --run RUN_ID --starter PID');
-    const config = loadConfig();
-    return watch(values.run, ownerOf(starter), makeDeps(config, { ownerPid: starter }));
+    const starter = parseStarter(values.starter);
+    if (typeof values.run !== 'string' || starter === null) throw new UsageError('virtsnap watchdog needs --run RUN_ID --starter PID[:STARTTIME]');
+    return watch(values.run, starter, makeDeps(loadConfig(), { ownerPid: starter.pid }));
   },
 
   async status(args) {

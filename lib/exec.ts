@@ -60,16 +60,14 @@ export async function run(command: string, args: readonly string[], options: Run
  * signal to our process group or the end of a cron job does not reach it;
  * output appended to `logFile`. Returns its pid.
  */
-export async function startDetached(command: string, args: readonly string[], options: { logFile: string; env?: Record<string, string> }): Promise<number> {
+export async function startDetached(command: string, args: readonly string[], options: { logFile: string; env?: Record<string, string>; unset?: string[] }): Promise<number> {
   const { spawn } = await import('node:child_process');
   const { openSync, closeSync } = await import('node:fs');
   const fd = openSync(options.logFile, 'a', 0o600);
   try {
-    const child = spawn(command, [...args], {
-      detached: true,
-      stdio: ['ignore', fd, fd],
-      env: { ...process.env, ...options.env, LC_ALL: 'C', LANG: 'C' },
-    });
+    const env: Record<string, string | undefined> = { ...process.env, ...options.env, LC_ALL: 'C', LANG: 'C' };
+    for (const name of options.unset ?? []) delete env[name];
+    const child = spawn(command, [...args], { detached: true, stdio: ['ignore', fd, fd], env });
     const pid = await new Promise<number>((resolve, reject) => {
       child.once('spawn', () => resolve(child.pid ?? -1));
       child.once('error', reject);

@@ -10,7 +10,7 @@
 import { rmSync, statSync } from 'node:fs';
 import type { Deps } from './deps.js';
 import { DATASET_META_DEPTH, saveDomainFiles } from './domain-files.js';
-import { VirtsnapError } from './errors.js';
+import { LibvirtError, VirtsnapError } from './errors.js';
 import { ensureDir, freeBytes, removeIfExists } from './fsutil.js';
 import type { JournalEntry, OverlayRecord } from './journal.js';
 import type { Domain } from './libvirt/virsh.js';
@@ -120,11 +120,18 @@ async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promi
   const disks = entry.overlays.map((o) => o.target).join(',');
   const how = dp.state === 'paused' ? `leaving ${disks} as they are (the domain is paused)` : `switching ${disks} to overlays${dp.live ? ' (live)' : ''}`;
   log.info(`saving RAM to ${dp.memoryFile} and ${how}`, ctx(dp.name, plan.targets.join(',')));
+  try {
+    deps.stop.check(`before saving the RAM of ${JSON.stringify(dp.name)}`);
+  } catch (err) {
+    rmSync(dp.metaDir, { recursive: true, force: true });
+    journal.remove(dp.uuid);
+    throw err;
+  }
   const progress = showSaveProgress(virsh, dp.uuid, dp.name);
   try {
     await virsh.createSnapshot(dp.uuid, dp.snapshotXml as string, { live: dp.live, timeoutMs: config.saveTimeoutMs }).finally(() => progress.stop());
   } catch (err) {
-    await undoFailedSnapshot(entry, dp, deps);
+    await undoFailedSnapshot(entry, dp, deps, lostTrack(err));
     throw err;
   }
   const job = await virsh.completedJob(dp.uuid).catch(() => null);
@@ -170,14 +177,23 @@ async function snapshotsAtFreeze(wanted: string[], deps: Deps): Promise<Record<s
 }
 
 /**
+ * Whether snapshot-create's virsh ended without libvirt's answer (our time
+ * limit, a signal, libvirtd gone): libvirt may still run the job it started.
+ * A refusal (another job holds the domain, a full disk) started nothing of ours.
+ */
+function lostTrack(err: unknown): boolean {
+  return !(err instanceof LibvirtError) || err.libvirtMessage.trim() === '' || /no answer from libvirt|end of file|socket is closed/i.test(err.message);
+}
+
+/**
  * snapshot-create failed. With --atomic libvirt takes either every disk or
  * none; if it did switch some, thaw them. Then nothing of ours may remain.
  */
-async function undoFailedSnapshot(entry: JournalEntry, dp: DomainPlan, deps: Deps): Promise<void> {
+async function undoFailedSnapshot(entry: JournalEntry, dp: DomainPlan, deps: Deps, ourJobMayRun: boolean): Promise<void> {
   try {
     // A timed-out virsh is killed, but libvirtd goes on with the job: stop it
     // and wait until it is gone before judging what state the domain is in.
-    if (!(await settleDomainJob(dp.uuid, deps, dp.name))) {
+    if (!(await settleDomainJob(dp.uuid, deps, dp.name, ourJobMayRun))) {
       log.error('libvirt is still running the snapshot job and would not abort it: the journal is kept, run `virtsnap recover` once it ends', ctx(dp.name));
       return;
     }

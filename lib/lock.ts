@@ -2,7 +2,7 @@
 // created with O_EXCL and naming its holder. A lock whose holder died
 // is taken over. (Node has no flock(2); this is what the journal and the
 // archive use to serialise their read-modify-write steps.)
-import { closeSync, openSync, readFileSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, statSync, unlinkSync, utimesSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { LockTimeoutError } from './errors.js';
 import { ensureDirBelow, removeIfExists } from './fsutil.js';
@@ -55,18 +55,32 @@ export async function withLock<T>(lockDir: string, name: string, deadline: numbe
       await sleep(50);
       continue;
     }
+    const ino = fstatSync(fd).ino;
+    let heartbeat: NodeJS.Timeout | null = null;
     try {
       try {
         writeSync(fd, JSON.stringify(ownerOf(process.pid)));
       } catch {
-        // A full state dir: the lock is held all the same (the file exists);
-        // it only cannot say by whom, and counts as stale after a while.
+        // A full state dir: the lock is held all the same (the file exists),
+        // it only cannot say by whom. Touching it needs no free block: while
+        // its mtime is fresh, nobody takes it for stale.
+        heartbeat = setInterval(() => {
+          try {
+            const now = new Date();
+            utimesSync(lock, now, now);
+          } catch {
+            // gone: released or taken over
+          }
+        }, UNWRITTEN_LOCK_MS / 3);
+        heartbeat.unref();
       }
       closeSync(fd);
       return await fn();
     } finally {
+      if (heartbeat !== null) clearInterval(heartbeat);
       try {
-        unlinkSync(lock);
+        // Only our own file: one taken over as stale and re-created is another's.
+        if (statSync(lock).ino === ino) unlinkSync(lock);
       } catch {
         // already taken over as stale: nothing to release
       }

@@ -31,8 +31,8 @@ function format(level: Level, message: string, ctx: LogContext): string {
 const priority: Record<Level, number> = { debug: 7, info: 6, warn: 4, error: 3 };
 
 let journal: boolean | null = null;
-/** Whether stderr is the journal stream systemd gave us (not a pipe a child of ours inherited). */
-function toJournal(): boolean {
+/** Whether stderr is the journal stream systemd gave us (not a file or pipe that inherited the variable). */
+export function toJournal(): boolean {
   if (journal !== null) return journal;
   const [dev, ino] = (process.env.JOURNAL_STREAM ?? '').split(':');
   try {

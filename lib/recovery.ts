@@ -13,7 +13,8 @@ import type { JournalEntry } from './journal.js';
 import { log } from './log.js';
 import { ownerIsAlive } from './owner.js';
 import { dropDump, StuckError, thawDomain, THAWED_ELSEWHERE } from './thaw.js';
-import { exists } from './fsutil.js';
+import { exists, isInsideDir } from './fsutil.js';
+import { withLock } from './lock.js';
 
 /**
  * The one rule for taking over a domain's journal entry: neither the run's
@@ -77,28 +78,37 @@ export interface DiscardResult {
  * newest writes.
  */
 export async function discardEntry(deps: Deps, domain: string): Promise<DiscardResult> {
-  const entry = deps.journal.list().find((e) => e.domain.name === domain || e.domain.uuid === domain);
-  if (entry === undefined) throw new UsageError(`no journal entry for domain ${JSON.stringify(domain)}: see \`virtsnap status\``);
-  if (!abandoned(entry)) {
-    throw new VirtsnapError(`run ${entry.runId} (pid ${entry.owner.pid}) still holds domain ${JSON.stringify(entry.domain.name)}: wait for it to end`);
-  }
-  if (await deps.virsh.exists(entry.domain.uuid)) {
-    const domain = await deps.virsh.domain(entry.domain.uuid);
-    const running = domain.state !== 'shut off';
-    const onOverlay = entry.overlays.some((o) => o.overlay !== null && domain.disks.find((d) => d.target === o.target)?.source === o.overlay);
-    if (running && onOverlay) {
+  const found = deps.journal.list().find((e) => e.domain.name === domain || e.domain.uuid === domain);
+  if (found === undefined) throw new UsageError(`no journal entry for domain ${JSON.stringify(domain)}: see \`virtsnap status\``);
+  // Under the thaw lock, like every thaw: never beside a recover, the watchdog or a post.
+  return withLock(deps.journal.lockDir, `thaw-${found.domain.uuid}`, Date.now() + deps.config.lockTimeoutMs, async () => {
+    const entry = deps.journal.read(found.domain.uuid);
+    if (entry === null || entry.tag !== found.tag) throw new VirtsnapError(`the journal entry of ${JSON.stringify(found.domain.name)} changed meanwhile: look at \`virtsnap status\` again`);
+    if (!abandoned(entry)) {
+      throw new VirtsnapError(`run ${entry.runId} (pid ${entry.owner.pid}) still holds domain ${JSON.stringify(entry.domain.name)}: wait for it to end`);
+    }
+    if (entry.step === 'committed') {
       throw new VirtsnapError(
-        `domain ${JSON.stringify(entry.domain.name)} runs on our overlays: run \`virtsnap recover\` to commit it back instead of discarding`,
+        `domain ${JSON.stringify(entry.domain.name)} is back on its own disks; its entry only keeps the RAM dump of ${entry.snapshots.join(', ')} until the archive takes it: fix the archive dir and run \`virtsnap recover\``,
       );
     }
-  }
-  dropDump(entry);
-  deps.journal.remove(entry.domain.uuid);
-  const leftBehind = entry.overlays.map((o) => o.overlay).filter((f): f is string => f !== null && exists(f));
-  log.warn(
-    `ended the journal entry of run ${entry.runId}; its RAM dump is deleted` +
-      (leftBehind.length > 0 ? `; left behind, with the VM's writes since ${entry.frozenAt ?? entry.startedAt}: ${leftBehind.join(', ')}` : ''),
-    { domain: entry.domain.name },
-  );
-  return { domain: entry.domain.name, leftBehind, staleSnapshots: entry.staleSnapshots ?? [] };
+    if (await deps.virsh.exists(entry.domain.uuid)) {
+      const now = await deps.virsh.domain(entry.domain.uuid);
+      const onOverlay = now.disks.filter((d) => d.source !== null && isInsideDir(d.source, deps.config.overlayDir));
+      if (now.state !== 'shut off' && onOverlay.length > 0) {
+        throw new VirtsnapError(
+          `domain ${JSON.stringify(entry.domain.name)} runs on overlays (${onOverlay.map((d) => d.source).join(', ')}): run \`virtsnap recover\` to commit it back instead of discarding`,
+        );
+      }
+    }
+    dropDump(entry);
+    deps.journal.remove(entry.domain.uuid);
+    const leftBehind = entry.overlays.map((o) => o.overlay).filter((f): f is string => f !== null && exists(f));
+    log.warn(
+      `ended the journal entry of run ${entry.runId}; its RAM dump is deleted` +
+        (leftBehind.length > 0 ? `; left behind, with the VM's writes since ${entry.frozenAt ?? entry.startedAt}: ${leftBehind.join(', ')}` : ''),
+      { domain: entry.domain.name },
+    );
+    return { domain: entry.domain.name, leftBehind, staleSnapshots: entry.staleSnapshots ?? [] };
+  });
 }

@@ -251,7 +251,7 @@ async function restoreDomainOnce(d: DomainRestore, plan: RestorePlan, deps: Rest
     assertDisksRestorable(d, def.xml, paths);
     await settled(
       deps.virsh.define(defFile, deps.config.defineTimeoutMs),
-      async () => (await deps.virsh.uuidOf(d.newName)) === d.newUuid,
+      () => definedAs(d, def.xml, deps),
       'the define',
       deps.config.defineTimeoutMs,
       { domain: d.newName },
@@ -287,6 +287,13 @@ async function restoreDomainOnce(d: DomainRestore, plan: RestorePlan, deps: Rest
   }
   log.info(`restored ${plan.paused ? 'paused' : 'running'} from RAM dump ${d.dump.id}`, ctx);
   return `${d.newName}: ${plan.paused ? 'paused' : 'running'}, as at ${plan.snapshot}`;
+}
+
+/** The define we asked for is what libvirt has now: our name and UUID, and our disks (a same-name domain had others before). */
+async function definedAs(d: DomainRestore, xml: string, deps: RestoreDeps): Promise<boolean> {
+  if ((await deps.virsh.uuidOf(d.newName)) !== d.newUuid) return false;
+  const sources = (x: string) => JSON.stringify(parseDomainXml(x).disks.map((k) => k.source));
+  return sources(await deps.virsh.dumpxml(d.newUuid, true)) === sources(xml);
 }
 
 async function isUp(uuid: string, deps: RestoreDeps): Promise<boolean> {

@@ -29,7 +29,7 @@ export async function planRun(request: RunRequest, deps: Deps, options: PreOptio
 /** Domains of the plan still frozen by another run that is alive: wait for those, they are not leftovers. */
 function heldByLiveRuns(plan: FreezePlan, deps: Deps): string[] {
   const held: string[] = [];
-  for (const d of plan.onOverlays) {
+  for (const d of [...plan.onOverlays, ...plan.domains]) {
     const entry = deps.journal.read(d.uuid);
     if (entry !== null && entry.runId !== plan.runId && !abandoned(entry)) held.push(`${JSON.stringify(d.name)} (run ${entry.runId})`);
   }
@@ -95,7 +95,8 @@ export function stuckDomains(datasets: readonly string[], onOverlays: FreezePlan
   const result: Stuck[] = [];
   const seen = new Set<string>();
   for (const entry of deps.journal.list()) {
-    if (!abandoned(entry) || !touches(entry, datasets)) continue;
+    // At step committed the VM is back; only its dump waits for the archive (recover retries that).
+    if (!abandoned(entry) || entry.step === 'committed' || !touches(entry, datasets)) continue;
     seen.add(entry.domain.uuid);
     result.push({
       name: entry.domain.name,
@@ -121,7 +122,14 @@ export async function runPost(request: RunRequest, deps: Deps): Promise<ThawResu
   for (const s of stuck) {
     if (s.entry === null) continue;
     const mine = request.targets.filter((t) => touches(s.entry!, [t])).flatMap((t) => request.snapnames.map((n) => `${t}@${n}`));
-    deps.journal.tryUpdate(s.entry, { staleSnapshots: [...new Set([...(s.entry.staleSnapshots ?? []), ...mine])] });
+    // Under the domain's mutex, on the entry as it is now: never one a thaw removed or a new run claimed meanwhile.
+    await deps.journal
+      .withMutex(s.uuid, Date.now() + deps.config.lockTimeoutMs, () => {
+        const current = deps.journal.read(s.uuid);
+        if (current === null || current.tag !== s.entry!.tag) return;
+        deps.journal.tryUpdate(current, { staleSnapshots: [...new Set([...(current.staleSnapshots ?? []), ...mine])] });
+      })
+      .catch((err: Error) => log.warn(`cannot record which snapshots hold its old disk: ${err.message}`, { domain: s.name }));
   }
   if (stuck.length > 0) result.failures.push(...stuck.map((s) => s.message));
   if (result.failures.length > 0) {

@@ -35,15 +35,21 @@ export class StuckError extends VirtsnapError {
 const POLL_MS = 500;
 
 /**
- * Waits until libvirt runs no job on the domain, aborting it first: a thaw
- * never judges a domain while libvirt's snapshot job on it still runs (a
- * killed virsh leaves libvirtd going on with it, and the disks switch when
- * it ends). False when the job would not end.
+ * Waits until libvirt runs no job on the domain: a thaw never judges a
+ * domain while libvirt's snapshot job on it still runs (a killed virsh
+ * leaves libvirtd going on with it, and the disks switch when it ends).
+ * `abort`: the job is ours (a snapshot-create we lost track of), stop it
+ * first; otherwise it may be another tool's (a backup, a migration) and is
+ * only waited for. False when it would not end.
  */
-export async function settleDomainJob(uuid: string, deps: Pick<Deps, 'virsh'>, name: string, timeoutMs = 60_000): Promise<boolean> {
+export async function settleDomainJob(uuid: string, deps: Pick<Deps, 'virsh'>, name: string, abort: boolean, timeoutMs = 60_000): Promise<boolean> {
   if ((await deps.virsh.activeJob(uuid).catch(() => null)) === null) return true;
-  log.warn('libvirt still runs a job on the domain (a run was cut short during the RAM save): aborting it and waiting for it to end', ctx(name));
-  await deps.virsh.abortJob(uuid).catch(() => undefined);
+  if (abort) {
+    log.warn('libvirt still runs the snapshot job of a run that was cut short: aborting it and waiting for it to end', ctx(name));
+    await deps.virsh.abortJob(uuid).catch(() => undefined);
+  } else {
+    log.warn('libvirt runs a job on the domain that is not ours: waiting for it to end', ctx(name));
+  }
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     await sleep(POLL_MS);
@@ -80,43 +86,53 @@ async function pivotWhenReady(entry: JournalEntry, o: OverlayRecord, deps: Deps,
   }
 }
 
+/** Attempts at one disk's commit: libvirtd restarting under a thaw makes the first fail with no harm done. */
+const COMMIT_ATTEMPTS = 3;
+
+function libvirtReason(err: unknown): string {
+  return err instanceof LibvirtError ? err.libvirtMessage.replace(/\berror: /g, '').trim() || err.message : (err as Error).message;
+}
+
+/**
+ * Commits one disk back and pivots. A failed call is not a result: virsh
+ * may have been killed (a timeout, a signal) or lost libvirtd (restarted)
+ * while libvirt and QEMU went on. Each attempt starts from what libvirt
+ * says now: on the original image (done), a job of ours (pivot it when
+ * ready), or on our overlay with no job (commit again).
+ */
 async function commitDisk(entry: JournalEntry, o: OverlayRecord, domain: Domain, deps: Deps): Promise<void> {
   const { uuid, name } = entry.domain;
-  const disk = domain.disks.find((d) => d.target === o.target);
-  if (disk?.source === o.original) return; // nothing to commit, or committed before a crash
-  if (disk?.source !== o.overlay) {
-    throw new StuckError(
-      `domain ${JSON.stringify(name)} disk ${o.target} is on ${disk?.source ?? 'nothing'}, neither our overlay ${o.overlay} nor ${o.original}: leaving it alone, check it by hand`,
-    );
-  }
   const started = Date.now();
-  const failed = (reason: string) =>
-    new VirtsnapError(`block commit of ${o.target} failed, the domain stays on overlay ${o.overlay} (${reason}): fix the cause, then run \`virtsnap recover\``);
-  try {
-    if (await deps.virsh.hasBlockJob(uuid, o.target)) {
-      log.warn(`a commit job of an interrupted thaw still runs on ${o.target}: waiting for it`, ctx(name, o.dataset));
-      await pivotWhenReady(entry, o, deps, deps.config.commitTimeoutMs);
-    } else {
-      await deps.virsh.activeCommit(uuid, o.target, deps.config.commitTimeoutMs);
-    }
-  } catch (err) {
-    // A timeout is not a result: virsh may have been killed while libvirt
-    // goes on. Look at what libvirt has now before deciding anything.
-    let reason = err instanceof LibvirtError ? err.libvirtMessage.replace(/\berror: /g, '').trim() || err.message : (err as Error).message;
-    let back = false;
+  const deadline = started + deps.config.commitTimeoutMs;
+  let reason = '';
+  for (let attempt = 1; ; attempt++) {
     try {
-      if (await deps.virsh.hasBlockJob(uuid, o.target)) {
-        await pivotWhenReady(entry, o, deps, deps.config.commitTimeoutMs);
-        back = true;
-      } else {
-        back = (await deps.virsh.domain(uuid)).disks.find((d) => d.target === o.target)?.source === o.original;
+      const now = attempt === 1 ? domain : await deps.virsh.domain(uuid);
+      const source = now.disks.find((d) => d.target === o.target)?.source;
+      if (source === o.original) break; // committed (by us, before a crash, or by a virsh we lost)
+      if (source !== o.overlay) {
+        throw new StuckError(
+          `domain ${JSON.stringify(name)} disk ${o.target} is on ${source ?? 'nothing'}, neither our overlay ${o.overlay} nor ${o.original}: leaving it alone, check it by hand`,
+        );
       }
-    } catch (again) {
-      reason = `${reason}; then: ${(again as Error).message}`;
-    }
-    if (!back) {
-      if (await deps.virsh.hasBlockJob(uuid, o.target).catch(() => false)) await deps.virsh.abortBlockJob(uuid, o.target).catch(() => undefined);
-      throw failed(reason);
+      if (await deps.virsh.hasBlockJob(uuid, o.target)) {
+        log.warn(`a commit job of an interrupted thaw still runs on ${o.target}: waiting for it to be ready, then pivoting`, ctx(name, o.dataset));
+        await pivotWhenReady(entry, o, deps, Math.max(1000, deadline - Date.now()));
+      } else {
+        await deps.virsh.activeCommit(uuid, o.target, deps.config.commitTimeoutMs);
+      }
+    } catch (err) {
+      if (err instanceof StuckError) throw err;
+      reason = libvirtReason(err);
+      // At least one more look: a call that timed out may have finished in libvirt.
+      if (attempt >= COMMIT_ATTEMPTS || (attempt > 1 && Date.now() >= deadline)) {
+        if (await deps.virsh.hasBlockJob(uuid, o.target).catch(() => false)) await deps.virsh.abortBlockJob(uuid, o.target).catch(() => undefined);
+        throw new VirtsnapError(
+          `block commit of ${o.target} failed, the domain stays on overlay ${o.overlay} (${reason}): fix the cause, then run \`virtsnap recover\``,
+        );
+      }
+      log.warn(`block commit of ${o.target}: ${reason}; looking at libvirt again`, ctx(name, o.dataset));
+      await sleep(2 * POLL_MS * attempt);
     }
   }
   log.info(`committed ${o.target} back into ${o.original} in ${Date.now() - started} ms`, ctx(name, o.dataset));
@@ -195,7 +211,8 @@ async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): 
           `define it again and run \`virtsnap recover\`, or end this with \`virtsnap recover --discard ${name}\``,
       );
     }
-    if (!(await settleDomainJob(entry.domain.uuid, deps, name))) {
+    // Only at step snapshotting can the job be our snapshot-create; later ones belong to someone else.
+    if (!(await settleDomainJob(entry.domain.uuid, deps, name, entry.step === 'snapshotting'))) {
       throw new VirtsnapError(`libvirt still runs a job on domain ${JSON.stringify(name)} and would not abort it: run \`virtsnap recover\` once it ends`);
     }
     const before = await virsh.domain(entry.domain.uuid);

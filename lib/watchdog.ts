@@ -25,8 +25,8 @@ import type { Deps } from './deps.js';
 import { run, startDetached } from './exec.js';
 import { ensureDirBelow } from './fsutil.js';
 import { sleep } from './lock.js';
-import { log } from './log.js';
-import { ownerIsAlive, type Owner } from './owner.js';
+import { log, toJournal } from './log.js';
+import { ownerIsAlive, ownerOf, type Owner } from './owner.js';
 import { abandoned, recover } from './recovery.js';
 
 /** How often the watchdog looks: with a thaw of a few seconds, VMs are back well within a minute. */
@@ -56,29 +56,37 @@ export async function watch(runId: string, starter: Owner, deps: Deps, intervalM
   const failed = new Set<string>(); // given up on after MAX_TRIES
   const ctx = { dataset: runId };
   for (;;) {
-    const entries = deps.journal.list().filter((e) => e.runId === runId);
-    const next = verdict(
-      entries.map((e) => ({ abandoned: abandoned(e), tag: e.tag })),
-      ownerIsAlive(starter),
-      failed,
-    );
-    if (next === 'done') return 0;
-    if (next === 'give-up') {
-      await alarm(`run ${runId}: ${entries.map((e) => JSON.stringify(e.domain.name)).join(', ')} could not be brought back (see above): \`virtsnap status\` names them, \`virtsnap recover\` retries`, ctx);
-      return 1;
-    }
-    if (next === 'thaw') {
-      const names = entries.filter((e) => abandoned(e)).map((e) => JSON.stringify(e.domain.name));
-      await alarm(`run ${runId} ended without its post hook (its owner, pid ${entries[0]!.owner.pid}, is gone) while ${names.join(', ')} were frozen: committing them back`, ctx);
-      const result = await recover(deps, { force: false, quietIfLive: true, runId });
-      if (result.recovered.length > 0) await alarm(`run ${runId}: ${result.recovered.map((n) => JSON.stringify(n)).join(', ')} back on their own disks`, ctx, 'warn');
-      if (result.failed.length === 0) continue;
-      // libvirtd restarting, a commit that timed out: try again a few times before giving up.
-      for (const e of deps.journal.list().filter((x) => x.runId === runId && result.failed.includes(x.domain.name))) {
-        const n = (failures.get(e.tag) ?? 0) + 1;
-        failures.set(e.tag, n);
-        if (n >= MAX_TRIES || result.stuck.includes(e.domain.name)) failed.add(e.tag);
+    // Nothing may end the watch early but its own verdict: an unreadable
+    // journal file or a failed libvirt call is said, then looked at again.
+    try {
+      const entries = deps.journal.list().filter((e) => e.runId === runId);
+      const next = verdict(
+        entries.map((e) => ({ abandoned: abandoned(e), tag: e.tag })),
+        ownerIsAlive(starter),
+        failed,
+      );
+      if (next === 'done') return 0;
+      if (next === 'give-up') {
+        await alarm(`run ${runId}: ${entries.map((e) => JSON.stringify(e.domain.name)).join(', ')} could not be brought back (see above): \`virtsnap status\` names them, \`virtsnap recover\` retries`, ctx);
+        return 1;
       }
+      // Stopped (host shutdown, systemctl stop): nothing of ours is abandoned now, and the run's own hooks handle their signals.
+      if (next === 'wait' && deps.stop.requested !== null) return 0;
+      if (next === 'thaw') {
+        const names = entries.filter((e) => abandoned(e)).map((e) => JSON.stringify(e.domain.name));
+        await alarm(`run ${runId} ended without its post hook (its owner, pid ${entries[0]!.owner.pid}, is gone) while ${names.join(', ')} were frozen: committing them back`, ctx);
+        const result = await recover(deps, { force: false, quietIfLive: true, runId });
+        if (result.recovered.length > 0) await alarm(`run ${runId}: ${result.recovered.map((n) => JSON.stringify(n)).join(', ')} back on their own disks`, ctx, 'warn');
+        if (result.failed.length === 0) continue;
+        // libvirtd restarting, a commit that timed out: try again a few times before giving up.
+        for (const e of deps.journal.list().filter((x) => x.runId === runId && result.failed.includes(x.domain.name))) {
+          const n = (failures.get(e.tag) ?? 0) + 1;
+          failures.set(e.tag, n);
+          if (n >= MAX_TRIES || result.stuck.includes(e.domain.name)) failed.add(e.tag);
+        }
+      }
+    } catch (err) {
+      await alarm(`run ${runId}: ${(err as Error).message}: looking again`, ctx);
     }
     await sleep(intervalMs);
   }
@@ -87,7 +95,7 @@ export async function watch(runId: string, starter: Owner, deps: Deps, intervalM
 /** An event a person must hear of: the log at error priority, and syslog where there is no journal. */
 async function alarm(message: string, ctx: { dataset: string }, level: 'error' | 'warn' = 'error'): Promise<void> {
   log[level](`watchdog: ${message}`, ctx);
-  if (process.env.JOURNAL_STREAM !== undefined) return;
+  if (toJournal()) return;
   await run('logger', ['-t', 'virtsnap', '-p', `daemon.${level === 'error' ? 'err' : 'warning'}`, '--', `watchdog: ${message}`], { timeoutMs: 5_000 }).catch(() => undefined);
 }
 
@@ -106,21 +114,33 @@ function settingsEnv(): Record<string, string> {
  * back if we died.
  */
 export async function startWatchdog(runId: string, config: Config, starterPid = process.pid): Promise<void> {
-  const args = [virtsnapJs, 'watchdog', '--run', runId, '--starter', String(starterPid)];
+  const starter = ownerOf(starterPid);
+  const args = [virtsnapJs, 'watchdog', '--run', runId, '--starter', `${starter.pid}:${starter.startTime}`];
   const env = settingsEnv();
   if (config.watchdog === 'auto' && existsSync('/run/systemd/system')) {
+    // Type=exec: systemd-run returns once the watchdog really runs, or fails.
     await run('systemd-run', [
       '--quiet',
-      '--no-block',
       '--collect',
-      `--unit=virtsnap-watchdog-${process.pid}-${Date.now()}`,
+      '--property=Type=exec',
+      `--unit=virtsnap-watchdog-${starter.pid}-${Date.now()}`,
       '--description=virtsnap watchdog: thaws VMs if a snapshot run dies',
       ...Object.entries(env).map(([k, v]) => `--setenv=${k}=${v}`),
+      '--',
       process.execPath,
       ...args,
     ]);
     return;
   }
   ensureDirBelow(config.stateDir, 'VIRTSNAP_STATE_DIR');
-  await startDetached(process.execPath, args, { logFile: path.join(config.stateDir, 'watchdog.log'), env });
+  // Its stderr is a file: it must not believe it writes to the journal.
+  await startDetached(process.execPath, args, { logFile: path.join(config.stateDir, 'watchdog.log'), env, unset: ['JOURNAL_STREAM'] });
+}
+
+/** `PID:STARTTIME` from the command line: the starter, so that a reused pid is never taken for it. */
+export function parseStarter(text: string | undefined): Owner | null {
+  const m = /^(\d+)(?::(\S+))?$/.exec(text ?? '');
+  if (m === null) return null;
+  const live = ownerOf(Number(m[1]));
+  return { ...live, startTime: m[2] ?? live.startTime };
 }

@@ -45,6 +45,11 @@ function jobField(out: string, label: string): number | null {
   return Math.round(Number(m[1]) * (scale[m[2] ?? ''] ?? 1));
 }
 
+/** `virsh -q blockjob DOMAIN DISK --raw`: ` type=Active Block Commit`, `cur=`, `end=` lines for a job, nothing for none. */
+export function blockJobInRaw(out: string): boolean {
+  return /^\s*type=/m.test(out);
+}
+
 /** libvirt's words for a domain it does not know (virsh says "failed to get domain" for a UUID lookup). */
 const NOT_FOUND = /not found|no domain|failed to get domain/i;
 
@@ -186,8 +191,10 @@ export class LibvirtClient {
   }
 
   async hasBlockJob(uuid: string, target: string): Promise<boolean> {
-    const out = await this.virsh(['blockjob', uuid, target, '--info'], `cannot query block jobs of ${target}`);
-    return out.trim() !== '' && !/No current block job/i.test(out);
+    // --raw: under -q, --info prints an empty line for a running job (its
+    // progress bar is suppressed) and nothing for none; --raw prints `type=`.
+    const out = await this.virsh(['blockjob', uuid, target, '--raw'], `cannot query block jobs of ${target}`);
+    return blockJobInRaw(out);
   }
 
   /**

@@ -103,7 +103,7 @@ describe('bad input and failures', () => {
     }
   });
 
-  it('one of two VMs cannot be frozen: the other is thawed again, sanoid still snapshots, post finds nothing to do', async () => {
+  it('a VM held by another live run: nothing is frozen, sanoid still snapshots, post finds nothing to do', async () => {
     const originals = [await a.sources(), await c.sources()];
     // Another run holds vsbed-fail-c; a is frozen first (names sort), then c's wait times out.
     const journal = new Journal(setup.stateDir);
@@ -132,7 +132,7 @@ describe('bad input and failures', () => {
       const out = await setup.sanoid('2.1.0', conf, ['--take-snapshots', '--verbose']);
       assert.equal(out.code, 0, out.stderr);
       assert.match(out.stderr, /WARN: pre_snapshot_script failed/);
-      assert.match(out.stderr, /domain "vsbed-fail-c" is held by run other-run/);
+      assert.match(out.stderr, /"vsbed-fail-c" \(run other-run\) still frozen by another run/);
       const created = (await snapshotsOf(dataset())).filter((s) => !before.includes(s));
       assert.ok(created.length > 0, 'sanoid takes the snapshot anyway (no_inconsistent_snapshot is off)');
       await assertUntouched(a, originals[0]!);

@@ -107,9 +107,17 @@ describe('thaw', () => {
 
   it('a commit that fails for good leaves the entry and names the overlay', async () => {
     const { deps, entry } = setup();
-    deps.virsh.failNext('activeCommit', 1, 'No space left on device');
+    deps.virsh.failNext('activeCommit', 3, 'No space left on device');
     await assert.rejects(thawDomain(entry, deps, { keepDump: false }), /block commit of vda failed, the domain stays on overlay \/ov\/web.tag.vda.qcow2 \(No space left on device\)/);
     assert.equal(deps.journal.list()[0]!.step, 'committing');
+  });
+
+  it('a commit that failed once (libvirtd restarted under it) is looked at again and started again', async () => {
+    const { deps, d, entry } = setup();
+    deps.virsh.failNext('activeCommit', 1, 'Disconnected from qemu:///system due to end of file');
+    await thawDomain(entry, deps, { keepDump: false });
+    assert.equal(d.disks.get('vda')!.source, '/tank/vm/web-vda.qcow2');
+    assert.equal(deps.virsh.calls.filter((c) => c === 'activeCommit vda').length, 2);
   });
 
   it('thawRun goes on with the next domain after one fails', async () => {
@@ -120,7 +128,7 @@ describe('thaw', () => {
     onOverlays(b, { vda: '/ov/b.qcow2' });
     deps.journal.write(frozenEntry(a, { vda: '/ov/a.qcow2' }));
     deps.journal.write(frozenEntry(b, { vda: '/ov/b.qcow2' }));
-    deps.virsh.failNext('activeCommit', 1, 'boom');
+    deps.virsh.failNext('activeCommit', 3, 'boom');
     const result = await thawRun('tank/vm@snap', deps, { keepDump: false });
     assert.equal(result.failures.length, 1);
     assert.equal(b.disks.get('vda')!.source, '/tank/vm/b.qcow2');
@@ -154,7 +162,18 @@ describe('recover and discard', () => {
 
   it('--discard refuses a domain that runs on our overlays: recover is the way', async () => {
     const { deps } = setup();
-    await assert.rejects(discardEntry(deps, 'web'), /runs on our overlays: run `virtsnap recover`/);
+    deps.config.overlayDir = '/ov';
+    await assert.rejects(discardEntry(deps, 'web'), /runs on overlays \(\/ov\/web.tag.vda.qcow2\): run `virtsnap recover`/);
+    assert.equal(deps.journal.list().length, 1);
+  });
+});
+
+describe('discard leaves what a snapshot needs', () => {
+  it('refuses an entry at step committed: the VM is back, its dump waits for the archive', async () => {
+    const { deps, d, entry } = setup();
+    d.disks.set('vda', { source: '/tank/vm/web-vda.qcow2', backing: null });
+    deps.journal.write({ ...entry, step: 'committed' });
+    await assert.rejects(discardEntry(deps, 'web'), /only keeps the RAM dump .* until the archive takes it/);
     assert.equal(deps.journal.list().length, 1);
   });
 });

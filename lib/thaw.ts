@@ -31,6 +31,11 @@ export class StuckError extends VirtsnapError {
   override name = 'StuckError';
 }
 
+/** libvirt's own words for a failed call, without virsh's `error:` prefixes. */
+function libvirtReason(err: unknown): string {
+  return err instanceof LibvirtError ? err.libvirtMessage.replace(/\berror: /g, '').trim() || err.message : (err as Error).message;
+}
+
 /** How often to look again while waiting for libvirt. */
 const POLL_MS = 500;
 
@@ -79,7 +84,7 @@ async function pivotWhenReady(entry: JournalEntry, o: OverlayRecord, deps: Deps,
       log.info(`pivoted the commit job of ${o.target} that an interrupted thaw left running`, ctx(name, o.dataset));
       return;
     } catch (err) {
-      lastError = err instanceof LibvirtError ? err.libvirtMessage.replace(/\berror: /g, '').trim() : (err as Error).message;
+      lastError = libvirtReason(err);
     }
     if (Date.now() >= deadline) throw new VirtsnapError(`the commit job on ${o.target} was not ready for a pivot within ${Math.round(timeoutMs / 1000)}s (${lastError})`);
     await sleep(POLL_MS);
@@ -89,9 +94,6 @@ async function pivotWhenReady(entry: JournalEntry, o: OverlayRecord, deps: Deps,
 /** Attempts at one disk's commit: libvirtd restarting under a thaw makes the first fail with no harm done. */
 const COMMIT_ATTEMPTS = 3;
 
-function libvirtReason(err: unknown): string {
-  return err instanceof LibvirtError ? err.libvirtMessage.replace(/\berror: /g, '').trim() || err.message : (err as Error).message;
-}
 
 /**
  * Commits one disk back and pivots. A failed call is not a result: virsh

@@ -9,7 +9,7 @@
 // the real processes, a virsh wrapper (test/bed/fault-bin/virsh) that acts
 // at one precise call, a full tmpfs, a read-only remount, libvirtd restarts.
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, beforeEach, describe, it } from 'node:test';
 import { snapshotNames } from '../../lib/archive.js';
@@ -30,6 +30,8 @@ interface Fault {
   skip?: number;
   sleep?: number;
   cmd?: string;
+  /** With `during`: the real virsh dies too. */
+  killCall?: boolean;
 }
 
 const RESTART_LIBVIRTD =
@@ -59,6 +61,7 @@ describe('fault suite', () => {
     if (f.skip !== undefined) env.VSBED_FAULT_SKIP = String(f.skip);
     if (f.sleep !== undefined) env.VSBED_FAULT_SLEEP = String(f.sleep);
     if (f.cmd) env.VSBED_FAULT_CMD = f.cmd;
+    if (f.killCall) env.VSBED_FAULT_KILL_CALL = '1';
     return env;
   }
 
@@ -202,9 +205,12 @@ describe('fault suite', () => {
       assert.equal(dumpsFor(m, taken).length, 1);
     });
 
-    it('7. during a commit (the job is pivoted, not aborted)', async () => {
-      const { taken } = await sanoid({ post: { on: 'blockcommit', when: 'during', sleep: 0.2, do: 'kill', kill: 'hooks/post-snapshot' } });
+    it('7. during a commit, virsh with it (the job left ready is pivoted, not aborted)', async () => {
+      const log = path.join(setup.stateDir, 'watchdog.log');
+      const before = existsSync(log) ? readFileSync(log, 'utf8').length : 0;
+      const { taken } = await sanoid({ post: { on: 'blockcommit', when: 'during', sleep: 0.2, do: 'kill', kill: 'hooks/post-snapshot', killCall: true } });
       await settled(75_000);
+      assert.match(readFileSync(log, 'utf8').slice(before), /pivoted the commit job/);
       assert.equal(dumpsFor(a, taken).length + dumpsFor(m, taken).length, 2);
     });
 

@@ -1,4 +1,5 @@
 // virtsnap command line: parse arguments, call lib/, print.
+import { readFileSync } from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { formatList, listArchived } from '../lib/commands/list.js';
 import { formatGc, formatVerdicts } from '../lib/commands/archive-report.js';
@@ -39,11 +40,42 @@ const usage = `usage: virtsnap COMMAND [options]
   status [--json] [DATASET]
                       each VM: datasets, state, on an overlay?, latest dump
   doctor [--json]     check the host and sanoid.conf, say what to fix
-  help                this text
+  help [COMMAND]      this text, or one command's (also: COMMAND --help)
+  --version           virtsnap's version
 
 Hooks for sanoid.conf: hooks/pre-snapshot, hooks/post-snapshot, hooks/prune.
 Settings: environment or /etc/virtsnap/virtsnap.env (VIRTSNAP_CONFIG).
+Exit codes: 0 done, 1 failed (one line on stderr says what and what to do),
+2 bad usage, 130 stopped by a signal (what was frozen is thawed again).
 `;
+
+/** One command's lines of the usage text. */
+function helpOf(command: string): string | null {
+  const lines = usage.split('\n');
+  const start = lines.findIndex((l) => l.startsWith(`  ${command} `) || l === `  ${command}`);
+  if (start < 0) return null;
+  let end = start + 1;
+  while (end < lines.length && lines[end]!.startsWith('    ') && !/^  \S/.test(lines[end]!)) end++;
+  // `recover` has two forms, one block each.
+  while (lines[end]?.startsWith(`  ${command} `)) {
+    end++;
+    while (end < lines.length && lines[end]!.startsWith('    ')) end++;
+  }
+  const block = lines.slice(start, end).map((l) => (l.startsWith(`  ${command}`) ? `  virtsnap ${l.slice(2)}` : `         ${l}`));
+  return `usage:\n${block.join('\n')}\n`;
+}
+
+/** Every command but help and --version works on root's files and libvirt's system connection. */
+function assertRoot(): void {
+  if (typeof process.geteuid === 'function' && process.geteuid() !== 0) {
+    throw new VirtsnapError(`virtsnap needs root (libvirt's system connection, ZFS, ${'/var/lib/virtsnap'} are root's): run it with sudo`);
+  }
+}
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
 
 function print(value: unknown, json: boolean, text: () => string): void {
   process.stdout.write(json ? JSON.stringify(value, null, 2) + '\n' : text());
@@ -159,6 +191,9 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
     const { values, positionals } = parse(args, { json: { type: 'boolean' } });
     if (positionals.length > 1) throw new UsageError('virtsnap verify takes at most one DATASET or DOMAIN');
     const verdicts = await verifyArchive(loadConfig().archiveDir, positionals[0]);
+    if (positionals[0] !== undefined && verdicts.length === 0) {
+      throw new VirtsnapError(`no RAM dump of a domain or dataset ${JSON.stringify(positionals[0])} in the archive: see \`virtsnap list\``);
+    }
     print(verdicts, values.json === true, () => formatVerdicts(verdicts));
     return verdicts.every((v) => v.ok) ? 0 : 1;
   },
@@ -212,8 +247,14 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
     return findings.some((f) => f.severity === 'fail') ? 1 : 0;
   },
 
-  async help() {
-    process.stdout.write(usage);
+  async help(args) {
+    if (args.length === 0) {
+      process.stdout.write(usage);
+      return;
+    }
+    const text = commands[args[0]!] !== undefined ? helpOf(args[0]!) : null;
+    if (text === null) throw new UsageError(`no command ${JSON.stringify(args[0])}: see \`virtsnap help\``);
+    process.stdout.write(text);
   },
 };
 
@@ -223,7 +264,16 @@ main(async () => {
     process.stdout.write(usage);
     return command === undefined ? 2 : 0;
   }
+  if (command === '--version' || command === '-V' || command === 'version') {
+    process.stdout.write(`virtsnap ${version()}\n`);
+    return 0;
+  }
   const handler = commands[command];
   if (handler === undefined) throw new UsageError(`unknown command ${JSON.stringify(command)}: see \`virtsnap help\``);
+  if (command !== 'help' && (args.includes('--help') || args.includes('-h'))) {
+    process.stdout.write(helpOf(command) ?? usage);
+    return 0;
+  }
+  if (command !== 'help') assertRoot();
   return handler(args);
 });

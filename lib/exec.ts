@@ -52,7 +52,19 @@ export async function run(command: string, args: readonly string[], options: Run
   if (out.exitCode === 0) return result;
   // zx kills with SIGKILL on timeout; any other death by signal is a crash.
   const timedOut = out.signal === 'SIGKILL' && Date.now() - started >= timeoutMs;
-  throw new CommandError(command, args, out.exitCode ?? -1, oneLine(out.stderr || out.stdout), timedOut, out.stdout);
+  throw new CommandError(command, args, out.exitCode ?? -1, asItself(command, out.exitCode, oneLine(out.stderr || out.stdout)), timedOut, out.stdout);
+}
+
+/**
+ * The program's own complaint, not the shell's that started it: bash says
+ * `/bin/bash: line 1: zfs: command not found` (exit 127) or `Permission
+ * denied` (126) about a program it could not run.
+ */
+export function asItself(command: string, exitCode: number | null, stderr: string): string {
+  const text = stderr.replace(/^(?:\/bin\/|\/usr\/bin\/)?(?:ba)?sh: (?:line \d+: )?/, '');
+  if (exitCode === 127 && /command not found|No such file/i.test(text)) return `${command}: command not found (is it installed, and on PATH?)`;
+  if (exitCode === 126) return `${command}: cannot be run (${text.replace(/^.*?: /, '')})`;
+  return text;
 }
 
 /**

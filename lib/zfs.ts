@@ -191,7 +191,10 @@ export class ZfsClient {
       await run('zfs', ['list', '-H', '-o', 'name', dataset], { timeoutMs: this.timeoutMs });
       return true;
     } catch (err) {
-      if (err instanceof CommandError && !err.timedOut) return false;
+      // Only zfs's own "does not exist" means no: a zfs that is missing,
+      // killed or broken must not pass for a dataset that is not there.
+      if (err instanceof CommandError && !err.timedOut && /does not exist/i.test(err.stderr)) return false;
+      if (err instanceof CommandError) throw new ZfsError(`cannot ask zfs whether ${dataset} exists: ${err.stderr || err.message}`, err.stderr);
       throw err;
     }
   }

@@ -4,6 +4,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { formatList, listArchived } from '../lib/commands/list.js';
 import { formatGc, formatVerdicts } from '../lib/commands/archive-report.js';
 import { doctor, formatFindings } from '../lib/commands/doctor.js';
+import { check, parseDuration, UNKNOWN } from '../lib/commands/check.js';
 import { discardEntry, recover } from '../lib/recovery.js';
 import { parseStarter, watch } from '../lib/watchdog.js';
 import { stopOnSignals } from '../lib/signals.js';
@@ -40,6 +41,10 @@ const usage = `usage: virtsnap COMMAND [options]
   status [--json] [DATASET]
                       each VM: datasets, state, on an overlay?, latest dump
   doctor [--json]     check the host and sanoid.conf, say what to fix
+  check [--warn AGE] [--crit AGE] [DATASET]
+                      Nagios/Icinga plugin: one line, exit 0 OK, 1 WARNING,
+                      2 CRITICAL, 3 UNKNOWN (AGE: 90m, 6h, 2d; default from
+                      sanoid.conf: hourly 90m/6h, daily 28h/32h)
   help [COMMAND]      this text, or one command's (also: COMMAND --help)
   --version           virtsnap's version
 
@@ -247,6 +252,31 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
     return findings.some((f) => f.severity === 'fail') ? 1 : 0;
   },
 
+  async check(args) {
+    // A monitoring plugin answers in its own format, whatever goes wrong: UNKNOWN, exit 3.
+    try {
+      const { values, positionals } = parse(args, { warn: { type: 'string' }, crit: { type: 'string' } });
+      if (positionals.length > 1) throw new UsageError('virtsnap check takes at most one DATASET');
+      if (positionals[0] !== undefined) assertDatasetName(positionals[0], 'virtsnap check');
+      const override: { warnSeconds?: number; critSeconds?: number } = {};
+      for (const [key, field] of [['warn', 'warnSeconds'], ['crit', 'critSeconds']] as const) {
+        const text = values[key];
+        if (typeof text !== 'string') continue;
+        const seconds = parseDuration(text);
+        if (seconds === null) throw new UsageError(`--${key} ${JSON.stringify(text)} is not an age: give e.g. 90m, 6h or 2d`);
+        override[field] = seconds;
+      }
+      assertRoot();
+      const config = loadConfig();
+      const verdict = await check(config, new LibvirtClient({ uri: config.libvirtUri }), new ZfsClient(), override, positionals[0]);
+      process.stdout.write(`VIRTSNAP ${verdict.line}\n`);
+      return verdict.status;
+    } catch (err) {
+      process.stdout.write(`VIRTSNAP UNKNOWN: ${(err as Error).message}\n`);
+      return UNKNOWN;
+    }
+  },
+
   async help(args) {
     if (args.length === 0) {
       process.stdout.write(usage);
@@ -274,6 +304,6 @@ main(async () => {
     process.stdout.write(helpOf(command) ?? usage);
     return 0;
   }
-  if (command !== 'help') assertRoot();
+  if (command !== 'help' && command !== 'check') assertRoot();
   return handler(args);
 });

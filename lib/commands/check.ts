@@ -1,0 +1,111 @@
+// `virtsnap check [--warn D] [--crit D] [DATASET]`: a Nagios/Icinga plugin in
+// the style of `sanoid --monitor-snapshots`: one line, perfdata after `|`,
+// exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+//
+// CRITICAL: a running VM on a dataset sanoid snapshots with our hooks has no
+// RAM dump, or none newer than the critical age; a VM runs on one of our
+// overlays with no run holding it; a VM is stuck (no thaw could bring it
+// back). WARNING: the newest dump is older than the warning age; the
+// archive has manifests it cannot read.
+import { scanArchive } from '../archive.js';
+import type { Config } from '../config.js';
+import type { LibvirtClient } from '../libvirt/virsh.js';
+import { readSanoidConf, recursionOf, settingOf, type Ini } from '../sanoid/conf.js';
+import { isInSubtree, type ZfsClient } from '../zfs.js';
+import { domainStatus, type DomainStatus } from './status.js';
+
+export const OK = 0;
+export const WARNING = 1;
+export const CRITICAL = 2;
+export const UNKNOWN = 3;
+
+export interface Thresholds {
+  warnSeconds: number;
+  critSeconds: number;
+}
+
+/** A dataset sanoid snapshots with virtsnap's hooks, and how old its newest dump may get. */
+export interface Watched extends Thresholds {
+  dataset: string;
+  subtree: boolean;
+}
+
+/** sanoid's own monitoring defaults (hourly_warn 90 min, hourly_crit 6 h; daily_warn 28 h, daily_crit 32 h). */
+function defaultsFor(ini: Ini, section: string): Thresholds | null {
+  const count = (key: string) => Number(settingOf(ini, section, key) ?? '0');
+  if (count('hourly') > 0) return { warnSeconds: 90 * 60, critSeconds: 6 * 3600 };
+  if (count('daily') > 0) return { warnSeconds: 28 * 3600, critSeconds: 32 * 3600 };
+  return null;
+}
+
+export function watchedDatasets(ini: Ini, override: Partial<Thresholds>): Watched[] {
+  const result: Watched[] = [];
+  for (const section of ini.keys()) {
+    if (section.startsWith('template_')) continue;
+    if (!/pre-snapshot/.test(settingOf(ini, section, 'pre_snapshot_script') ?? '')) continue;
+    if (!['yes', '1', 'true', 'on'].includes((settingOf(ini, section, 'autosnap') ?? 'yes').toLowerCase())) continue;
+    const defaults = defaultsFor(ini, section);
+    if (defaults === null && (override.warnSeconds === undefined || override.critSeconds === undefined)) continue;
+    result.push({ dataset: section, subtree: recursionOf(ini, section) !== 'no', ...defaults!, ...override } as Watched);
+  }
+  return result;
+}
+
+export interface Verdict {
+  status: number;
+  line: string;
+}
+
+function age(seconds: number): string {
+  if (seconds < 120) return `${seconds}s`;
+  if (seconds < 7200) return `${Math.round(seconds / 60)}m`;
+  if (seconds < 172800) return `${Math.round(seconds / 3600)}h`;
+  return `${Math.round(seconds / 86400)}d`;
+}
+
+/** The plugin's verdict from what `virtsnap status` knows. Pure. */
+export function judge(rows: DomainStatus[], watched: Watched[], brokenManifests: number): Verdict {
+  const critical: string[] = [];
+  const warning: string[] = [];
+  const perf: string[] = [];
+  let checked = 0;
+  for (const r of rows) {
+    const w = watched.find((x) => r.datasets.some((ds) => ds === x.dataset || (x.subtree && isInSubtree(ds, x.dataset))));
+    if (r.stuck !== null) {
+      critical.push(`${r.name} stuck since ${r.stuck.since}`);
+      continue;
+    }
+    if (r.onOverlay.length > 0 && r.heldBy === null) critical.push(`${r.name} on an overlay outside a run`);
+    if (w === undefined || r.state === 'shut off' || r.state === 'undefined') continue;
+    checked++;
+    if (r.latestDump === null) {
+      critical.push(`${r.name} has no RAM dump`);
+      continue;
+    }
+    const s = r.latestDump.ageSeconds;
+    perf.push(`'${r.name.replace(/'/g, "''")}_dump_age'=${s}s;${w.warnSeconds};${w.critSeconds};0`);
+    if (s > w.critSeconds) critical.push(`${r.name} newest dump ${age(s)} old`);
+    else if (s > w.warnSeconds) warning.push(`${r.name} newest dump ${age(s)} old`);
+  }
+  if (brokenManifests > 0) warning.push(`${brokenManifests} unreadable manifest(s) in the archive (virtsnap verify)`);
+  const tail = perf.length > 0 ? ` | ${perf.join(' ')}` : '';
+  if (critical.length > 0) return { status: CRITICAL, line: `CRITICAL: ${[...critical, ...warning].join(', ')}${tail}` };
+  if (warning.length > 0) return { status: WARNING, line: `WARNING: ${warning.join(', ')}${tail}` };
+  return { status: OK, line: `OK: ${checked} VM(s) on ${watched.length} dataset(s) have fresh RAM dumps${tail}` };
+}
+
+export async function check(config: Config, virsh: LibvirtClient, zfs: ZfsClient, override: Partial<Thresholds>, dataset?: string): Promise<Verdict> {
+  const ini = readSanoidConf(config.sanoidConf);
+  if (ini === null) return { status: UNKNOWN, line: `UNKNOWN: ${config.sanoidConf} not found (VIRTSNAP_SANOID_CONF): cannot tell which datasets to watch` };
+  const watched = watchedDatasets(ini, override).filter((w) => dataset === undefined || w.dataset === dataset || isInSubtree(w.dataset, dataset) || isInSubtree(dataset, w.dataset));
+  const rows = await domainStatus(config, virsh, zfs, dataset);
+  return judge(rows, watched, scanArchive(config.archiveDir).broken.length);
+}
+
+/** `90m`, `2h`, `1d`, `300` (seconds). */
+export function parseDuration(text: string): number | null {
+  const m = /^(\d+(?:\.\d+)?)\s*([smhd]?)$/.exec(text.trim());
+  if (m === null) return null;
+  const unit: Record<string, number> = { '': 1, s: 1, m: 60, h: 3600, d: 86400 };
+  return Math.round(Number(m[1]) * unit[m[2]!]!);
+}

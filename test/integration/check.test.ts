@@ -1,0 +1,67 @@
+// `virtsnap check` against the real bed: CRITICAL while a running VM has no
+// dump and while a VM is on an overlay no run holds; OK after a sanoid run
+// and after `recover`.
+import assert from 'node:assert/strict';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { bed, destroyDataset, Guest, removeDomains, type Bed } from '../helpers/bed.js';
+import { cli, hooks, runProgram, sanoidEnv, Setup } from '../helpers/virtsnap.js';
+
+describe('virtsnap check (Nagios plugin)', () => {
+  let b: Bed;
+  let setup: Setup;
+  let g: Guest;
+  let conf: string;
+  const dataset = () => `${b.vmDataset}/check`;
+  const check = () => runProgram(cli, ['check'], setup.env());
+
+  before(async () => {
+    b = await bed();
+    await removeDomains('vsbed-check');
+    await destroyDataset(dataset());
+    setup = await Setup.create('check');
+    g = await Guest.create({ name: 'vsbed-check', dataset: dataset() });
+    await g.start();
+    conf = setup.section(dataset());
+    mkdirSync(setup.sanoidDir, { recursive: true });
+    writeFileSync(path.join(setup.sanoidDir, 'sanoid.conf'), conf);
+  });
+  after(async () => {
+    await g?.remove();
+    await destroyDataset(dataset());
+  });
+
+  it('CRITICAL while the running VM has no RAM dump; OK after a sanoid run, with perfdata', async () => {
+    const before = await check();
+    assert.equal(before.code, 2, before.stdout);
+    assert.match(before.stdout, /^VIRTSNAP CRITICAL: vsbed-check has no RAM dump\n$/);
+    const run = await setup.sanoid('2.1.0', conf, ['--take-snapshots'], 1);
+    assert.equal(run.code, 0, run.stderr);
+    const afterRun = await check();
+    assert.equal(afterRun.code, 0, afterRun.stdout);
+    assert.match(afterRun.stdout, /^VIRTSNAP OK: 1 VM\(s\) on 1 dataset\(s\) have fresh RAM dumps \| 'vsbed-check_dump_age'=\d+s;5400;21600;0\n$/);
+  });
+
+  it('CRITICAL while the VM is on an overlay no run holds; OK after recover', async () => {
+    assert.equal((await runProgram(hooks.pre, [], setup.env(sanoidEnv(dataset(), 'left', 'pre')))).code, 0);
+    // What a lost journal looks like from outside: a VM on our overlay, nobody holding it.
+    const entry = path.join(setup.stateDir, 'journal', `${g.uuid}.json`);
+    const saved = readFileSync(entry);
+    rmSync(entry);
+    const during = await check();
+    assert.equal(during.code, 2, during.stdout);
+    assert.match(during.stdout, /CRITICAL: vsbed-check on an overlay outside a run/);
+    writeFileSync(entry, saved, { mode: 0o600 });
+    const rec = await runProgram(cli, ['recover', '--force'], setup.env());
+    assert.equal(rec.code, 0, rec.stderr);
+    const afterRecover = await check();
+    assert.equal(afterRecover.code, 0, afterRecover.stdout);
+  });
+
+  it('UNKNOWN, exit 3, when it cannot tell', async () => {
+    const out = await runProgram(cli, ['check'], setup.env({ VIRTSNAP_SANOID_CONF: '/nonexistent/sanoid.conf' }));
+    assert.equal(out.code, 3);
+    assert.match(out.stdout, /^VIRTSNAP UNKNOWN: .*sanoid\.conf not found/);
+  });
+});

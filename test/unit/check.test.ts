@@ -1,0 +1,62 @@
+// `virtsnap check`'s verdict: which VMs are watched, how old a dump may be, what is CRITICAL.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { CRITICAL, judge, OK, parseDuration, UNKNOWN, WARNING, watchedDatasets } from '../../lib/commands/check.js';
+import type { DomainStatus } from '../../lib/commands/status.js';
+import { parseIni } from '../../lib/sanoid/conf.js';
+
+const conf = parseIni(`
+[tank/vm]
+  use_template = vm
+  recursive = zfs
+[tank/daily]
+  daily = 7
+  hourly = 0
+  pre_snapshot_script = /usr/lib/virtsnap/hooks/pre-snapshot
+[tank/plain]
+  hourly = 24
+[template_vm]
+  hourly = 24
+  pre_snapshot_script = /opt/virtsnap/hooks/pre-snapshot
+`);
+
+function row(name: string, s: Partial<DomainStatus>): DomainStatus {
+  return { name, uuid: name, state: 'running', datasets: ['tank/vm/a'], onOverlay: [], heldBy: null, stuck: null, latestDump: null, ...s };
+}
+const dump = (ageSeconds: number) => ({ id: 'x', snapshots: ['tank/vm@s'], takenAt: '', ageSeconds });
+
+describe('virtsnap check', () => {
+  it('watches the sections that run our pre hook, with sanoid monitoring defaults by their periods', () => {
+    const w = watchedDatasets(conf, {});
+    assert.deepEqual(w.map((x) => [x.dataset, x.subtree, x.warnSeconds, x.critSeconds]), [
+      ['tank/vm', true, 5400, 21600],
+      ['tank/daily', false, 28 * 3600, 32 * 3600],
+    ]);
+    assert.equal(watchedDatasets(conf, { warnSeconds: 60, critSeconds: 120 })[0]!.critSeconds, 120);
+  });
+
+  it('OK with fresh dumps, perfdata per VM; WARNING past warn; CRITICAL past crit, without a dump, on an overlay outside a run, or stuck', () => {
+    const w = watchedDatasets(conf, {});
+    const fresh = judge([row('web', { latestDump: dump(600) })], w, 0);
+    assert.equal(fresh.status, OK);
+    assert.match(fresh.line, /^OK: 1 VM\(s\) on 2 dataset\(s\) have fresh RAM dumps \| 'web_dump_age'=600s;5400;21600;0$/);
+    assert.equal(judge([row('web', { latestDump: dump(6000) })], w, 0).status, WARNING);
+    assert.equal(judge([row('web', { latestDump: dump(30000) })], w, 0).status, CRITICAL);
+    assert.match(judge([row('web', {})], w, 0).line, /^CRITICAL: web has no RAM dump/);
+    assert.match(judge([row('web', { latestDump: dump(60), onOverlay: ['vda'] })], w, 0).line, /CRITICAL: web on an overlay outside a run/);
+    assert.equal(judge([row('web', { latestDump: dump(60), onOverlay: ['vda'], heldBy: 'tank/vm@x' })], w, 0).status, OK, 'a run in progress');
+    assert.match(judge([row('db', { state: 'undefined', stuck: { since: 'T', step: 'frozen', staleSnapshots: [] } })], w, 0).line, /CRITICAL: db stuck since T/);
+    assert.equal(judge([row('off', { state: 'shut off' })], w, 0).status, OK, 'a shut-off VM needs no RAM dump');
+    assert.equal(judge([row('elsewhere', { datasets: ['tank/plain'] })], w, 0).status, OK, 'not on a watched dataset');
+    assert.equal(judge([row('web', { latestDump: dump(60) })], w, 2).status, WARNING);
+    assert.equal(UNKNOWN, 3);
+  });
+
+  it('ages', () => {
+    assert.equal(parseDuration('90m'), 5400);
+    assert.equal(parseDuration('6h'), 21600);
+    assert.equal(parseDuration('2d'), 172800);
+    assert.equal(parseDuration('300'), 300);
+    assert.equal(parseDuration('soon'), null);
+  });
+});

@@ -51,6 +51,8 @@ export interface Manifest {
     pauseMs: number | null;
     /** How long the RAM save took. */
     saveMs: number | null;
+    /** How long committing the overlays back took (absent in dumps from before 0.2). */
+    commitMs?: number | null;
   };
   libvirtUri: string;
   hostname: string;
@@ -164,6 +166,7 @@ export interface ArchiveInput {
   startedAt: string;
   frozenAt: string | null;
   job: CompletedJob | null;
+  commitMs?: number | null;
   libvirtUri: string;
   hostname: string;
 }
@@ -206,6 +209,7 @@ export async function archiveDump(archiveDir: string, input: ArchiveInput): Prom
       archivedAt: new Date().toISOString(),
       pauseMs: input.job?.downtimeMs ?? null,
       saveMs: input.job?.elapsedMs ?? null,
+      commitMs: input.commitMs ?? null,
     },
     libvirtUri: input.libvirtUri,
     hostname: input.hostname,

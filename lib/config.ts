@@ -28,6 +28,8 @@ export interface Config {
   /** `virsh restore`: reads the whole RAM dump back. */
   restoreTimeoutMs: number;
   lockTimeoutMs: number;
+  /** Prometheus textfile written after every run (lib/metrics.ts), or null. */
+  metricsFile: string | null;
   /** How the watchdog is started (lib/watchdog.ts): `auto` uses systemd-run where systemd runs. */
   watchdog: 'auto' | 'detached';
   /** The env file that was read, if any. */
@@ -51,6 +53,8 @@ const defaults: Record<string, string> = {
   VIRTSNAP_LOG: 'info',
   // How the watchdog is started: auto (systemd-run where systemd runs) or detached.
   VIRTSNAP_WATCHDOG: 'auto',
+  // Empty: no metrics file.
+  VIRTSNAP_METRICS_FILE: '',
 };
 
 const known = new Set([...Object.keys(defaults), 'VIRTSNAP_CONFIG']);
@@ -80,6 +84,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     restoreTimeoutMs: seconds(merged, 'VIRTSNAP_RESTORE_TIMEOUT'),
     lockTimeoutMs: seconds(merged, 'VIRTSNAP_LOCK_TIMEOUT'),
     watchdog: oneOf(merged, 'VIRTSNAP_WATCHDOG', ['auto', 'detached'] as const),
+    metricsFile: (merged.VIRTSNAP_METRICS_FILE ?? '').trim() === '' ? null : absolutePath(merged, 'VIRTSNAP_METRICS_FILE'),
     configFile: fromFile.path,
   };
 }

@@ -77,6 +77,8 @@ export interface JournalEntry {
   startedAt: string;
   frozenAt?: string;
   job?: CompletedJob;
+  /** How long the commits took, once they are done. */
+  commitMs?: number;
   updatedAt: string;
 }
 

@@ -15,6 +15,8 @@ import { ownerIsAlive } from './owner.js';
 import { dropDump, StuckError, thawDomain, THAWED_ELSEWHERE } from './thaw.js';
 import { exists, isInsideDir } from './fsutil.js';
 import { withLock } from './lock.js';
+import { recordRun } from './metrics.js';
+import type { ArchivedDump } from './archive.js';
 
 /**
  * The one rule for taking over a domain's journal entry: neither the run's
@@ -31,6 +33,7 @@ export interface RecoverResult {
   failed: string[];
   /** Failed for a reason no retry fixes (see StuckError): a person must act. */
   stuck: string[];
+  dumps: ArchivedDump[];
 }
 
 export interface RecoverOptions {
@@ -42,7 +45,8 @@ export interface RecoverOptions {
 }
 
 export async function recover(deps: Deps, options: RecoverOptions): Promise<RecoverResult> {
-  const result: RecoverResult = { recovered: [], skipped: [], failed: [], stuck: [] };
+  const result: RecoverResult = { recovered: [], skipped: [], failed: [], stuck: [], dumps: [] };
+  const withoutDump: { name: string; uuid: string }[] = [];
   for (const entry of deps.journal.list()) {
     if (options.runId !== undefined && entry.runId !== options.runId) continue;
     const ctx = { domain: entry.domain.name };
@@ -53,13 +57,19 @@ export async function recover(deps: Deps, options: RecoverOptions): Promise<Reco
     }
     try {
       log.info(`recovering from run ${entry.runId}, left at step ${entry.step}`, ctx);
-      if ((await thawDomain(entry, deps, { keepDump: true })) !== THAWED_ELSEWHERE) result.recovered.push(entry.domain.name);
+      const dump = await thawDomain(entry, deps, { keepDump: true });
+      if (dump === THAWED_ELSEWHERE) continue;
+      result.recovered.push(entry.domain.name);
+      if (dump !== null) result.dumps.push(dump);
+      else withoutDump.push(entry.domain);
     } catch (err) {
       log.error((err as Error).message, ctx);
       result.failed.push(entry.domain.name);
+      withoutDump.push(entry.domain);
       if (err instanceof StuckError) result.stuck.push(entry.domain.name);
     }
   }
+  if (result.dumps.length + withoutDump.length > 0) await recordRun(deps.config, { dumps: result.dumps.map((d) => d.manifest), failed: withoutDump });
   return result;
 }
 

@@ -11,6 +11,7 @@ import { planFreeze, runIdOf, type FreezePlan, type RunRequest } from './plan.js
 import { abandoned, recover } from './recovery.js';
 import { thawRun, type ThawResult } from './thaw.js';
 import { startWatchdog } from './watchdog.js';
+import { recordRun } from './metrics.js';
 import { isInSubtree } from './zfs.js';
 
 export { makeDeps } from './deps.js';
@@ -69,7 +70,12 @@ export async function runPre(request: RunRequest, deps: Deps, options: PreOption
   }
   // Before the first claim: from here on, if we die, the watchdog brings the VMs back.
   if (plan.problems.length === 0 && plan.domains.some((d) => d.action === 'freeze')) await startWatchdog(plan.runId, deps.config);
-  await freeze(plan, deps);
+  try {
+    await freeze(plan, deps);
+  } catch (err) {
+    await recordRun(deps.config, { dumps: [], failed: [], runFailed: true });
+    throw err;
+  }
   return plan;
 }
 
@@ -117,6 +123,7 @@ export function stuckDomains(datasets: readonly string[], onOverlays: FreezePlan
 /** post: thaw what pre froze and archive the RAM dumps. Throws when any domain could not be thawed. */
 export async function runPost(request: RunRequest, deps: Deps): Promise<ThawResult> {
   const result = await thawRun(runIdOf(request), deps);
+  await recordRun(deps.config, { dumps: result.dumps.map((d) => d.manifest), failed: result.withoutDump });
   // The run's snapshots that hold a stuck domain's old disk are recorded as such (`virtsnap status`).
   const stuck = stuckDomains(request.targets, [], deps);
   for (const s of stuck) {

@@ -243,11 +243,13 @@ async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): 
       log.error('the journal cannot record which snapshots hold the RAM dump: it is discarded', ctx(name));
       keep = false;
     }
+    const commitStarted = Date.now();
     for (const o of entry.overlays) await commitDisk(entry, o, before, deps);
+    const commitMs = Date.now() - commitStarted;
     assertOnOriginals(entry, await virsh.domain(entry.domain.uuid));
     await resumeIfOurs(entry, deps);
     for (const o of entry.overlays) if (o.overlay !== null) removeIfExists(o.overlay);
-    entry = journal.tryUpdate(entry, { step: 'committed' }).entry;
+    entry = journal.tryUpdate(entry, { step: 'committed', commitMs }).entry;
   }
   const tied = entry.tied ?? [];
   const dump = keep && tied.length > 0 ? await keepDump(entry, tied, deps) : null;
@@ -312,6 +314,7 @@ async function keepDump(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): P
         startedAt: entry.startedAt,
         frozenAt: entry.frozenAt ?? null,
         job: entry.job ?? null,
+        commitMs: entry.commitMs ?? null,
         libvirtUri: deps.config.libvirtUri,
         hostname: hostname(),
       }),
@@ -330,22 +333,28 @@ async function keepDump(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): P
 export interface ThawResult {
   dumps: ArchivedDump[];
   failures: string[];
+  /** The domains behind `failures` and `discarded`. */
+  withoutDump: { name: string; uuid: string }[];
   /** Domains thawed without a RAM dump kept (not tied to any snapshot, or incomplete): see the log. */
   discarded: string[];
 }
 
 /** post: thaw every domain the run froze. One domain's failure does not stop the others. */
 export async function thawRun(runId: string, deps: Deps, options: ThawOptions = { keepDump: true }): Promise<ThawResult> {
-  const result: ThawResult = { dumps: [], failures: [], discarded: [] };
+  const result: ThawResult = { dumps: [], failures: [], discarded: [], withoutDump: [] };
   for (const entry of deps.journal.list().filter((e) => e.runId === runId)) {
     try {
       const dump = await thawDomain(entry, deps, options);
       if (dump === THAWED_ELSEWHERE) continue;
       if (dump !== null) result.dumps.push(dump);
-      else result.discarded.push(entry.domain.name);
+      else {
+        result.discarded.push(entry.domain.name);
+        result.withoutDump.push(entry.domain);
+      }
     } catch (err) {
       log.error((err as Error).message, ctx(entry.domain.name));
       result.failures.push((err as Error).message);
+      result.withoutDump.push(entry.domain);
     }
   }
   return result;

@@ -4,11 +4,14 @@
 import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { createRequire } from 'node:module';
 import { after, before, describe, it } from 'node:test';
 import { bed, destroyDataset, Guest, removeDomains, type Bed } from '../helpers/bed.js';
 import { cli, hooks, runProgram, sanoidEnv, Setup } from '../helpers/virtsnap.js';
 
-describe('virtsnap check (Nagios plugin)', () => {
+const parsePrometheus = createRequire(import.meta.url)('parse-prometheus-text-format') as (text: string) => { name: string; metrics: { labels?: Record<string, string>; value: string }[] }[];
+
+describe('virtsnap check (Nagios plugin) and the metrics file', () => {
   let b: Bed;
   let setup: Setup;
   let g: Guest;
@@ -21,6 +24,7 @@ describe('virtsnap check (Nagios plugin)', () => {
     await removeDomains('vsbed-check');
     await destroyDataset(dataset());
     setup = await Setup.create('check');
+    setup.writeEnv({ VIRTSNAP_METRICS_FILE: path.join(setup.root, 'virtsnap.prom') });
     g = await Guest.create({ name: 'vsbed-check', dataset: dataset() });
     await g.start();
     conf = setup.section(dataset());
@@ -41,6 +45,14 @@ describe('virtsnap check (Nagios plugin)', () => {
     const afterRun = await check();
     assert.equal(afterRun.code, 0, afterRun.stdout);
     assert.match(afterRun.stdout, /^VIRTSNAP OK: 1 VM\(s\) on 1 dataset\(s\) have fresh RAM dumps \| 'vsbed-check_dump_age'=\d+s;5400;21600;0\n$/);
+    // The run's metrics, as node_exporter's textfile collector reads them.
+    const families = parsePrometheus(readFileSync(path.join(setup.root, 'virtsnap.prom'), 'utf8'));
+    const sample = (name: string) => families.find((f) => f.name === name)?.metrics.find((m) => m.labels?.domain === 'vsbed-check')?.value;
+    assert.ok(Math.abs(Number(sample('virtsnap_last_success_timestamp_seconds')) - Date.now() / 1000) < 600);
+    assert.ok(Number(sample('virtsnap_dump_bytes')) > 1_000_000);
+    assert.ok(Number(sample('virtsnap_save_seconds')) > 0);
+    assert.ok(Number(sample('virtsnap_commit_seconds')) >= 0);
+    assert.equal(sample('virtsnap_dumps_total'), '1');
   });
 
   it('CRITICAL while the VM is on an overlay no run holds; OK after recover', async () => {

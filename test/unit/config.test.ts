@@ -53,6 +53,7 @@ describe('loadConfig', () => {
       defineTimeoutMs: 120_000,
       restoreTimeoutMs: 600_000,
       watchdog: 'auto',
+      metricsFile: null,
       lockTimeoutMs: 120_000,
       configFile: empty,
     });

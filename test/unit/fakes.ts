@@ -263,6 +263,7 @@ export function fakeConfig(root: string): Config {
     restoreTimeoutMs: 1000,
     lockTimeoutMs: 1000,
     watchdog: 'detached',
+    metricsFile: null,
     configFile: null,
   };
 }

@@ -1,0 +1,119 @@
+// Metrics for Prometheus' node_exporter textfile collector: after every run
+// (post, `virtsnap snapshot`, recover, the watchdog), VIRTSNAP_METRICS_FILE is
+// rewritten atomically. The counters and last values live in
+// STATE_DIR/metrics.json, so each run adds to what the runs before it saw.
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import type { Manifest } from './archive.js';
+import type { Config } from './config.js';
+import { ensureDirBelow, writeFileAtomic, writeJsonAtomic } from './fsutil.js';
+import { withLock } from './lock.js';
+import { log } from './log.js';
+
+export interface DomainMetrics {
+  name: string;
+  /** Seconds since the epoch of the newest archived dump. */
+  lastSuccess: number | null;
+  pauseMs: number | null;
+  saveSeconds: number | null;
+  dumpBytes: number | null;
+  commitSeconds: number | null;
+  dumps: number;
+  failures: number;
+}
+
+export interface MetricsState {
+  domains: Record<string, DomainMetrics>;
+  /** Pre hooks and `virtsnap snapshot` runs that froze nothing because they failed. */
+  runFailures: number;
+}
+
+export interface RunOutcome {
+  dumps: Manifest[];
+  /** Domains thawed without a dump kept, or not thawed at all. */
+  failed: { name: string; uuid: string }[];
+  runFailed?: boolean;
+}
+
+function empty(name: string): DomainMetrics {
+  return { name, lastSuccess: null, pauseMs: null, saveSeconds: null, dumpBytes: null, commitSeconds: null, dumps: 0, failures: 0 };
+}
+
+/** Adds one run's outcome to the state. Pure. */
+export function addOutcome(state: MetricsState, outcome: RunOutcome): MetricsState {
+  const domains = { ...state.domains };
+  for (const m of outcome.dumps) {
+    const d = { ...(domains[m.domain.uuid] ?? empty(m.domain.name)), name: m.domain.name };
+    d.lastSuccess = Math.round(Date.parse(m.times.archivedAt) / 1000);
+    d.pauseMs = m.times.pauseMs;
+    d.saveSeconds = m.times.saveMs === null ? null : m.times.saveMs / 1000;
+    d.dumpBytes = m.bytes;
+    d.commitSeconds = m.times.commitMs === undefined || m.times.commitMs === null ? null : m.times.commitMs / 1000;
+    d.dumps++;
+    domains[m.domain.uuid] = d;
+  }
+  for (const f of outcome.failed) {
+    const d = { ...(domains[f.uuid] ?? empty(f.name)), name: f.name };
+    d.failures++;
+    domains[f.uuid] = d;
+  }
+  return { domains, runFailures: state.runFailures + (outcome.runFailed ? 1 : 0) };
+}
+
+function label(value: string): string {
+  return value.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"');
+}
+
+const SERIES: { name: string; type: 'gauge' | 'counter'; help: string; value: (d: DomainMetrics) => number | null }[] = [
+  { name: 'virtsnap_last_success_timestamp_seconds', type: 'gauge', help: 'When the newest RAM dump of the domain was archived.', value: (d) => d.lastSuccess },
+  { name: 'virtsnap_guest_pause_milliseconds', type: 'gauge', help: "How long the guest's vCPUs were stopped for its newest dump.", value: (d) => d.pauseMs },
+  { name: 'virtsnap_save_seconds', type: 'gauge', help: 'How long the RAM save of the newest dump took.', value: (d) => d.saveSeconds },
+  { name: 'virtsnap_dump_bytes', type: 'gauge', help: 'Size of the newest RAM dump.', value: (d) => d.dumpBytes },
+  { name: 'virtsnap_commit_seconds', type: 'gauge', help: 'How long committing the overlays back took for the newest dump.', value: (d) => d.commitSeconds },
+  { name: 'virtsnap_dumps_total', type: 'counter', help: 'RAM dumps archived.', value: (d) => d.dumps },
+  { name: 'virtsnap_failures_total', type: 'counter', help: 'Runs that thawed the domain without a dump, or could not thaw it.', value: (d) => d.failures },
+];
+
+/** The textfile collector's format. Pure. */
+export function renderMetrics(state: MetricsState): string {
+  const lines: string[] = [];
+  const domains = Object.entries(state.domains).sort(([, a], [, b]) => a.name.localeCompare(b.name));
+  for (const s of SERIES) {
+    const samples = domains.flatMap(([uuid, d]) => {
+      const v = s.value(d);
+      return v === null ? [] : [`${s.name}{domain="${label(d.name)}",uuid="${label(uuid)}"} ${v}`];
+    });
+    if (samples.length === 0) continue;
+    lines.push(`# HELP ${s.name} ${s.help}`, `# TYPE ${s.name} ${s.type}`, ...samples);
+  }
+  lines.push('# HELP virtsnap_run_failures_total Snapshot runs that failed before freezing (pre hook, virtsnap snapshot).');
+  lines.push('# TYPE virtsnap_run_failures_total counter');
+  lines.push(`virtsnap_run_failures_total ${state.runFailures}`);
+  return lines.join('\n') + '\n';
+}
+
+/**
+ * Records a run and rewrites the metrics file. Never fails the run: metrics
+ * are for watching, the VMs and the dumps come first.
+ */
+export async function recordRun(config: Config, outcome: RunOutcome): Promise<void> {
+  if (config.metricsFile === null) return;
+  const stateFile = path.join(config.stateDir, 'metrics.json');
+  try {
+    await withLock(path.join(config.stateDir, 'locks'), 'metrics', Date.now() + config.lockTimeoutMs, () => {
+      let state: MetricsState = { domains: {}, runFailures: 0 };
+      try {
+        state = JSON.parse(readFileSync(stateFile, 'utf8')) as MetricsState;
+      } catch {
+        // first run, or a damaged file: start counting again
+      }
+      state = addOutcome(state, outcome);
+      ensureDirBelow(config.stateDir, 'VIRTSNAP_STATE_DIR');
+      writeJsonAtomic(stateFile, state);
+      // Read by node_exporter, which does not run as root; it holds no secret.
+      writeFileAtomic(config.metricsFile!, renderMetrics(state), 0o644);
+    });
+  } catch (err) {
+    log.warn(`cannot write the metrics file ${config.metricsFile} (VIRTSNAP_METRICS_FILE): ${(err as Error).message}`);
+  }
+}

@@ -1,5 +1,5 @@
 // `virtsnap doctor`: checks the host and says what to fix.
-import { existsSync, statfsSync, statSync } from 'node:fs';
+import { accessSync, constants, existsSync, statfsSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { Config } from '../config.js';
 import { Journal } from '../journal.js';
@@ -116,11 +116,43 @@ function checkJournal(config: Config): Finding[] {
   return entries.map((e) => warn('journal', `${JSON.stringify(e.domain.name)} held by run ${e.runId} since ${e.startedAt} (step ${e.step}): if no sanoid is running, \`virtsnap recover\``));
 }
 
+function isExecutableFile(file: string): boolean {
+  try {
+    accessSync(file, constants.X_OK);
+    return statSync(file).isFile();
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The hook programs sanoid.conf names exist and can be run: sanoid only
+ * warns when a hook cannot be started, and then takes its snapshot without
+ * a dump (or, for post, leaves the VMs on overlays until the watchdog).
+ */
+export function checkHookPaths(ini: Ini, canRun: (file: string) => boolean = isExecutableFile): Finding[] {
+  const findings: Finding[] = [];
+  const seen = new Set<string>();
+  for (const section of ini.keys()) {
+    if (section.startsWith('template_')) continue;
+    for (const key of ['pre_snapshot_script', 'post_snapshot_script', 'pruning_script']) {
+      const command = settingOf(ini, section, key) ?? '';
+      for (const token of command.split(/\s+/).map((t) => t.replace(/^['"]|['"]$/g, ''))) {
+        if (!/hooks\/(pre-snapshot|post-snapshot|prune)$/.test(token) || !path.isAbsolute(token) || seen.has(token)) continue;
+        seen.add(token);
+        findings.push(canRun(token) ? ok('hooks', `${token} (${key} of [${section}]) can be run`) : fail('hooks', `${token} (${key} of [${section}]) does not exist or is not executable: fix the path in sanoid.conf`));
+      }
+    }
+  }
+  return findings;
+}
+
 export async function doctor(config: Config, virsh: LibvirtClient): Promise<Finding[]> {
   const ini = readSanoidConf(config.sanoidConf);
   return [
     ...(await checkLibvirt(virsh)),
     ...(ini === null ? [warn('sanoid.conf', `${config.sanoidConf} not found (VIRTSNAP_SANOID_CONF): recursion cannot be learnt, and the hook settings cannot be checked`)] : checkSanoidConf(ini, config.sanoidConf)),
+    ...(ini === null ? [] : checkHookPaths(ini)),
     ...checkDirs(config, ini),
     ...(await checkSpace(config, virsh)),
     ...checkAppArmor(config),

@@ -1,6 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { checkSanoidConf, formatFindings, type Finding } from '../../lib/commands/doctor.js';
+import { checkHookPaths, checkSanoidConf, formatFindings, type Finding } from '../../lib/commands/doctor.js';
 import { parseIni } from '../../lib/sanoid/conf.js';
 
 const FILE = '/etc/sanoid/sanoid.conf';
@@ -224,5 +224,32 @@ describe('formatFindings', () => {
       { severity: 'fail', check: 'sanoid.conf', detail: 'broken' },
     ]);
     assert.equal(out, 'OK   libvirt: fine\nWARN AppArmor: active\nFAIL sanoid.conf: broken\n');
+  });
+});
+
+describe('checkHookPaths', () => {
+  it('fails a hook sanoid.conf names that cannot be run, once per path, own keys and templates alike', () => {
+    const ini = parseIni(
+      [
+        '[tank/vm]',
+        '  use_template = vm',
+        "  post_snapshot_script = /usr/bin/env -u LD_PRELOAD VIRTSNAP_CONFIG=/etc/x.env '/opt/virtsnap/hooks/post-snapshot'",
+        '[tank/other]',
+        '  use_template = vm',
+        '[template_vm]',
+        '  pre_snapshot_script = /opt/virtsnap/hooks/pre-snapshot',
+        '  pruning_script = /opt/virtsnap/hooks/prune',
+      ].join('\n'),
+    );
+    const findings = checkHookPaths(ini, (f) => f !== '/opt/virtsnap/hooks/prune');
+    assert.deepEqual(
+      findings.map((f) => [f.severity, f.detail.split(' ')[0]]),
+      [
+        ['ok', '/opt/virtsnap/hooks/pre-snapshot'],
+        ['ok', '/opt/virtsnap/hooks/post-snapshot'],
+        ['fail', '/opt/virtsnap/hooks/prune'],
+      ],
+    );
+    assert.match(findings[2]!.detail, /does not exist or is not executable: fix the path in sanoid.conf/);
   });
 });

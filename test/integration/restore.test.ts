@@ -7,7 +7,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { snapshotNames, type Manifest } from '../../lib/archive.js';
 import { bed, destroyDataset, Guest, lastTick, mismatches, mountpointOf, removeDomains, sh, virsh, type Bed } from '../helpers/bed.js';
-import { Setup, virtsnap } from '../helpers/virtsnap.js';
+import { hooks, Setup, virtsnap } from '../helpers/virtsnap.js';
 
 function firstTick(text: string): number {
   const m = /TICK (\d+)/.exec(text);
@@ -136,7 +136,7 @@ describe('virtsnap snapshot and restore', () => {
   });
 
   it('doctor flags the default script_timeout and passes the recommended sanoid.conf', async () => {
-    const conf = (extra: Record<string, string>) => setup.section(dataset(), { pruning_script: '/opt/virtsnap/hooks/prune', ...extra });
+    const conf = (extra: Record<string, string>) => setup.section(dataset(), { pruning_script: hooks.prune, ...extra });
     const sanoidConf = path.join(setup.sanoidDir, 'sanoid.conf');
     mkdirSync(setup.sanoidDir, { recursive: true });
     writeFileSync(sanoidConf, conf({}).replace(/^\s*script_timeout = .*\n/m, ''));

@@ -81,14 +81,23 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-/** zfs-fuse says "dataset is busy" for a moment after a guest lets go of a file. */
+/**
+ * zfs-fuse says "dataset is busy" for a moment after a guest lets go of a
+ * file. Its `zfs rename` of a mounted dataset can stay busy for good on
+ * this bed while an explicit `zfs umount` of it succeeds: a rename that is
+ * busy unmounts it first, then mounts it under its new name.
+ */
 export async function zfsRetry(args: string[], tries = 20): Promise<void> {
+  const renaming = args[0] === 'rename' && args.length === 3 && !args[1]!.includes('@');
+  let unmounted = false;
   for (let i = 0; ; i++) {
     try {
       await sh('zfs', args);
+      if (unmounted) await sh('zfs', ['mount', args[2]!]).catch(() => undefined);
       return;
     } catch (err) {
       if (i >= tries || !/busy/.test((err as Error).message)) throw err;
+      if (renaming && i >= 2) unmounted = (await sh('zfs', ['umount', args[1]!]).then(() => true, () => false)) || unmounted;
       await sleep(500);
     }
   }

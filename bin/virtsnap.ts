@@ -282,7 +282,11 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
       process.stdout.write(usage);
       return;
     }
-    const text = commands[args[0]!] !== undefined ? helpOf(args[0]!) : null;
+    if (args[0] === '--help' || args[0] === '-h') {
+      process.stdout.write(usage);
+      return;
+    }
+    const text = Object.hasOwn(commands, args[0]!) ? helpOf(args[0]!) : null;
     if (text === null) throw new UsageError(`no command ${JSON.stringify(args[0])}: see \`virtsnap help\``);
     process.stdout.write(text);
   },
@@ -298,7 +302,7 @@ main(async () => {
     process.stdout.write(`virtsnap ${version()}\n`);
     return 0;
   }
-  const handler = commands[command];
+  const handler = Object.hasOwn(commands, command) ? commands[command] : undefined;
   if (handler === undefined) throw new UsageError(`unknown command ${JSON.stringify(command)}: see \`virtsnap help\``);
   if (command !== 'help' && (args.includes('--help') || args.includes('-h'))) {
     process.stdout.write(helpOf(command) ?? usage);

@@ -103,7 +103,8 @@ export async function recordRun(config: Config, outcome: RunOutcome): Promise<vo
     await withLock(path.join(config.stateDir, 'locks'), 'metrics', Date.now() + config.lockTimeoutMs, () => {
       let state: MetricsState = { domains: {}, runFailures: 0 };
       try {
-        state = JSON.parse(readFileSync(stateFile, 'utf8')) as MetricsState;
+        const read = JSON.parse(readFileSync(stateFile, 'utf8')) as Partial<MetricsState>;
+        if (read !== null && typeof read.domains === 'object' && read.domains !== null && Number.isFinite(read.runFailures)) state = read as MetricsState;
       } catch {
         // first run, or a damaged file: start counting again
       }

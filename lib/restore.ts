@@ -335,7 +335,8 @@ async function undoClone(plan: RestorePlan, deps: RestoreDeps): Promise<void> {
   const removed: string[] = [];
   for (const ds of [...plan.datasets].reverse()) {
     const clone = plan.cloneOf[ds]!;
-    if (!(await deps.zfs.exists(clone))) continue;
+    // Cleanup goes on past a zfs that cannot answer: the restore's own error is the one to report.
+    if (!(await deps.zfs.exists(clone).catch(() => true))) continue;
     await retryBusy(() => deps.zfs.destroy(clone)).then(
       () => removed.push(clone),
       (err: Error) => log.warn(`could not remove clone ${clone}: ${err.message}`, { dataset: clone }),

@@ -30,25 +30,53 @@ export interface Watched extends Thresholds {
   subtree: boolean;
 }
 
-/** sanoid's own monitoring defaults (hourly_warn 90 min, hourly_crit 6 h; daily_warn 28 h, daily_crit 32 h). */
+/**
+ * sanoid's own monitoring defaults (hourly_warn 90 min, hourly_crit 6 h;
+ * daily_warn 28 h, daily_crit 32 h), chosen by the section's shortest period.
+ * A period the section does not set has sanoid's default (hourly = 48,
+ * daily = 90: sanoid.defaults.conf).
+ */
 function defaultsFor(ini: Ini, section: string): Thresholds | null {
-  const count = (key: string) => Number(settingOf(ini, section, key) ?? '0');
-  if (count('hourly') > 0) return { warnSeconds: 90 * 60, critSeconds: 6 * 3600 };
-  if (count('daily') > 0) return { warnSeconds: 28 * 3600, critSeconds: 32 * 3600 };
+  const count = (key: string, fallback: string) => Number(settingOf(ini, section, key) ?? fallback);
+  if (count('hourly', '48') > 0) return { warnSeconds: 90 * 60, critSeconds: 6 * 3600 };
+  if (count('daily', '90') > 0) return { warnSeconds: 28 * 3600, critSeconds: 32 * 3600 };
   return null;
 }
 
-export function watchedDatasets(ini: Ini, override: Partial<Thresholds>): Watched[] {
-  const result: Watched[] = [];
+/** A sanoid.conf section: whether virtsnap's hooks run for it, and so whether its VMs must have dumps. */
+export interface Section {
+  dataset: string;
+  subtree: boolean;
+  /** null: sanoid snapshots it without our hook, or not at all. */
+  limits: Thresholds | null;
+}
+
+export function sectionsOf(ini: Ini, override: Partial<Thresholds>): Section[] {
+  const result: Section[] = [];
   for (const section of ini.keys()) {
     if (section.startsWith('template_')) continue;
-    if (!/pre-snapshot/.test(settingOf(ini, section, 'pre_snapshot_script') ?? '')) continue;
-    if (!['yes', '1', 'true', 'on'].includes((settingOf(ini, section, 'autosnap') ?? 'yes').toLowerCase())) continue;
+    const ours = /hooks\/pre-snapshot\b/.test(settingOf(ini, section, 'pre_snapshot_script') ?? '');
+    const autosnap = ['yes', '1', 'true', 'on'].includes((settingOf(ini, section, 'autosnap') ?? 'yes').toLowerCase());
     const defaults = defaultsFor(ini, section);
-    if (defaults === null && (override.warnSeconds === undefined || override.critSeconds === undefined)) continue;
-    result.push({ dataset: section, subtree: recursionOf(ini, section) !== 'no', ...defaults!, ...override } as Watched);
+    const limits = ours && autosnap && (defaults !== null || (override.warnSeconds !== undefined && override.critSeconds !== undefined)) ? ({ ...defaults, ...override } as Thresholds) : null;
+    result.push({ dataset: section, subtree: recursionOf(ini, section) !== 'no', limits });
   }
   return result;
+}
+
+/** The sections virtsnap's hooks run for. */
+export function watchedDatasets(ini: Ini, override: Partial<Thresholds>): Watched[] {
+  return sectionsOf(ini, override).flatMap((s) => (s.limits === null ? [] : [{ dataset: s.dataset, subtree: s.subtree, ...s.limits }]));
+}
+
+/** The section sanoid uses for a dataset: its own, else the nearest ancestor that recurses (as sanoid reads it). */
+function sectionFor(dataset: string, sections: Section[]): Section | null {
+  let best: Section | null = null;
+  for (const s of sections) {
+    if (!(s.dataset === dataset || (s.subtree && isInSubtree(dataset, s.dataset)))) continue;
+    if (best === null || s.dataset.length > best.dataset.length) best = s;
+  }
+  return best;
 }
 
 export interface Verdict {
@@ -64,13 +92,15 @@ function age(seconds: number): string {
 }
 
 /** The plugin's verdict from what `virtsnap status` knows. Pure. */
-export function judge(rows: DomainStatus[], watched: Watched[], brokenManifests: number): Verdict {
+export function judge(rows: DomainStatus[], sections: Section[], brokenManifests: number): Verdict {
+  const watched = sections.filter((s) => s.limits !== null);
   const critical: string[] = [];
   const warning: string[] = [];
   const perf: string[] = [];
   let checked = 0;
   for (const r of rows) {
-    const w = watched.find((x) => r.datasets.some((ds) => ds === x.dataset || (x.subtree && isInSubtree(ds, x.dataset))));
+    const limits = r.datasets.map((ds) => sectionFor(ds, sections)?.limits ?? null).filter((l): l is Thresholds => l !== null);
+    const w = limits.length === 0 ? undefined : limits.reduce((a, b) => (a.critSeconds <= b.critSeconds ? a : b));
     if (r.stuck !== null) {
       critical.push(`${r.name} stuck since ${r.stuck.since}`);
       continue;
@@ -83,7 +113,7 @@ export function judge(rows: DomainStatus[], watched: Watched[], brokenManifests:
       continue;
     }
     const s = r.latestDump.ageSeconds;
-    perf.push(`'${r.name.replace(/'/g, "''")}_dump_age'=${s}s;${w.warnSeconds};${w.critSeconds};0`);
+    perf.push(`'${r.name.replace(/'/g, "''").replace(/[|=]/g, '_')}_dump_age'=${s}s;${w.warnSeconds};${w.critSeconds};0`);
     if (s > w.critSeconds) critical.push(`${r.name} newest dump ${age(s)} old`);
     else if (s > w.warnSeconds) warning.push(`${r.name} newest dump ${age(s)} old`);
   }
@@ -97,9 +127,14 @@ export function judge(rows: DomainStatus[], watched: Watched[], brokenManifests:
 export async function check(config: Config, virsh: LibvirtClient, zfs: ZfsClient, override: Partial<Thresholds>, dataset?: string): Promise<Verdict> {
   const ini = readSanoidConf(config.sanoidConf);
   if (ini === null) return { status: UNKNOWN, line: `UNKNOWN: ${config.sanoidConf} not found (VIRTSNAP_SANOID_CONF): cannot tell which datasets to watch` };
-  const watched = watchedDatasets(ini, override).filter((w) => dataset === undefined || w.dataset === dataset || isInSubtree(w.dataset, dataset) || isInSubtree(dataset, w.dataset));
+  const sections = sectionsOf(ini, override);
+  const watched = sections.filter((w) => w.limits !== null && (dataset === undefined || w.dataset === dataset || isInSubtree(w.dataset, dataset) || isInSubtree(dataset, w.dataset)));
+  // Watching nothing must never look like all is well.
+  if (watched.length === 0) {
+    return { status: UNKNOWN, line: `UNKNOWN: no section of ${config.sanoidConf} runs virtsnap's pre hook${dataset === undefined ? '' : ` for ${dataset}`}: nothing to watch` };
+  }
   const rows = await domainStatus(config, virsh, zfs, dataset);
-  return judge(rows, watched, scanArchive(config.archiveDir).broken.length);
+  return judge(rows, sections, scanArchive(config.archiveDir).broken.length);
 }
 
 /** `90m`, `2h`, `1d`, `300` (seconds). */

@@ -13,6 +13,7 @@ describe('npm pack and npm install -g', () => {
 
   it('the tarball holds what runs, not the tests; installed, the CLI and the hooks start', async () => {
     // dist/ is built by `npm test`; --ignore-scripts spares a second build.
+    // The dependencies come from npm's cache, filled by `npm ci` (--prefer-offline).
     const pack = await runProgram('npm', ['pack', repoRoot, '--ignore-scripts', '--json', '--pack-destination', dir], {}, 120_000);
     assert.equal(pack.code, 0, pack.stderr);
     const files = (JSON.parse(pack.stdout) as { files: { path: string }[] }[])[0]!.files.map((f) => f.path);
@@ -22,7 +23,7 @@ describe('npm pack and npm install -g', () => {
     assert.deepEqual(files.filter((f) => f.startsWith('test/') || f.startsWith('dist/test/')), []);
     const tgz = path.join(dir, readdirSync(dir).find((f) => f.endsWith('.tgz'))!);
     const prefix = path.join(dir, 'prefix');
-    const install = await runProgram('npm', ['install', '-g', '--prefix', prefix, '--no-audit', '--no-fund', tgz], {}, 300_000);
+    const install = await runProgram('npm', ['install', '-g', '--prefix', prefix, '--prefer-offline', '--no-audit', '--no-fund', tgz], {}, 300_000);
     assert.equal(install.code, 0, install.stderr);
     const version = await runProgram(path.join(prefix, 'bin/virtsnap'), ['--version'], {});
     assert.equal(version.code, 0, version.stderr);

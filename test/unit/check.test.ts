@@ -1,7 +1,7 @@
 // `virtsnap check`'s verdict: which VMs are watched, how old a dump may be, what is CRITICAL.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { CRITICAL, judge, OK, parseDuration, UNKNOWN, WARNING, watchedDatasets } from '../../lib/commands/check.js';
+import { CRITICAL, judge, OK, parseDuration, sectionsOf, UNKNOWN, WARNING, watchedDatasets } from '../../lib/commands/check.js';
 import type { DomainStatus } from '../../lib/commands/status.js';
 import { parseIni } from '../../lib/sanoid/conf.js';
 
@@ -15,6 +15,10 @@ const conf = parseIni(`
   pre_snapshot_script = /usr/lib/virtsnap/hooks/pre-snapshot
 [tank/plain]
   hourly = 24
+[tank/vm/scratch]
+  autosnap = no
+[tank/bare]
+  pre_snapshot_script = /opt/virtsnap/hooks/pre-snapshot
 [template_vm]
   hourly = 24
   pre_snapshot_script = /opt/virtsnap/hooks/pre-snapshot
@@ -31,15 +35,16 @@ describe('virtsnap check', () => {
     assert.deepEqual(w.map((x) => [x.dataset, x.subtree, x.warnSeconds, x.critSeconds]), [
       ['tank/vm', true, 5400, 21600],
       ['tank/daily', false, 28 * 3600, 32 * 3600],
+      ['tank/bare', false, 5400, 21600], // no period set: sanoid's default hourly = 48
     ]);
     assert.equal(watchedDatasets(conf, { warnSeconds: 60, critSeconds: 120 })[0]!.critSeconds, 120);
   });
 
   it('OK with fresh dumps, perfdata per VM; WARNING past warn; CRITICAL past crit, without a dump, on an overlay outside a run, or stuck', () => {
-    const w = watchedDatasets(conf, {});
+    const w = sectionsOf(conf, {});
     const fresh = judge([row('web', { latestDump: dump(600) })], w, 0);
     assert.equal(fresh.status, OK);
-    assert.match(fresh.line, /^OK: 1 VM\(s\) on 2 dataset\(s\) have fresh RAM dumps \| 'web_dump_age'=600s;5400;21600;0$/);
+    assert.match(fresh.line, /^OK: 1 VM\(s\) on 3 dataset\(s\) have fresh RAM dumps \| 'web_dump_age'=600s;5400;21600;0$/);
     assert.equal(judge([row('web', { latestDump: dump(6000) })], w, 0).status, WARNING);
     assert.equal(judge([row('web', { latestDump: dump(30000) })], w, 0).status, CRITICAL);
     assert.match(judge([row('web', {})], w, 0).line, /^CRITICAL: web has no RAM dump/);
@@ -49,6 +54,7 @@ describe('virtsnap check', () => {
     assert.equal(judge([row('off', { state: 'shut off' })], w, 0).status, OK, 'a shut-off VM needs no RAM dump');
     assert.equal(judge([row('elsewhere', { datasets: ['tank/plain'] })], w, 0).status, OK, 'not on a watched dataset');
     assert.equal(judge([row('web', { latestDump: dump(60) })], w, 2).status, WARNING);
+    assert.equal(judge([row('tmp', { datasets: ['tank/vm/scratch'] })], w, 0).status, OK, 'its own section (autosnap = no) wins over the recursive parent');
     assert.equal(UNKNOWN, 3);
   });
 

@@ -23,8 +23,10 @@ describe('systemd units', () => {
         writeFileSync(path.join(dir, u), text);
       }
       const out = spawnSync(analyze, ['verify', '--man=no', ...units.map((u) => `./${u}`)], { cwd: dir, encoding: 'utf8' });
+      // Only what it says of ours: the host's own units (libvirtd, zfs-mount, sanoid) may draw warnings of their own.
+      const ours = out.stderr.split('\n').filter((l) => units.some((u) => l.includes(u)) || l.includes('sanoid.service.d'));
       assert.equal(out.status, 0, out.stderr);
-      assert.equal(out.stderr.trim(), '', out.stderr);
+      assert.deepEqual(ours, [], out.stderr);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -43,6 +43,8 @@ export class LibvirtError extends VirtsnapError {
   constructor(
     message: string,
     readonly libvirtMessage: string,
+    /** virsh was killed at its time limit: libvirt may still finish the call. */
+    readonly timedOut = false,
   ) {
     super(message);
   }

@@ -29,6 +29,11 @@ export interface RunResult {
 
 export const DEFAULT_TIMEOUT_MS = 60_000;
 
+/** The environment of every program we start: C messages, the ones we match on. */
+function commandEnv(extra: Record<string, string> = {}): Record<string, string | undefined> {
+  return { ...process.env, ...extra, LC_ALL: 'C', LANG: 'C' };
+}
+
 export async function run(command: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const { $ } = await loadZx();
@@ -38,7 +43,7 @@ export async function run(command: string, args: readonly string[], options: Run
     verbose: false,
     timeout: timeoutMs,
     timeoutSignal: 'SIGKILL',
-    env: { ...process.env, ...options.env, LC_ALL: 'C', LANG: 'C' },
+    env: commandEnv(options.env),
     // stdin must not be a socket (node's default pipe): Debian's bash then
     // believes it runs under rshd and sources root's ~/.bashrc.
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -77,7 +82,7 @@ export async function startDetached(command: string, args: readonly string[], op
   const { openSync, closeSync } = await import('node:fs');
   const fd = openSync(options.logFile, 'a', 0o600);
   try {
-    const env: Record<string, string | undefined> = { ...process.env, ...options.env, LC_ALL: 'C', LANG: 'C' };
+    const env = commandEnv(options.env);
     for (const name of options.unset ?? []) delete env[name];
     const child = spawn(command, [...args], { detached: true, stdio: ['ignore', fd, fd], env });
     const pid = await new Promise<number>((resolve, reject) => {

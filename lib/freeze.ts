@@ -13,8 +13,9 @@ import { DATASET_META_DEPTH, saveDomainFiles } from './domain-files.js';
 import { LibvirtError, VirtsnapError } from './errors.js';
 import { ensureDir, freeBytes, removeIfExists } from './fsutil.js';
 import type { JournalEntry, OverlayRecord } from './journal.js';
+import { sourceOf } from './libvirt/domain-xml.js';
 import type { Domain } from './libvirt/virsh.js';
-import { log } from './log.js';
+import { about, log } from './log.js';
 import { ownerIsAlive } from './owner.js';
 import type { DomainPlan, FreezePlan } from './plan.js';
 import { showSaveProgress } from './progress.js';
@@ -25,10 +26,6 @@ export type { Deps } from './deps.js';
 
 /** The journal writes of one freeze and its thaw fit in far less; below this, refuse before touching a VM. */
 const STATE_DIR_MIN_FREE = 4 * 1024 * 1024;
-
-function ctx(name: string, dataset?: string) {
-  return dataset === undefined ? { domain: name } : { domain: name, dataset };
-}
 
 function fileSize(file: string): number | null {
   try {
@@ -79,10 +76,10 @@ function entryOf(dp: DomainPlan, plan: FreezePlan, deps: Deps): JournalEntry {
 /** After waiting for another run, the domain must still be what we planned for. */
 function assertUnchanged(dp: DomainPlan, domain: Domain): void {
   for (const o of overlaysOf(dp)) {
-    const disk = domain.disks.find((d) => d.target === o.target);
-    if (disk?.source !== o.original) {
+    const source = sourceOf(domain, o.target);
+    if (source !== o.original) {
       throw new VirtsnapError(
-        `domain ${JSON.stringify(dp.name)} disk ${o.target} is now on ${disk?.source ?? 'nothing'}, not ${o.original}: run again`,
+        `domain ${JSON.stringify(dp.name)} disk ${o.target} is now on ${source ?? 'nothing'}, not ${o.original}: run again`,
       );
     }
   }
@@ -100,7 +97,7 @@ async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promi
   const inDatasets = dp.datasetMetaDirs.map((dir) => ({ dir, ours: DATASET_META_DEPTH }));
   if (dp.action === 'record') {
     await saveDomainFiles(dp, virsh, inDatasets);
-    log.info(`saved XML of shut-off domain into ${dp.datasetMetaDirs.join(', ')}`, ctx(dp.name));
+    log.info(`saved XML of shut-off domain into ${dp.datasetMetaDirs.join(', ')}`, about(dp.name));
     return null;
   }
   deps.stop.check(`before freezing ${JSON.stringify(dp.name)}`);
@@ -111,6 +108,7 @@ async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promi
     // QEMU must reach the overlays in it: traversable, not listable.
     ensureDir(config.overlayDir, 0o711, 'VIRTSNAP_OVERLAY_DIR');
     await saveDomainFiles(dp, virsh, [{ dir: dp.metaDir, ours: 1 }, ...inDatasets]);
+    deps.stop.check(`before saving the RAM of ${JSON.stringify(dp.name)}`);
   } catch (err) {
     rmSync(dp.metaDir, { recursive: true, force: true });
     journal.remove(dp.uuid);
@@ -119,14 +117,7 @@ async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promi
   const started = Date.now();
   const disks = entry.overlays.map((o) => o.target).join(',');
   const how = dp.state === 'paused' ? `leaving ${disks} as they are (the domain is paused)` : `switching ${disks} to overlays${dp.live ? ' (live)' : ''}`;
-  log.info(`saving RAM to ${dp.memoryFile} and ${how}`, ctx(dp.name, plan.targets.join(',')));
-  try {
-    deps.stop.check(`before saving the RAM of ${JSON.stringify(dp.name)}`);
-  } catch (err) {
-    rmSync(dp.metaDir, { recursive: true, force: true });
-    journal.remove(dp.uuid);
-    throw err;
-  }
+  log.info(`saving RAM to ${dp.memoryFile} and ${how}`, about(dp.name, plan.targets.join(',')));
   const progress = showSaveProgress(virsh, dp.uuid, dp.name);
   try {
     await virsh.createSnapshot(dp.uuid, dp.snapshotXml as string, { live: dp.live, timeoutMs: config.saveTimeoutMs }).finally(() => progress.stop());
@@ -139,7 +130,7 @@ async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promi
   try {
     existedAtFreeze = await snapshotsAtFreeze(entry.snapshots, deps);
   } catch (err) {
-    log.error(`cannot ask ZFS which snapshots exist (${(err as Error).message}): thawing, no RAM dump could be tied to a snapshot`, ctx(dp.name));
+    log.error(`cannot ask ZFS which snapshots exist (${(err as Error).message}): thawing, no RAM dump could be tied to a snapshot`, about(dp.name));
     await thawDomain({ ...entry, step: 'frozen' }, deps, { keepDump: false });
     throw err;
   }
@@ -149,13 +140,13 @@ async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promi
   } catch (err) {
     // The state dir filled up or went read-only: the domain is still thawed
     // (thaw goes on without the journal), and no dump is kept.
-    log.error(`cannot record the freeze in the journal (${(err as Error).message}): thawing, no RAM dump kept`, ctx(dp.name));
+    log.error(`cannot record the freeze in the journal (${(err as Error).message}): thawing, no RAM dump kept`, about(dp.name));
     await thawDomain({ ...entry, ...frozen }, deps, { keepDump: false });
     throw err;
   }
   log.info(
     `frozen in ${Date.now() - started} ms (guest paused ${job?.downtimeMs ?? '?'} ms)`,
-    ctx(dp.name, plan.targets.join(',')),
+    about(dp.name, plan.targets.join(',')),
   );
   return entry;
 }
@@ -182,7 +173,7 @@ async function snapshotsAtFreeze(wanted: string[], deps: Deps): Promise<Record<s
  * A refusal (another job holds the domain, a full disk) started nothing of ours.
  */
 function lostTrack(err: unknown): boolean {
-  return !(err instanceof LibvirtError) || err.libvirtMessage.trim() === '' || /no answer from libvirt|end of file|socket is closed/i.test(err.message);
+  return !(err instanceof LibvirtError) || err.timedOut || err.libvirtMessage.trim() === '' || /end of file|socket is closed/i.test(err.message);
 }
 
 /**
@@ -194,17 +185,17 @@ async function undoFailedSnapshot(entry: JournalEntry, dp: DomainPlan, deps: Dep
     // A timed-out virsh is killed, but libvirtd goes on with the job: stop it
     // and wait until it is gone before judging what state the domain is in.
     if (!(await settleDomainJob(dp.uuid, deps, dp.name, ourJobMayRun))) {
-      log.error('libvirt is still running the snapshot job and would not abort it: the journal is kept, run `virtsnap recover` once it ends', ctx(dp.name));
+      log.error('libvirt is still running the snapshot job and would not abort it: the journal is kept, run `virtsnap recover` once it ends', about(dp.name));
       return;
     }
     const domain = await deps.virsh.domain(dp.uuid);
-    const switched = entry.overlays.some((o) => domain.disks.find((d) => d.target === o.target)?.source === o.overlay);
+    const switched = entry.overlays.some((o) => sourceOf(domain, o.target) === o.overlay);
     if (switched) {
       await thawDomain({ ...entry, step: 'frozen' }, deps, { keepDump: false });
       return;
     }
     if (domain.state === 'paused' && dp.state === 'running') {
-      log.warn('libvirt left the domain paused after the failed snapshot: resuming it', ctx(dp.name));
+      log.warn('libvirt left the domain paused after the failed snapshot: resuming it', about(dp.name));
       await deps.virsh.resume(dp.uuid);
     }
     for (const o of entry.overlays) if (o.overlay !== null) removeIfExists(o.overlay);
@@ -212,7 +203,7 @@ async function undoFailedSnapshot(entry: JournalEntry, dp: DomainPlan, deps: Dep
     rmSync(entry.metaDir, { recursive: true, force: true });
     deps.journal.remove(dp.uuid);
   } catch (err) {
-    log.error(`could not clean up after the failed snapshot (${(err as Error).message}): the journal is kept, run \`virtsnap recover\``, ctx(dp.name));
+    log.error(`could not clean up after the failed snapshot (${(err as Error).message}): the journal is kept, run \`virtsnap recover\``, about(dp.name));
   }
 }
 
@@ -256,7 +247,7 @@ export async function freeze(plan: FreezePlan, deps: Deps): Promise<FreezeResult
       try {
         await thawDomain(entry, deps, { keepDump: false });
       } catch (thawErr) {
-        log.error(`could not thaw: ${(thawErr as Error).message}`, ctx(entry.domain.name));
+        log.error(`could not thaw: ${(thawErr as Error).message}`, about(entry.domain.name));
       }
     }
     throw err;

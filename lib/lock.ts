@@ -34,6 +34,16 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/** Asks `done` every `pollMs` until it says yes (true) or `timeoutMs` passed (false); a `done` that throws is a no. */
+export async function waitUntil(done: () => Promise<boolean>, timeoutMs: number, pollMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await done().catch(() => false)) return true;
+    if (Date.now() >= deadline) return false;
+    await sleep(pollMs);
+  }
+}
+
 /** Runs `fn` holding lock `name` in `lockDir`, waiting until `deadline` (ms since epoch) for it. */
 export async function withLock<T>(lockDir: string, name: string, deadline: number, fn: () => T | Promise<T>): Promise<T> {
   // Locks live in STATE_DIR/locks: both must be ours and closed to others.

@@ -12,6 +12,11 @@ export interface LogContext {
   dataset?: string;
 }
 
+/** The context of a line about domain `name`, and the dataset when there is one. */
+export function about(name: string, dataset?: string): LogContext {
+  return dataset === undefined ? { domain: name } : { domain: name, dataset };
+}
+
 const order: Record<Level, number> = { debug: 0, info: 1, warn: 2, error: 3 };
 
 function threshold(): number {

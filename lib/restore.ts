@@ -25,7 +25,7 @@ import { datasetsOfDomains } from './inventory.js';
 import { parseDomainXml } from './libvirt/domain-xml.js';
 import { readSaveImageXml, rewriteSaveImageXml } from './libvirt/save-image.js';
 import type { LibvirtClient } from './libvirt/virsh.js';
-import { sleep } from './lock.js';
+import { sleep, waitUntil } from './lock.js';
 import { log } from './log.js';
 import { isZvolOf, planRestore, renameDomainXml, rewriteDiskPaths, setNvramPath, type DomainRestore, type RestoreFacts, type RestorePlan, type RestoreRequest } from './restore-plan.js';
 import { checkDump } from './verify.js';
@@ -50,16 +50,9 @@ async function settled(call: Promise<void>, done: () => Promise<boolean>, what: 
   try {
     await call;
   } catch (err) {
-    if (!(err instanceof LibvirtError) || !/no answer from libvirt/.test(err.message)) throw err;
-    const deadline = Date.now() + graceMs;
-    for (;;) {
-      if (await done().catch(() => false)) {
-        log.warn(`${what} outlived virsh's time limit, and libvirt finished it anyway`, ctx);
-        return;
-      }
-      if (Date.now() >= deadline) throw err;
-      await sleep(1000);
-    }
+    if (!(err instanceof LibvirtError) || !err.timedOut) throw err;
+    if (!(await waitUntil(done, graceMs, 1000))) throw err;
+    log.warn(`${what} outlived virsh's time limit, and libvirt finished it anyway`, ctx);
   }
 }
 

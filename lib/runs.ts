@@ -87,7 +87,7 @@ export interface Stuck {
 }
 
 function touches(entry: JournalEntry, datasets: readonly string[]): boolean {
-  return entry.overlays.some((o) => datasets.some((ds) => o.dataset === ds || isInSubtree(o.dataset, ds)));
+  return entry.overlays.some((o) => datasets.some((ds) => isInSubtree(o.dataset, ds)));
 }
 
 /**

@@ -16,15 +16,12 @@ import { asFsError, LibvirtError, VirtsnapError } from './errors.js';
 import { exists, removeIfExists } from './fsutil.js';
 import type { JournalEntry, OverlayRecord } from './journal.js';
 import { readSaveImageHeader } from './libvirt/save-image.js';
+import { sourceOf } from './libvirt/domain-xml.js';
 import type { Domain } from './libvirt/virsh.js';
-import { log } from './log.js';
-import { sleep, withLock } from './lock.js';
+import { about, log } from './log.js';
+import { sleep, waitUntil, withLock } from './lock.js';
 import { tieSnapshots, type SnapshotRef } from './snapshot-id.js';
 import { datasetOfSnapshot } from './zfs.js';
-
-function ctx(name: string, dataset?: string) {
-  return dataset === undefined ? { domain: name } : { domain: name, dataset };
-}
 
 /** A domain that no thaw can bring back without a person: named by every later run and `virtsnap status`. */
 export class StuckError extends VirtsnapError {
@@ -50,17 +47,12 @@ const POLL_MS = 500;
 export async function settleDomainJob(uuid: string, deps: Pick<Deps, 'virsh'>, name: string, abort: boolean, timeoutMs = 60_000): Promise<boolean> {
   if ((await deps.virsh.activeJob(uuid).catch(() => null)) === null) return true;
   if (abort) {
-    log.warn('libvirt still runs the snapshot job of a run that was cut short: aborting it and waiting for it to end', ctx(name));
+    log.warn('libvirt still runs the snapshot job of a run that was cut short: aborting it and waiting for it to end', about(name));
     await deps.virsh.abortJob(uuid).catch(() => undefined);
   } else {
-    log.warn('libvirt runs a job on the domain that is not ours: waiting for it to end', ctx(name));
+    log.warn('libvirt runs a job on the domain that is not ours: waiting for it to end', about(name));
   }
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    await sleep(POLL_MS);
-    if ((await deps.virsh.activeJob(uuid).catch(() => null)) === null) return true;
-  }
-  return false;
+  return waitUntil(async () => (await deps.virsh.activeJob(uuid).catch(() => null)) === null, timeoutMs, POLL_MS);
 }
 
 /**
@@ -75,13 +67,13 @@ async function pivotWhenReady(entry: JournalEntry, o: OverlayRecord, deps: Deps,
   let lastError = '';
   for (;;) {
     if (!(await deps.virsh.hasBlockJob(uuid, o.target))) {
-      const source = (await deps.virsh.domain(uuid)).disks.find((d) => d.target === o.target)?.source;
+      const source = sourceOf(await deps.virsh.domain(uuid), o.target);
       if (source === o.original) return; // it pivoted on its own (the virsh that started it did)
       throw new VirtsnapError(`the commit job on ${o.target} ended without a pivot: the disk is on ${source ?? 'nothing'}${lastError ? ` (${lastError})` : ''}`);
     }
     try {
       await deps.virsh.pivot(uuid, o.target);
-      log.info(`pivoted the commit job of ${o.target} that an interrupted thaw left running`, ctx(name, o.dataset));
+      log.info(`pivoted the commit job of ${o.target} that an interrupted thaw left running`, about(name, o.dataset));
       return;
     } catch (err) {
       lastError = libvirtReason(err);
@@ -93,7 +85,6 @@ async function pivotWhenReady(entry: JournalEntry, o: OverlayRecord, deps: Deps,
 
 /** Attempts at one disk's commit: libvirtd restarting under a thaw makes the first fail with no harm done. */
 const COMMIT_ATTEMPTS = 3;
-
 
 /**
  * Commits one disk back and pivots. A failed call is not a result: virsh
@@ -110,7 +101,7 @@ async function commitDisk(entry: JournalEntry, o: OverlayRecord, domain: Domain,
   for (let attempt = 1; ; attempt++) {
     try {
       const now = attempt === 1 ? domain : await deps.virsh.domain(uuid);
-      const source = now.disks.find((d) => d.target === o.target)?.source;
+      const source = sourceOf(now, o.target);
       if (source === o.original) break; // committed (by us, before a crash, or by a virsh we lost)
       if (source !== o.overlay) {
         throw new StuckError(
@@ -118,7 +109,7 @@ async function commitDisk(entry: JournalEntry, o: OverlayRecord, domain: Domain,
         );
       }
       if (await deps.virsh.hasBlockJob(uuid, o.target)) {
-        log.warn(`a commit job of an interrupted thaw still runs on ${o.target}: waiting for it to be ready, then pivoting`, ctx(name, o.dataset));
+        log.warn(`a commit job of an interrupted thaw still runs on ${o.target}: waiting for it to be ready, then pivoting`, about(name, o.dataset));
         await pivotWhenReady(entry, o, deps, Math.max(1000, deadline - Date.now()));
       } else {
         await deps.virsh.activeCommit(uuid, o.target, deps.config.commitTimeoutMs);
@@ -133,16 +124,16 @@ async function commitDisk(entry: JournalEntry, o: OverlayRecord, domain: Domain,
           `block commit of ${o.target} failed, the domain stays on overlay ${o.overlay} (${reason}): fix the cause, then run \`virtsnap recover\``,
         );
       }
-      log.warn(`block commit of ${o.target}: ${reason}; looking at libvirt again`, ctx(name, o.dataset));
+      log.warn(`block commit of ${o.target}: ${reason}; looking at libvirt again`, about(name, o.dataset));
       await sleep(2 * POLL_MS * attempt);
     }
   }
-  log.info(`committed ${o.target} back into ${o.original} in ${Date.now() - started} ms`, ctx(name, o.dataset));
+  log.info(`committed ${o.target} back into ${o.original} in ${Date.now() - started} ms`, about(name, o.dataset));
 }
 
 function assertOnOriginals(entry: JournalEntry, domain: Domain): void {
   for (const o of entry.overlays) {
-    const source = domain.disks.find((d) => d.target === o.target)?.source;
+    const source = sourceOf(domain, o.target);
     if (source !== o.original) {
       throw new VirtsnapError(`domain ${JSON.stringify(entry.domain.name)} disk ${o.target} is on ${source ?? 'nothing'} after the commit, expected ${o.original}`);
     }
@@ -163,7 +154,7 @@ async function resumeIfOurs(entry: JournalEntry, deps: Deps): Promise<void> {
   if (state !== 'paused' || !PAUSED_BY_US_OR_IO.test(reason)) return;
   await deps.virsh.resume(entry.domain.uuid);
   const why = /I\/O|ioerror/i.test(reason) ? 'QEMU had paused it on an I/O error while it ran on the overlay' : `it was left paused (${reason})`;
-  log.warn(`resumed the domain: ${why}; it runs on its own disks again`, ctx(entry.domain.name));
+  log.warn(`resumed the domain: ${why}; it runs on its own disks again`, about(entry.domain.name));
 }
 
 export interface ThawOptions {
@@ -190,7 +181,7 @@ export async function thawDomain(entry: JournalEntry, deps: Deps, options: ThawO
       current = entry; // a damaged journal file: the entry we hold is all we know
     }
     if (current === null || current.tag !== entry.tag) {
-      log.info('already thawed by another virtsnap process', ctx(entry.domain.name));
+      log.info('already thawed by another virtsnap process', about(entry.domain.name));
       return THAWED_ELSEWHERE;
     }
     // What is on disk is newer than what the caller read (a step it missed), unless the caller could not write it.
@@ -218,14 +209,14 @@ async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): 
       throw new VirtsnapError(`libvirt still runs a job on domain ${JSON.stringify(name)} and would not abort it: run \`virtsnap recover\` once it ends`);
     }
     const before = await virsh.domain(entry.domain.uuid);
-    if (before.state === 'shut off' && entry.overlays.some((o) => before.disks.find((d) => d.target === o.target)?.source === o.overlay)) {
+    if (before.state === 'shut off' && entry.overlays.some((o) => sourceOf(before, o.target) === o.overlay)) {
       throw new StuckError(
         `domain ${JSON.stringify(name)} was shut down while on overlays: start it (it runs on the overlays) and run \`virtsnap recover\``,
       );
     }
     const manual = entry.overlays.length > 0 && entry.overlays.every((o) => o.overlay === null);
     if (manual && before.state !== 'paused' && keep) {
-      log.error('the domain was frozen paused (no overlays) but has been resumed since: its disks moved on, the RAM dump is discarded', ctx(name));
+      log.error('the domain was frozen paused (no overlays) but has been resumed since: its disks moved on, the RAM dump is discarded', about(name));
       keep = false;
     }
     // Which snapshots hold the disks of the RAM's instant is decided now, while
@@ -234,13 +225,13 @@ async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): 
     let tied = entry.tied;
     if (keep && tied === undefined) {
       if (entry.step === 'frozen') tied = await tieDump(entry, deps);
-      else log.error(`the run died at step ${entry.step}, before it recorded which snapshots hold the RAM's instant: the RAM dump is discarded`, ctx(name));
+      else log.error(`the run died at step ${entry.step}, before it recorded which snapshots hold the RAM's instant: the RAM dump is discarded`, about(name));
     }
     const committing = journal.tryUpdate(entry, { step: 'committing', ...(tied !== undefined ? { tied } : {}) });
     entry = committing.entry;
     if (!committing.written && entry.tied !== undefined && entry.tied.length > 0 && keep) {
       // Unrecorded, the tie could be made again after a crash, once the disks moved on.
-      log.error('the journal cannot record which snapshots hold the RAM dump: it is discarded', ctx(name));
+      log.error('the journal cannot record which snapshots hold the RAM dump: it is discarded', about(name));
       keep = false;
     }
     const commitStarted = Date.now();
@@ -265,7 +256,7 @@ async function tieDump(entry: JournalEntry, deps: Deps): Promise<SnapshotRef[]> 
   try {
     now = await deps.zfs.snapshotProps(entry.snapshots.map(datasetOfSnapshot));
   } catch (err) {
-    log.error(`cannot ask ZFS which snapshots exist (${(err as Error).message}): the RAM dump cannot be tied to any snapshot and is discarded`, ctx(name));
+    log.error(`cannot ask ZFS which snapshots exist (${(err as Error).message}): the RAM dump cannot be tied to any snapshot and is discarded`, about(name));
     return [];
   }
   const { tied, refused } = tieSnapshots({
@@ -276,9 +267,9 @@ async function tieDump(entry: JournalEntry, deps: Deps): Promise<SnapshotRef[]> 
     freezeStartedMs: Date.parse(entry.startedAt),
     mountpointOf: (ds) => entry.mountpoints?.[ds] ?? null,
   });
-  for (const r of refused) log.warn(`RAM dump not tied to ${r.name}: ${r.reason}`, ctx(name, datasetOfSnapshot(r.name)));
+  for (const r of refused) log.warn(`RAM dump not tied to ${r.name}: ${r.reason}`, about(name, datasetOfSnapshot(r.name)));
   if (tied.length === 0) {
-    log.error(`no snapshot of this run holds the disks as they were when the RAM was saved (${entry.snapshots.join(', ')}): RAM dump discarded`, ctx(name));
+    log.error(`no snapshot of this run holds the disks as they were when the RAM was saved (${entry.snapshots.join(', ')}): RAM dump discarded`, about(name));
   }
   return tied;
 }
@@ -292,12 +283,12 @@ export function dropDump(entry: Pick<JournalEntry, 'memoryFile' | 'metaDir'>): v
 async function keepDump(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): Promise<ArchivedDump | null> {
   const name = entry.domain.name;
   if (!exists(entry.memoryFile)) {
-    log.error(`memory file ${entry.memoryFile} is missing: no RAM dump for this snapshot`, ctx(name));
+    log.error(`memory file ${entry.memoryFile} is missing: no RAM dump for this snapshot`, about(name));
     return null;
   }
   const header = readSaveImageHeader(entry.memoryFile);
   if (header === null || !header.complete) {
-    log.error(`memory file ${entry.memoryFile} is incomplete: no RAM dump for this snapshot`, ctx(name));
+    log.error(`memory file ${entry.memoryFile} is incomplete: no RAM dump for this snapshot`, about(name));
     return null;
   }
   try {
@@ -319,7 +310,7 @@ async function keepDump(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): P
         hostname: hostname(),
       }),
     );
-    log.info(`archived RAM dump ${dump.manifest.memoryFile} (${dump.manifest.bytes} bytes) for ${snapshotNames(dump.manifest).join(', ')}`, ctx(name));
+    log.info(`archived RAM dump ${dump.manifest.memoryFile} (${dump.manifest.bytes} bytes) for ${snapshotNames(dump.manifest).join(', ')}`, about(name));
     return dump;
   } catch (err) {
     // The VM is back on its own disks; the dump waits in the overlay dir and
@@ -352,7 +343,7 @@ export async function thawRun(runId: string, deps: Deps, options: ThawOptions = 
         result.withoutDump.push(entry.domain);
       }
     } catch (err) {
-      log.error((err as Error).message, ctx(entry.domain.name));
+      log.error((err as Error).message, about(entry.domain.name));
       result.failures.push((err as Error).message);
       result.withoutDump.push(entry.domain);
     }

@@ -9,6 +9,7 @@
 // archive has manifests it cannot read.
 import { scanArchive } from '../archive.js';
 import type { Config } from '../config.js';
+import { age } from '../format.js';
 import type { LibvirtClient } from '../libvirt/virsh.js';
 import { readSanoidConf, recursionOf, settingOf, type Ini } from '../sanoid/conf.js';
 import { isInSubtree, type ZfsClient } from '../zfs.js';
@@ -84,13 +85,6 @@ export interface Verdict {
   line: string;
 }
 
-function age(seconds: number): string {
-  if (seconds < 120) return `${seconds}s`;
-  if (seconds < 7200) return `${Math.round(seconds / 60)}m`;
-  if (seconds < 172800) return `${Math.round(seconds / 3600)}h`;
-  return `${Math.round(seconds / 86400)}d`;
-}
-
 /** The plugin's verdict from what `virtsnap status` knows. Pure. */
 export function judge(rows: DomainStatus[], sections: Section[], brokenManifests: number): Verdict {
   const watched = sections.filter((s) => s.limits !== null);
@@ -128,7 +122,7 @@ export async function check(config: Config, virsh: LibvirtClient, zfs: ZfsClient
   const ini = readSanoidConf(config.sanoidConf);
   if (ini === null) return { status: UNKNOWN, line: `UNKNOWN: ${config.sanoidConf} not found (VIRTSNAP_SANOID_CONF): cannot tell which datasets to watch` };
   const sections = sectionsOf(ini, override);
-  const watched = sections.filter((w) => w.limits !== null && (dataset === undefined || w.dataset === dataset || isInSubtree(w.dataset, dataset) || isInSubtree(dataset, w.dataset)));
+  const watched = sections.filter((w) => w.limits !== null && (dataset === undefined || isInSubtree(w.dataset, dataset) || isInSubtree(dataset, w.dataset)));
   // Watching nothing must never look like all is well.
   if (watched.length === 0) {
     return { status: UNKNOWN, line: `UNKNOWN: no section of ${config.sanoidConf} runs virtsnap's pre hook${dataset === undefined ? '' : ` for ${dataset}`}: nothing to watch` };

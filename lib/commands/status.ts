@@ -3,7 +3,7 @@
 import { scanArchive, snapshotNames } from '../archive.js';
 import { currentManifests } from './list.js';
 import type { Config } from '../config.js';
-import { table } from '../format.js';
+import { age, table } from '../format.js';
 import { isInsideDir } from '../fsutil.js';
 import { datasetsOfDomains } from '../inventory.js';
 import { Journal } from '../journal.js';
@@ -76,13 +76,6 @@ export async function domainStatus(config: Config, virsh: LibvirtClient, zfs: Zf
     });
   }
   return result;
-}
-
-function age(seconds: number): string {
-  if (seconds < 120) return `${seconds}s`;
-  if (seconds < 7200) return `${Math.round(seconds / 60)}m`;
-  if (seconds < 172800) return `${Math.round(seconds / 3600)}h`;
-  return `${Math.round(seconds / 86400)}d`;
 }
 
 export function formatStatus(rows: DomainStatus[]): string {

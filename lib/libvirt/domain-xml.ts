@@ -31,6 +31,11 @@ export interface DomainDef {
   tpmEmulator: boolean;
 }
 
+/** The image disk `target` is on now (null: no source, undefined: no such disk). */
+export function sourceOf(domain: Pick<DomainDef, 'disks'>, target: string): string | null | undefined {
+  return domain.disks.find((d) => d.target === target)?.source;
+}
+
 const parser = new XMLParser({
   ignoreAttributes: false,
   attributeNamePrefix: '@',

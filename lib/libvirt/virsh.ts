@@ -78,7 +78,7 @@ export class LibvirtClient {
     } catch (err) {
       if (!(err instanceof CommandError)) throw err;
       const reason = err.timedOut ? `no answer from libvirt within ${Math.round((options.timeoutMs ?? this.timeoutMs) / 1000)}s` : libvirtText(err);
-      throw new LibvirtError(`${what}: ${reason}`, err.stderr);
+      throw new LibvirtError(`${what}: ${reason}`, err.stderr, err.timedOut);
     }
   }
 

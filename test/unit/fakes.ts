@@ -54,7 +54,7 @@ export class FakeLibvirt implements RunLibvirt {
 
   failNext(method: Method, times = 1, message = `${method} failed`, timedOut = false): void {
     const list = this.failures.get(method) ?? [];
-    list.push({ left: times, error: () => new LibvirtError(timedOut ? `${method}: no answer from libvirt within 1s` : `${method}: ${message}`, timedOut ? '' : message) });
+    list.push({ left: times, error: () => new LibvirtError(timedOut ? `${method}: no answer from libvirt within 1s` : `${method}: ${message}`, timedOut ? '' : message, timedOut) });
     this.failures.set(method, list);
   }
 
@@ -163,7 +163,7 @@ export class FakeLibvirt implements RunLibvirt {
     if (d.blockJobs.has(target)) throw new LibvirtError('block commit failed', `error: disk '${target}' already in active block job`);
     if (this.commitSteps > 0) {
       d.blockJobs.set(target, { readyIn: this.commitSteps });
-      throw new LibvirtError('block commit failed: no answer from libvirt within 1s', '');
+      throw new LibvirtError('block commit failed: no answer from libvirt within 1s', '', true);
     }
     this.pivotNow(d, target);
   }

@@ -26,7 +26,7 @@ const usage = `usage: virtsnap COMMAND [options]
   snapshot DATASET [-r] [--name NAME] [--dry-run] [--json]
                       take one consistent ZFS snapshot now (RAM included)
   restore DATASET@SNAP (--clone NEW_DATASET | --rollback) [--domain NAME]
-          [--as NEW_NAME] [--paused] [--yes] [--destroy-newer] [--dry-run]
+          [--as NEW_NAME] [--paused] [--yes] [--destroy-newer] [--dry-run] [--json]
                       bring the VMs back running, as they were at the snapshot
   list [--json] [DATASET]
                       the RAM dumps in the archive

@@ -11,7 +11,7 @@ import { scanArchive } from '../archive.js';
 import type { Config } from '../config.js';
 import { age } from '../format.js';
 import type { LibvirtClient } from '../libvirt/virsh.js';
-import { readSanoidConf, recursionOf, settingOf, type Ini } from '../sanoid/conf.js';
+import { autosnaps, countOf, nearestSection, readSanoidConf, recursionOf, runsOurHooks, type Ini } from '../sanoid/conf.js';
 import { isInSubtree, type ZfsClient } from '../zfs.js';
 import { domainStatus, type DomainStatus } from './status.js';
 
@@ -38,9 +38,8 @@ export interface Watched extends Thresholds {
  * daily = 90: sanoid.defaults.conf).
  */
 function defaultsFor(ini: Ini, section: string): Thresholds | null {
-  const count = (key: string, fallback: string) => Number(settingOf(ini, section, key) ?? fallback);
-  if (count('hourly', '48') > 0) return { warnSeconds: 90 * 60, critSeconds: 6 * 3600 };
-  if (count('daily', '90') > 0) return { warnSeconds: 28 * 3600, critSeconds: 32 * 3600 };
+  if (countOf(ini, section, 'hourly') > 0) return { warnSeconds: 90 * 60, critSeconds: 6 * 3600 };
+  if (countOf(ini, section, 'daily') > 0) return { warnSeconds: 28 * 3600, critSeconds: 32 * 3600 };
   return null;
 }
 
@@ -56,10 +55,9 @@ export function sectionsOf(ini: Ini, override: Partial<Thresholds>): Section[] {
   const result: Section[] = [];
   for (const section of ini.keys()) {
     if (section.startsWith('template_')) continue;
-    const ours = /hooks\/pre-snapshot\b/.test(settingOf(ini, section, 'pre_snapshot_script') ?? '');
-    const autosnap = ['yes', '1', 'true', 'on'].includes((settingOf(ini, section, 'autosnap') ?? 'yes').toLowerCase());
+    const ours = runsOurHooks(ini, section);
     const defaults = defaultsFor(ini, section);
-    const limits = ours && autosnap && (defaults !== null || (override.warnSeconds !== undefined && override.critSeconds !== undefined)) ? ({ ...defaults, ...override } as Thresholds) : null;
+    const limits = ours && autosnaps(ini, section) && (defaults !== null || (override.warnSeconds !== undefined && override.critSeconds !== undefined)) ? ({ ...defaults, ...override } as Thresholds) : null;
     result.push({ dataset: section, subtree: recursionOf(ini, section) !== 'no', limits });
   }
   return result;
@@ -68,16 +66,6 @@ export function sectionsOf(ini: Ini, override: Partial<Thresholds>): Section[] {
 /** The sections virtsnap's hooks run for. */
 export function watchedDatasets(ini: Ini, override: Partial<Thresholds>): Watched[] {
   return sectionsOf(ini, override).flatMap((s) => (s.limits === null ? [] : [{ dataset: s.dataset, subtree: s.subtree, ...s.limits }]));
-}
-
-/** The section sanoid uses for a dataset: its own, else the nearest ancestor that recurses (as sanoid reads it). */
-function sectionFor(dataset: string, sections: Section[]): Section | null {
-  let best: Section | null = null;
-  for (const s of sections) {
-    if (!(s.dataset === dataset || (s.subtree && isInSubtree(dataset, s.dataset)))) continue;
-    if (best === null || s.dataset.length > best.dataset.length) best = s;
-  }
-  return best;
 }
 
 export interface Verdict {
@@ -93,7 +81,7 @@ export function judge(rows: DomainStatus[], sections: Section[], brokenManifests
   const perf: string[] = [];
   let checked = 0;
   for (const r of rows) {
-    const limits = r.datasets.map((ds) => sectionFor(ds, sections)?.limits ?? null).filter((l): l is Thresholds => l !== null);
+    const limits = r.datasets.map((ds) => nearestSection(ds, sections)?.limits ?? null).filter((l): l is Thresholds => l !== null);
     const w = limits.length === 0 ? undefined : limits.reduce((a, b) => (a.critSeconds <= b.critSeconds ? a : b));
     if (r.stuck !== null) {
       critical.push(`${r.name} stuck since ${r.stuck.since}`);

@@ -3,8 +3,11 @@ import { accessSync, constants, existsSync, statfsSync, statSync } from 'node:fs
 import path from 'node:path';
 import type { Config } from '../config.js';
 import { Journal } from '../journal.js';
-import type { LibvirtClient } from '../libvirt/virsh.js';
-import { readSanoidConf, settingOf, type Ini } from '../sanoid/conf.js';
+import type { Domain, LibvirtClient } from '../libvirt/virsh.js';
+import { ancestry, firstUnsearchable, qemuIdentity, type DirStat, type Identity, type QemuConf } from '../libvirt/qemu-user.js';
+import { autosnaps, nearestSection, readSanoidConf, recursionOf, runsKept, runsOurHooks, settingOf, type Ini } from '../sanoid/conf.js';
+import { scanArchive } from '../archive.js';
+import { datasetsOfDomains } from '../inventory.js';
 import { datasetOfFile, readMounts } from '../zfs.js';
 
 export type Severity = 'ok' | 'warn' | 'fail';
@@ -43,7 +46,7 @@ const TRUE = ['1', 'yes', 'true', 'on'];
 export function checkSanoidConf(ini: Ini, file: string): Finding[] {
   const findings: Finding[] = [];
   const value = (section: string, key: string): string | undefined => settingOf(ini, section, key);
-  const ours = [...ini.keys()].filter((s) => !s.startsWith('template_') && /virtsnap|pre-snapshot|post-snapshot/.test(value(s, 'pre_snapshot_script') ?? ''));
+  const ours = [...ini.keys()].filter((s) => runsOurHooks(ini, s));
   if (ours.length === 0) return [warn('sanoid.conf', `${file}: no section runs virtsnap's pre-snapshot hook`)];
   for (const s of ours) {
     const where = `[${s}]`;
@@ -69,7 +72,7 @@ function checkDirs(config: Config, ini: Ini | null): Finding[] {
   const mounts = readMounts();
   let overlayDs: string | null = null;
   if (existsSync(config.overlayDir)) overlayDs = datasetOfFile(config.overlayDir, mounts)?.dataset ?? null;
-  const snapshotted = ini ? [...ini.keys()].filter((s) => !s.startsWith('template_') && TRUE.includes((ini.get(s)?.get('autosnap') ?? 'yes').toLowerCase())) : [];
+  const snapshotted = ini ? [...ini.keys()].filter((s) => autosnaps(ini, s)) : [];
   const inside = overlayDs !== null ? snapshotted.find((s) => overlayDs === s || (overlayDs as string).startsWith(`${s}/`)) : undefined;
   if (inside !== undefined) findings.push(fail('overlay dir', `${config.overlayDir} is in dataset ${overlayDs}, which sanoid snapshots ([${inside}]): move VIRTSNAP_OVERLAY_DIR out of it`));
   for (const [name, dir] of [['archive dir', config.archiveDir], ['state dir', config.stateDir]] as const) {
@@ -84,20 +87,107 @@ function checkDirs(config: Config, ini: Ini | null): Finding[] {
   return findings;
 }
 
-async function checkSpace(config: Config, virsh: LibvirtClient): Promise<Finding[]> {
-  let dir = config.overlayDir;
-  while (!existsSync(dir) && dir !== '/') dir = path.dirname(dir);
-  const fs = statfsSync(dir);
-  const free = fs.bavail * fs.bsize;
-  let ram = 0;
+const gib = (n: number) => `${(n / 1024 ** 3).toFixed(1)} GiB`;
+
+/** Free bytes where `dir` is, or would be once created. */
+function freeBytes(dir: string): number {
+  let d = dir;
+  while (!existsSync(d) && d !== '/') d = path.dirname(d);
+  const fs = statfsSync(d);
+  return fs.bavail * fs.bsize;
+}
+
+function checkOverlaySpace(config: Config, running: Domain[]): Finding[] {
+  const free = freeBytes(config.overlayDir);
+  const ram = running.reduce((sum, d) => sum + d.memoryKiB * 1024, 0);
+  if (free < ram) return [warn('overlay space', `${gib(free)} free in ${config.overlayDir}, running VMs have ${gib(ram)} of RAM: a freeze of all of them at once may not fit`)];
+  return [ok('overlay space', `${gib(free)} free for ${gib(ram)} of RAM in running VMs`)];
+}
+
+/** A running VM the hooks snapshot: how big its dumps are, how many sanoid's retention keeps, how much it has now. */
+export interface ArchiveNeed {
+  domain: string;
+  /** Its newest dump's size, else its RAM size. */
+  dumpBytes: number;
+  /** Runs kept at once by its dataset's section (an upper bound, lib/sanoid/conf.ts runsKept). */
+  kept: number;
+  archivedBytes: number;
+}
+
+/**
+ * The archive must take the next run's dumps (else that run's post fails
+ * and the dumps wait in the overlay dir), and should take what sanoid's
+ * retention will keep. Pure.
+ */
+export function judgeArchiveSpace(archiveDir: string, free: number, needs: ArchiveNeed[]): Finding[] {
+  if (needs.length === 0) return [ok('archive space', `${gib(free)} free in ${archiveDir}; no running VM on a dataset that runs our hooks`)];
+  const next = needs.reduce((sum, n) => sum + n.dumpBytes, 0);
+  const growth = needs.reduce((sum, n) => sum + Math.max(0, n.dumpBytes * n.kept - n.archivedBytes), 0);
+  const kept = Math.max(...needs.map((n) => n.kept));
+  if (free < next) {
+    return [fail('archive space', `${gib(free)} free in ${archiveDir}, the next run's dumps of ${needs.length} VM(s) take ${gib(next)}: post would fail to archive them; free space or move VIRTSNAP_ARCHIVE_DIR`)];
+  }
+  if (free < growth) {
+    return [warn('archive space', `${gib(free)} free in ${archiveDir}; sanoid's retention keeps up to ${kept} dumps per VM, ${gib(growth)} more than the archive holds now for ${needs.map((n) => n.domain).join(', ')}: free space, move VIRTSNAP_ARCHIVE_DIR, or keep fewer snapshots`)];
+  }
+  return [ok('archive space', `${gib(free)} free in ${archiveDir}, enough for up to ${kept} dumps per VM of ${needs.length} VM(s) (${gib(growth)} more)`)];
+}
+
+function archiveNeeds(config: Config, ini: Ini, running: Domain[]): ArchiveNeed[] {
+  const sections = [...ini.keys()].filter((s) => autosnaps(ini, s)).map((s) => ({ dataset: s, subtree: recursionOf(ini, s) !== 'no', kept: runsOurHooks(ini, s) ? runsKept(ini, s) : 0 }));
+  const datasets = datasetsOfDomains(running);
+  const dumps = scanArchive(config.archiveDir).dumps;
+  const needs: ArchiveNeed[] = [];
+  for (const d of running) {
+    const kept = Math.max(0, ...(datasets.get(d.uuid) ?? []).map((ds) => nearestSection(ds, sections)?.kept ?? 0));
+    if (kept === 0) continue;
+    const own = dumps.filter((x) => x.manifest.domain.uuid === d.uuid).sort((a, b) => a.manifest.times.archivedAt.localeCompare(b.manifest.times.archivedAt));
+    needs.push({
+      domain: d.name,
+      dumpBytes: own.at(-1)?.manifest.bytes ?? d.memoryKiB * 1024,
+      kept,
+      archivedBytes: own.reduce((sum, x) => sum + x.manifest.bytes, 0),
+    });
+  }
+  return needs;
+}
+
+/**
+ * QEMU's user reaches the overlays. libvirt hands QEMU each overlay file
+ * (DAC, dynamic_ownership) but not the directories above it: a 0700
+ * /var/lib/virtsnap makes every external snapshot fail with "Permission
+ * denied" only when it is first tried. Pure.
+ */
+export function judgeQemuAccess(overlayDir: string, conf: QemuConf, identity: Identity | null, chain: DirStat[]): Finding[] {
+  if (identity === null) return [warn('overlay access', `QEMU's user ${JSON.stringify(conf.user)} (qemu.conf) is not in /etc/passwd: check by hand that it can reach ${overlayDir}`)];
+  const blocked = firstUnsearchable(chain, identity);
+  if (blocked !== null) {
+    return [
+      fail(
+        'overlay access',
+        `QEMU runs as ${identity.name} and cannot enter ${blocked.path} (mode ${(blocked.mode & 0o7777).toString(8)}, uid ${blocked.uid}): every external snapshot would fail with "Permission denied"; chmod o+x ${blocked.path} (it stays unlistable), or choose another VIRTSNAP_OVERLAY_DIR`,
+      ),
+    ];
+  }
+  if (!conf.dynamicOwnership && identity.uid !== 0) {
+    return [warn('overlay access', `dynamic_ownership = 0 in qemu.conf: libvirt does not hand the overlay files it creates to QEMU's user ${identity.name}, which then may not open them; set dynamic_ownership = 1`)];
+  }
+  return [ok('overlay access', `QEMU (${identity.name}) can reach ${overlayDir}`)];
+}
+
+function checkQemuAccess(config: Config): Finding[] {
+  const { conf, identity } = qemuIdentity();
+  return judgeQemuAccess(config.overlayDir, conf, identity, ancestry(config.overlayDir));
+}
+
+async function checkSpace(config: Config, virsh: LibvirtClient, ini: Ini | null): Promise<Finding[]> {
+  let running: Domain[];
   try {
-    for (const d of await virsh.domains()) if (d.state === 'running' || d.state === 'paused') ram += d.memoryKiB * 1024;
+    running = (await virsh.domains()).filter((d) => d.state === 'running' || d.state === 'paused');
   } catch {
     return [];
   }
-  const gib = (n: number) => `${(n / 1024 ** 3).toFixed(1)} GiB`;
-  if (free < ram) return [warn('overlay space', `${gib(free)} free in ${config.overlayDir}, running VMs have ${gib(ram)} of RAM: a freeze of all of them at once may not fit`)];
-  return [ok('overlay space', `${gib(free)} free for ${gib(ram)} of RAM in running VMs`)];
+  return [...checkOverlaySpace(config, running), ...(ini === null ? [] : judgeArchiveSpace(config.archiveDir, freeBytes(config.archiveDir), archiveNeeds(config, ini, running)))];
 }
 
 function checkAppArmor(config: Config): Finding[] {
@@ -154,7 +244,8 @@ export async function doctor(config: Config, virsh: LibvirtClient): Promise<Find
     ...(ini === null ? [warn('sanoid.conf', `${config.sanoidConf} not found (VIRTSNAP_SANOID_CONF): recursion cannot be learnt, and the hook settings cannot be checked`)] : checkSanoidConf(ini, config.sanoidConf)),
     ...(ini === null ? [] : checkHookPaths(ini)),
     ...checkDirs(config, ini),
-    ...(await checkSpace(config, virsh)),
+    ...checkQemuAccess(config),
+    ...(await checkSpace(config, virsh, ini)),
     ...checkAppArmor(config),
     ...checkJournal(config),
   ];

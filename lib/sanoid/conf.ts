@@ -4,6 +4,7 @@
 // hook must freeze the VMs of the whole subtree).
 import { readFileSync } from 'node:fs';
 import { ConfigError } from '../errors.js';
+import { isInSubtree } from '../zfs.js';
 
 export type Recursion = 'no' | 'yes' | 'zfs';
 
@@ -70,4 +71,49 @@ export function readSanoidConf(file: string): Ini | null {
     throw new ConfigError(`cannot read sanoid config ${file} (VIRTSNAP_SANOID_CONF): ${(err as Error).message}`);
   }
   return parseIni(text);
+}
+
+/** Whether sanoid runs virtsnap's pre hook for a section: the one test doctor and check share. */
+export function runsOurHooks(ini: Ini, section: string): boolean {
+  return !section.startsWith('template_') && /pre-snapshot|virtsnap/.test(settingOf(ini, section, 'pre_snapshot_script') ?? '');
+}
+
+/** sanoid.defaults.conf's snapshot counts, for a period a section does not set. */
+const DEFAULT_COUNTS = { frequently: 0, hourly: 48, daily: 90, weekly: 0, monthly: 6, yearly: 0 } as const;
+
+export type Period = keyof typeof DEFAULT_COUNTS;
+
+/** How many snapshots of `period` sanoid keeps for a section. */
+export function countOf(ini: Ini, section: string, period: Period): number {
+  const n = Number(settingOf(ini, section, period) ?? DEFAULT_COUNTS[period]);
+  return Number.isFinite(n) && n > 0 ? n : 0;
+}
+
+/**
+ * At most how many runs' snapshots a section keeps at once, so how many RAM
+ * dumps per VM: the sum over periods (one run often serves several, so
+ * fewer in practice).
+ */
+export function runsKept(ini: Ini, section: string): number {
+  return (Object.keys(DEFAULT_COUNTS) as Period[]).reduce((sum, p) => sum + countOf(ini, section, p), 0);
+}
+
+const TRUE = ['1', 'yes', 'true', 'on'];
+
+/** Whether sanoid takes snapshots of a section at all (`autosnap`, default yes, templates applied). */
+export function autosnaps(ini: Ini, section: string): boolean {
+  return !section.startsWith('template_') && TRUE.includes((settingOf(ini, section, 'autosnap') ?? 'yes').toLowerCase());
+}
+
+/**
+ * The section sanoid uses for a dataset: its own, else the nearest
+ * ancestor whose section recurses. Null when none covers it.
+ */
+export function nearestSection<S extends { dataset: string; subtree: boolean }>(dataset: string, sections: readonly S[]): S | null {
+  let best: S | null = null;
+  for (const s of sections) {
+    if (!(s.dataset === dataset || (s.subtree && isInSubtree(dataset, s.dataset)))) continue;
+    if (best === null || s.dataset.length > best.dataset.length) best = s;
+  }
+  return best;
 }

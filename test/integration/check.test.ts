@@ -2,7 +2,7 @@
 // dump and while a VM is on an overlay no run holds; OK after a sanoid run
 // and after `recover`.
 import assert from 'node:assert/strict';
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { after, before, describe, it } from 'node:test';
@@ -69,6 +69,32 @@ describe('virtsnap check (Nagios plugin) and the metrics file', () => {
     assert.equal(rec.code, 0, rec.stderr);
     const afterRecover = await check();
     assert.equal(afterRecover.code, 0, afterRecover.stdout);
+  });
+
+  it("doctor fails an overlay dir QEMU's user cannot reach, where a freeze really fails with Permission denied", async () => {
+    // A 0700 parent: root can write below it, QEMU (libvirt-qemu) cannot enter it.
+    const parent = path.join(path.dirname(b.overlayDir), 'closed-check');
+    rmSync(parent, { recursive: true, force: true });
+    mkdirSync(parent, { mode: 0o700 });
+    chmodSync(parent, 0o700);
+    const closed = path.join(parent, 'overlay');
+    const env = (extra: Record<string, string> = {}) => setup.env({ VIRTSNAP_OVERLAY_DIR: closed, ...extra });
+    const doc = await runProgram(cli, ['doctor'], env());
+    assert.equal(doc.code, 1, doc.stdout);
+    assert.match(doc.stdout, new RegExp(`^FAIL overlay access: QEMU runs as \\S+ and cannot enter ${parent} \\(mode 700, uid 0\\)`, 'm'));
+    const sources = await g.sources();
+    const pre = await runProgram(hooks.pre, [], env(sanoidEnv(dataset(), 'closed', 'pre')));
+    assert.notEqual(pre.code, 0, pre.stderr);
+    assert.match(pre.stderr, /Permission denied/);
+    // Refused without harm: on its own disks, running, nothing held.
+    assert.deepEqual(await g.sources(), sources);
+    assert.equal(await g.state(), 'running');
+    assert.deepEqual(setup.journalFiles(), []);
+    // Opened for QEMU the way the Debian package lays out /var/lib/virtsnap: doctor is content.
+    chmodSync(parent, 0o711);
+    const fixed = await runProgram(cli, ['doctor'], env());
+    assert.match(fixed.stdout, /^OK {3}overlay access: QEMU \(\S+\) can reach /m);
+    rmSync(parent, { recursive: true, force: true });
   });
 
   it('UNKNOWN, exit 3, when it cannot tell', async () => {

@@ -1,6 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { checkHookPaths, checkSanoidConf, formatFindings, type Finding } from '../../lib/commands/doctor.js';
+import { checkHookPaths, checkSanoidConf, formatFindings, judgeArchiveSpace, judgeQemuAccess, type Finding } from '../../lib/commands/doctor.js';
+import { firstUnsearchable, parseQemuConf, resolveIdentity, type DirStat } from '../../lib/libvirt/qemu-user.js';
 import { parseIni } from '../../lib/sanoid/conf.js';
 
 const FILE = '/etc/sanoid/sanoid.conf';
@@ -251,5 +252,61 @@ describe('checkHookPaths', () => {
       ],
     );
     assert.match(findings[2]!.detail, /does not exist or is not executable: fix the path in sanoid.conf/);
+  });
+});
+
+describe("QEMU's user and the overlay dir", () => {
+  const passwd = 'root:x:0:0:root:/root:/bin/bash\nlibvirt-qemu:x:64055:107:Libvirt Qemu,,,:/var/lib/libvirt:/usr/sbin/nologin\n';
+  const group = 'root:x:0:\nkvm:x:107:\nlibvirt-qemu:x:64055:libvirt-qemu\nbackup:x:34:libvirt-qemu\n';
+  const chain = (...modes: [string, number, number?][]): DirStat[] => modes.map(([p, mode, gid = 0]) => ({ path: p, uid: 0, gid, mode: 0o40000 | mode }));
+
+  it("qemu.conf: Debian's compiled-in user and group unless set; dynamic_ownership on unless 0", () => {
+    assert.deepEqual(parseQemuConf('#user = "qemu"\n# group = "x"\n'), { user: 'libvirt-qemu', group: 'libvirt-qemu', dynamicOwnership: true });
+    assert.deepEqual(parseQemuConf('user = "root"\ngroup = "root"  # comment\ndynamic_ownership = 0\n'), { user: 'root', group: 'root', dynamicOwnership: false });
+  });
+
+  it("resolves the user's uid, the configured group and its supplementary groups; +N is a uid", () => {
+    assert.deepEqual(resolveIdentity(parseQemuConf(''), passwd, group), { name: 'libvirt-qemu', uid: 64055, gids: [107, 64055, 34] });
+    assert.equal(resolveIdentity(parseQemuConf('user = "+0"'), passwd, group)?.uid, 0);
+    assert.equal(resolveIdentity(parseQemuConf('user = "nobody-here"'), passwd, group), null);
+  });
+
+  it('the first directory it cannot search: others, group and owner bits as they apply', () => {
+    const who = { name: 'libvirt-qemu', uid: 64055, gids: [107] };
+    assert.equal(firstUnsearchable(chain(['/', 0o755], ['/var', 0o755], ['/var/lib/virtsnap', 0o711], ['/var/lib/virtsnap/overlay', 0o711]), who), null);
+    assert.equal(firstUnsearchable(chain(['/', 0o755], ['/var/lib/virtsnap', 0o700], ['/var/lib/virtsnap/overlay', 0o711]), who)?.path, '/var/lib/virtsnap');
+    assert.equal(firstUnsearchable(chain(['/', 0o755], ['/srv/x', 0o750, 107]), who), null, 'group kvm may search');
+    assert.equal(firstUnsearchable(chain(['/', 0o755], ['/srv/x', 0o701, 107]), who)?.path, '/srv/x', 'the group bits apply, not the others');
+    assert.equal(firstUnsearchable(chain(['/srv/x', 0o700]), { name: 'root', uid: 0, gids: [0] }), null, 'root searches anything');
+  });
+
+  it('judged: fail naming the closed directory and the fix; ok; a warning without dynamic ownership or a known user', () => {
+    const conf = parseQemuConf('');
+    const who = { name: 'libvirt-qemu', uid: 64055, gids: [107] };
+    const [closed] = judgeQemuAccess('/var/lib/virtsnap/overlay', conf, who, chain(['/', 0o755], ['/var/lib/virtsnap', 0o700]));
+    assert.equal(closed?.severity, 'fail');
+    assert.match(closed!.detail, /^QEMU runs as libvirt-qemu and cannot enter \/var\/lib\/virtsnap \(mode 700, uid 0\): .*chmod o\+x \/var\/lib\/virtsnap/);
+    assert.equal(judgeQemuAccess('/o', conf, who, chain(['/', 0o755], ['/o', 0o711]))[0]?.severity, 'ok');
+    assert.equal(judgeQemuAccess('/o', { ...conf, dynamicOwnership: false }, who, chain(['/', 0o755], ['/o', 0o711]))[0]?.severity, 'warn');
+    assert.equal(judgeQemuAccess('/o', conf, null, [])[0]?.severity, 'warn');
+  });
+});
+
+describe('archive space against the expected dumps', () => {
+  const GiB = 1024 ** 3;
+  it('no VM to dump: ok', () => {
+    assert.equal(judgeArchiveSpace('/a', GiB, [])[0]?.severity, 'ok');
+  });
+  it("fails when the next run's dumps do not fit, naming the sizes", () => {
+    const [f] = judgeArchiveSpace('/a', 1 * GiB, [{ domain: 'web', dumpBytes: 2 * GiB, kept: 55, archivedBytes: 0 }]);
+    assert.equal(f?.severity, 'fail');
+    assert.match(f!.detail, /^1\.0 GiB free in \/a, the next run's dumps of 1 VM\(s\) take 2\.0 GiB/);
+  });
+  it("warns when sanoid's retention will outgrow it, counting what the archive already holds", () => {
+    const needs = [{ domain: 'web', dumpBytes: 1 * GiB, kept: 10, archivedBytes: 4 * GiB }];
+    const [w] = judgeArchiveSpace('/a', 5 * GiB, needs);
+    assert.equal(w?.severity, 'warn');
+    assert.match(w!.detail, /keeps up to 10 dumps per VM, 6\.0 GiB more than the archive holds now for web/);
+    assert.equal(judgeArchiveSpace('/a', 6 * GiB, needs)[0]?.severity, 'ok');
   });
 });

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { parseIni, readSanoidConf, recursionOf, settingOf } from '../../lib/sanoid/conf.js';
+import { autosnaps, nearestSection, parseIni, readSanoidConf, recursionOf, runsKept, runsOurHooks, settingOf } from '../../lib/sanoid/conf.js';
 
 describe('parseIni', () => {
   it('reads sections and key = value pairs, ignoring comments and blank lines', () => {
@@ -122,5 +122,48 @@ describe('readSanoidConf', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('what a section means for virtsnap', () => {
+  const ini = parseIni(`
+[template_vm]
+  pre_snapshot_script = /usr/lib/virtsnap/hooks/pre-snapshot
+  hourly = 24
+  daily = 30
+  monthly = 3
+[tank/vm]
+  use_template = vm
+  recursive = zfs
+[tank/vm/db]
+  use_template = vm
+  autosnap = no
+[tank/data]
+  hourly = 5
+[template_off]
+  autosnap = no
+[tank/off]
+  use_template = off
+`);
+  it("runsOurHooks: the section's pre hook, templates applied; never a template itself", () => {
+    assert.deepEqual([...ini.keys()].filter((s) => runsOurHooks(ini, s)), ['tank/vm', 'tank/vm/db']);
+  });
+  it('autosnaps: default yes, templates applied', () => {
+    assert.deepEqual([...ini.keys()].filter((s) => autosnaps(ini, s)), ['tank/vm', 'tank/data']);
+  });
+  it("runsKept: the sum of the periods kept, sanoid's defaults where unset (hourly 48, daily 90, monthly 6)", () => {
+    assert.equal(runsKept(ini, 'tank/vm'), 24 + 30 + 3);
+    assert.equal(runsKept(ini, 'tank/data'), 5 + 90 + 6);
+  });
+  it("nearestSection: the dataset's own, else the nearest recursing ancestor", () => {
+    const sections = [
+      { dataset: 'tank', subtree: false },
+      { dataset: 'tank/vm', subtree: true },
+      { dataset: 'tank/vm/db', subtree: false },
+    ];
+    assert.equal(nearestSection('tank/vm/web', sections)?.dataset, 'tank/vm');
+    assert.equal(nearestSection('tank/vm/db', sections)?.dataset, 'tank/vm/db');
+    assert.equal(nearestSection('tank/other', sections), null);
+    assert.equal(nearestSection('tank', sections)?.dataset, 'tank');
   });
 });

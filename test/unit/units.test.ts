@@ -19,7 +19,7 @@ describe('systemd units', () => {
       const units = readdirSync(unitsDir).filter((f) => /\.(service|timer)$/.test(f));
       for (const u of units) {
         copyFileSync(path.join(unitsDir, u), path.join(dir, u));
-        const text = readFileSync(path.join(dir, u), 'utf8').replaceAll('/usr/local/sbin/virtsnap', path.join(root, 'bin/virtsnap'));
+        const text = readFileSync(path.join(dir, u), 'utf8').replaceAll('/usr/sbin/virtsnap', path.join(root, 'bin/virtsnap'));
         writeFileSync(path.join(dir, u), text);
       }
       const out = spawnSync(analyze, ['verify', '--man=no', ...units.map((u) => `./${u}`)], { cwd: dir, encoding: 'utf8' });
@@ -41,5 +41,13 @@ describe('systemd units', () => {
     const dropIn = readFileSync(path.join(unitsDir, 'sanoid.service.d/virtsnap.conf'), 'utf8');
     assert.match(dropIn, /^After=.*virtsnap-recover\.service/m);
     assert.doesNotMatch(dropIn, /^(Wants|Requires)=.*libvirtd/m);
+  });
+
+  it("each unit points at the man page and runs the Debian package's /usr/sbin/virtsnap", () => {
+    for (const u of readdirSync(unitsDir).filter((f) => /\.(service|timer)$/.test(f))) {
+      const unit = readFileSync(path.join(unitsDir, u), 'utf8');
+      assert.match(unit, /^Documentation=man:virtsnap\(8\)$/m, u);
+      for (const exec of unit.match(/^ExecStart=.*$/gm) ?? []) assert.match(exec, /^ExecStart=\/usr\/sbin\/virtsnap /, u);
+    }
   });
 });

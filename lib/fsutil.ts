@@ -7,6 +7,8 @@ import path from 'node:path';
 
 export const PRIVATE_DIR = 0o700;
 export const PRIVATE_FILE = 0o600;
+/** x for group and others: a directory they may pass through but not list. */
+const SEARCH_ONLY = 0o011;
 
 /**
  * A directory virtsnap keeps private data in (archive, state, overlay dir
@@ -20,8 +22,11 @@ export function ensureDir(dir: string, mode = PRIVATE_DIR, what = dir): void {
   const created = mkdirSync(dir, { recursive: true, mode });
   if (created !== undefined) {
     // mkdir applies the umask; RAM dumps need exactly `mode` on what we made.
+    // Parents we made are only searchable by others (0711, never listable
+    // or writable): the default archive, state and overlay dirs share
+    // /var/lib/virtsnap, and QEMU's user must pass it to reach the overlays.
     for (let p = dir; isInsideDir(p, created); p = path.dirname(p)) {
-      chmodSync(p, mode);
+      chmodSync(p, p === dir ? mode : mode | SEARCH_ONLY);
       if (p === created) break;
     }
   }

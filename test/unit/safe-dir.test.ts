@@ -81,11 +81,11 @@ describe('SafeDir: writing into a dataset others can write to', () => {
 });
 
 describe('private directories', () => {
-  it('ensureDir creates with the mode, and leaves the mode of an existing dir as the user chose it', () => {
+  it('ensureDir creates with the mode (parents it makes only searchable, for QEMU on the way to the overlays), and leaves the mode of an existing dir as the user chose it', () => {
     const made = path.join(root, 'a', 'b');
     ensureDir(made);
     assert.equal(statSync(made).mode & 0o777, 0o700);
-    assert.equal(statSync(path.join(root, 'a')).mode & 0o777, 0o700);
+    assert.equal(statSync(path.join(root, 'a')).mode & 0o777, 0o711);
     const existing = path.join(root, 'mine');
     mkdirSync(existing);
     chmodSync(existing, 0o750);

@@ -150,6 +150,16 @@ function sweepOverlayDir(config: Config): { strays: string[]; foreign: GcReport[
 }
 
 /** `virtsnap gc`: sweep the whole archive against ZFS. */
+/**
+ * The dumps `gc` would delete now (none of their snapshots exists), read
+ * without the archive lock: for `virtsnap check`, which must not wait on a
+ * prune. Never a dump of a pool that is not imported.
+ */
+export async function unneededDumps(dumps: ArchivedDump[], zfs: Pick<ZfsClient, 'guidCensus'>): Promise<ArchivedDump[]> {
+  const census = await zfs.guidCensus(poolsOf(dumps.flatMap((d) => d.manifest.snapshots)));
+  return dumps.filter((d) => fateOf(d.manifest, census).kind === 'delete');
+}
+
 export async function collectGarbage(config: Config, zfs: ZfsClient, options: { dryRun: boolean }): Promise<GcReport> {
   const report: GcReport = { updated: [], deleted: [], removed: [], kept: [], foreign: [], freedBytes: 0 };
   // Never sweep a dir others could swap things into under our feet: checked before anything is deleted.

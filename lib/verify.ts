@@ -19,8 +19,12 @@ export interface Verdict {
 /** libvirt's formats: 0 raw .. 5 zstd, 6 sparse (mapped-ram). */
 const MAX_FORMAT = 6;
 
-/** The problem with a dump's memory file, or null when it is sound. */
-export async function checkDump(m: Manifest): Promise<string | null> {
+/**
+ * The problem with a dump's memory file that shows without reading it all
+ * (header, embedded XML, size), or null: cheap enough for `virtsnap check`
+ * on every monitoring tick.
+ */
+export function checkStructure(m: Manifest): string | null {
   let size: number;
   try {
     size = statSync(m.memoryFile).size;
@@ -43,6 +47,13 @@ export async function checkDump(m: Manifest): Promise<string | null> {
   }
   if (uuid !== m.domain.uuid) return `embedded domain XML is for ${uuid}, manifest says ${m.domain.uuid}`;
   if (size !== m.bytes) return `size ${size} differs from the manifest's ${m.bytes}`;
+  return null;
+}
+
+/** The problem with a dump's memory file, or null when it is sound: its structure, then its sha256. */
+export async function checkDump(m: Manifest): Promise<string | null> {
+  const problem = checkStructure(m);
+  if (problem !== null) return problem;
   const { sha256 } = await sha256File(m.memoryFile);
   if (sha256 !== m.sha256) return `sha256 ${sha256} differs from the manifest's ${m.sha256}`;
   return null;

@@ -6,8 +6,12 @@
 // RAM dump, or none newer than the critical age; a VM runs on one of our
 // overlays with no run holding it; a VM is stuck (no thaw could bring it
 // back). WARNING: the newest dump is older than the warning age; the
-// archive has manifests it cannot read.
+// archive has manifests it cannot read, dumps whose header or size is wrong
+// (verify's cheap part; the sha256 is left to `virtsnap verify`), or dumps
+// `virtsnap gc` would delete.
 import { scanArchive } from '../archive.js';
+import { unneededDumps } from '../retention.js';
+import { checkStructure } from '../verify.js';
 import type { Config } from '../config.js';
 import { age } from '../format.js';
 import type { LibvirtClient } from '../libvirt/virsh.js';
@@ -74,7 +78,18 @@ export interface Verdict {
 }
 
 /** The plugin's verdict from what `virtsnap status` knows. Pure. */
-export function judge(rows: DomainStatus[], sections: Section[], brokenManifests: number): Verdict {
+/** What the archive holds that needs a look: counts for the WARNING line. */
+export interface ArchiveFindings {
+  brokenManifests: number;
+  /** Dumps whose header, embedded XML or size is wrong (lib/verify.ts checkStructure). */
+  failingVerify: number;
+  /** Dumps none of whose snapshots exists any more. */
+  unneeded: number;
+}
+
+export const CLEAN_ARCHIVE: ArchiveFindings = { brokenManifests: 0, failingVerify: 0, unneeded: 0 };
+
+export function judge(rows: DomainStatus[], sections: Section[], archive: ArchiveFindings): Verdict {
   const watched = sections.filter((s) => s.limits !== null);
   const critical: string[] = [];
   const warning: string[] = [];
@@ -99,7 +114,9 @@ export function judge(rows: DomainStatus[], sections: Section[], brokenManifests
     if (s > w.critSeconds) critical.push(`${r.name} newest dump ${age(s)} old`);
     else if (s > w.warnSeconds) warning.push(`${r.name} newest dump ${age(s)} old`);
   }
-  if (brokenManifests > 0) warning.push(`${brokenManifests} unreadable manifest(s) in the archive (virtsnap verify)`);
+  if (archive.brokenManifests > 0) warning.push(`${archive.brokenManifests} unreadable manifest(s) in the archive (virtsnap verify)`);
+  if (archive.failingVerify > 0) warning.push(`${archive.failingVerify} RAM dump(s) fail verify (virtsnap verify)`);
+  if (archive.unneeded > 0) warning.push(`${archive.unneeded} RAM dump(s) whose snapshots are all gone (virtsnap gc)`);
   const tail = perf.length > 0 ? ` | ${perf.join(' ')}` : '';
   if (critical.length > 0) return { status: CRITICAL, line: `CRITICAL: ${[...critical, ...warning].join(', ')}${tail}` };
   if (warning.length > 0) return { status: WARNING, line: `WARNING: ${warning.join(', ')}${tail}` };
@@ -116,7 +133,12 @@ export async function check(config: Config, virsh: LibvirtClient, zfs: ZfsClient
     return { status: UNKNOWN, line: `UNKNOWN: no section of ${config.sanoidConf} runs virtsnap's pre hook${dataset === undefined ? '' : ` for ${dataset}`}: nothing to watch` };
   }
   const rows = await domainStatus(config, virsh, zfs, dataset);
-  return judge(rows, sections, scanArchive(config.archiveDir).broken.length);
+  const scan = scanArchive(config.archiveDir);
+  return judge(rows, sections, {
+    brokenManifests: scan.broken.length,
+    failingVerify: scan.dumps.filter((d) => checkStructure(d.manifest) !== null).length,
+    unneeded: (await unneededDumps(scan.dumps, zfs)).length,
+  });
 }
 
 /** `90m`, `2h`, `1d`, `300` (seconds). */

@@ -2,11 +2,11 @@
 // dump and while a VM is on an overlay no run holds; OK after a sanoid run
 // and after `recover`.
 import assert from 'node:assert/strict';
-import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { after, before, describe, it } from 'node:test';
-import { bed, destroyDataset, Guest, removeDomains, type Bed } from '../helpers/bed.js';
+import { bed, destroyDataset, Guest, removeDomains, sh, type Bed } from '../helpers/bed.js';
 import { cli, hooks, runProgram, sanoidEnv, Setup } from '../helpers/virtsnap.js';
 
 const parsePrometheus = createRequire(import.meta.url)('parse-prometheus-text-format') as (text: string) => { name: string; metrics: { labels?: Record<string, string>; value: string }[] }[];
@@ -69,6 +69,23 @@ describe('virtsnap check (Nagios plugin) and the metrics file', () => {
     assert.equal(rec.code, 0, rec.stderr);
     const afterRecover = await check();
     assert.equal(afterRecover.code, 0, afterRecover.stdout);
+  });
+
+  it('WARNING for a dump that fails verify and one whose snapshots are gone; OK after gc', async () => {
+    const run = await setup.sanoid('2.1.0', conf, ['--take-snapshots'], 3);
+    assert.equal(run.code, 0, run.stderr);
+    const [oldest, ...rest] = setup.dumps().sort((a, b) => a.manifest.times.archivedAt.localeCompare(b.manifest.times.archivedAt));
+    assert.ok(oldest !== undefined && rest.length > 0, 'two dumps');
+    // A damaged file (cut short) and snapshots destroyed by hand, without the prune hook.
+    truncateSync(oldest.manifest.memoryFile, oldest.manifest.bytes - 4096);
+    for (const s of oldest.manifest.snapshots) await sh('zfs', ['destroy', s.name]);
+    const warned = await check();
+    assert.equal(warned.code, 1, warned.stdout);
+    assert.match(warned.stdout, /^VIRTSNAP WARNING: 1 RAM dump\(s\) fail verify \(virtsnap verify\), 1 RAM dump\(s\) whose snapshots are all gone \(virtsnap gc\) \| /);
+    const gc = await runProgram(cli, ['gc'], setup.env());
+    assert.equal(gc.code, 0, gc.stderr);
+    const clean = await check();
+    assert.equal(clean.code, 0, clean.stdout);
   });
 
   it("doctor fails an overlay dir QEMU's user cannot reach, where a freeze really fails with Permission denied", async () => {

@@ -1,7 +1,7 @@
 // `virtsnap check`'s verdict: which VMs are watched, how old a dump may be, what is CRITICAL.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { CRITICAL, judge, OK, parseDuration, sectionsOf, UNKNOWN, WARNING, watchedDatasets } from '../../lib/commands/check.js';
+import { CLEAN_ARCHIVE, CRITICAL, judge, OK, parseDuration, sectionsOf, UNKNOWN, WARNING, watchedDatasets } from '../../lib/commands/check.js';
 import type { DomainStatus } from '../../lib/commands/status.js';
 import { parseIni } from '../../lib/sanoid/conf.js';
 
@@ -42,19 +42,21 @@ describe('virtsnap check', () => {
 
   it('OK with fresh dumps, perfdata per VM; WARNING past warn; CRITICAL past crit, without a dump, on an overlay outside a run, or stuck', () => {
     const w = sectionsOf(conf, {});
-    const fresh = judge([row('web', { latestDump: dump(600) })], w, 0);
+    const fresh = judge([row('web', { latestDump: dump(600) })], w, CLEAN_ARCHIVE);
     assert.equal(fresh.status, OK);
     assert.match(fresh.line, /^OK: 1 VM\(s\) on 3 dataset\(s\) have fresh RAM dumps \| 'web_dump_age'=600s;5400;21600;0$/);
-    assert.equal(judge([row('web', { latestDump: dump(6000) })], w, 0).status, WARNING);
-    assert.equal(judge([row('web', { latestDump: dump(30000) })], w, 0).status, CRITICAL);
-    assert.match(judge([row('web', {})], w, 0).line, /^CRITICAL: web has no RAM dump/);
-    assert.match(judge([row('web', { latestDump: dump(60), onOverlay: ['vda'] })], w, 0).line, /CRITICAL: web on an overlay outside a run/);
-    assert.equal(judge([row('web', { latestDump: dump(60), onOverlay: ['vda'], heldBy: 'tank/vm@x' })], w, 0).status, OK, 'a run in progress');
-    assert.match(judge([row('db', { state: 'undefined', stuck: { since: 'T', step: 'frozen', staleSnapshots: [] } })], w, 0).line, /CRITICAL: db stuck since T/);
-    assert.equal(judge([row('off', { state: 'shut off' })], w, 0).status, OK, 'a shut-off VM needs no RAM dump');
-    assert.equal(judge([row('elsewhere', { datasets: ['tank/plain'] })], w, 0).status, OK, 'not on a watched dataset');
-    assert.equal(judge([row('web', { latestDump: dump(60) })], w, 2).status, WARNING);
-    assert.equal(judge([row('tmp', { datasets: ['tank/vm/scratch'] })], w, 0).status, OK, 'its own section (autosnap = no) wins over the recursive parent');
+    assert.equal(judge([row('web', { latestDump: dump(6000) })], w, CLEAN_ARCHIVE).status, WARNING);
+    assert.equal(judge([row('web', { latestDump: dump(30000) })], w, CLEAN_ARCHIVE).status, CRITICAL);
+    assert.match(judge([row('web', {})], w, CLEAN_ARCHIVE).line, /^CRITICAL: web has no RAM dump/);
+    assert.match(judge([row('web', { latestDump: dump(60), onOverlay: ['vda'] })], w, CLEAN_ARCHIVE).line, /CRITICAL: web on an overlay outside a run/);
+    assert.equal(judge([row('web', { latestDump: dump(60), onOverlay: ['vda'], heldBy: 'tank/vm@x' })], w, CLEAN_ARCHIVE).status, OK, 'a run in progress');
+    assert.match(judge([row('db', { state: 'undefined', stuck: { since: 'T', step: 'frozen', staleSnapshots: [] } })], w, CLEAN_ARCHIVE).line, /CRITICAL: db stuck since T/);
+    assert.equal(judge([row('off', { state: 'shut off' })], w, CLEAN_ARCHIVE).status, OK, 'a shut-off VM needs no RAM dump');
+    assert.equal(judge([row('elsewhere', { datasets: ['tank/plain'] })], w, CLEAN_ARCHIVE).status, OK, 'not on a watched dataset');
+    const warned = judge([row('web', { latestDump: dump(60) })], w, { brokenManifests: 2, failingVerify: 1, unneeded: 3 });
+    assert.equal(warned.status, WARNING);
+    assert.match(warned.line, /^WARNING: 2 unreadable manifest\(s\) in the archive \(virtsnap verify\), 1 RAM dump\(s\) fail verify \(virtsnap verify\), 3 RAM dump\(s\) whose snapshots are all gone \(virtsnap gc\) \| /);
+    assert.equal(judge([row('tmp', { datasets: ['tank/vm/scratch'] })], w, CLEAN_ARCHIVE).status, OK, 'its own section (autosnap = no) wins over the recursive parent');
     assert.equal(UNKNOWN, 3);
   });
 

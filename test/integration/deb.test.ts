@@ -15,6 +15,8 @@ const VAR = '/var/lib/virtsnap';
 /** Left in /var/lib/virtsnap by this test, so that a later run knows the dir is the bed's to remove. */
 const MARKER = path.join(VAR, '.vsbed-deb-test');
 const CLI = '/usr/sbin/virtsnap';
+/** A journal entry the removal test plants: prerm must refuse while it exists. */
+const HELD = path.join(VAR, 'state/journal/00000000-0000-0000-0000-000000000000.json');
 const HOOKS = '/usr/lib/virtsnap/hooks';
 
 async function installed(): Promise<boolean> {
@@ -23,6 +25,8 @@ async function installed(): Promise<boolean> {
 }
 
 async function purge(): Promise<void> {
+  // Only in a /var/lib/virtsnap this test made.
+  if (existsSync(MARKER)) rmSync(HELD, { force: true });
   if ((await runProgram('dpkg-query', ['-W', 'virtsnap'], {})).code === 0) await sh('dpkg', ['--purge', 'virtsnap'], { timeoutMs: 120_000 });
   if (existsSync(MARKER)) rmSync(VAR, { recursive: true, force: true });
 }
@@ -176,14 +180,13 @@ describe('the Debian package', () => {
 
   it('refuses removal while a run holds a VM; purge keeps the RAM dumps', async () => {
     assert.ok(await installed(), 'installed by the test before');
-    const held = path.join(VAR, 'state/journal/00000000-0000-0000-0000-000000000000.json');
-    mkdirSync(path.dirname(held), { recursive: true, mode: 0o700 });
-    writeFileSync(held, '{}', { mode: 0o600 });
+    mkdirSync(path.dirname(HELD), { recursive: true, mode: 0o700 });
+    writeFileSync(HELD, '{}', { mode: 0o600 });
     const refused = await runProgram('dpkg', ['-r', 'virtsnap'], {}, 120_000);
     assert.notEqual(refused.code, 0);
     assert.match(refused.stderr, /virtsnap: VMs are held by a snapshot run or were left on overlays .*run 'virtsnap status', then 'virtsnap recover'/);
     assert.ok(await installed(), 'still installed');
-    rmSync(held);
+    rmSync(HELD);
     const purged = await runProgram('dpkg', ['--purge', 'virtsnap'], {}, 120_000);
     assert.equal(purged.code, 0, purged.stderr);
     assert.match(purged.stdout, /\/var\/lib\/virtsnap is kept/);

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Manifest } from './archive.js';
 import type { Config } from './config.js';
-import { ensureDirBelow, writeFileAtomic, writeJsonAtomic } from './fsutil.js';
+import { ensureDir, PRIVATE_DIR, writeFileAtomic, writeJsonAtomic } from './fsutil.js';
 import { withLock } from './lock.js';
 import { log } from './log.js';
 
@@ -109,7 +109,7 @@ export async function recordRun(config: Config, outcome: RunOutcome): Promise<vo
         // first run, or a damaged file: start counting again
       }
       state = addOutcome(state, outcome);
-      ensureDirBelow(config.stateDir, 'VIRTSNAP_STATE_DIR');
+      ensureDir(config.stateDir, PRIVATE_DIR, 'VIRTSNAP_STATE_DIR');
       writeJsonAtomic(stateFile, state);
       // Read by node_exporter, which does not run as root; it holds no secret.
       writeFileAtomic(config.metricsFile!, renderMetrics(state), 0o644);

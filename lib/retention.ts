@@ -149,7 +149,6 @@ function sweepOverlayDir(config: Config): { strays: string[]; foreign: GcReport[
   return result;
 }
 
-/** `virtsnap gc`: sweep the whole archive against ZFS. */
 /**
  * The dumps `gc` would delete now (none of their snapshots exists), read
  * without the archive lock: for `virtsnap check`, which must not wait on a
@@ -160,6 +159,7 @@ export async function unneededDumps(dumps: ArchivedDump[], zfs: Pick<ZfsClient, 
   return dumps.filter((d) => fateOf(d.manifest, census).kind === 'delete');
 }
 
+/** `virtsnap gc`: sweep the whole archive against ZFS. */
 export async function collectGarbage(config: Config, zfs: ZfsClient, options: { dryRun: boolean }): Promise<GcReport> {
   const report: GcReport = { updated: [], deleted: [], removed: [], kept: [], foreign: [], freedBytes: 0 };
   // Never sweep a dir others could swap things into under our feet: checked before anything is deleted.

@@ -23,7 +23,7 @@ import { fileURLToPath } from 'node:url';
 import type { Config } from './config.js';
 import type { Deps } from './deps.js';
 import { run, startDetached } from './exec.js';
-import { ensureDirBelow } from './fsutil.js';
+import { ensureDir, PRIVATE_DIR } from './fsutil.js';
 import { sleep } from './lock.js';
 import { log, toJournal } from './log.js';
 import { ownerIsAlive, ownerOf, type Owner } from './owner.js';
@@ -132,7 +132,7 @@ export async function startWatchdog(runId: string, config: Config, starterPid = 
     ]);
     return;
   }
-  ensureDirBelow(config.stateDir, 'VIRTSNAP_STATE_DIR');
+  ensureDir(config.stateDir, PRIVATE_DIR, 'VIRTSNAP_STATE_DIR');
   // Its stderr is a file: it must not believe it writes to the journal.
   await startDetached(process.execPath, args, { logFile: path.join(config.stateDir, 'watchdog.log'), env, unset: ['JOURNAL_STREAM'] });
 }

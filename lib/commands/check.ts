@@ -9,7 +9,9 @@
 // archive has manifests it cannot read, dumps whose header or size is wrong
 // (verify's cheap part; the sha256 is left to `virtsnap verify`), or dumps
 // `virtsnap gc` would delete.
+import { existsSync } from 'node:fs';
 import { scanArchive } from '../archive.js';
+import { sleep } from '../lock.js';
 import { unneededDumps } from '../retention.js';
 import { checkStructure } from '../verify.js';
 import type { Config } from '../config.js';
@@ -77,7 +79,6 @@ export interface Verdict {
   line: string;
 }
 
-/** The plugin's verdict from what `virtsnap status` knows. Pure. */
 /** What the archive holds that needs a look: counts for the WARNING line. */
 export interface ArchiveFindings {
   brokenManifests: number;
@@ -89,6 +90,7 @@ export interface ArchiveFindings {
 
 export const CLEAN_ARCHIVE: ArchiveFindings = { brokenManifests: 0, failingVerify: 0, unneeded: 0 };
 
+/** The plugin's verdict from what `virtsnap status` knows. Pure. */
 export function judge(rows: DomainStatus[], sections: Section[], archive: ArchiveFindings): Verdict {
   const watched = sections.filter((s) => s.limits !== null);
   const critical: string[] = [];
@@ -134,9 +136,16 @@ export async function check(config: Config, virsh: LibvirtClient, zfs: ZfsClient
   }
   const rows = await domainStatus(config, virsh, zfs, dataset);
   const scan = scanArchive(config.archiveDir);
+  // Read without the archive lock: a post hook archiving, or gc deleting, has a
+  // dump's manifest and memory file out of step for a moment. Look again.
+  let failing = scan.dumps.filter((d) => checkStructure(d.manifest) !== null);
+  if (failing.length > 0) {
+    await sleep(2000);
+    failing = failing.filter((d) => existsSync(d.manifestFile) && checkStructure(d.manifest) !== null);
+  }
   return judge(rows, sections, {
     brokenManifests: scan.broken.length,
-    failingVerify: scan.dumps.filter((d) => checkStructure(d.manifest) !== null).length,
+    failingVerify: failing.length,
     unneeded: (await unneededDumps(scan.dumps, zfs)).length,
   });
 }

@@ -1,12 +1,13 @@
 // `virtsnap doctor`: checks the host and says what to fix.
-import { accessSync, constants, existsSync, statfsSync, statSync } from 'node:fs';
+import { accessSync, constants, existsSync, statSync } from 'node:fs';
+import { freeBytes } from '../fsutil.js';
 import path from 'node:path';
 import type { Config } from '../config.js';
 import { Journal } from '../journal.js';
 import type { Domain, LibvirtClient } from '../libvirt/virsh.js';
 import { ancestry, firstUnsearchable, qemuIdentity, type DirStat, type Identity, type QemuConf } from '../libvirt/qemu-user.js';
 import { autosnaps, nearestSection, readSanoidConf, recursionOf, runsKept, runsOurHooks, settingOf, type Ini } from '../sanoid/conf.js';
-import { scanArchive } from '../archive.js';
+import { scanArchive, type ArchivedDump } from '../archive.js';
 import { datasetsOfDomains } from '../inventory.js';
 import { datasetOfFile, readMounts } from '../zfs.js';
 
@@ -89,16 +90,8 @@ function checkDirs(config: Config, ini: Ini | null): Finding[] {
 
 const gib = (n: number) => `${(n / 1024 ** 3).toFixed(1)} GiB`;
 
-/** Free bytes where `dir` is, or would be once created. */
-function freeBytes(dir: string): number {
-  let d = dir;
-  while (!existsSync(d) && d !== '/') d = path.dirname(d);
-  const fs = statfsSync(d);
-  return fs.bavail * fs.bsize;
-}
-
 function checkOverlaySpace(config: Config, running: Domain[]): Finding[] {
-  const free = freeBytes(config.overlayDir);
+  const free = freeBytes(config.overlayDir) ?? 0;
   const ram = running.reduce((sum, d) => sum + d.memoryKiB * 1024, 0);
   if (free < ram) return [warn('overlay space', `${gib(free)} free in ${config.overlayDir}, running VMs have ${gib(ram)} of RAM: a freeze of all of them at once may not fit`)];
   return [ok('overlay space', `${gib(free)} free for ${gib(ram)} of RAM in running VMs`)];
@@ -136,7 +129,12 @@ export function judgeArchiveSpace(archiveDir: string, free: number, needs: Archi
 function archiveNeeds(config: Config, ini: Ini, running: Domain[]): ArchiveNeed[] {
   const sections = [...ini.keys()].filter((s) => autosnaps(ini, s)).map((s) => ({ dataset: s, subtree: recursionOf(ini, s) !== 'no', kept: runsOurHooks(ini, s) ? runsKept(ini, s) : 0 }));
   const datasets = datasetsOfDomains(running);
-  const dumps = scanArchive(config.archiveDir).dumps;
+  let dumps: ArchivedDump[];
+  try {
+    dumps = scanArchive(config.archiveDir).dumps;
+  } catch {
+    dumps = []; // an archive it cannot read is the archive dir check's finding
+  }
   const needs: ArchiveNeed[] = [];
   for (const d of running) {
     const kept = Math.max(0, ...(datasets.get(d.uuid) ?? []).map((ds) => nearestSection(ds, sections)?.kept ?? 0));
@@ -165,7 +163,7 @@ export function judgeQemuAccess(overlayDir: string, conf: QemuConf, identity: Id
     return [
       fail(
         'overlay access',
-        `QEMU runs as ${identity.name} and cannot enter ${blocked.path} (mode ${(blocked.mode & 0o7777).toString(8)}, uid ${blocked.uid}): every external snapshot would fail with "Permission denied"; chmod o+x ${blocked.path} (it stays unlistable), or choose another VIRTSNAP_OVERLAY_DIR`,
+        `QEMU runs as ${identity.name} and cannot enter ${blocked.path} (mode ${(blocked.mode & 0o7777).toString(8)}, uid ${blocked.uid}): every external snapshot would fail with "Permission denied"; chmod ${blocked.uid === identity.uid ? 'u' : identity.gids.includes(blocked.gid) ? 'g' : 'o'}+x ${blocked.path} (it stays unlistable), or choose another VIRTSNAP_OVERLAY_DIR`,
       ),
     ];
   }
@@ -187,7 +185,7 @@ async function checkSpace(config: Config, virsh: LibvirtClient, ini: Ini | null)
   } catch {
     return [];
   }
-  return [...checkOverlaySpace(config, running), ...(ini === null ? [] : judgeArchiveSpace(config.archiveDir, freeBytes(config.archiveDir), archiveNeeds(config, ini, running)))];
+  return [...checkOverlaySpace(config, running), ...(ini === null ? [] : judgeArchiveSpace(config.archiveDir, freeBytes(config.archiveDir) ?? 0, archiveNeeds(config, ini, running)))];
 }
 
 function checkAppArmor(config: Config): Finding[] {

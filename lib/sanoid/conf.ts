@@ -75,7 +75,9 @@ export function readSanoidConf(file: string): Ini | null {
 
 /** Whether sanoid runs virtsnap's pre hook for a section: the one test doctor and check share. */
 export function runsOurHooks(ini: Ini, section: string): boolean {
-  return !section.startsWith('template_') && /pre-snapshot|virtsnap/.test(settingOf(ini, section, 'pre_snapshot_script') ?? '');
+  // Our hook by its path (`…/hooks/pre-snapshot`), or a wrapper named after us;
+  // never another tool's `mysql-pre-snapshot`.
+  return !section.startsWith('template_') && /\/hooks\/pre-snapshot\b|virtsnap/.test(settingOf(ini, section, 'pre_snapshot_script') ?? '');
 }
 
 /** sanoid.defaults.conf's snapshot counts, for a period a section does not set. */

@@ -96,22 +96,27 @@ describe('virtsnap check (Nagios plugin) and the metrics file', () => {
     chmodSync(parent, 0o700);
     const closed = path.join(parent, 'overlay');
     const env = (extra: Record<string, string> = {}) => setup.env({ VIRTSNAP_OVERLAY_DIR: closed, ...extra });
-    const doc = await runProgram(cli, ['doctor'], env());
-    assert.equal(doc.code, 1, doc.stdout);
-    assert.match(doc.stdout, new RegExp(`^FAIL overlay access: QEMU runs as \\S+ and cannot enter ${parent} \\(mode 700, uid 0\\)`, 'm'));
-    const sources = await g.sources();
-    const pre = await runProgram(hooks.pre, [], env(sanoidEnv(dataset(), 'closed', 'pre')));
-    assert.notEqual(pre.code, 0, pre.stderr);
-    assert.match(pre.stderr, /Permission denied/);
-    // Refused without harm: on its own disks, running, nothing held.
-    assert.deepEqual(await g.sources(), sources);
-    assert.equal(await g.state(), 'running');
-    assert.deepEqual(setup.journalFiles(), []);
-    // Opened for QEMU the way the Debian package lays out /var/lib/virtsnap: doctor is content.
-    chmodSync(parent, 0o711);
-    const fixed = await runProgram(cli, ['doctor'], env());
-    assert.match(fixed.stdout, /^OK {3}overlay access: QEMU \(\S+\) can reach /m);
-    rmSync(parent, { recursive: true, force: true });
+    try {
+      const doc = await runProgram(cli, ['doctor'], env());
+      assert.equal(doc.code, 1, doc.stdout);
+      assert.match(doc.stdout, new RegExp(`^FAIL overlay access: QEMU runs as \\S+ and cannot enter ${parent} \\(mode 700, uid 0\\)`, 'm'));
+      const sources = await g.sources();
+      const pre = await runProgram(hooks.pre, [], env(sanoidEnv(dataset(), 'closed', 'pre')));
+      assert.notEqual(pre.code, 0, pre.stderr);
+      assert.match(pre.stderr, /Permission denied/);
+      // Refused without harm: on its own disks, running, nothing held.
+      assert.deepEqual(await g.sources(), sources);
+      assert.equal(await g.state(), 'running');
+      assert.deepEqual(setup.journalFiles(), []);
+      // Opened for QEMU the way the Debian package lays out /var/lib/virtsnap: doctor is content.
+      chmodSync(parent, 0o711);
+      const fixed = await runProgram(cli, ['doctor'], env());
+      assert.match(fixed.stdout, /^OK {3}overlay access: QEMU \(\S+\) can reach /m);
+    } finally {
+      // Whatever failed above: no VM left held, no closed dir left behind.
+      if (setup.journalFiles().length > 0) await runProgram(cli, ['recover', '--force'], env());
+      rmSync(parent, { recursive: true, force: true });
+    }
   });
 
   it('UNKNOWN, exit 3, when it cannot tell', async () => {

@@ -286,6 +286,8 @@ describe("QEMU's user and the overlay dir", () => {
     const [closed] = judgeQemuAccess('/var/lib/virtsnap/overlay', conf, who, chain(['/', 0o755], ['/var/lib/virtsnap', 0o700]));
     assert.equal(closed?.severity, 'fail');
     assert.match(closed!.detail, /^QEMU runs as libvirt-qemu and cannot enter \/var\/lib\/virtsnap \(mode 700, uid 0\): .*chmod o\+x \/var\/lib\/virtsnap/);
+    const [byGroup] = judgeQemuAccess('/srv/o', conf, who, chain(['/', 0o755], ['/srv', 0o701, 107]));
+    assert.match(byGroup!.detail, /chmod g\+x \/srv /, 'the bit that applies to it: its group');
     assert.equal(judgeQemuAccess('/o', conf, who, chain(['/', 0o755], ['/o', 0o711]))[0]?.severity, 'ok');
     assert.equal(judgeQemuAccess('/o', { ...conf, dynamicOwnership: false }, who, chain(['/', 0o755], ['/o', 0o711]))[0]?.severity, 'warn');
     assert.equal(judgeQemuAccess('/o', conf, null, [])[0]?.severity, 'warn');

@@ -140,6 +140,7 @@ describe('what a section means for virtsnap', () => {
   autosnap = no
 [tank/data]
   hourly = 5
+  pre_snapshot_script = /usr/local/bin/mysql-pre-snapshot
 [template_off]
   autosnap = no
 [tank/off]

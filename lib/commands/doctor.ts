@@ -6,10 +6,10 @@ import type { Config } from '../config.js';
 import { Journal } from '../journal.js';
 import type { Domain, LibvirtClient } from '../libvirt/virsh.js';
 import { ancestry, firstUnsearchable, qemuIdentity, type DirStat, type Identity, type QemuConf } from '../libvirt/qemu-user.js';
-import { autosnaps, nearestSection, readSanoidConf, recursionOf, runsKept, runsOurHooks, settingOf, type Ini } from '../sanoid/conf.js';
+import { autosnaps, isYes, nearestSection, readSanoidConf, recursionOf, runsKept, runsOurHooks, settingOf, type Ini } from '../sanoid/conf.js';
 import { scanArchive, type ArchivedDump } from '../archive.js';
 import { datasetsOfDomains } from '../inventory.js';
-import { datasetOfFile, readMounts } from '../zfs.js';
+import { datasetOfFile, isInSubtree, readMounts } from '../zfs.js';
 
 export type Severity = 'ok' | 'warn' | 'fail';
 
@@ -41,7 +41,6 @@ async function checkLibvirt(virsh: LibvirtClient): Promise<Finding[]> {
   return [ok('libvirt', `reachable at ${virsh.uri}, version ${version}`)];
 }
 
-const TRUE = ['1', 'yes', 'true', 'on'];
 
 /** What the sections that use our hooks say, judged the way sanoid reads them (own keys, then templates). */
 export function checkSanoidConf(ini: Ini, file: string): Finding[] {
@@ -56,8 +55,8 @@ export function checkSanoidConf(ini: Ini, file: string): Finding[] {
     if (timeout === undefined) findings.push(fail('sanoid.conf', `${where} script_timeout is the default 5 s: sanoid kills itself (SIGALRM) when a hook runs longer, and the run is lost; set script_timeout = 0`));
     else if (Number(timeout) > 0 && Number(timeout) < 120) findings.push(warn('sanoid.conf', `${where} script_timeout = ${timeout} s may be too short for saving RAM; 0 (no limit) is safest`));
     if (!/post-snapshot/.test(value(s, 'post_snapshot_script') ?? '')) findings.push(fail('sanoid.conf', `${where} has no post_snapshot_script = .../hooks/post-snapshot: VMs would stay on overlays`));
-    if (!TRUE.includes((value(s, 'force_post_snapshot_script') ?? '').toLowerCase())) findings.push(warn('sanoid.conf', `${where} force_post_snapshot_script is off: after a failed pre hook sanoid skips the post hook; set it to yes`));
-    if (TRUE.includes((value(s, 'no_inconsistent_snapshot') ?? '').toLowerCase())) findings.push(ok('sanoid.conf', `${where} no_inconsistent_snapshot = yes: a failed freeze skips the snapshot (and the post hook)`));
+    if (!isYes(value(s, 'force_post_snapshot_script'))) findings.push(warn('sanoid.conf', `${where} force_post_snapshot_script is off: after a failed pre hook sanoid skips the post hook; set it to yes`));
+    if (isYes(value(s, 'no_inconsistent_snapshot'))) findings.push(ok('sanoid.conf', `${where} no_inconsistent_snapshot = yes: a failed freeze skips the snapshot (and the post hook)`));
     if (!/prune/.test(value(s, 'pruning_script') ?? '')) findings.push(warn('sanoid.conf', `${where} has no pruning_script = .../hooks/prune: RAM dumps of pruned snapshots stay until \`virtsnap gc\``));
     if (/prune/.test(value(s, 'pre_pruning_script') ?? '')) findings.push(warn('sanoid.conf', `${where} pre_pruning_script points at the prune hook: not needed (it does nothing there); use pruning_script`));
     for (const t of (ini.get(s)?.get('use_template') ?? '').split(',').map((x) => x.trim()).filter(Boolean)) {
@@ -74,7 +73,7 @@ function checkDirs(config: Config, ini: Ini | null): Finding[] {
   let overlayDs: string | null = null;
   if (existsSync(config.overlayDir)) overlayDs = datasetOfFile(config.overlayDir, mounts)?.dataset ?? null;
   const snapshotted = ini ? [...ini.keys()].filter((s) => autosnaps(ini, s)) : [];
-  const inside = overlayDs !== null ? snapshotted.find((s) => overlayDs === s || (overlayDs as string).startsWith(`${s}/`)) : undefined;
+  const inside = overlayDs !== null ? snapshotted.find((s) => isInSubtree(overlayDs as string, s)) : undefined;
   if (inside !== undefined) findings.push(fail('overlay dir', `${config.overlayDir} is in dataset ${overlayDs}, which sanoid snapshots ([${inside}]): move VIRTSNAP_OVERLAY_DIR out of it`));
   for (const [name, dir] of [['archive dir', config.archiveDir], ['state dir', config.stateDir]] as const) {
     if (!existsSync(dir)) {
@@ -139,7 +138,8 @@ function archiveNeeds(config: Config, ini: Ini, running: Domain[]): ArchiveNeed[
   for (const d of running) {
     const kept = Math.max(0, ...(datasets.get(d.uuid) ?? []).map((ds) => nearestSection(ds, sections)?.kept ?? 0));
     if (kept === 0) continue;
-    const own = dumps.filter((x) => x.manifest.domain.uuid === d.uuid).sort((a, b) => a.manifest.times.archivedAt.localeCompare(b.manifest.times.archivedAt));
+    // scanArchive lists dumps oldest first, as status reads them.
+    const own = dumps.filter((x) => x.manifest.domain.uuid === d.uuid);
     needs.push({
       domain: d.name,
       dumpBytes: own.at(-1)?.manifest.bytes ?? d.memoryKiB * 1024,

@@ -57,7 +57,7 @@ export function settingOf(ini: Ini, section: string, key: string): string | unde
 export function recursionOf(ini: Ini, dataset: string): Recursion {
   const value = (ini.get(dataset)?.get('recursive') ?? '').toLowerCase();
   if (value.includes('zfs')) return 'zfs';
-  if (['1', 'yes', 'true', 'on'].includes(value)) return 'yes';
+  if (isYes(value)) return 'yes';
   return 'no';
 }
 
@@ -100,11 +100,14 @@ export function runsKept(ini: Ini, section: string): number {
   return (Object.keys(DEFAULT_COUNTS) as Period[]).reduce((sum, p) => sum + countOf(ini, section, p), 0);
 }
 
-const TRUE = ['1', 'yes', 'true', 'on'];
+/** A sanoid.conf yes (1, yes, true, on, in any case); an unset key is no. */
+export function isYes(value: string | undefined): boolean {
+  return ['1', 'yes', 'true', 'on'].includes((value ?? '').toLowerCase());
+}
 
 /** Whether sanoid takes snapshots of a section at all (`autosnap`, default yes, templates applied). */
 export function autosnaps(ini: Ini, section: string): boolean {
-  return !section.startsWith('template_') && TRUE.includes((settingOf(ini, section, 'autosnap') ?? 'yes').toLowerCase());
+  return !section.startsWith('template_') && isYes(settingOf(ini, section, 'autosnap') ?? 'yes');
 }
 
 /**

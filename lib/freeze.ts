@@ -214,10 +214,8 @@ async function saveRam(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<Jo
     await thawDomain({ ...entry, ...frozen }, deps, { keepDump: false });
     throw err;
   }
-  log.info(
-    `frozen in ${Date.now() - started} ms (guest paused ${job?.downtimeMs ?? '?'} ms)`,
-    about(dp.name, plan.targets.join(',')),
-  );
+  const paused = dp.mode === 'pause' && dp.state !== 'paused' ? 'the guest stays paused until post' : `guest paused ${job?.downtimeMs ?? '?'} ms`;
+  log.info(`frozen in ${Date.now() - started} ms (${paused})`, about(dp.name, plan.targets.join(',')));
   return entry;
 }
 

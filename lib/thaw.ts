@@ -303,7 +303,7 @@ async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): 
       keep = false;
     }
     const commitStarted = Date.now();
-    for (const o of entry.overlays) await commitDisk(entry, o, before, deps);
+    for (const o of entry.overlays) if (o.overlay !== null) await commitDisk(entry, o, before, deps);
     const commitMs = Date.now() - commitStarted;
     assertOnOriginals(entry, await virsh.domain(entry.domain.uuid));
     await resumeIfOurs(entry, deps);

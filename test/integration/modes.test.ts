@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { snapshotNames, type ArchivedDump } from '../../lib/archive.js';
 import { bed, destroyDataset, Guest, mismatches, removeDomains, restoreOnClone, sh, sleep, snapshotsOf, type Bed } from '../helpers/bed.js';
 import { EventWatch, stalls } from '../helpers/events.js';
-import { hooks, leftovers, runProgram, sanoidEnv, Setup } from '../helpers/virtsnap.js';
+import { cli, hooks, leftovers, runProgram, sanoidEnv, Setup } from '../helpers/virtsnap.js';
 
 async function assertBack(setup: Setup, guest: Guest, originals: Record<string, string>): Promise<void> {
   assert.deepEqual(await guest.sources(), originals, `${guest.name} must be on its own disks`);
@@ -86,5 +86,20 @@ describe('pause mode', () => {
     const dump = setup.dumps().find((d) => snapshotNames(d.manifest).includes(`${dataset()}@${snap}_hourly`));
     assert.ok(dump !== undefined, 'the snapshot was taken while the guest stood still: its dump is kept');
     await assertRestoresSilently(guest, dump);
+  });
+
+  it('quiesce asked of a guest without an agent: fails naming it, or takes RAM instead and says so, as VIRTSNAP_QUIESCE_FALLBACK says', async () => {
+    const originals = await guest.sources();
+    const before = setup.dumps().length;
+    const strict = await runProgram(cli, ['snapshot', dataset(), '--mode', 'quiesce', '--name', 'q-strict'], setup.env({ VIRTSNAP_QUIESCE_FALLBACK: 'fail' }));
+    assert.equal(strict.code, 1);
+    assert.match(strict.stderr, /domain "vsbed-modes-pause" cannot be quiesced: no guest agent channel .*VIRTSNAP_QUIESCE_FALLBACK=ram/);
+    assert.ok(!(await snapshotsOf(dataset())).some((s) => s.endsWith('@q-strict')), 'no snapshot without the freeze');
+    await assertBack(setup, guest, originals);
+    const lenient = await runProgram(cli, ['snapshot', dataset(), '--mode', 'quiesce', '--name', 'q-lenient'], setup.env({ VIRTSNAP_QUIESCE_FALLBACK: 'ram' }));
+    assert.equal(lenient.code, 0, lenient.stderr);
+    assert.match(lenient.stderr, /quiesce mode: no guest agent channel \(org\.qemu\.guest_agent\.0\): RAM snapshot instead \(VIRTSNAP_QUIESCE_FALLBACK=ram\)/);
+    await assertBack(setup, guest, originals);
+    assert.equal(setup.dumps().length, before + 1, 'the fallback keeps a RAM dump');
   });
 });

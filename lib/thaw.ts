@@ -160,6 +160,17 @@ async function resumeIfOurs(entry: JournalEntry, deps: Deps): Promise<void> {
 export interface ThawOptions {
   /** Archive the RAM dump (post, recover), or throw it away (undoing a failed freeze). */
   keepDump: boolean;
+  /**
+   * Stop once the domain is back on its own disks, its dump left at step
+   * committed for a second thaw to archive (thawRun: no VM waits on an
+   * overlay while another's dump is compressed).
+   */
+  commitOnly?: boolean;
+}
+
+/** A thaw with commitOnly that left a dump to archive: the entry as it is now. */
+export class Committed {
+  constructor(readonly entry: JournalEntry) {}
 }
 
 /** The domain was thawed by another process (post and `recover --force` racing) while this one waited its turn. */
@@ -171,7 +182,9 @@ export const THAWED_ELSEWHERE = 'thawed-elsewhere';
  * journal's removal: post, `recover`, `recover --force` and the watchdog
  * serialise here, so one never aborts the block job of another.
  */
-export async function thawDomain(entry: JournalEntry, deps: Deps, options: ThawOptions): Promise<ArchivedDump | null | typeof THAWED_ELSEWHERE> {
+export function thawDomain(entry: JournalEntry, deps: Deps, options: ThawOptions & { commitOnly: true }): Promise<ArchivedDump | null | typeof THAWED_ELSEWHERE | Committed>;
+export function thawDomain(entry: JournalEntry, deps: Deps, options: ThawOptions): Promise<ArchivedDump | null | typeof THAWED_ELSEWHERE>;
+export async function thawDomain(entry: JournalEntry, deps: Deps, options: ThawOptions): Promise<ArchivedDump | null | typeof THAWED_ELSEWHERE | Committed> {
   const patience = deps.config.lockTimeoutMs + deps.config.commitTimeoutMs * Math.max(1, entry.overlays.length);
   return withLock(deps.journal.lockDir, `thaw-${entry.domain.uuid}`, Date.now() + patience, async () => {
     let current: JournalEntry | null;
@@ -193,7 +206,7 @@ function stepOrder(step: JournalEntry['step']): number {
   return ['snapshotting', 'frozen', 'committing', 'committed'].indexOf(step);
 }
 
-async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): Promise<ArchivedDump | null> {
+async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): Promise<ArchivedDump | null | Committed> {
   const { virsh, journal } = deps;
   const name = entry.domain.name;
   let keep = options.keepDump;
@@ -243,6 +256,7 @@ async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): 
     entry = journal.tryUpdate(entry, { step: 'committed', commitMs }).entry;
   }
   const tied = entry.tied ?? [];
+  if (options.commitOnly && keep && tied.length > 0) return new Committed(entry);
   const dump = keep && tied.length > 0 ? await keepDump(entry, tied, deps) : null;
   if (dump === null) dropDump(entry);
   journal.remove(entry.domain.uuid);
@@ -308,6 +322,7 @@ async function keepDump(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): P
         commitMs: entry.commitMs ?? null,
         libvirtUri: deps.config.libvirtUri,
         hostname: hostname(),
+        compression: deps.config.compression,
       }),
     );
     log.info(`archived RAM dump ${dump.manifest.memoryFile} (${dump.manifest.bytes} bytes) for ${snapshotNames(dump.manifest).join(', ')}`, about(name));
@@ -333,10 +348,11 @@ export interface ThawResult {
 /** post: thaw every domain the run froze. One domain's failure does not stop the others. */
 export async function thawRun(runId: string, deps: Deps, options: ThawOptions = { keepDump: true }): Promise<ThawResult> {
   const result: ThawResult = { dumps: [], failures: [], discarded: [], withoutDump: [] };
-  for (const entry of deps.journal.list().filter((e) => e.runId === runId)) {
+  const thaw = async (entry: JournalEntry, commitOnly: boolean): Promise<Committed | null> => {
     try {
-      const dump = await thawDomain(entry, deps, options);
-      if (dump === THAWED_ELSEWHERE) continue;
+      const dump = commitOnly ? await thawDomain(entry, deps, { ...options, commitOnly }) : await thawDomain(entry, deps, options);
+      if (dump === THAWED_ELSEWHERE) return null;
+      if (dump instanceof Committed) return dump;
       if (dump !== null) result.dumps.push(dump);
       else {
         result.discarded.push(entry.domain.name);
@@ -347,6 +363,15 @@ export async function thawRun(runId: string, deps: Deps, options: ThawOptions = 
       result.failures.push((err as Error).message);
       result.withoutDump.push(entry.domain);
     }
+    return null;
+  };
+  // Every domain of the run back on its own disks first; only then are the
+  // dumps archived (compressed), so none of that adds to another VM's time on an overlay.
+  const committed: Committed[] = [];
+  for (const entry of deps.journal.list().filter((e) => e.runId === runId)) {
+    const c = await thaw(entry, true);
+    if (c !== null) committed.push(c);
   }
+  for (const c of committed) await thaw(c.entry, false);
   return result;
 }

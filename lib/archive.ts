@@ -12,7 +12,7 @@ import { createGunzip, createGzip } from 'node:zlib';
 import path from 'node:path';
 import { VirtsnapError } from './errors.js';
 import { FORMAT_GZIP, FORMAT_RAW, readRegion, readSaveImageHeader, streamOffset, withFormat, type SaveImageHeader } from './libvirt/save-image.js';
-import { assertOwnDir, ensureDirBelow, exists, fileSafe, fsyncDir, openExclusive, privacyProblem, PRIVATE_FILE, writeJsonAtomic } from './fsutil.js';
+import { assertOwnDir, ensureDirBelow, exists, fileSafe, fsyncDir, openExclusive, privacyProblem, PRIVATE_FILE, removeIfExists, writeJsonAtomic } from './fsutil.js';
 import { withLock } from './lock.js';
 import type { CompletedJob } from './libvirt/virsh.js';
 import { legacyRef, type SnapshotRef } from './snapshot-id.js';
@@ -227,18 +227,24 @@ async function stageGzip(src: string, dest: string, { header, head }: { header: 
   const raw = new HashingCounter(head);
   const stored = new HashingCounter();
   const fd = openExclusive(tmp); // never through a symlink planted at the temp name (O_EXCL|O_NOFOLLOW)
-  await pipeline(
-    createReadStream(src, { start: head.length }),
-    raw,
-    createGzip({ level: GZIP_LEVEL }),
-    async function* (source: AsyncIterable<Buffer>) {
-      yield withFormat(head, header, FORMAT_GZIP);
-      yield* source;
-    },
-    stored,
-    createWriteStream(tmp, { fd }),
-  );
-  fsyncFile(tmp);
+  try {
+    await pipeline(
+      createReadStream(src, { start: head.length }),
+      raw,
+      createGzip({ level: GZIP_LEVEL }),
+      async function* (source: AsyncIterable<Buffer>) {
+        yield withFormat(head, header, FORMAT_GZIP);
+        yield* source;
+      },
+      stored,
+      createWriteStream(tmp, { fd }),
+    );
+    fsyncFile(tmp);
+  } catch (err) {
+    // A full archive should not stay full of a half-written copy until gc; the source is untouched.
+    removeIfExists(tmp);
+    throw err;
+  }
   return {
     sha256: stored.hash.digest('hex'),
     bytes: stored.bytes,

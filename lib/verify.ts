@@ -4,7 +4,7 @@
 // a gzip dump is decompressed too (zlib's CRC), and what comes out must be
 // what libvirt wrote (the manifest's raw sha256).
 import { statSync } from 'node:fs';
-import { hashStored, scanArchive, snapshotNames, type Manifest } from './archive.js';
+import { hashStored, scanArchive, sha256File, snapshotNames, type Manifest } from './archive.js';
 import { parseDomainXml } from './libvirt/domain-xml.js';
 import { FORMAT_GZIP, HEADER_BYTES, readRegion, readSaveImageHeader, readSaveImageXml, SAVE_FORMATS, streamOffset, type SaveImageHeader } from './libvirt/save-image.js';
 import { datasetOfSnapshot, isInSubtree, isDatasetName } from './zfs.js';
@@ -81,8 +81,11 @@ export async function checkDump(m: Manifest): Promise<string | null> {
     hashes = await hashStored(m.memoryFile, readSaveImageHeader(m.memoryFile));
   } catch (err) {
     // zlib's errors carry a Z_* code (Z_DATA_ERROR, Z_BUF_ERROR): the stream itself is damaged.
-    if (/^Z_/.test(String((err as NodeJS.ErrnoException).code))) return `gzip stream is damaged: ${(err as Error).message}`;
-    throw err;
+    if (!/^Z_/.test(String((err as NodeJS.ErrnoException).code))) throw err;
+    const damaged = `its gzip stream does not decompress (${(err as Error).message})`;
+    // Changed since it was archived (the usual case), or stored damaged: the sha256 tells, read again only now.
+    const { sha256 } = await sha256File(m.memoryFile);
+    return sha256 !== m.sha256 ? `sha256 ${sha256} differs from the manifest's ${m.sha256}: ${damaged}` : `stored damaged: ${damaged}`;
   }
   if (hashes.sha256 !== m.sha256) return `sha256 ${hashes.sha256} differs from the manifest's ${m.sha256}`;
   if (m.raw !== undefined && hashes.raw !== undefined && (hashes.raw.sha256 !== m.raw.sha256 || hashes.raw.bytes !== m.raw.bytes)) {

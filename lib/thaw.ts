@@ -377,6 +377,7 @@ async function keepDump(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): P
         commitMs: entry.commitMs ?? null,
         libvirtUri: deps.config.libvirtUri,
         hostname: hostname(),
+        compression: deps.config.compression,
       }),
     );
     log.info(`archived RAM dump ${dump.manifest.memoryFile} (${dump.manifest.bytes} bytes) for ${snapshotNames(dump.manifest).join(', ')}`, about(name));

@@ -1,7 +1,12 @@
 // Thaw, recover, discard and the watchdog's rule against in-memory libvirt
 // and ZFS that fail on command: each fault step of the integration suite, fast.
 import assert from 'node:assert/strict';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { describe, it } from 'node:test';
+import { listDumps } from '../../lib/archive.js';
+import { HEADER_BYTES } from '../../lib/libvirt/save-image.js';
+import { legacyRef } from '../../lib/snapshot-id.js';
 import { abandoned, discardEntry, recover } from '../../lib/recovery.js';
 import { StuckError, thawDomain, thawRun } from '../../lib/thaw.js';
 import { overdue, verdict } from '../../lib/watchdog.js';
@@ -133,6 +138,41 @@ describe('thaw', () => {
     const result = await thawRun('tank/vm@snap', deps, { keepDump: false });
     assert.equal(result.failures.length, 1);
     assert.equal(b.disks.get('vda')!.source, '/tank/vm/b.qcow2');
+  });
+
+  it('thawRun brings every domain back onto its own disks before it archives (compresses) any dump', async () => {
+    const deps = fakeDeps();
+    mkdirSync(deps.config.overlayDir, { recursive: true });
+    const saveImage = (name: string): string => {
+      const header = Buffer.alloc(HEADER_BYTES);
+      header.write('LibvirtQemudSave', 0, 16, 'latin1');
+      header.writeUInt32LE(2, 16);
+      header.writeUInt32LE(1024, 20);
+      const file = path.join(deps.config.overlayDir, `${name}.save`);
+      writeFileSync(file, Buffer.concat([header, Buffer.alloc(1024), Buffer.alloc(65536, name)]));
+      return file;
+    };
+    const tied = [legacyRef('tank/vm@snap')];
+    const domains = ['a', 'b'].map((name) => {
+      const d = deps.virsh.add(name, `u-${name}`, { vda: `/tank/vm/${name}.qcow2` });
+      onOverlays(d, { vda: `/ov/${name}.qcow2` });
+      deps.journal.write(frozenEntry(d, { vda: `/ov/${name}.qcow2` }, { step: 'committing', tied, memoryFile: saveImage(name) }));
+      return d;
+    });
+    // When b's disk is committed, nothing may have been archived yet.
+    let archivedBeforeLastCommit: boolean | null = null;
+    const commit = deps.virsh.activeCommit.bind(deps.virsh);
+    deps.virsh.activeCommit = async (uuid: string, target: string) => {
+      if (uuid === 'u-b') archivedBeforeLastCommit = existsSync(path.join(deps.config.archiveDir, 'a'));
+      return commit(uuid, target);
+    };
+    const result = await thawRun('tank/vm@snap', deps);
+    assert.deepEqual(result.failures, []);
+    assert.equal(archivedBeforeLastCommit, false);
+    assert.deepEqual(domains.map((d) => d.disks.get('vda')!.source), ['/tank/vm/a.qcow2', '/tank/vm/b.qcow2']);
+    assert.deepEqual(result.dumps.map((d) => [d.manifest.domain.name, d.manifest.compression]), [['a', 'gzip'], ['b', 'gzip']]);
+    assert.equal(listDumps(deps.config.archiveDir).length, 2);
+    assert.deepEqual(deps.journal.list(), []);
   });
 });
 

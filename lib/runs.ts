@@ -22,7 +22,7 @@ export interface PreOptions {
 }
 
 export async function planRun(request: RunRequest, deps: Deps, options: PreOptions = {}): Promise<FreezePlan> {
-  await deps.virsh.version(); // fail early, with a clear message, when libvirt is unreachable
+  // libvirt unreachable: the inventory's first libvirt call says so, before anything is touched.
   const inventory = await takeInventory(request.targets, deps.config, deps, options);
   return planFreeze(request, inventory, deps.config);
 }

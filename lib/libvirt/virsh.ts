@@ -146,7 +146,8 @@ export class LibvirtClient {
 
   /** UUIDs of every domain, running or not. */
   async listDomainUuids(): Promise<string[]> {
-    const out = await this.virsh(['list', '--all', '--uuid'], `cannot list domains at ${this.uri} (is libvirtd running?)`);
+    // The first libvirt call of a run (no separate `virsh version` first, ~20 ms each): its failure is the one users see.
+    const out = await this.virsh(['list', '--all', '--uuid'], `cannot reach libvirt at ${this.uri} to list its domains (is libvirtd running?)`);
     return out.split('\n').map((l) => l.trim()).filter((l) => l !== '');
   }
 

@@ -389,7 +389,7 @@ function halfWrittenId(file: string): string | null {
  * followed: the files are always `<id>.save` and `<id>.meta` beside it, so a
  * tampered manifest cannot point gc, prune or restore anywhere else.
  */
-function readManifest(file: string): Manifest {
+export function readManifest(file: string): Manifest {
   let value: unknown;
   try {
     value = JSON.parse(readFileSync(file, 'utf8'));
@@ -485,7 +485,7 @@ export function scanArchive(archiveDir: string): ArchiveScan {
 }
 
 /** Ours (maybe damaged), or another tool's JSON: our naming, or our format named in it. */
-function looksLikeManifest(file: string, id: string): boolean {
+export function looksLikeManifest(file: string, id: string): boolean {
   if (DUMP_ID.test(id)) return true;
   try {
     return readFileSync(file, 'utf8').slice(0, 4096).includes('"virtsnap-dump/');

@@ -95,3 +95,45 @@ export async function startDetached(command: string, args: readonly string[], op
     closeSync(fd);
   }
 }
+
+export interface Running {
+  /** What it has written to stdout so far. */
+  stdout(): string;
+  /** Asks it to end (SIGINT, as Ctrl-C would) and returns all of its output. */
+  stop(): Promise<RunResult>;
+}
+
+/**
+ * Starts a program that only ends when told to (`virsh event --loop`, which
+ * the benchmark keeps listening while it works). The rules of run() hold:
+ * an argument array and no shell, LC_ALL=C, stdin /dev/null, its own process
+ * group, and a timeout after which it is killed anyway.
+ */
+export async function startUntilStopped(command: string, args: readonly string[], options: RunOptions = {}): Promise<Running> {
+  const { spawn } = await import('node:child_process');
+  const child = spawn(command, [...args], { detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: commandEnv(options.env) });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
+  child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+  const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+  const ended = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code, signal) => resolve({ code, signal }));
+  });
+  ended.then(() => clearTimeout(timer), () => clearTimeout(timer));
+  await new Promise<void>((resolve, reject) => {
+    child.once('spawn', resolve);
+    child.once('error', reject);
+  });
+  return {
+    stdout: () => stdout,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGINT');
+      const { code, signal } = await ended;
+      // Ended by our SIGINT (or exiting 0 on it) is the normal end; anything else is a failure.
+      if (code !== 0 && signal !== 'SIGINT') throw new CommandError(command, args, code ?? -1, oneLine(stderr || stdout) || `killed by ${signal}`, signal === 'SIGKILL', stdout);
+      return { stdout, stderr };
+    },
+  };
+}

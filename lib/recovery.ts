@@ -12,7 +12,7 @@ import { UsageError, VirtsnapError } from './errors.js';
 import type { JournalEntry } from './journal.js';
 import { log } from './log.js';
 import { ownerIsAlive } from './owner.js';
-import { dropDump, StuckError, thawDomain, THAWED_ELSEWHERE } from './thaw.js';
+import { dropDump, isDeferred, QUIESCED, StuckError, thawDomain, THAWED_ELSEWHERE } from './thaw.js';
 import { exists, isInsideDir } from './fsutil.js';
 import { withLock } from './lock.js';
 import { recordRun } from './metrics.js';
@@ -60,7 +60,8 @@ export async function recover(deps: Deps, options: RecoverOptions): Promise<Reco
       const dump = await thawDomain(entry, deps, { keepDump: true });
       if (dump === THAWED_ELSEWHERE) continue;
       result.recovered.push(entry.domain.name);
-      if (dump !== null) result.dumps.push(dump);
+      if (dump === QUIESCED) continue; // filesystems thawed: a quiesce run keeps no dump
+      if (dump !== null && !isDeferred(dump)) result.dumps.push(dump);
       else withoutDump.push(entry.domain);
     } catch (err) {
       log.error((err as Error).message, ctx);

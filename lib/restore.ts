@@ -254,7 +254,7 @@ async function restoreDomainOnce(d: DomainRestore, plan: RestorePlan, deps: Rest
   const nvramCopy = savedFile(d, paths, 'nvram.fd');
   if (d.dump === null) {
     if (nvramCopy !== null && inactive !== null) putNvram(nvramCopy, prepareXml(d, inactive, paths, plan).nvram, undo);
-    return `${d.newName}: no RAM dump in ${plan.snapshot} (the VM was shut off, or the snapshot is older than virtsnap): disks and definition restored; start it with \`virsh start\``;
+    return `${d.newName}: no RAM dump in ${plan.snapshot} (the VM was shut off, the snapshot was quiesced, or it is older than virtsnap): disks and definition restored; start it with \`virsh start ${d.newName}\` (it boots)`;
   }
   const image = readSaveImageXml(d.dump.memoryFile);
   const live = prepareXml(d, image.xml, paths, plan);

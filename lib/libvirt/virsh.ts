@@ -213,6 +213,18 @@ export class LibvirtClient {
     await this.virsh(['domjobabort', uuid], `cannot abort the job of domain ${uuid}`);
   }
 
+  /** Freezes the guest's filesystems through the QEMU guest agent; returns how many. */
+  async fsFreeze(uuid: string, timeoutMs: number): Promise<number> {
+    const out = await this.virsh(['domfsfreeze', uuid], 'the guest agent did not freeze the filesystems', { timeoutMs });
+    return Number(/(\d+)/.exec(out)?.[1] ?? 0);
+  }
+
+  /** Thaws them; harmless when none is frozen. */
+  async fsThaw(uuid: string, timeoutMs: number): Promise<number> {
+    const out = await this.virsh(['domfsthaw', uuid], 'the guest agent did not thaw the filesystems', { timeoutMs });
+    return Number(/(\d+)/.exec(out)?.[1] ?? 0);
+  }
+
   async resume(uuid: string): Promise<void> {
     await this.virsh(['resume', uuid], `cannot resume domain ${uuid}`);
   }

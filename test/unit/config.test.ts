@@ -48,6 +48,11 @@ describe('loadConfig', () => {
       stateDir: '/var/lib/virtsnap/state',
       sanoidConf: '/etc/sanoid/sanoid.conf',
       live: true,
+      mode: { fallback: 'ram', byType: {} },
+      quiesceFallback: 'ram',
+      agentTimeoutMs: 10_000,
+      pauseMaxMs: 60_000,
+      parallel: 4,
       saveTimeoutMs: 600_000,
       commitTimeoutMs: 300_000,
       defineTimeoutMs: 120_000,
@@ -135,5 +140,24 @@ describe('loadConfig', () => {
     assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_COMMIT_TIMEOUT: '0' }), /VIRTSNAP_COMMIT_TIMEOUT/);
     assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_LOCK_TIMEOUT: '-5' }), /VIRTSNAP_LOCK_TIMEOUT/);
     assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_LIBVIRT_URI: '  ' }), /VIRTSNAP_LIBVIRT_URI is empty/);
+  });
+});
+
+describe('VIRTSNAP_MODE', () => {
+  it('one mode for every type, or per type with a default', () => {
+    assert.deepEqual(loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_MODE: 'pause' }).mode, { fallback: 'pause', byType: {} });
+    assert.deepEqual(loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_MODE: 'ram, frequently=quiesce,Hourly=QUIESCE' }).mode, {
+      fallback: 'ram',
+      byType: { frequently: 'quiesce', hourly: 'quiesce' },
+    });
+    assert.deepEqual(loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_MODE: 'hourly=quiesce' }).mode, { fallback: 'ram', byType: { hourly: 'quiesce' } });
+  });
+
+  it('a bad mode, two defaults or a type named twice is a one-line error naming the setting', () => {
+    assert.throws(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_MODE: 'snapshot' }), /VIRTSNAP_MODE=snapshot: "snapshot" is not a mode; use ram, pause or quiesce/);
+    assert.throws(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_MODE: 'ram,pause' }), /more than one mode for all types/);
+    assert.throws(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_MODE: 'hourly=ram,hourly=pause' }), /names type hourly twice/);
+    assert.throws(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_QUIESCE_FALLBACK: 'pause' }), /VIRTSNAP_QUIESCE_FALLBACK=pause is not one of ram, fail/);
+    assert.throws(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_PARALLEL: '0' }), /VIRTSNAP_PARALLEL=0 is not a whole number of at least 1/);
   });
 });

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { abandoned, discardEntry, recover } from '../../lib/recovery.js';
 import { StuckError, thawDomain, thawRun } from '../../lib/thaw.js';
-import { verdict } from '../../lib/watchdog.js';
+import { overdue, verdict } from '../../lib/watchdog.js';
 import { ownerOf } from '../../lib/owner.js';
 import { fakeDeps, frozenEntry, onOverlays } from './fakes.js';
 
@@ -129,6 +129,7 @@ describe('thaw', () => {
     deps.journal.write(frozenEntry(a, { vda: '/ov/a.qcow2' }));
     deps.journal.write(frozenEntry(b, { vda: '/ov/b.qcow2' }));
     deps.virsh.failNext('activeCommit', 3, 'boom');
+    deps.config.parallel = 1; // a's three failed attempts come first
     const result = await thawRun('tank/vm@snap', deps, { keepDump: false });
     assert.equal(result.failures.length, 1);
     assert.equal(b.disks.get('vda')!.source, '/tank/vm/b.qcow2');
@@ -187,5 +188,17 @@ describe('the watchdog rule', () => {
     assert.equal(verdict([e(true)], false, new Set()), 'thaw');
     assert.equal(verdict([e(true, 'a')], false, new Set(['a'])), 'give-up');
     assert.equal(verdict([e(true, 'a'), e(true, 'b')], false, new Set(['a'])), 'thaw');
+  });
+});
+
+describe('the watchdog and pause mode', () => {
+  it('a guest paused longer than VIRTSNAP_PAUSE_MAX is overdue, whatever the run; others are not', () => {
+    const now = Date.parse('2026-01-01T00:01:00Z');
+    const e = { mode: 'pause' as const, step: 'frozen' as const, frozenAt: '2026-01-01T00:00:00Z', stateBefore: 'running' };
+    assert.equal(overdue(e, 59_000, now), true);
+    assert.equal(overdue(e, 61_000, now), false);
+    assert.equal(overdue({ ...e, mode: 'ram' }, 1, now), false);
+    assert.equal(overdue({ ...e, stateBefore: 'paused' }, 1, now), false, 'a guest paused before the run stays paused');
+    assert.equal(overdue({ ...e, step: 'committed' }, 1, now), false);
   });
 });

@@ -95,7 +95,7 @@ export function stallSection(s: Samples): Section {
         variant,
         spread(summarize(g.map((x) => x.stallMs)), ms),
         spread(summarize(g.map((x) => x.longestPauseMs)), ms),
-        spread(summarize(g.map((x) => x.pauses.length)), String),
+        spread(summarize(g.map((x) => x.pausesMs.length)), String),
         spread(summarize(g.map((x) => x.libvirtDowntimeMs)), ms),
         spread(summarize(g.map((x) => x.saveMs)), ms),
         spread(summarize(okRuns(runs).map((r) => r.wallMs)), ms),

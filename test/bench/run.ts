@@ -16,7 +16,8 @@
 // vsbed-b-* / vsbed/vm/b-* and removed at the end, also after a failure.
 import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { bed, destroyDataset, removeDomains, sleep, type Bed } from '../helpers/bed.js';
+import { bed, removeDomains, sleep, virsh, type Bed } from '../helpers/bed.js';
+import { destroyPatiently } from './cleanup.js';
 import { repoRoot } from '../helpers/virtsnap.js';
 import { EventWatcher } from './events.js';
 import { bootGuest, BenchError, type BenchGuest } from './guests.js';
@@ -32,6 +33,7 @@ const URI = 'qemu:///system';
 const QUICK = process.env.BENCH_QUICK === '1';
 const REPS = QUICK ? 1 : positiveInt(process.env.BENCH_REPS ?? '3', 'BENCH_REPS');
 const STARTUP_REPS = 10;
+const SETTLE_MS = 10_000;
 const PARTS = ['startup', 'prune', 'stall', 'four'] as const;
 type Part = (typeof PARTS)[number];
 /** BENCH_ONLY=stall,prune runs only those parts (for working on one of them); the 4-guest run is `four`. */
@@ -41,7 +43,7 @@ const RESULTS = path.join(repoRoot, 'test/bench/results/latest.json');
 
 const DOMAINS = { [SMALL]: 'vsbed-b-g96', [BIG]: 'vsbed-b-g512', four: [1, 2, 3, 4].map((i) => `vsbed-b-four${i}`) };
 /** Parents with one child dataset per guest: sanoid runs over the parent with recursive = zfs. */
-const PARENTS = { [SMALL]: 'b-one', [BIG]: 'b-big', four: 'b-four' };
+const PARENTS = { [SMALL]: 'b-one', [BIG]: 'b-big', four: 'b-quad' };
 
 function positiveInt(text: string, name: string): number {
   const n = Number(text);
@@ -81,27 +83,16 @@ const SETUPS = ['b-bench-startup', 'b-bench-prune', ...[...STALL_VARIANTS, ...BY
 
 /** Removes all the bench makes (and only that): its domains, datasets, setups and files in the overlay dir. */
 async function cleanup(b: Bed): Promise<void> {
+  const hadGuests = (await Promise.all(allDomains().map((d) => virsh('domstate', d).then(() => true, () => false)))).some(Boolean);
   await removeDomains(...allDomains());
+  // zfs-fuse: a dataset unmounted by `zfs destroy` while QEMU's last file
+  // handles are still being released stayed "busy" for good (until zfs-fuse
+  // restarts). Give the releases a moment before the first destroy.
+  if (hadGuests) await sleep(SETTLE_MS);
   for (const ds of datasets(b)) await destroyPatiently(ds);
   for (const name of SETUPS) rmSync(path.join(b.dir, 'tests', name), { recursive: true, force: true });
   for (const f of readdirSync(b.overlayDir)) {
     if (f === 'vsbed-b-bench.dd' || allDomains().some((d) => f.startsWith(`${d}.`))) rmSync(path.join(b.overlayDir, f), { recursive: true, force: true });
-  }
-}
-
-/**
- * zfs-fuse stays "busy" for a while after a guest lets go of its image (more
- * than the 10 s destroyDataset waits, on a loaded bed): keep trying for a
- * minute before leaving a dataset behind, and then say so.
- */
-async function destroyPatiently(dataset: string): Promise<void> {
-  for (let i = 0; ; i++) {
-    try {
-      return await destroyDataset(dataset);
-    } catch (err) {
-      if (i >= 5) return console.error(`bench: cannot destroy ${dataset}: ${(err as Error).message}`);
-      await sleep(5_000);
-    }
   }
 }
 
@@ -142,12 +133,12 @@ async function stallPart(b: Bed, variants: Map<string, Variant>, watcher: EventW
         const s = await snapshotRun(variants.get(spec.name)!, `${b.vmDataset}/${PARENTS[key]}`, [g], watcher, rep, URI, reference(key));
         samples.stall.push({ guest: key, ...s });
         const pg = s.perGuest[0];
-        console.log(`  rep ${rep} ${key} ${spec.name}: ${s.ok ? `stall ${pg?.stallMs} ms in ${pg?.pauses.length} pause(s), sanoid run ${s.wallMs} ms` : `failed: ${s.error}`}`);
+        console.log(`  rep ${rep} ${key} ${spec.name}: ${s.ok ? `stall ${pg?.stallMs} ms in ${pg?.pausesMs.length} pause(s), sanoid run ${s.wallMs} ms` : `failed: ${s.error}`}`);
       }
     }
   }
-  // Two cores: the next part's guests need them.
-  for (const g of [small, big]) await g.guest.remove();
+  // Two cores: the next part's guests need them. (Their datasets go at the end, long after they stopped: see cleanup.)
+  for (const g of [small, big]) await g.guest.stop();
 }
 
 /** The whole sanoid run over 4 guests, one child dataset each, shell pair against virtsnap. */
@@ -163,7 +154,7 @@ async function fourPart(b: Bed, variants: Map<string, Variant>, watcher: EventWa
       console.log(`  rep ${rep} 4 guests ${spec.name}: ${s.ok ? `sanoid run ${s.wallMs} ms, stalls ${s.perGuest.map((g) => g.stallMs).join('/')} ms` : `failed: ${s.error}`}`);
     }
   }
-  for (const g of four) await g.guest.remove();
+  for (const g of four) await g.guest.stop();
 }
 
 async function main(): Promise<number> {
@@ -193,7 +184,7 @@ async function main(): Promise<number> {
     if (doing('stall') || doing('four')) {
       const variants = new Map<string, Variant>();
       for (const spec of [...STALL_VARIANTS, ...BYTES_VARIANTS]) variants.set(spec.name, await Variant.create(spec));
-      watcher = await EventWatcher.start(URI, 6 * 3600_000);
+      watcher = await EventWatcher.start();
       if (doing('stall')) await stallPart(b, variants, watcher, samples);
       if (doing('four')) await fourPart(b, variants, watcher, samples);
     }

@@ -5,7 +5,7 @@
 import { oneLine } from '../../lib/errors.js';
 import { snapshotsOf, sleep } from '../helpers/bed.js';
 import { leftovers } from '../helpers/virtsnap.js';
-import { EventWatcher, stallOf, type Pause } from './events.js';
+import { EventWatcher, stallOf } from './events.js';
 import { BenchError, problemWith, type BenchGuest } from './guests.js';
 import type { DumpFacts, Variant } from './variants.js';
 
@@ -13,7 +13,8 @@ export interface GuestSample extends Omit<DumpFacts, 'rawFile'> {
   domain: string;
   stallMs: number;
   longestPauseMs: number;
-  pauses: Pause[];
+  /** Each Suspended → Resumed of the run, in ms. */
+  pausesMs: number[];
 }
 
 export interface RunSample {
@@ -72,7 +73,7 @@ export async function snapshotRun(
     const stall = stallOf(events, g.guest.name, from, to + EVENT_GRACE_MS);
     const { rawFile, ...facts } = await variant.facts({ name: g.guest.name, uuid: g.guest.uuid }, uri);
     if (rawFile && onRawFile && error === null) await onRawFile(g, rawFile);
-    perGuest.push({ domain: g.guest.name, stallMs: stall.totalMs, longestPauseMs: stall.longestMs, pauses: stall.pauses, ...facts });
+    perGuest.push({ domain: g.guest.name, stallMs: stall.totalMs, longestPauseMs: stall.longestMs, pausesMs: stall.pausesMs, ...facts });
   }
   variant.discardDumps();
   return { variant: variant.name, rep, dataset, guests: guests.length, ok: error === null, error, wallMs, snapshots: created.length, perGuest };

@@ -76,10 +76,11 @@ export class Variant {
     const dumps = this.setup.dumps().filter((d) => d.manifest.domain.uuid === domain.uuid);
     const newest = dumps.sort((a, b) => a.manifest.times.startedAt.localeCompare(b.manifest.times.startedAt)).at(-1);
     if (!newest) return { rawBytes: null, storedBytes: null, compression: null, libvirtDowntimeMs: null, saveMs: null, rawFile: null };
-    const m = newest.manifest as Manifest & { compression?: string | null; rawBytes?: number | null };
+    // compression and raw come with VIRTSNAP_COMPRESS (branch compress); a manifest without them is a raw dump.
+    const m = newest.manifest as Manifest & { compression?: string | null; raw?: { bytes: number } };
     const compression = m.compression ?? null;
     return {
-      rawBytes: m.rawBytes ?? (compression === null ? m.bytes : null),
+      rawBytes: m.raw?.bytes ?? (compression === null ? m.bytes : null),
       storedBytes: m.bytes,
       compression,
       libvirtDowntimeMs: m.times.pauseMs,

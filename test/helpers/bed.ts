@@ -5,6 +5,7 @@ import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFi
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { run } from '../../lib/exec.js';
+import { CommandError } from '../../lib/errors.js';
 
 export interface Bed {
   dir: string;
@@ -158,14 +159,42 @@ export interface GuestOptions {
    */
   nvram?: boolean;
   memoryMiB?: number;
+  /**
+   * MiB of the guest's RAM to fill with random bytes and keep rewriting
+   * (test/bed/guest/fill), so a live RAM save always finds dirty pages.
+   * `start()` returns before the fill is done; `waitForFill()` waits for it.
+   * The guest refuses a fill its free memory cannot hold (320 of 512 MiB fits).
+   */
+  fillMiB?: number;
+  /**
+   * QEMU's guest agent: the org.qemu.guest_agent.0 channel (libvirt picks the
+   * socket) and qemu-ga in the guest (test/bed/guest/agent). `start()` returns
+   * once it answers guest-ping.
+   */
+  agent?: boolean;
+  /**
+   * Target of an extra raw 64M disk holding an ext4 (made on the host before
+   * the first boot) that the guest mounts at /mnt and keeps writing to
+   * (test/bed/guest/fs): what the agent's fsfreeze freezes. It must sort
+   * after every other disk's target, so that the counter disks keep their
+   * names in the guest. Listed in `disks` as a raw disk without counter.
+   */
+  fsDisk?: string;
 }
 
 const BOOT_TIMEOUT_MS = 90_000;
+const FILL_TIMEOUT_MS = 300_000;
+/** The fs disk's virtio serial: how the guest finds it, whatever its name there. */
+const FS_SERIAL = 'vsbed-fs';
+/** A line where one of the guest's extras gave up (test/bed/guest/{agent,fs,fill}). */
+const EXTRA_FAILED = /VSBED (?:AGENT|FS|FILL) (?:failed|refused)[^\n]*/;
 
 /** A test guest running the consistency oracle (test/bed/guest/init). */
 export class Guest {
   readonly consoleLog: string;
   uuid = '';
+  /** Console offset of the last `start()`: where its boot's lines begin. */
+  bootOffset = 0;
 
   private constructor(
     readonly b: Bed,
@@ -180,11 +209,13 @@ export class Guest {
   }
 
   get disks(): GuestDisk[] {
-    return this.options.disks ?? [{ target: 'vda', format: 'qcow2' }];
+    const disks = this.options.disks ?? [{ target: 'vda', format: 'qcow2' }];
+    return this.options.fsDisk ? [...disks, { target: this.options.fsDisk, format: 'raw', counter: false }] : disks;
   }
 
   static async create(options: GuestOptions): Promise<Guest> {
     const b = await bed();
+    checkExtras(options);
     const g = new Guest(b, options);
     await g.remove();
     rmSync(g.consoleLog, { force: true });
@@ -197,10 +228,14 @@ export class Guest {
     for (const d of g.disks) {
       const file = await g.imagePath(d);
       await sh('qemu-img', ['create', '-q', '-f', d.format, file, '64M']);
+      const isFs = d.target === options.fsDisk;
+      // ext4 has a journal and ext4_freeze clears needs_recovery: a copy taken while frozen is clean.
+      if (isFs) await sh('mke2fs', ['-q', '-F', '-t', 'ext4', '-L', 'vsbedfs', file]);
       devices.push(
-        `<disk type='file' device='disk'><driver name='qemu' type='${d.format}'/><source file='${xmlEscape(file)}'/><target dev='${d.target}' bus='virtio'/></disk>`,
+        `<disk type='file' device='disk'><driver name='qemu' type='${d.format}'/><source file='${xmlEscape(file)}'/><target dev='${d.target}' bus='virtio'/>${isFs ? `<serial>${FS_SERIAL}</serial>` : ''}</disk>`,
       );
     }
+    if (options.agent) devices.push(`<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>`);
     if (options.cdrom) {
       const iso = path.join(await mountpointOf(options.dataset), `${options.name}-media.iso`);
       writeFileSync(iso, Buffer.alloc(1024 * 1024));
@@ -222,7 +257,7 @@ export class Guest {
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type>
     <kernel>${b.kernel}</kernel><initrd>${b.initrd}</initrd>
-    <cmdline>console=ttyS0 panic=-1 quiet vsbed.disks=${counterDisks.join(',') || 'none'}</cmdline>${firmware}</os>
+    <cmdline>console=ttyS0 panic=-1 quiet vsbed.disks=${counterDisks.join(',') || 'none'}${extrasCmdline(options)}</cmdline>${firmware}</os>
   ${options.nvram ? '<features><acpi/></features>' : ''}
   <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
   <devices>
@@ -250,10 +285,78 @@ export class Guest {
     return path.join(await mountpointOf(d.dataset ?? this.options.dataset), `${this.name}-${d.target}.${d.format}`);
   }
 
+  /**
+   * Starts the guest; returns once the oracle ticks and, when asked for,
+   * the fs is mounted and the agent answers (not waiting for the fill).
+   */
   async start(): Promise<void> {
     const offset = this.consoleSize();
+    this.bootOffset = offset;
     await virsh('start', this.name);
     await this.waitForConsole(/TICK \d+/, offset, BOOT_TIMEOUT_MS);
+    if (this.options.fsDisk) await this.waitForExtra(/VSBED FS up[^\n]*/, BOOT_TIMEOUT_MS);
+    if (this.options.agent) {
+      await this.waitForExtra(/VSBED AGENT up[^\n]*/, BOOT_TIMEOUT_MS);
+      await this.pingAgent();
+    }
+  }
+
+  /** Waits for the fill of `fillMiB` (since the last start) and returns its line. */
+  async waitForFill(timeoutMs = FILL_TIMEOUT_MS): Promise<string> {
+    if (!this.options.fillMiB) throw new Error(`${this.name} has no fillMiB`);
+    return this.waitForExtra(/VSBED FILL done[^\n]*/, timeoutMs);
+  }
+
+  /**
+   * The first line matching `pattern` since the last start; throws at once
+   * when one of the guest's extras says it failed.
+   */
+  private async waitForExtra(pattern: RegExp, timeoutMs: number): Promise<string> {
+    const either = new RegExp(`${pattern.source}|${EXTRA_FAILED.source}`);
+    const text = await this.waitForConsole(either, this.bootOffset, timeoutMs);
+    const failed = EXTRA_FAILED.exec(text);
+    if (failed) throw new Error(`${this.name}: ${failed[0].trim()}`);
+    return pattern.exec(text)![0].trim();
+  }
+
+  /** A command to the guest agent (JSON in, JSON text out). */
+  async agentCommand(command: object, timeoutSeconds = 10): Promise<string> {
+    return (await virsh('qemu-agent-command', this.name, JSON.stringify(command), '--timeout', String(timeoutSeconds))).trim();
+  }
+
+  /**
+   * guest-ping until the agent answers: qemu-ga has the port open, but
+   * libvirt connects only when QEMU reports the port opened.
+   */
+  async pingAgent(timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        await this.agentCommand({ execute: 'guest-ping' });
+        return;
+      } catch (err) {
+        if (Date.now() > deadline) throw new Error(`${this.name}: the guest agent does not answer guest-ping: ${(err as Error).message}`);
+        await sleep(500);
+      }
+    }
+  }
+
+  /**
+   * `e2fsck -fn` of a copy of the fs disk's image (never of the image a
+   * running guest has open). Clean: exit 0, and not one thing e2fsck would
+   * have fixed or replayed. Exit 0 alone is not enough: e2fsck -n exits 0
+   * on a copy of a mounted ext4 whose journal it skipped ("skipping journal
+   * recovery") and whose free counts are stale ("Fix? no").
+   */
+  async fsckImage(file: string): Promise<{ clean: boolean; output: string }> {
+    try {
+      const out = await run('e2fsck', ['-fn', file], { timeoutMs: 60_000 });
+      const output = out.stdout + out.stderr;
+      return { clean: !/journal recovery|Fix\? no|needs_recovery/i.test(output), output };
+    } catch (err) {
+      if (!(err instanceof CommandError)) throw err;
+      return { clean: false, output: `${err.stdout}${err.stderr}\n(exit ${err.status})` };
+    }
   }
 
   async state(): Promise<string> {
@@ -355,6 +458,28 @@ export function mismatches(consoleText: string): string[] {
 export function lastTick(consoleText: string): number {
   const ticks = [...consoleText.matchAll(/TICK (\d+)/g)];
   return ticks.length === 0 ? -1 : Number(ticks[ticks.length - 1]![1]);
+}
+
+/** The new options' bad values, before anything is made. */
+function checkExtras(options: GuestOptions): void {
+  const { fillMiB, fsDisk } = options;
+  if (fillMiB !== undefined && !(Number.isInteger(fillMiB) && fillMiB > 0)) throw new Error(`fillMiB must be a whole number of MiB above 0: ${fillMiB}`);
+  if (fsDisk !== undefined) {
+    if (!/^vd[a-z]+$/.test(fsDisk)) throw new Error(`fsDisk must be a virtio target like vdz: ${fsDisk}`);
+    // libvirt orders disks, and so their PCI slots and guest names, by target.
+    const others = (options.disks ?? [{ target: 'vda' }]).map((d) => d.target);
+    const after = (a: string, b: string): boolean => a.length > b.length || (a.length === b.length && a > b);
+    if (!others.every((t) => after(fsDisk, t))) throw new Error(`fsDisk ${fsDisk} must sort after the other disks (${others.join(', ')})`);
+  }
+}
+
+/** The kernel command line words of the new options; none without them. */
+function extrasCmdline(options: GuestOptions): string {
+  return [
+    options.fillMiB ? ` vsbed.fill=${options.fillMiB}` : '',
+    options.agent ? ' vsbed.agent=1' : '',
+    options.fsDisk ? ` vsbed.fs=${FS_SERIAL}` : '',
+  ].join('');
 }
 
 function xmlEscape(s: string): string {

@@ -3,14 +3,7 @@
 // overlay or with RAM and disks that disagree (the oracle's MISMATCH) has
 // found a bug, not a slow path: it stops and says so.
 import { isDeepStrictEqual } from 'node:util';
-import { Guest, mismatches, virsh, type GuestOptions } from '../helpers/bed.js';
-
-/**
- * GuestOptions.fillMiB (the guest keeps N MiB of RAM filled and rewritten,
- * printing `VSBED FILL done MiB=N`) comes from the `guest` branch; until it
- * is merged the option is simply not passed on, and the bench says so.
- */
-type BenchGuestOptions = GuestOptions & { fillMiB?: number };
+import { Guest, mismatches, type GuestOptions } from '../helpers/bed.js';
 
 export class BenchError extends Error {
   override name = 'BenchError';
@@ -25,24 +18,12 @@ export interface BenchGuest {
   filledMiB: number;
 }
 
-const FILL_TIMEOUT_MS = 300_000;
-
-export async function bootGuest(options: BenchGuestOptions): Promise<BenchGuest> {
+export async function bootGuest(options: GuestOptions): Promise<BenchGuest> {
   const guest = await Guest.create(options);
-  const offset = guest.consoleSize();
   await guest.start();
-  let filledMiB = 0;
-  if (options.fillMiB) {
-    // Only a Guest that knows the option puts it on the kernel command line.
-    const cmdline = /<cmdline>(.*)<\/cmdline>/.exec(await virsh('dumpxml', guest.name))?.[1] ?? '';
-    if (/vsbed\.fill=/.test(cmdline)) {
-      await guest.waitForConsole(/VSBED FILL done/, offset, FILL_TIMEOUT_MS);
-      filledMiB = options.fillMiB;
-    } else {
-      console.log(`  ${guest.name}: this tree's Guest has no fillMiB (branch guest not merged): running without live data`);
-    }
-  }
-  return { guest, originals: await guest.sources(), memoryMiB: options.memoryMiB ?? 96, filledMiB };
+  // The 512 MiB guest is measured holding its live data, never while still filling.
+  if (options.fillMiB) await guest.waitForFill();
+  return { guest, originals: await guest.sources(), memoryMiB: options.memoryMiB ?? 96, filledMiB: options.fillMiB ?? 0 };
 }
 
 /**
@@ -55,8 +36,12 @@ export async function problemWith(g: BenchGuest, consoleOffset: number, leftover
   if (state !== 'running') return `${g.guest.name} is ${state}, not running`;
   const sources = await g.guest.sources();
   if (!isDeepStrictEqual(sources, g.originals)) return `${g.guest.name} is not on its own disks: ${JSON.stringify(sources)}`;
-  const bad = mismatches(g.guest.consoleSince(consoleOffset));
+  const text = g.guest.consoleSince(consoleOffset);
+  const bad = mismatches(text);
   if (bad.length > 0) return `${g.guest.name}: the oracle says ${bad[0]}`;
+  // A filler that died would leave the big guest without its live data.
+  const fill = /VSBED FILL (?:failed|refused)[^\n]*/.exec(text);
+  if (fill) return `${g.guest.name}: ${fill[0]}`;
   if (leftovers.length > 0) return `${g.guest.name}: left in the overlay dir: ${leftovers.join(', ')}`;
   return null;
 }

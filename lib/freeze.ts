@@ -102,7 +102,7 @@ async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promi
     return null;
   }
   deps.stop.check(`before freezing ${JSON.stringify(dp.name)}`);
-  if (dp.modeNote !== null) log.info(`${dp.mode} mode: ${dp.modeNote}`, about(dp.name));
+  if (dp.modeNote !== null) log.info(`${plan.mode} mode: ${dp.modeNote}`, about(dp.name));
   if (dp.mode === 'quiesce') {
     const quiesced = await quiesceDomain(dp, plan, deps);
     if (quiesced !== FALL_BACK) return quiesced;
@@ -158,7 +158,10 @@ async function quiesceDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Prom
     await thawDomain({ ...entry, ...frozen }, deps, { keepDump: false });
     throw err;
   }
-  log.info(`froze ${count} filesystem(s) through the guest agent in ${Date.now() - started} ms`, about(dp.name, plan.targets.join(',')));
+  // An agent that froze nothing (no filesystem on a block device, or all excluded) makes the snapshot crash-consistent only.
+  const said = `froze ${count} filesystem(s) through the guest agent in ${Date.now() - started} ms`;
+  if (count === 0) log.warn(`${said}: this snapshot is only crash-consistent`, about(dp.name, plan.targets.join(',')));
+  else log.info(said, about(dp.name, plan.targets.join(',')));
   return entry;
 }
 

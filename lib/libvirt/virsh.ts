@@ -303,13 +303,14 @@ export class LibvirtClient {
 
   /** Freezes the guest's filesystems through the QEMU guest agent; returns how many. */
   async fsFreeze(uuid: string, timeoutMs: number): Promise<number> {
-    const out = await this.virsh(['domfsfreeze', uuid], 'the guest agent did not freeze the filesystems', { timeoutMs });
+    // Not quiet: `virsh -q` drops the "Froze N filesystem(s)" line, the count we report.
+    const out = await this.virsh(['domfsfreeze', uuid], 'the guest agent did not freeze the filesystems', { timeoutMs, quiet: false });
     return Number(/(\d+)/.exec(out)?.[1] ?? 0);
   }
 
   /** Thaws them; harmless when none is frozen. */
   async fsThaw(uuid: string, timeoutMs: number): Promise<number> {
-    const out = await this.virsh(['domfsthaw', uuid], 'the guest agent did not thaw the filesystems', { timeoutMs });
+    const out = await this.virsh(['domfsthaw', uuid], 'the guest agent did not thaw the filesystems', { timeoutMs, quiet: false });
     return Number(/(\d+)/.exec(out)?.[1] ?? 0);
   }
 

@@ -320,18 +320,38 @@ export interface ArchiveInput {
   compression?: Compression | null;
 }
 
+/** A dump whose memory file is hashed (and compressed) into the archive, waiting for publishDump. */
+export interface StagedDump {
+  dir: string;
+  input: ArchiveInput;
+  memoryFile: string;
+  staged: Staged;
+}
+
 /**
- * Moves a finished memory file (and its meta dir) into the archive and
- * writes its manifest. The manifest is written before the memory file takes
- * its place: a crash in between leaves the file where the journal still
- * points (so `virtsnap recover` archives it again), never an archived dump
- * without its manifest (which gc would take for a stray).
+ * The slow half of archiving: hashes (and compresses) the memory file into
+ * `<id>.save.part` in the archive, or, on the same filesystem, only hashes
+ * it. Runs without the archive lock, so the dumps of a run are staged in
+ * parallel: gc leaves a `.part` alone while the journal still names its id
+ * (inFlightIds), and nothing refers to it before publishDump.
  */
-export async function archiveDump(archiveDir: string, input: ArchiveInput): Promise<ArchivedDump> {
+export async function stageDump(archiveDir: string, input: ArchiveInput): Promise<StagedDump> {
   const dir = domainDir(archiveDir, input.domain.name);
   ensureDirBelow(dir, 'VIRTSNAP_ARCHIVE_DIR');
   const memoryFile = path.join(dir, `${input.id}.save`);
-  const staged = await stageFile(input.memoryFile, memoryFile, input.compression ?? null);
+  return { dir, input, memoryFile, staged: await stageFile(input.memoryFile, memoryFile, input.compression ?? null) };
+}
+
+/**
+ * The quick half, under the archive lock: copies the meta dir in, writes
+ * the manifest, then puts the memory file in its place. The manifest is
+ * written before the memory file takes its place: a crash in between leaves
+ * the file where the journal still points (so `virtsnap recover` archives it
+ * again), never an archived dump without its manifest (which gc would take
+ * for a stray).
+ */
+export function publishDump(s: StagedDump): ArchivedDump {
+  const { dir, input, memoryFile, staged } = s;
   const { sha256, bytes } = staged;
   let metaDir: string | null = null;
   if (input.metaDir !== null && exists(input.metaDir)) {
@@ -372,11 +392,17 @@ export async function archiveDump(archiveDir: string, input: ArchiveInput): Prom
   return { manifest, manifestFile };
 }
 
+/** Both halves at once (the caller holds the archive lock, or no gc can run). */
+export async function archiveDump(archiveDir: string, input: ArchiveInput): Promise<ArchivedDump> {
+  return publishDump(await stageDump(archiveDir, input));
+}
+
 /** The names virtsnap gives a dump's files: `<stamp>-<uuid8>` (see plan.ts). */
 const DUMP_ID = /^\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}$/;
 
-/** Files of ours that are only ever half-written: a crash left them, nothing refers to them. */
-function halfWrittenId(file: string): string | null {
+/** The dump id of a half-written file of ours (path or name), or null. */
+export function halfWrittenId(file: string): string | null {
+  file = path.basename(file);
   const part = /^(.+)\.save\.part$/.exec(file); // stageFile's copy across filesystems
   if (part && DUMP_ID.test(part[1]!)) return part[1]!;
   const tmp = /^\.(.+)\.json\.\d+\.tmp$/.exec(file); // writeFileAtomic's temp manifest

@@ -7,7 +7,7 @@
 // anything is deleted.
 import { existsSync, lstatSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { deleteDump, scanArchive, setSnapshots, withArchiveLock, type ArchivedDump, type Manifest } from './archive.js';
+import { deleteDump, halfWrittenId, scanArchive, setSnapshots, withArchiveLock, type ArchivedDump, type Manifest } from './archive.js';
 import { dumpsNaming } from './archive-index.js';
 import type { Config } from './config.js';
 import { assertOwnDir } from './fsutil.js';
@@ -185,7 +185,10 @@ export async function collectGarbage(config: Config, zfs: ZfsClient, options: { 
     }
     const overlay = sweepOverlayDir(config);
     report.foreign.push(...overlay.foreign);
-    for (const stray of [...scan.strays, ...overlay.strays]) {
+    // A .part whose dump a thaw is staging right now (its id is a journal entry's tag) is not a stray.
+    const inFlight = new Set(new Journal(config.stateDir).list().map((e) => e.tag));
+    const strays = scan.strays.filter((f) => !inFlight.has(halfWrittenId(f) ?? ''));
+    for (const stray of [...strays, ...overlay.strays]) {
       report.removed.push(stray);
       report.freedBytes += sizeOf(stray);
       if (!options.dryRun) rmSync(stray, { recursive: true, force: true });

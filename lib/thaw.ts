@@ -10,7 +10,7 @@
 // assumes the step before it finished.
 import { hostname } from 'node:os';
 import { rmSync } from 'node:fs';
-import { archiveDump, snapshotNames, withArchiveLock, type ArchivedDump } from './archive.js';
+import { publishDump, snapshotNames, stageDump, withArchiveLock, type ArchivedDump } from './archive.js';
 import type { Deps } from './deps.js';
 import { asFsError, LibvirtError, VirtsnapError } from './errors.js';
 import { exists, removeIfExists } from './fsutil.js';
@@ -361,25 +361,26 @@ async function keepDump(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): P
     return null;
   }
   try {
-    // Under the archive lock: gc must not take a half-archived dump for a stray.
-    const dump = await withArchiveLock(deps.config.stateDir, deps.config.lockTimeoutMs, () =>
-      archiveDump(deps.config.archiveDir, {
-        id: entry.tag,
-        domain: entry.domain,
-        snapshots: tied,
-        types: entry.types,
-        memoryFile: entry.memoryFile,
-        metaDir: entry.metaDir,
-        disks: entry.overlays.map((o) => ({ target: o.target, source: o.original, dataset: o.dataset, format: o.format, bytes: o.bytes })),
-        startedAt: entry.startedAt,
-        frozenAt: entry.frozenAt ?? null,
-        job: entry.job ?? null,
-        commitMs: entry.commitMs ?? null,
-        libvirtUri: deps.config.libvirtUri,
-        hostname: hostname(),
-        compression: deps.config.compression,
-      }),
-    );
+    // Hashing and compressing without the archive lock, so a run's dumps are
+    // staged in parallel (gc leaves a .part alone while the journal names it);
+    // the manifest and the file's move into place under it.
+    const staged = await stageDump(deps.config.archiveDir, {
+      id: entry.tag,
+      domain: entry.domain,
+      snapshots: tied,
+      types: entry.types,
+      memoryFile: entry.memoryFile,
+      metaDir: entry.metaDir,
+      disks: entry.overlays.map((o) => ({ target: o.target, source: o.original, dataset: o.dataset, format: o.format, bytes: o.bytes })),
+      startedAt: entry.startedAt,
+      frozenAt: entry.frozenAt ?? null,
+      job: entry.job ?? null,
+      commitMs: entry.commitMs ?? null,
+      libvirtUri: deps.config.libvirtUri,
+      hostname: hostname(),
+      compression: deps.config.compression,
+    });
+    const dump = await withArchiveLock(deps.config.stateDir, deps.config.lockTimeoutMs, () => publishDump(staged));
     log.info(`archived RAM dump ${dump.manifest.memoryFile} (${dump.manifest.bytes} bytes) for ${snapshotNames(dump.manifest).join(', ')}`, about(name));
     return dump;
   } catch (err) {

@@ -20,11 +20,13 @@ import { executeRestore, prepareRestore } from '../lib/restore.js';
 import { confirm } from '../lib/terminal.js';
 import { main } from '../lib/main.js';
 import { makeClients, makeDeps } from '../lib/deps.js';
+import { MODES, type Mode } from '../lib/mode.js';
 
 const usage = `usage: virtsnap COMMAND [options]
 
-  snapshot DATASET [-r] [--name NAME] [--dry-run] [--json]
-                      take one consistent ZFS snapshot now (RAM included)
+  snapshot DATASET [-r] [--name NAME] [--mode MODE] [--dry-run] [--json]
+                      take one consistent ZFS snapshot now (RAM included;
+                      MODE ram, pause or quiesce overrides VIRTSNAP_MODE)
   restore DATASET@SNAP (--clone NEW_DATASET | --rollback) [--domain NAME]
           [--as NEW_NAME] [--paused] [--yes] [--destroy-newer] [--dry-run] [--json]
                       bring the VMs back running, as they were at the snapshot
@@ -99,11 +101,17 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
     const { values, positionals } = parse(args, {
       recursive: { type: 'boolean', short: 'r' },
       name: { type: 'string' },
+      mode: { type: 'string' },
       'dry-run': { type: 'boolean', short: 'n' },
       json: { type: 'boolean' },
     });
     if (positionals.length !== 1) throw new UsageError('virtsnap snapshot needs exactly one DATASET: virtsnap snapshot tank/vm');
-    const deps = makeDeps(loadConfig(), { ownerPid: process.pid });
+    const config = loadConfig();
+    if (typeof values.mode === 'string') {
+      if (!(MODES as readonly string[]).includes(values.mode)) throw new UsageError(`--mode ${values.mode}: use ram, pause or quiesce`);
+      config.mode = { fallback: values.mode as Mode, byType: {} };
+    }
+    const deps = makeDeps(config, { ownerPid: process.pid });
     const result = await oneOffSnapshot(
       {
         dataset: positionals[0]!,
@@ -118,7 +126,7 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
       return;
     }
     print(result.dumps.map((d) => d.manifest), values.json === true, () =>
-      `${result.snapshots.join(' ')}: ${result.dumps.length} RAM dump(s)\n${result.dumps.map((d) => `  ${d.manifest.domain.name}: ${d.manifest.memoryFile}\n`).join('')}`,
+      `${result.snapshots.join(' ')} (${result.plan.mode} mode): ${result.dumps.length} RAM dump(s)\n${result.dumps.map((d) => `  ${d.manifest.domain.name}: ${d.manifest.memoryFile}\n`).join('')}`,
     );
   },
 

@@ -20,6 +20,7 @@ import { ownerIsAlive } from './owner.js';
 import type { DomainPlan, FreezePlan } from './plan.js';
 import { showSaveProgress } from './progress.js';
 import { settleDomainJob, thawDomain } from './thaw.js';
+import { inParallel } from './parallel.js';
 import { datasetOfSnapshot } from './zfs.js';
 
 export type { Deps } from './deps.js';
@@ -58,6 +59,7 @@ function entryOf(dp: DomainPlan, plan: FreezePlan, deps: Deps): JournalEntry {
     snapnames: plan.snapnames,
     types: plan.types,
     domain: { name: dp.name, uuid: dp.uuid },
+    mode: dp.mode,
     step: 'snapshotting',
     tag: dp.tag,
     memoryFile: dp.memoryFile as string,
@@ -93,14 +95,77 @@ function assertUnchanged(dp: DomainPlan, domain: Domain): void {
 }
 
 async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<JournalEntry | null> {
-  const { virsh, config, journal } = deps;
   const inDatasets = dp.datasetMetaDirs.map((dir) => ({ dir, ours: DATASET_META_DEPTH }));
   if (dp.action === 'record') {
-    await saveDomainFiles(dp, virsh, inDatasets);
+    await saveDomainFiles(dp, deps.virsh, inDatasets);
     log.info(`saved XML of shut-off domain into ${dp.datasetMetaDirs.join(', ')}`, about(dp.name));
     return null;
   }
   deps.stop.check(`before freezing ${JSON.stringify(dp.name)}`);
+  if (dp.modeNote !== null) log.info(`${dp.mode} mode: ${dp.modeNote}`, about(dp.name));
+  if (dp.mode === 'quiesce') {
+    const quiesced = await quiesceDomain(dp, plan, deps);
+    if (quiesced !== FALL_BACK) return quiesced;
+    return saveRam({ ...dp, mode: 'ram', fallback: null }, plan, deps);
+  }
+  return saveRam(dp, plan, deps);
+}
+
+const FALL_BACK = Symbol('fall back to ram');
+
+/**
+ * quiesce: the guest agent freezes the guest's filesystems (flushed, no
+ * writes until the thaw); the disks stay where they are and no RAM is saved.
+ * Without an answer from the agent: the ram plan, or a failed run, as
+ * VIRTSNAP_QUIESCE_FALLBACK says.
+ */
+async function quiesceDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<JournalEntry | typeof FALL_BACK> {
+  const { virsh, config, journal } = deps;
+  // Nothing to commit: the disks are recorded only to say which datasets hold the VM.
+  let entry: JournalEntry = { ...entryOf(dp, plan, deps), overlays: overlaysOf(dp).map((o) => ({ ...o, overlay: null })) };
+  await journal.claim(entry, config.lockTimeoutMs);
+  try {
+    assertUnchanged(dp, await virsh.domain(dp.uuid));
+    await saveDomainFiles(dp, virsh, dp.datasetMetaDirs.map((dir) => ({ dir, ours: DATASET_META_DEPTH })));
+    deps.stop.check(`before quiescing ${JSON.stringify(dp.name)}`);
+  } catch (err) {
+    journal.remove(dp.uuid);
+    throw err;
+  }
+  const started = Date.now();
+  let count: number;
+  try {
+    count = await virsh.fsFreeze(dp.uuid, config.agentTimeoutMs);
+  } catch (err) {
+    // A freeze that timed out on our side may still complete in the guest:
+    // the agent runs commands in order, so a thaw now comes after it.
+    await virsh.fsThaw(dp.uuid, config.agentTimeoutMs).catch((thawErr: Error) =>
+      log.warn(`thaw after the failed freeze: ${thawErr.message}`, about(dp.name)),
+    );
+    journal.remove(dp.uuid);
+    const reason = (err as Error).message;
+    if (dp.fallback === 'ram') {
+      log.warn(`${reason}: freezing it with a RAM snapshot instead (VIRTSNAP_QUIESCE_FALLBACK=ram)`, about(dp.name, plan.targets.join(',')));
+      return FALL_BACK;
+    }
+    throw new VirtsnapError(`domain ${JSON.stringify(dp.name)} cannot be quiesced: ${reason}; start qemu-guest-agent in it, or set VIRTSNAP_QUIESCE_FALLBACK=ram`);
+  }
+  const frozen = { step: 'frozen' as const, frozenAt: new Date().toISOString() };
+  try {
+    entry = journal.update(entry, frozen);
+  } catch (err) {
+    log.error(`cannot record the freeze in the journal (${(err as Error).message}): thawing the filesystems`, about(dp.name));
+    await thawDomain({ ...entry, ...frozen }, deps, { keepDump: false });
+    throw err;
+  }
+  log.info(`froze ${count} filesystem(s) through the guest agent in ${Date.now() - started} ms`, about(dp.name, plan.targets.join(',')));
+  return entry;
+}
+
+/** ram and pause: one external snapshot of RAM and disks (pause: disks left alone, the guest left paused). */
+async function saveRam(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<JournalEntry> {
+  const { virsh, config, journal } = deps;
+  const inDatasets = dp.datasetMetaDirs.map((dir) => ({ dir, ours: DATASET_META_DEPTH }));
   let entry = entryOf(dp, plan, deps);
   await journal.claim(entry, config.lockTimeoutMs);
   try {
@@ -116,7 +181,12 @@ async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promi
   }
   const started = Date.now();
   const disks = entry.overlays.map((o) => o.target).join(',');
-  const how = dp.state === 'paused' ? `leaving ${disks} as they are (the domain is paused)` : `switching ${disks} to overlays${dp.live ? ' (live)' : ''}`;
+  const how =
+    dp.state === 'paused'
+      ? `leaving ${disks} as they are (the domain is paused)`
+      : dp.mode === 'pause'
+        ? `leaving ${disks} as they are; the guest stays paused until post (pause mode${dp.live ? ', RAM saved live' : ''})`
+        : `switching ${disks} to overlays${dp.live ? ' (live)' : ''}`;
   log.info(`saving RAM to ${dp.memoryFile} and ${how}`, about(dp.name, plan.targets.join(',')));
   const progress = showSaveProgress(virsh, dp.uuid, dp.name);
   try {
@@ -144,10 +214,8 @@ async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promi
     await thawDomain({ ...entry, ...frozen }, deps, { keepDump: false });
     throw err;
   }
-  log.info(
-    `frozen in ${Date.now() - started} ms (guest paused ${job?.downtimeMs ?? '?'} ms)`,
-    about(dp.name, plan.targets.join(',')),
-  );
+  const paused = dp.mode === 'pause' && dp.state !== 'paused' ? 'the guest stays paused until post' : `guest paused ${job?.downtimeMs ?? '?'} ms`;
+  log.info(`frozen in ${Date.now() - started} ms (${paused})`, about(dp.name, plan.targets.join(',')));
   return entry;
 }
 
@@ -229,10 +297,20 @@ export async function freeze(plan: FreezePlan, deps: Deps): Promise<FreezeResult
   assertStateDirSpace(deps);
   const frozen: JournalEntry[] = [];
   try {
-    for (const dp of plan.domains) {
-      const entry = await freezeDomain(dp, plan, deps);
-      if (entry !== null) frozen.push(entry);
-    }
+    // VIRTSNAP_PARALLEL at a time, so that the datasets stand still for the
+    // shortest window and one `zfs snapshot -r` catches every VM in it. The
+    // first failure stops new freezes; those under way finish, then all are undone.
+    let failure: { err: unknown } | null = null;
+    await inParallel(plan.domains, deps.config.parallel, async (dp) => {
+      if (failure !== null) return;
+      try {
+        const entry = await freezeDomain(dp, plan, deps);
+        if (entry !== null) frozen.push(entry);
+      } catch (err) {
+        failure ??= { err };
+      }
+    });
+    if (failure !== null) throw (failure as { err: unknown }).err;
     deps.stop.check('while freezing');
     // sanoid's script_timeout kills sanoid itself, and the hook runs on as an
     // orphan: nobody will take the snapshot or run post, so do not wait for the watchdog.

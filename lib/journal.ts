@@ -14,6 +14,7 @@ import type { Owner } from './owner.js';
 import { ensureDirBelow, removeIfExists, writeJsonAtomic } from './fsutil.js';
 import type { CompletedJob } from './libvirt/virsh.js';
 import type { SnapshotRef } from './snapshot-id.js';
+import type { Mode } from './mode.js';
 
 export type Step =
   /** snapshot-create is about to run: overlays and memory file may exist. */
@@ -45,6 +46,8 @@ export interface JournalEntry {
   snapnames: string[];
   types: string[];
   domain: { name: string; uuid: string };
+  /** How it was frozen (lib/mode.ts); absent in entries from before modes: ram. */
+  mode?: Mode;
   step: Step;
   /** Unique tag of this freeze, used in every file name it makes. */
   tag: string;

@@ -10,6 +10,7 @@ import { datasetMetaDir } from './domain-files.js';
 import type { Domain, DomainState } from './libvirt/virsh.js';
 import { fileSafe, isInsideDir } from './fsutil.js';
 import type { Inventory } from './inventory.js';
+import { modeOfRun, type Mode } from './mode.js';
 
 export interface RunRequest {
   targets: string[];
@@ -45,6 +46,16 @@ export interface DomainPlan {
   uuid: string;
   state: DomainState;
   action: DomainAction;
+  /**
+   * How it is frozen (lib/mode.ts). A paused domain is always saved with its
+   * disks left alone (its vCPUs cannot answer an agent, its images cannot
+   * take a commit) and stays paused.
+   */
+  mode: Mode;
+  /** quiesce: what happens if the guest agent does not answer (ram: the other fields say how). */
+  fallback: 'ram' | 'fail' | null;
+  /** Why the mode differs from the run's, if it does. */
+  modeNote: string | null;
   /** Paused domains are saved without --live and stay paused. */
   live: boolean;
   tag: string;
@@ -69,6 +80,9 @@ export interface FreezePlan {
   targets: string[];
   snapnames: string[];
   types: string[];
+  /** The run's mode, from its snapshot types and VIRTSNAP_MODE. */
+  mode: Mode;
+  modeWhy: string;
   /** Every dataset the run snapshots: the targets, and their subtrees under `recursive = zfs`. */
   datasets: string[];
   domains: DomainPlan[];
@@ -117,7 +131,28 @@ function metaDirIn(dataset: string, inv: Inventory, domainName: string): string 
   return mountpoint === undefined ? null : datasetMetaDir(mountpoint, domainName);
 }
 
-function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config: Config, datasets: ReadonlySet<string>): DomainPlan | null {
+interface DomainMode {
+  mode: Mode;
+  fallback: DomainPlan['fallback'];
+  note: string | null;
+}
+
+/** The mode one domain gets in a run of `runMode`: the rule for paused domains and for quiesce without an agent. */
+function modeOfDomain(domain: Domain, runMode: Mode, config: Config): DomainMode {
+  if (domain.state === 'paused') {
+    return runMode === 'quiesce' ? { mode: 'ram', fallback: null, note: 'paused: its vCPUs cannot answer the guest agent, so its RAM is saved instead' } : { mode: runMode, fallback: null, note: null };
+  }
+  if (runMode !== 'quiesce') return { mode: runMode, fallback: null, note: null };
+  if (domain.agent === 'none' || domain.agent === 'disconnected') {
+    const why = domain.agent === 'none' ? 'no guest agent channel (org.qemu.guest_agent.0)' : 'its guest agent is not connected';
+    return config.quiesceFallback === 'ram'
+      ? { mode: 'ram', fallback: null, note: `${why}: RAM snapshot instead (VIRTSNAP_QUIESCE_FALLBACK=ram)` }
+      : { mode: 'quiesce', fallback: 'fail', note: why };
+  }
+  return { mode: 'quiesce', fallback: config.quiesceFallback, note: null };
+}
+
+function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config: Config, datasets: ReadonlySet<string>, runMode: Mode): DomainPlan | null {
   const tag = `${inv.stamp}-${domain.uuid.slice(0, 8)}`;
   const base = path.join(config.overlayDir, `${fileSafe(domain.name)}.${tag}`);
   const disks = planDisks(domain, inv, datasets, base);
@@ -125,15 +160,21 @@ function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config:
   if (frozen.length === 0) return null;
   const holding = [...new Set(frozen.map((d) => d.dataset as string))].sort();
   const action: DomainAction = domain.state === 'shut off' ? 'record' : 'freeze';
+  const how = modeOfDomain(domain, runMode, config);
   const keep = (d: DiskPlan): DiskPlan => ({ ...d, overlay: null });
   const manual = (d: DiskPlan): DiskPlan => (d.skip === null ? { ...d, overlay: null, manual: true } : d);
-  const planned = action === 'record' ? disks.map(keep) : domain.state === 'paused' ? disks.map(manual) : disks;
+  // Disks stay where they are when the guest stays paused until the ZFS snapshot (a paused domain, pause mode).
+  const stays = domain.state === 'paused' || how.mode === 'pause';
+  const planned = action === 'record' ? disks.map(keep) : stays ? disks.map(manual) : disks;
   const memoryFile = action === 'freeze' ? `${base}.save` : null;
   const plan: DomainPlan = {
     name: domain.name,
     uuid: domain.uuid,
     state: domain.state,
     action,
+    mode: how.mode,
+    fallback: action === 'freeze' ? how.fallback : null,
+    modeNote: action === 'freeze' ? how.note : null,
     live: config.live && domain.state === 'running',
     tag,
     disks: planned,
@@ -146,6 +187,7 @@ function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config:
     tpmEmulator: domain.tpmEmulator,
     snapshotXml: null,
   };
+  // quiesce keeps the RAM plan ready: it is what a fallback to ram runs.
   if (memoryFile !== null) {
     plan.snapshotXml = snapshotXml({
       name: `virtsnap-${tag}`,
@@ -168,6 +210,9 @@ function volumeProblems(domain: Domain): string[] {
 }
 
 function stateProblems(domain: Domain, plan: DomainPlan): string[] {
+  if (plan.action === 'freeze' && plan.fallback === 'fail' && plan.modeNote !== null) {
+    return [`domain ${JSON.stringify(domain.name)} cannot be quiesced: ${plan.modeNote}; install and start qemu-guest-agent in it, or set VIRTSNAP_QUIESCE_FALLBACK=ram`];
+  }
   if (plan.action !== 'freeze' || FREEZABLE.includes(domain.state)) return [];
   return [`domain ${JSON.stringify(domain.name)} is ${domain.state}: its RAM cannot be saved; resume or shut it down before the snapshot`];
 }
@@ -199,6 +244,7 @@ export function planFreeze(request: RunRequest, inv: Inventory, config: Config):
       `VIRTSNAP_OVERLAY_DIR ${config.overlayDir} is inside dataset ${overlayDataset}, which this run snapshots: move it to a directory or dataset outside it`,
     );
   }
+  const runMode = modeOfRun(request.types, config.mode);
   const domains: DomainPlan[] = [];
   const onOverlays: FreezePlan['onOverlays'] = [];
   for (const domain of [...inv.domains].sort((a, b) => a.name.localeCompare(b.name))) {
@@ -208,7 +254,7 @@ export function planFreeze(request: RunRequest, inv: Inventory, config: Config):
       onOverlays.push({ name: domain.name, uuid: domain.uuid, reason: onOverlay.join('; ') });
       continue;
     }
-    const plan = planDomain(domain, request, inv, config, datasets);
+    const plan = planDomain(domain, request, inv, config, datasets, runMode.mode);
     if (plan === null) continue;
     problems.push(...stateProblems(domain, plan), ...volumeProblems(domain));
     domains.push(plan);
@@ -218,6 +264,8 @@ export function planFreeze(request: RunRequest, inv: Inventory, config: Config):
     targets: request.targets,
     snapnames: request.snapnames,
     types: request.types,
+    mode: runMode.mode,
+    modeWhy: runMode.why,
     datasets: [...datasets].sort(),
     domains,
     onOverlays,

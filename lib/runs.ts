@@ -2,14 +2,14 @@
 // by `virtsnap snapshot`: parse input -> inventory -> plan -> freeze/thaw.
 import type { Deps } from './deps.js';
 import { LockTimeoutError, VirtsnapError } from './errors.js';
-import { freeze } from './freeze.js';
 import { takeInventory } from './inventory.js';
 import type { JournalEntry } from './journal.js';
 import { sleep } from './lock.js';
 import { log } from './log.js';
 import { planFreeze, runIdOf, type FreezePlan, type RunRequest } from './plan.js';
 import { abandoned, recover } from './recovery.js';
-import { thawRun, type ThawResult } from './thaw.js';
+// freeze.js and thaw.js load when a run has a domain to freeze or thaw (see recovery.ts).
+import type { ThawResult } from './thaw.js';
 import { startWatchdog } from './watchdog.js';
 import { recordRun } from './metrics.js';
 import { isInSubtree } from './zfs.js';
@@ -22,7 +22,7 @@ export interface PreOptions {
 }
 
 export async function planRun(request: RunRequest, deps: Deps, options: PreOptions = {}): Promise<FreezePlan> {
-  await deps.virsh.version(); // fail early, with a clear message, when libvirt is unreachable
+  // libvirt unreachable: the inventory's first libvirt call says so, before anything is touched.
   const inventory = await takeInventory(request.targets, deps.config, deps, options);
   return planFreeze(request, inventory, deps.config);
 }
@@ -70,6 +70,7 @@ export async function runPre(request: RunRequest, deps: Deps, options: PreOption
   }
   // Before the first claim: from here on, if we die, the watchdog brings the VMs back.
   if (plan.problems.length === 0 && plan.domains.some((d) => d.action === 'freeze')) await startWatchdog(plan.runId, deps.config);
+  const { freeze } = await import('./freeze.js');
   try {
     await freeze(plan, deps);
   } catch (err) {
@@ -122,7 +123,7 @@ export function stuckDomains(datasets: readonly string[], onOverlays: FreezePlan
 
 /** post: thaw what pre froze and archive the RAM dumps. Throws when any domain could not be thawed. */
 export async function runPost(request: RunRequest, deps: Deps): Promise<ThawResult> {
-  const result = await thawRun(runIdOf(request), deps);
+  const result = await (await import('./thaw.js')).thawRun(runIdOf(request), deps);
   await recordRun(deps.config, { dumps: result.dumps.map((d) => d.manifest), failed: result.withoutDump });
   // The run's snapshots that hold a stuck domain's old disk are recorded as such (`virtsnap status`).
   const stuck = stuckDomains(request.targets, [], deps);

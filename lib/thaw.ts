@@ -20,6 +20,7 @@ import { sourceOf } from './libvirt/domain-xml.js';
 import type { Domain } from './libvirt/virsh.js';
 import { about, log } from './log.js';
 import { sleep, waitUntil, withLock } from './lock.js';
+import { inParallel } from './parallel.js';
 import { tieSnapshots, type SnapshotRef } from './snapshot-id.js';
 import { datasetOfSnapshot } from './zfs.js';
 
@@ -151,7 +152,19 @@ const PAUSED_BY_US_OR_IO = /^(snapshot|saving|save|migrating|I\/O error|ioerror|
 async function resumeIfOurs(entry: JournalEntry, deps: Deps): Promise<void> {
   if ((entry.stateBefore ?? 'running') === 'paused') return;
   const { state, reason } = await deps.virsh.stateReason(entry.domain.uuid);
-  if (state !== 'paused' || !PAUSED_BY_US_OR_IO.test(reason)) return;
+  if (state !== 'paused') return;
+  if (entry.mode === 'pause') {
+    // libvirt gives no reason (`unknown`) for the pause a snapshot='manual' leaves.
+    if (/^user$/i.test(reason)) {
+      log.warn('the domain was paused by a user while frozen in pause mode: left paused', about(entry.domain.name));
+      return;
+    }
+    await deps.virsh.resume(entry.domain.uuid);
+    const pausedFor = entry.frozenAt === undefined ? '' : ` after ${Date.now() - Date.parse(entry.frozenAt)} ms`;
+    log.info(`resumed the guest${pausedFor} (pause mode)`, about(entry.domain.name));
+    return;
+  }
+  if (!PAUSED_BY_US_OR_IO.test(reason)) return;
   await deps.virsh.resume(entry.domain.uuid);
   const why = /I\/O|ioerror/i.test(reason) ? 'QEMU had paused it on an I/O error while it ran on the overlay' : `it was left paused (${reason})`;
   log.warn(`resumed the domain: ${why}; it runs on its own disks again`, about(entry.domain.name));
@@ -160,10 +173,29 @@ async function resumeIfOurs(entry: JournalEntry, deps: Deps): Promise<void> {
 export interface ThawOptions {
   /** Archive the RAM dump (post, recover), or throw it away (undoing a failed freeze). */
   keepDump: boolean;
+  /**
+   * Stop once the VM runs on its own disks again, leaving the dump to a
+   * second call: post brings every VM back before it archives any (copying,
+   * hashing and compressing a dump takes seconds).
+   */
+  deferArchive?: boolean;
 }
 
 /** The domain was thawed by another process (post and `recover --force` racing) while this one waited its turn. */
 export const THAWED_ELSEWHERE = 'thawed-elsewhere';
+/** A quiesce freeze: the filesystems are thawed, and there is no RAM dump to keep. */
+export const QUIESCED = 'quiesced';
+
+/** The VM is back; its dump waits (step committed) for a thawDomain of this entry without deferArchive. */
+export interface Deferred {
+  deferred: JournalEntry;
+}
+
+export type ThawOutcome = ArchivedDump | null | Deferred | typeof THAWED_ELSEWHERE | typeof QUIESCED;
+
+export function isDeferred(outcome: ThawOutcome): outcome is Deferred {
+  return outcome !== null && typeof outcome === 'object' && 'deferred' in outcome;
+}
 
 /**
  * Brings one domain back onto its own disks and deals with its RAM dump.
@@ -171,7 +203,7 @@ export const THAWED_ELSEWHERE = 'thawed-elsewhere';
  * journal's removal: post, `recover`, `recover --force` and the watchdog
  * serialise here, so one never aborts the block job of another.
  */
-export async function thawDomain(entry: JournalEntry, deps: Deps, options: ThawOptions): Promise<ArchivedDump | null | typeof THAWED_ELSEWHERE> {
+export async function thawDomain(entry: JournalEntry, deps: Deps, options: ThawOptions): Promise<ThawOutcome> {
   const patience = deps.config.lockTimeoutMs + deps.config.commitTimeoutMs * Math.max(1, entry.overlays.length);
   return withLock(deps.journal.lockDir, `thaw-${entry.domain.uuid}`, Date.now() + patience, async () => {
     let current: JournalEntry | null;
@@ -185,7 +217,8 @@ export async function thawDomain(entry: JournalEntry, deps: Deps, options: ThawO
       return THAWED_ELSEWHERE;
     }
     // What is on disk is newer than what the caller read (a step it missed), unless the caller could not write it.
-    return thawHeld(stepOrder(current.step) >= stepOrder(entry.step) ? { ...entry, ...current } : entry, deps, options);
+    const newest = stepOrder(current.step) >= stepOrder(entry.step) ? { ...entry, ...current } : entry;
+    return newest.mode === 'quiesce' ? thawFilesystems(newest, deps) : thawHeld(newest, deps, options);
   });
 }
 
@@ -193,7 +226,42 @@ function stepOrder(step: JournalEntry['step']): number {
   return ['snapshotting', 'frozen', 'committing', 'committed'].indexOf(step);
 }
 
-async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): Promise<ArchivedDump | null> {
+/** Attempts at thawing a guest's filesystems: its agent may be busy for a moment (a freeze that timed out on our side). */
+const FSTHAW_ATTEMPTS = 3;
+
+/**
+ * quiesce: the guest's filesystems are thawed through its agent, whatever
+ * step the run reached (a thaw of filesystems that are not frozen is
+ * harmless). A guest that is gone or shut off has nothing frozen.
+ */
+async function thawFilesystems(entry: JournalEntry, deps: Deps): Promise<typeof QUIESCED> {
+  const { uuid, name } = entry.domain;
+  const { virsh, journal } = deps;
+  let reason = '';
+  for (let attempt = 1; attempt <= FSTHAW_ATTEMPTS; attempt++) {
+    if (!(await virsh.exists(uuid)) || (await virsh.state(uuid)) === 'shut off') {
+      log.warn('the domain stopped while its filesystems were frozen: nothing to thaw', about(name));
+      journal.remove(uuid);
+      return QUIESCED;
+    }
+    try {
+      const thawed = await virsh.fsThaw(uuid, deps.config.agentTimeoutMs);
+      const frozenFor = entry.frozenAt === undefined ? '' : ` after ${Date.now() - Date.parse(entry.frozenAt)} ms`;
+      log.info(`thawed ${thawed} filesystem(s) through the guest agent${frozenFor}`, about(name));
+      journal.remove(uuid);
+      return QUIESCED;
+    } catch (err) {
+      reason = libvirtReason(err);
+      log.warn(`the guest agent did not thaw the filesystems (${reason})${attempt < FSTHAW_ATTEMPTS ? ': trying again' : ''}`, about(name));
+      if (attempt < FSTHAW_ATTEMPTS) await sleep(2 * POLL_MS * attempt);
+    }
+  }
+  throw new VirtsnapError(
+    `the filesystems of domain ${JSON.stringify(name)} may still be frozen: its guest agent did not thaw them (${reason}); run \`virsh domfsthaw ${name}\`, then \`virtsnap recover\``,
+  );
+}
+
+async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): Promise<ArchivedDump | null | Deferred> {
   const { virsh, journal } = deps;
   const name = entry.domain.name;
   let keep = options.keepDump;
@@ -235,13 +303,14 @@ async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): 
       keep = false;
     }
     const commitStarted = Date.now();
-    for (const o of entry.overlays) await commitDisk(entry, o, before, deps);
+    for (const o of entry.overlays) if (o.overlay !== null) await commitDisk(entry, o, before, deps);
     const commitMs = Date.now() - commitStarted;
     assertOnOriginals(entry, await virsh.domain(entry.domain.uuid));
     await resumeIfOurs(entry, deps);
     for (const o of entry.overlays) if (o.overlay !== null) removeIfExists(o.overlay);
     entry = journal.tryUpdate(entry, { step: 'committed', commitMs }).entry;
   }
+  if (options.deferArchive && keep && (entry.tied ?? []).length > 0) return { deferred: entry };
   const tied = entry.tied ?? [];
   const dump = keep && tied.length > 0 ? await keepDump(entry, tied, deps) : null;
   if (dump === null) dropDump(entry);
@@ -308,6 +377,7 @@ async function keepDump(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): P
         commitMs: entry.commitMs ?? null,
         libvirtUri: deps.config.libvirtUri,
         hostname: hostname(),
+        compression: deps.config.compression,
       }),
     );
     log.info(`archived RAM dump ${dump.manifest.memoryFile} (${dump.manifest.bytes} bytes) for ${snapshotNames(dump.manifest).join(', ')}`, about(name));
@@ -330,23 +400,44 @@ export interface ThawResult {
   discarded: string[];
 }
 
-/** post: thaw every domain the run froze. One domain's failure does not stop the others. */
+/**
+ * post: thaw every domain the run froze, VIRTSNAP_PARALLEL at a time. Every
+ * VM is back on its own disks and running before the first dump is archived:
+ * a dump's copy, hash and compression take seconds, and no VM waits for
+ * another's. One domain's failure does not stop the others.
+ */
 export async function thawRun(runId: string, deps: Deps, options: ThawOptions = { keepDump: true }): Promise<ThawResult> {
   const result: ThawResult = { dumps: [], failures: [], discarded: [], withoutDump: [] };
-  for (const entry of deps.journal.list().filter((e) => e.runId === runId)) {
-    try {
-      const dump = await thawDomain(entry, deps, options);
-      if (dump === THAWED_ELSEWHERE) continue;
-      if (dump !== null) result.dumps.push(dump);
-      else {
-        result.discarded.push(entry.domain.name);
-        result.withoutDump.push(entry.domain);
-      }
-    } catch (err) {
-      log.error((err as Error).message, about(entry.domain.name));
-      result.failures.push((err as Error).message);
+  const settle = (entry: JournalEntry, outcome: ThawOutcome): void => {
+    if (outcome === THAWED_ELSEWHERE || outcome === QUIESCED || isDeferred(outcome)) return;
+    if (outcome !== null) result.dumps.push(outcome);
+    else {
+      result.discarded.push(entry.domain.name);
       result.withoutDump.push(entry.domain);
     }
-  }
+  };
+  const fail = (entry: JournalEntry, err: unknown): void => {
+    log.error((err as Error).message, about(entry.domain.name));
+    result.failures.push((err as Error).message);
+    result.withoutDump.push(entry.domain);
+  };
+  const deferred: JournalEntry[] = [];
+  const entries = deps.journal.list().filter((e) => e.runId === runId);
+  await inParallel(entries, deps.config.parallel, async (entry) => {
+    try {
+      const outcome = await thawDomain(entry, deps, { ...options, deferArchive: true });
+      if (isDeferred(outcome)) deferred.push(outcome.deferred);
+      else settle(entry, outcome);
+    } catch (err) {
+      fail(entry, err);
+    }
+  });
+  await inParallel(deferred, deps.config.parallel, async (entry) => {
+    try {
+      settle(entry, await thawDomain(entry, deps, { ...options, deferArchive: false }));
+    } catch (err) {
+      fail(entry, err);
+    }
+  });
   return result;
 }

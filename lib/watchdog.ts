@@ -28,6 +28,8 @@ import { sleep } from './lock.js';
 import { log, toJournal } from './log.js';
 import { ownerIsAlive, ownerOf, type Owner } from './owner.js';
 import { abandoned, recover } from './recovery.js';
+import type { JournalEntry } from './journal.js';
+import { thawDomain } from './thaw.js';
 
 /** How often the watchdog looks: with a thaw of a few seconds, VMs are back well within a minute. */
 export const WATCH_INTERVAL_MS = 2_000;
@@ -59,7 +61,11 @@ export async function watch(runId: string, starter: Owner, deps: Deps, intervalM
     // Nothing may end the watch early but its own verdict: an unreadable
     // journal file or a failed libvirt call is said, then looked at again.
     try {
-      const entries = deps.journal.list().filter((e) => e.runId === runId);
+      let entries = deps.journal.list().filter((e) => e.runId === runId);
+      if (entries.some((e) => overdue(e, deps.config.pauseMaxMs))) {
+        await resumeOverdue(entries.filter((e) => overdue(e, deps.config.pauseMaxMs)), deps, ctx);
+        entries = deps.journal.list().filter((e) => e.runId === runId);
+      }
       const next = verdict(
         entries.map((e) => ({ abandoned: abandoned(e), tag: e.tag })),
         ownerIsAlive(starter),
@@ -89,6 +95,29 @@ export async function watch(runId: string, starter: Owner, deps: Deps, intervalM
       await alarm(`run ${runId}: ${(err as Error).message}: looking again`, ctx);
     }
     await sleep(intervalMs);
+  }
+}
+
+/**
+ * Pause mode keeps a guest paused from its RAM save to post. A run that is
+ * alive but slow (a ZFS snapshot that hangs, sanoid busy elsewhere) must not
+ * keep it paused for long: past VIRTSNAP_PAUSE_MAX the watchdog thaws it
+ * itself. Its dump is kept only if a snapshot of the run was taken meanwhile.
+ */
+export function overdue(entry: Pick<JournalEntry, 'mode' | 'step' | 'frozenAt' | 'stateBefore'>, pauseMaxMs: number, now = Date.now()): boolean {
+  if (entry.mode !== 'pause' || entry.step !== 'frozen' || entry.frozenAt === undefined || entry.stateBefore === 'paused') return false;
+  return now - Date.parse(entry.frozenAt) > pauseMaxMs;
+}
+
+async function resumeOverdue(entries: JournalEntry[], deps: Deps, ctx: { dataset: string }): Promise<void> {
+  for (const e of entries) {
+    await alarm(`${JSON.stringify(e.domain.name)} has been paused for more than VIRTSNAP_PAUSE_MAX (${Math.round(deps.config.pauseMaxMs / 1000)}s) waiting for post: resuming it`, ctx);
+    try {
+      const outcome = await thawDomain(e, deps, { keepDump: true });
+      if (outcome === null) await alarm(`${JSON.stringify(e.domain.name)} resumed; no snapshot of run ${e.runId} was taken while it was paused, so no RAM dump is kept`, ctx);
+    } catch (err) {
+      await alarm(`could not resume ${JSON.stringify(e.domain.name)}: ${(err as Error).message}`, ctx);
+    }
   }
 }
 

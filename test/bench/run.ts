@@ -1,76 +1,220 @@
-// npm run bench: timings that matter to users, measured on the real bed.
+// npm run bench: virtsnap against the shell pair every blog post shows, side
+// by side on the real bed, under real sanoid. Not a test: it asserts no
+// timing, it measures and prints (and saves) what it measured.
 //
-// prune: sanoid calls the prune hook once per destroyed snapshot, one after
-// the other, so a long retention list means hundreds of calls in a row. We
-// destroy 200 snapshots the way sanoid does (zfs destroy, then the hook) with
-// 100 dumps of two snapshots each in the archive, and time each hook call.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { hostname, cpus } from 'node:os';
+//   guest stall per snapshot (libvirt lifecycle events), per variant, for a
+//     96 MiB guest and a 512 MiB guest holding 320 MiB of live data;
+//   the wall time of a whole sanoid run over 1 and over 4 guests;
+//   bytes per dump (raw, stored, gzip -1 / zstd -1) and the RAM save rate
+//     against a plain dd of the same size;
+//   prune per call with 1,000 dumps; hook start-up with nothing to do.
+//
+// Repetitions are interleaved (rep 1 of every variant, then rep 2, …) so a
+// disturbance from whatever else runs on the machine spreads over all
+// variants instead of landing on one. BENCH_REPS (default 3); BENCH_QUICK=1
+// for one repetition and no 4-guest run. Everything it creates is named
+// vsbed-b-* / vsbed/vm/b-* and removed at the end, also after a failure.
+import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { ZfsClient } from '../../lib/zfs.js';
-import { archiveDump, listDumps } from '../../lib/archive.js';
-import { run } from '../../lib/exec.js';
-import { bed, destroyDataset, sh } from '../helpers/bed.js';
-import { hooks, Setup } from '../helpers/virtsnap.js';
+import { bed, removeDomains, sleep, virsh, type Bed } from '../helpers/bed.js';
+import { destroyPatiently } from './cleanup.js';
+import { repoRoot } from '../helpers/virtsnap.js';
+import { EventWatcher } from './events.js';
+import { bootGuest, BenchError, type BenchGuest } from './guests.js';
+import { describeMachine, type Machine } from './machine.js';
+import { benchPrune, PRUNE_DATASET } from './prune.js';
+import { ddWrite, referenceCompression } from './reference.js';
+import { BIG, render, sections, SMALL, targets, type Samples } from './report.js';
+import { snapshotRun } from './snapshot-run.js';
+import { benchStartup, STARTUP_DATASET } from './startup.js';
+import { BYTES_VARIANTS, RUN_VARIANTS, STALL_VARIANTS, Variant, type VariantSpec } from './variants.js';
 
-const SNAPSHOTS = 200;
+const URI = 'qemu:///system';
+const QUICK = process.env.BENCH_QUICK === '1';
+const REPS = QUICK ? 1 : positiveInt(process.env.BENCH_REPS ?? '3', 'BENCH_REPS');
+const STARTUP_REPS = 10;
+const SETTLE_MS = 10_000;
+const PARTS = ['startup', 'prune', 'stall', 'four'] as const;
+type Part = (typeof PARTS)[number];
+/** BENCH_ONLY=stall,prune runs only those parts (for working on one of them); the 4-guest run is `four`. */
+const ONLY = onlyParts(process.env.BENCH_ONLY);
+const doing = (part: Part): boolean => ONLY.has(part) && !(part === 'four' && QUICK);
+const RESULTS = path.join(repoRoot, 'test/bench/results/latest.json');
 
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+const DOMAINS = { [SMALL]: 'vsbed-b-g96', [BIG]: 'vsbed-b-g512', four: [1, 2, 3, 4].map((i) => `vsbed-b-four${i}`) };
+/** Parents with one child dataset per guest: sanoid runs over the parent with recursive = zfs. */
+const PARENTS = { [SMALL]: 'b-one', [BIG]: 'b-big', four: 'b-quad' };
+
+function positiveInt(text: string, name: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1) {
+    console.error(`bench: ${name} must be a whole number ≥ 1, not ${JSON.stringify(text)}`);
+    process.exit(2);
+  }
+  return n;
 }
 
-function percentile(values: number[], p: number): number {
-  const s = [...values].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
+function onlyParts(text: string | undefined): Set<Part> {
+  if (text === undefined || text === '') return new Set(PARTS);
+  const parts = text.split(',').map((p) => p.trim());
+  const bad = parts.filter((p) => !(PARTS as readonly string[]).includes(p));
+  if (bad.length > 0) {
+    console.error(`bench: BENCH_ONLY names ${bad.join(', ')}; the parts are ${PARTS.join(', ')}`);
+    process.exit(2);
+  }
+  return new Set(parts as Part[]);
 }
 
-async function benchPrune(): Promise<void> {
+let interrupted = false;
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(sig, () => {
+    // Never mid-snapshot: the run under way finishes (sanoid and its hooks are in their own process group), then cleanup.
+    if (!interrupted) console.log(`\nbench: ${sig}: stopping after the run under way, then cleaning up`);
+    interrupted = true;
+  });
+}
+function checkInterrupted(): void {
+  if (interrupted) throw new BenchError('interrupted');
+}
+
+const datasets = (b: Bed): string[] => [...Object.values(PARENTS), STARTUP_DATASET, PRUNE_DATASET].map((d) => `${b.vmDataset}/${d}`);
+const allDomains = (): string[] => [DOMAINS[SMALL], DOMAINS[BIG], ...DOMAINS.four];
+const SETUPS = ['b-bench-startup', 'b-bench-prune', ...[...STALL_VARIANTS, ...BYTES_VARIANTS].map((v) => `b-bench-${v.name}`)];
+
+/** Removes all the bench makes (and only that): its domains, datasets, setups and files in the overlay dir. */
+async function cleanup(b: Bed): Promise<void> {
+  const hadGuests = (await Promise.all(allDomains().map((d) => virsh('domstate', d).then(() => true, () => false)))).some(Boolean);
+  await removeDomains(...allDomains());
+  // zfs-fuse: a dataset unmounted by `zfs destroy` while QEMU's last file
+  // handles are still being released stayed "busy" for good (until zfs-fuse
+  // restarts). Give the releases a moment before the first destroy.
+  if (hadGuests) await sleep(SETTLE_MS);
+  for (const ds of datasets(b)) await destroyPatiently(ds);
+  for (const name of SETUPS) rmSync(path.join(b.dir, 'tests', name), { recursive: true, force: true });
+  for (const f of readdirSync(b.overlayDir)) {
+    if (f === 'vsbed-b-bench.dd' || allDomains().some((d) => f.startsWith(`${d}.`))) rmSync(path.join(b.overlayDir, f), { recursive: true, force: true });
+  }
+}
+
+function specsFor(guest: string): VariantSpec[] {
+  // Bytes variants store the same snapshot raw and compressed: the small guest says enough.
+  return guest === SMALL ? [...STALL_VARIANTS, ...BYTES_VARIANTS] : STALL_VARIANTS;
+}
+
+/** Boots a guest and makes sure the event watcher hears it start: without that, every stall would read 0. */
+async function bootHeard(watcher: EventWatcher, options: Parameters<typeof bootGuest>[0]): Promise<BenchGuest> {
+  const since = Date.now() - 1000;
+  const g = await bootGuest(options);
+  if (!(await watcher.waitFor(g.guest.name, 'Started', since, 10_000))) throw new BenchError(`virsh event reported no Started event for ${g.guest.name}: stalls cannot be measured`);
+  return g;
+}
+
+/** Guest stall, bytes and the 1-guest sanoid run: the 96 MiB and the 512 MiB guest, every variant, interleaved. */
+async function stallPart(b: Bed, variants: Map<string, Variant>, watcher: EventWatcher, samples: Samples): Promise<void> {
+  console.log('booting the 96 MiB and the 512 MiB guest …');
+  const small = await bootHeard(watcher, { name: DOMAINS[SMALL], dataset: `${b.vmDataset}/${PARENTS[SMALL]}/g1`, memoryMiB: 96 });
+  const big = await bootHeard(watcher, { name: DOMAINS[BIG], dataset: `${b.vmDataset}/${PARENTS[BIG]}/g1`, memoryMiB: 512, fillMiB: 320 });
+  samples.guests.push(...([[SMALL, small], [BIG, big]] as const).map(([key, g]) => ({ key, name: g.guest.name, memoryMiB: g.memoryMiB, filledMiB: g.filledMiB })));
+
+  // The first raw save image of each guest gives the reference compressors and the dd baseline.
+  const referenced = new Set<string>();
+  const reference = (key: string) => async (g: BenchGuest, file: string) => {
+    if (referenced.has(key)) return;
+    referenced.add(key);
+    const compressors = await referenceCompression(file, path.join(b.dir, 'tests'));
+    samples.compressors.push(...compressors.map((c) => ({ guest: key, ...c })));
+    samples.dd.push({ guest: key, ...(await ddWrite(b.overlayDir, Math.ceil(compressors[0]!.rawBytes / 2 ** 20))) });
+  };
+
+  for (let rep = 1; rep <= REPS; rep++) {
+    for (const [key, g] of [[SMALL, small], [BIG, big]] as const) {
+      for (const spec of specsFor(key)) {
+        checkInterrupted();
+        const s = await snapshotRun(variants.get(spec.name)!, `${b.vmDataset}/${PARENTS[key]}`, [g], watcher, rep, URI, reference(key));
+        samples.stall.push({ guest: key, ...s });
+        const pg = s.perGuest[0];
+        console.log(`  rep ${rep} ${key} ${spec.name}: ${s.ok ? `stall ${pg?.stallMs} ms in ${pg?.pausesMs.length} pause(s), sanoid run ${s.wallMs} ms` : `failed: ${s.error}`}`);
+      }
+    }
+  }
+  // Two cores: the next part's guests need them. (Their datasets go at the end, long after they stopped: see cleanup.)
+  for (const g of [small, big]) await g.guest.stop();
+}
+
+/** The whole sanoid run over 4 guests, one child dataset each, shell pair against virtsnap. */
+async function fourPart(b: Bed, variants: Map<string, Variant>, watcher: EventWatcher, samples: Samples): Promise<void> {
+  console.log('booting 4 guests of 96 MiB …');
+  const four: BenchGuest[] = [];
+  for (const [i, name] of DOMAINS.four.entries()) four.push(await bootHeard(watcher, { name, dataset: `${b.vmDataset}/${PARENTS.four}/g${i + 1}`, memoryMiB: 96 }));
+  for (let rep = 1; rep <= REPS; rep++) {
+    for (const spec of RUN_VARIANTS) {
+      checkInterrupted();
+      const s = await snapshotRun(variants.get(spec.name)!, `${b.vmDataset}/${PARENTS.four}`, four, watcher, rep, URI);
+      samples.four.push(s);
+      console.log(`  rep ${rep} 4 guests ${spec.name}: ${s.ok ? `sanoid run ${s.wallMs} ms, stalls ${s.perGuest.map((g) => g.stallMs).join('/')} ms` : `failed: ${s.error}`}`);
+    }
+  }
+  for (const g of four) await g.guest.stop();
+}
+
+async function main(): Promise<number> {
   const b = await bed();
-  const dataset = `${b.vmDataset}/bench`;
-  await destroyDataset(dataset);
-  await sh('zfs', ['create', dataset]);
-  const setup = await Setup.create('bench');
-  const names = Array.from({ length: SNAPSHOTS }, (_, i) => `bench_${String(i).padStart(4, '0')}`);
-  for (const n of names) await sh('zfs', ['snapshot', `${dataset}@${n}`]);
+  const started = new Date();
+  const samples: Samples = { guests: [], stall: [], four: [], compressors: [], dd: [], prune: null, startup: [] };
+  let machine: Machine | null = null;
+  let stoppedBy: string | null = null;
+  let watcher: EventWatcher | null = null;
+  console.log(`bench: ${REPS} repetition(s)${QUICK ? ', quick (no 4-guest run)' : ''}, parts: ${PARTS.filter(doing).join(', ')}; results go to ${path.relative(process.cwd(), RESULTS)}`);
+  try {
+    await cleanup(b);
+    machine = await describeMachine();
+    console.log(`  ${machine.cores} cores, ${machine.cpuModel}, ${machine.ramMiB} MiB, ${machine.libvirt}, ${machine.qemu}, virt type ${machine.virtType}`);
 
-  const { props } = await new ZfsClient().snapshotProps([dataset]);
-  const scratch = mkdtempSync('/tmp/vsbed-bench-');
-  for (let i = 0; i < SNAPSHOTS; i += 2) {
-    const mem = path.join(scratch, `${i}.save`);
-    writeFileSync(mem, Buffer.concat([Buffer.from('LibvirtQemudSave'), Buffer.alloc(4096)]));
-    await archiveDump(setup.archiveDir, {
-      id: `bench-${String(i).padStart(4, '0')}`,
-      domain: { name: 'vsbed-bench', uuid: '00000000-0000-0000-0000-000000000000' },
-      snapshots: [`${dataset}@${names[i]}`, `${dataset}@${names[i + 1]}`].map((name) => ({ name, frozenAs: name, guid: props.get(name)!.guid, createtxg: props.get(name)!.createtxg, creation: props.get(name)!.creation, mountpoint: null })),
-      types: ['hourly', 'daily'],
-      memoryFile: mem,
-      metaDir: null,
-      disks: [],
-      startedAt: new Date(Date.now() + i).toISOString(),
-      frozenAt: null,
-      job: null,
-      libvirtUri: 'qemu:///system',
-      hostname: hostname(),
-    });
+    if (doing('startup')) {
+      console.log('start-up of hooks with nothing to do …');
+      samples.startup = await benchStartup(STARTUP_REPS);
+      checkInterrupted();
+    }
+    if (doing('prune')) {
+      console.log('prune with 1,000 dumps …');
+      samples.prune = await benchPrune();
+      checkInterrupted();
+    }
+
+    if (doing('stall') || doing('four')) {
+      const variants = new Map<string, Variant>();
+      for (const spec of [...STALL_VARIANTS, ...BYTES_VARIANTS]) variants.set(spec.name, await Variant.create(spec));
+      watcher = await EventWatcher.start();
+      if (doing('stall')) await stallPart(b, variants, watcher, samples);
+      if (doing('four')) await fourPart(b, variants, watcher, samples);
+    }
+  } catch (err) {
+    stoppedBy = (err as Error).message;
+    console.error(`bench: ${err instanceof BenchError ? '' : 'error: '}${stoppedBy}`);
+  } finally {
+    await watcher?.stop().catch((err) => console.error(`bench: the event watcher: ${(err as Error).message}`));
+    await cleanup(b);
   }
-  rmSync(scratch, { recursive: true, force: true });
 
-  const times: number[] = [];
-  for (const n of names) {
-    await sh('zfs', ['destroy', `${dataset}@${n}`]);
-    const started = process.hrtime.bigint();
-    await run(hooks.prune, [], { env: setup.env({ SANOID_SCRIPT: 'prune', SANOID_TARGET: dataset, SANOID_SNAPNAME: n }) });
-    times.push(Number(process.hrtime.bigint() - started) / 1e6);
-  }
-  const left = listDumps(setup.archiveDir).length;
-  await destroyDataset(dataset);
-  if (left !== 0) throw new Error(`bench: ${left} dumps left after pruning every snapshot`);
-
-  const total = times.reduce((a, t) => a + t, 0);
-  console.log(`prune: ${SNAPSHOTS} calls in a row, 100 dumps of 2 snapshots each (${cpus().length} cores, ${cpus()[0]?.model ?? '?'})`);
-  console.log(`  median ${median(times).toFixed(0)} ms/call, p90 ${percentile(times, 90).toFixed(0)} ms, max ${Math.max(...times).toFixed(0)} ms, total ${(total / 1000).toFixed(1)} s`);
+  const finished = new Date();
+  console.log(`\n${render(samples)}`);
+  const results = {
+    format: 'virtsnap-bench/1',
+    startedAt: started.toISOString(),
+    finishedAt: finished.toISOString(),
+    durationS: Math.round((finished.getTime() - started.getTime()) / 1000),
+    settings: { reps: REPS, quick: QUICK, parts: PARTS.filter(doing), sanoid: '2.1.0', startupReps: STARTUP_REPS },
+    stoppedBy,
+    machine,
+    variants: [...STALL_VARIANTS, ...BYTES_VARIANTS].map(({ name, what, settings }) => ({ name, what, settings })),
+    table: sections(samples),
+    targets: targets(samples),
+    samples,
+  };
+  mkdirSync(path.dirname(RESULTS), { recursive: true });
+  writeFileSync(RESULTS, JSON.stringify(results, null, 2) + '\n');
+  console.log(`bench: ${results.durationS} s${stoppedBy ? `, stopped: ${stoppedBy}` : ''}; saved ${RESULTS}`);
+  return stoppedBy ? 1 : 0;
 }
 
-await benchPrune();
+process.exitCode = await main();

@@ -114,7 +114,8 @@ export async function datasetExists(name: string): Promise<boolean> {
 }
 
 export async function destroyDataset(name: string): Promise<void> {
-  if (await datasetExists(name)) await zfsRetry(['destroy', '-r', name]);
+  // Under load (several guests, thousands of snapshots) zfs-fuse stays busy for tens of seconds.
+  if (await datasetExists(name)) await zfsRetry(['destroy', '-r', name], 120);
 }
 
 export async function mountpointOf(dataset: string): Promise<string> {

@@ -48,15 +48,28 @@ describe('loadConfig', () => {
       stateDir: '/var/lib/virtsnap/state',
       sanoidConf: '/etc/sanoid/sanoid.conf',
       live: true,
+      mode: { fallback: 'ram', byType: {} },
+      quiesceFallback: 'ram',
+      agentTimeoutMs: 10_000,
+      pauseMaxMs: 60_000,
+      parallel: 4,
       saveTimeoutMs: 600_000,
       commitTimeoutMs: 300_000,
       defineTimeoutMs: 120_000,
       restoreTimeoutMs: 600_000,
       watchdog: 'auto',
       metricsFile: null,
+      compression: 'gzip',
       lockTimeoutMs: 120_000,
       configFile: empty,
     });
+  });
+
+  it('VIRTSNAP_COMPRESS: gzip or yes compress, no stores raw, anything else is one line', () => {
+    for (const v of ['gzip', 'GZIP', 'yes', 'on', '1']) assert.equal(loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_COMPRESS: v }).compression, 'gzip', v);
+    for (const v of ['no', 'off', 'false', '0']) assert.equal(loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_COMPRESS: v }).compression, null, v);
+    assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_COMPRESS: 'xz' }), /^VIRTSNAP_COMPRESS=xz is not gzip, yes or no$/);
+    assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_COMPRESS: ' ' }), /^VIRTSNAP_COMPRESS is empty/);
   });
 
   it('values from an env file (comments, quotes, export-less lines)', () => {
@@ -135,5 +148,24 @@ describe('loadConfig', () => {
     assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_COMMIT_TIMEOUT: '0' }), /VIRTSNAP_COMMIT_TIMEOUT/);
     assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_LOCK_TIMEOUT: '-5' }), /VIRTSNAP_LOCK_TIMEOUT/);
     assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_LIBVIRT_URI: '  ' }), /VIRTSNAP_LIBVIRT_URI is empty/);
+  });
+});
+
+describe('VIRTSNAP_MODE', () => {
+  it('one mode for every type, or per type with a default', () => {
+    assert.deepEqual(loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_MODE: 'pause' }).mode, { fallback: 'pause', byType: {} });
+    assert.deepEqual(loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_MODE: 'ram, frequently=quiesce,Hourly=QUIESCE' }).mode, {
+      fallback: 'ram',
+      byType: { frequently: 'quiesce', hourly: 'quiesce' },
+    });
+    assert.deepEqual(loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_MODE: 'hourly=quiesce' }).mode, { fallback: 'ram', byType: { hourly: 'quiesce' } });
+  });
+
+  it('a bad mode, two defaults or a type named twice is a one-line error naming the setting', () => {
+    assert.throws(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_MODE: 'snapshot' }), /VIRTSNAP_MODE=snapshot: "snapshot" is not a mode; use ram, pause or quiesce/);
+    assert.throws(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_MODE: 'ram,pause' }), /more than one mode for all types/);
+    assert.throws(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_MODE: 'hourly=ram,hourly=pause' }), /names type hourly twice/);
+    assert.throws(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_QUIESCE_FALLBACK: 'pause' }), /VIRTSNAP_QUIESCE_FALLBACK=pause is not one of ram, fail/);
+    assert.throws(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_PARALLEL: '0' }), /VIRTSNAP_PARALLEL=0 is not a whole number of at least 1/);
   });
 });

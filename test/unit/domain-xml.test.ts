@@ -190,3 +190,16 @@ describe('parseDomainXml inline', () => {
     assert.throws(() => parseDomainXml(''), LibvirtError);
   });
 });
+
+describe('the guest agent channel', () => {
+  const xml = (channels: string) => `<domain><name>a</name><uuid>u</uuid><devices>${channels}</devices></domain>`;
+  it('connected, disconnected, no state (inactive XML) or none', () => {
+    const agent = (state: string) => `<channel type='unix'><source mode='bind'/><target type='virtio' name='org.qemu.guest_agent.0'${state}/></channel>`;
+    const spice = `<channel type='spicevmc'><target type='virtio' name='com.redhat.spice.0'/></channel>`;
+    assert.equal(parseDomainXml(xml(spice + agent(" state='connected'"))).agent, 'connected');
+    assert.equal(parseDomainXml(xml(agent(" state='disconnected'"))).agent, 'disconnected');
+    assert.equal(parseDomainXml(xml(agent(''))).agent, 'unknown');
+    assert.equal(parseDomainXml(xml(spice)).agent, 'none');
+    assert.equal(parseDomainXml(xml('')).agent, 'none');
+  });
+});

@@ -26,6 +26,10 @@ export interface FakeDomain {
   blockJobs: Map<string, { readyIn: number }>;
   /** A domain job (a RAM save): polls left until it ends by itself (Infinity: only an abort ends it). */
   job: { endsIn: number; aborted: boolean } | null;
+  /** The guest agent's channel, as the live XML would say. */
+  agent: Domain['agent'];
+  /** Filesystems frozen by the guest agent. */
+  fsFrozen: boolean;
 }
 
 type Method = keyof RunLibvirt;
@@ -47,6 +51,8 @@ export class FakeLibvirt implements RunLibvirt {
       disks: new Map(Object.entries(disks).map(([t, s]) => [t, { source: s, backing: null }])),
       blockJobs: new Map(),
       job: null,
+      agent: 'none',
+      fsFrozen: false,
     };
     this.domainsByUuid.set(uuid, d);
     return d;
@@ -95,7 +101,7 @@ export class FakeLibvirt implements RunLibvirt {
       shareable: false,
       backing: x.backing,
     }));
-    return { name: d.name, uuid: d.uuid, memoryKiB: 1024, disks, nvram: null, tpmEmulator: false, state: d.state, xml: '<domain/>' };
+    return { name: d.name, uuid: d.uuid, memoryKiB: 1024, disks, nvram: null, tpmEmulator: false, agent: d.agent, state: d.state, xml: '<domain/>' };
   }
 
   async domain(uuid: string): Promise<Domain> {
@@ -107,6 +113,11 @@ export class FakeLibvirt implements RunLibvirt {
     this.enter('dumpxml', uuid);
     this.get(uuid);
     return '<domain/>';
+  }
+
+  async state(uuid: string): Promise<DomainState> {
+    this.enter('state', uuid);
+    return this.get(uuid).state;
   }
 
   async stateReason(uuid: string): Promise<{ state: DomainState; reason: string }> {
@@ -123,9 +134,14 @@ export class FakeLibvirt implements RunLibvirt {
   /** Switches every disk named in `overlays` (target -> overlay path). */
   snapshotSwitches = new Map<string, Record<string, string>>();
 
-  async createSnapshot(uuid: string): Promise<void> {
+  async createSnapshot(uuid: string, xml: string): Promise<void> {
     this.enter('createSnapshot', uuid);
     const d = this.get(uuid);
+    // snapshot='manual' disks: libvirt leaves the domain paused, with no reason given.
+    if (xml.includes("snapshot='manual'") && d.state === 'running') {
+      d.state = 'paused';
+      d.reason = 'unknown';
+    }
     for (const [target, overlay] of Object.entries(this.snapshotSwitches.get(uuid) ?? {})) {
       const disk = d.disks.get(target)!;
       d.disks.set(target, { source: overlay, backing: disk.source });
@@ -194,6 +210,23 @@ export class FakeLibvirt implements RunLibvirt {
     this.get(uuid).blockJobs.delete(target);
   }
 
+  async fsFreeze(uuid: string): Promise<number> {
+    this.enter('fsFreeze', uuid);
+    const d = this.get(uuid);
+    if (d.agent !== 'connected') throw new LibvirtError('the guest agent did not freeze the filesystems: Guest agent is not responding: QEMU guest agent is not connected', 'error: Guest agent is not responding: QEMU guest agent is not connected');
+    d.fsFrozen = true;
+    return 1;
+  }
+
+  async fsThaw(uuid: string): Promise<number> {
+    this.enter('fsThaw', uuid);
+    const d = this.get(uuid);
+    if (d.agent !== 'connected') throw new LibvirtError('the guest agent did not thaw the filesystems: Guest agent is not responding: QEMU guest agent is not connected', 'error: Guest agent is not responding: QEMU guest agent is not connected');
+    const was = d.fsFrozen ? 1 : 0;
+    d.fsFrozen = false;
+    return was;
+  }
+
   async resume(uuid: string): Promise<void> {
     this.enter('resume', uuid);
     const d = this.get(uuid);
@@ -257,6 +290,11 @@ export function fakeConfig(root: string): Config {
     stateDir: path.join(root, 'state'),
     sanoidConf: path.join(root, 'sanoid.conf'),
     live: true,
+    mode: { fallback: 'ram', byType: {} },
+    quiesceFallback: 'ram',
+    agentTimeoutMs: 1000,
+    pauseMaxMs: 60_000,
+    parallel: 4,
     saveTimeoutMs: 1000,
     commitTimeoutMs: 3000,
     defineTimeoutMs: 1000,
@@ -264,6 +302,8 @@ export function fakeConfig(root: string): Config {
     lockTimeoutMs: 1000,
     watchdog: 'detached',
     metricsFile: null,
+    // The fakes' memory files are not save images; the archive tests compress real ones.
+    compression: 'gzip',
     configFile: null,
   };
 }

@@ -5,22 +5,27 @@ import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { freeze } from '../../lib/freeze.js';
+import type { Mode } from '../../lib/mode.js';
+import { thawRun } from '../../lib/thaw.js';
 import type { DomainPlan, FreezePlan } from '../../lib/plan.js';
 import { InterruptedError, type StopSignal } from '../../lib/signals.js';
 import { fakeDeps, type FakeDomain } from './fakes.js';
 
-function planFor(deps: ReturnType<typeof fakeDeps>, domains: FakeDomain[]): FreezePlan {
+function planFor(deps: ReturnType<typeof fakeDeps>, domains: FakeDomain[], mode: Mode = 'ram', fallback: DomainPlan['fallback'] = null): FreezePlan {
   const plans: DomainPlan[] = domains.map((d) => {
     const base = path.join(deps.config.overlayDir, `${d.name}.tag`);
     const metaInDataset = path.join(deps.root, 'dataset', '.virtsnap', d.name);
     const overlays: Record<string, string> = {};
     for (const target of d.disks.keys()) overlays[target] = `${base}.${target}.qcow2`;
-    deps.virsh.snapshotSwitches.set(d.uuid, overlays);
+    if (mode !== 'pause') deps.virsh.snapshotSwitches.set(d.uuid, overlays);
     return {
       name: d.name,
       uuid: d.uuid,
       state: d.state,
       action: 'freeze',
+      mode,
+      fallback,
+      modeNote: null,
       live: true,
       tag: `${d.name}.tag`,
       disks: [...d.disks].map(([target, x]) => ({
@@ -29,8 +34,8 @@ function planFor(deps: ReturnType<typeof fakeDeps>, domains: FakeDomain[]): Free
         source: x.source,
         format: 'qcow2',
         dataset: 'tank/vm',
-        overlay: overlays[target]!,
-        manual: false,
+        overlay: mode === 'pause' ? null : overlays[target]!,
+        manual: mode === 'pause',
         skip: null,
       })),
       memoryFile: `${base}.save`,
@@ -40,11 +45,11 @@ function planFor(deps: ReturnType<typeof fakeDeps>, domains: FakeDomain[]): Free
       mountpoints: { 'tank/vm': path.join(deps.root, 'dataset') },
       nvram: null,
       tpmEmulator: false,
-      snapshotXml: '<domainsnapshot/>',
+      snapshotXml: mode === 'pause' ? "<domainsnapshot><disk name='vda' snapshot='manual'/></domainsnapshot>" : '<domainsnapshot/>',
     };
   });
   mkdirSync(path.join(deps.root, 'dataset'), { recursive: true, mode: 0o700 });
-  return { runId: 'tank/vm@snap', targets: ['tank/vm'], snapnames: ['snap'], types: ['hourly'], datasets: ['tank/vm'], domains: plans, onOverlays: [], problems: [] };
+  return { runId: 'tank/vm@snap', targets: ['tank/vm'], snapnames: ['snap'], types: ['hourly'], mode, modeWhy: `hourly=${mode}`, datasets: ['tank/vm'], domains: plans, onOverlays: [], problems: [] };
 }
 
 function twoDomains() {
@@ -70,6 +75,7 @@ describe('freeze', () => {
 
   it('a signal during the first save: that save finishes, then both are left unfrozen and the run exits as interrupted', async () => {
     const { deps, a, b, plan } = twoDomains();
+    deps.config.parallel = 1; // one after the other: the second has not started when the signal comes
     const stop = { requested: null as NodeJS.Signals | null, check(what: string) { if (this.requested) throw new InterruptedError(`stopped by ${this.requested} ${what}`); } } satisfies StopSignal;
     deps.stop = stop;
     deps.virsh.onCall = (method) => {
@@ -116,5 +122,88 @@ describe('freeze', () => {
     const calls = deps.virsh.calls;
     assert.ok(calls.indexOf('abortJob') >= 0 && calls.indexOf('abortJob') < calls.lastIndexOf('domain'), calls.join(', '));
     onOwnDisks(a);
+  });
+});
+
+describe('freeze modes', () => {
+  it('pause: RAM saved, disks left alone, the guest left paused until post resumes it', async () => {
+    const deps = fakeDeps();
+    const a = deps.virsh.add('a', 'u-a', { vda: '/tank/vm/a.qcow2' });
+    const { frozen } = await freeze(planFor(deps, [a], 'pause'), deps);
+    assert.equal(frozen[0]!.mode, 'pause');
+    assert.deepEqual(frozen[0]!.overlays.map((o) => o.overlay), [null]);
+    assert.equal(a.state, 'paused');
+    onOwnDisks(a);
+    const result = await thawRun('tank/vm@snap', deps);
+    assert.equal(a.state, 'running');
+    assert.ok(!deps.virsh.calls.some((c) => c.startsWith('activeCommit')), 'nothing to commit');
+    assert.deepEqual(result.failures, []);
+    assert.deepEqual(deps.journal.list(), []);
+  });
+
+  it('pause: a user who paused the guest meanwhile keeps it paused', async () => {
+    const deps = fakeDeps();
+    const a = deps.virsh.add('a', 'u-a', { vda: '/tank/vm/a.qcow2' });
+    await freeze(planFor(deps, [a], 'pause'), deps);
+    a.reason = 'user';
+    await thawRun('tank/vm@snap', deps);
+    assert.equal(a.state, 'paused');
+    assert.ok(!deps.virsh.calls.includes('resume'));
+  });
+
+  it('quiesce: the agent freezes the filesystems, no RAM is saved, post thaws them', async () => {
+    const deps = fakeDeps();
+    const a = deps.virsh.add('a', 'u-a', { vda: '/tank/vm/a.qcow2' });
+    a.agent = 'connected';
+    const { frozen } = await freeze(planFor(deps, [a], 'quiesce', 'ram'), deps);
+    assert.equal(frozen[0]!.mode, 'quiesce');
+    assert.ok(a.fsFrozen);
+    assert.ok(!deps.virsh.calls.includes('createSnapshot'));
+    onOwnDisks(a);
+    const result = await thawRun('tank/vm@snap', deps);
+    assert.ok(!a.fsFrozen);
+    assert.deepEqual([result.failures, result.discarded, result.dumps], [[], [], []]);
+    assert.deepEqual(deps.journal.list(), []);
+  });
+
+  it('quiesce without an answering agent falls back to ram when configured so, and says which', async () => {
+    const deps = fakeDeps();
+    const a = deps.virsh.add('a', 'u-a', { vda: '/tank/vm/a.qcow2' });
+    a.agent = 'connected';
+    deps.virsh.failNext('fsFreeze', 1, 'Guest agent is not responding: Guest agent not available for now');
+    const { frozen } = await freeze(planFor(deps, [a], 'quiesce', 'ram'), deps);
+    assert.equal(frozen[0]!.mode, 'ram');
+    assert.ok(deps.virsh.calls.includes('createSnapshot'));
+    assert.ok(deps.virsh.calls.indexOf('fsThaw') > deps.virsh.calls.indexOf('fsFreeze'), 'a thaw follows the failed freeze');
+    assert.ok(a.disks.get('vda')!.source.includes('.tag.'));
+  });
+
+  it('quiesce without an answering agent fails the run when configured so, with nothing left frozen', async () => {
+    const deps = fakeDeps();
+    const a = deps.virsh.add('a', 'u-a', { vda: '/tank/vm/a.qcow2' });
+    const b = deps.virsh.add('b', 'u-b', { vda: '/tank/vm/b.qcow2' });
+    a.agent = 'connected';
+    deps.config.parallel = 1;
+    await assert.rejects(freeze(planFor(deps, [a, b], 'quiesce', 'fail'), deps), /domain "b" cannot be quiesced: .*not connected.*VIRTSNAP_QUIESCE_FALLBACK=ram/);
+    assert.ok(!a.fsFrozen, 'the first domain is thawed again');
+    assert.ok(!deps.virsh.calls.includes('createSnapshot'));
+    assert.deepEqual(deps.journal.list(), []);
+  });
+
+  it('parallel: both domains are being frozen at once, and a failure of one undoes both', async () => {
+    const { deps, a, b, plan } = twoDomains();
+    const started: string[] = [];
+    let finished = 0;
+    deps.virsh.onCall = (method, uuid) => {
+      if (method === 'createSnapshot') {
+        started.push(`${uuid}@${finished}`);
+        finished++;
+      }
+    };
+    deps.virsh.failNext('createSnapshot', 1, 'error: operation failed: no space');
+    await assert.rejects(freeze(plan, deps), /no space/);
+    assert.equal(started.length, 2, 'both were started although the first failed');
+    onOwnDisks(a, b);
+    assert.deepEqual(deps.journal.list(), []);
   });
 });

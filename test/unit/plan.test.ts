@@ -8,6 +8,7 @@ import { loadConfig, type Config } from '../../lib/config.js';
 import type { Inventory } from '../../lib/inventory.js';
 import { parseDomainXml, type Disk } from '../../lib/libvirt/domain-xml.js';
 import type { Domain, DomainState } from '../../lib/libvirt/virsh.js';
+import { modeOfRun } from '../../lib/mode.js';
 import { planFreeze, runIdOf, type RunRequest } from '../../lib/plan.js';
 
 const OVERLAY = '/var/lib/virtsnap/overlay';
@@ -43,7 +44,7 @@ let uuidCounter = 0;
 function dom(name: string, state: DomainState, disks: Disk[], more: Partial<Domain> = {}): Domain {
   uuidCounter++;
   const uuid = `${uuidCounter.toString(16).padStart(8, '0')}-0000-4000-8000-000000000000`;
-  return { name, uuid, memoryKiB: 1024, disks, nvram: null, tpmEmulator: false, state, xml: '<domain/>', ...more };
+  return { name, uuid, memoryKiB: 1024, disks, nvram: null, tpmEmulator: false, agent: 'none', state, xml: '<domain/>', ...more };
 }
 
 function inventory(domains: Domain[], more: Partial<Inventory> = {}): Inventory {
@@ -366,5 +367,48 @@ describe('planFreeze', () => {
       plan.domains.map((d) => d.name),
       ['alpha', 'zeta'],
     );
+  });
+});
+
+describe('modes', () => {
+  const policy = { fallback: 'ram' as const, byType: { frequently: 'quiesce' as const, hourly: 'quiesce' as const, monthly: 'pause' as const } };
+
+  it('a run takes the strongest mode its types name: pause, then ram, then quiesce', () => {
+    assert.deepEqual(modeOfRun(['hourly'], policy), { mode: 'quiesce', why: 'hourly=quiesce' });
+    assert.equal(modeOfRun(['hourly', 'daily'], policy).mode, 'ram');
+    assert.match(modeOfRun(['hourly', 'daily'], policy).why, /hourly=quiesce, daily=ram: ram is the strongest/);
+    assert.equal(modeOfRun(['daily', 'monthly', 'hourly'], policy).mode, 'pause');
+    assert.equal(modeOfRun([], policy).mode, 'ram');
+  });
+
+  it('the plan says the mode and why; pause leaves the disks alone (snapshot=manual)', () => {
+    const d = dom('web', 'running', [disk('vda', '/tank/vm/a.qcow2'), disk('vdb', '/tank/vm/b.raw', { format: 'raw' })]);
+    const plan = planFreeze({ ...request, types: ['monthly'] }, inventory([d]), { ...config, mode: policy });
+    assert.equal(plan.mode, 'pause');
+    assert.equal(plan.modeWhy, 'monthly=pause');
+    const dp = plan.domains[0]!;
+    assert.equal(dp.mode, 'pause');
+    assert.ok(dp.disks.every((x) => x.manual && x.overlay === null));
+    assert.match(dp.snapshotXml!, /<disk name='vda' snapshot='manual'\/>/);
+    assert.match(dp.snapshotXml!, /<memory snapshot='external'/);
+  });
+
+  it('quiesce: with an agent channel, quiesce with the ram plan ready; without, ram (and a note) or a problem', () => {
+    const withAgent = dom('a', 'running', [disk('vda', '/tank/vm/a.qcow2')], { agent: 'connected' });
+    const without = dom('b', 'running', [disk('vda', '/tank/vm/c.qcow2')]);
+    const paused = dom('c', 'paused', [disk('vda', '/tank/vm/b.raw')], { agent: 'connected' });
+    const q = { ...request, types: ['hourly'] };
+    const plan = planFreeze(q, inventory([withAgent, without, paused]), { ...config, mode: policy });
+    const [a, b, c] = plan.domains;
+    assert.deepEqual([a!.mode, a!.fallback, a!.modeNote], ['quiesce', 'ram', null]);
+    assert.ok(a!.disks[0]!.overlay !== null, 'the ram plan stays ready for a fallback');
+    assert.equal(b!.mode, 'ram');
+    assert.match(b!.modeNote!, /no guest agent channel .*VIRTSNAP_QUIESCE_FALLBACK=ram/);
+    assert.equal(c!.mode, 'ram');
+    assert.match(c!.modeNote!, /paused/);
+    assert.deepEqual(plan.problems, []);
+    const strict = planFreeze(q, inventory([withAgent, without]), { ...config, mode: policy, quiesceFallback: 'fail' });
+    assert.equal(strict.problems.length, 1);
+    assert.match(strict.problems[0]!, /domain "b" cannot be quiesced: no guest agent channel .*install and start qemu-guest-agent/);
   });
 });

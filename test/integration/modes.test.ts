@@ -1,0 +1,105 @@
+// The freeze modes (VIRTSNAP_MODE) under real sanoid, with writing guests.
+//
+// pause: RAM saved live, the guest left paused through sanoid's snapshot and
+// resumed by post, no overlay; libvirt's lifecycle events show one pause,
+// and the dump restores with the oracle silent. If post never comes, the
+// watchdog resumes the guest within seconds of VIRTSNAP_PAUSE_MAX.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { snapshotNames, type ArchivedDump } from '../../lib/archive.js';
+import { bed, destroyDataset, Guest, mismatches, removeDomains, restoreOnClone, sh, sleep, snapshotsOf, type Bed } from '../helpers/bed.js';
+import { EventWatch, stalls } from '../helpers/events.js';
+import { cli, hooks, leftovers, runProgram, sanoidEnv, Setup } from '../helpers/virtsnap.js';
+
+async function assertBack(setup: Setup, guest: Guest, originals: Record<string, string>): Promise<void> {
+  assert.deepEqual(await guest.sources(), originals, `${guest.name} must be on its own disks`);
+  assert.equal(await guest.state(), 'running');
+  assert.deepEqual(leftovers(setup.overlayDir, guest.name), [], 'no overlay or memory file may remain');
+  assert.deepEqual(setup.journalFiles(), [], 'the journal must be empty');
+}
+
+async function assertRestoresSilently(guest: Guest, dump: ArchivedDump): Promise<void> {
+  for (const snapshot of snapshotNames(dump.manifest)) {
+    const text = await restoreOnClone(guest, dump.manifest.memoryFile, snapshot);
+    assert.deepEqual(mismatches(text), [], `dump ${dump.manifest.id} on ${snapshot} must restore silently`);
+  }
+  await guest.start();
+}
+
+describe('pause mode', () => {
+  let b: Bed;
+  let guest: Guest;
+  let setup: Setup;
+  const dataset = () => `${b.vmDataset}/modes-pa`;
+
+  before(async () => {
+    b = await bed();
+    await removeDomains('vsbed-modes-pause');
+    await destroyDataset(dataset());
+    setup = await Setup.create('modes-pause', { VIRTSNAP_MODE: 'pause' });
+    guest = await Guest.create({ name: 'vsbed-modes-pause', dataset: dataset() });
+    await guest.start();
+  });
+  after(async () => {
+    await guest?.remove();
+    await destroyDataset(dataset());
+  });
+
+  it('under sanoid: one pause from the RAM save to post, no overlay, a dump that restores silently', async () => {
+    const originals = await guest.sources();
+    const watch = await EventWatch.start();
+    const out = await setup.sanoid('2.1.0', setup.section(dataset()), ['--take-snapshots', '--verbose']);
+    const events = await watch.stop();
+    assert.equal(out.code, 0, out.stderr);
+    assert.match(out.stderr, /the guest stays paused until post \(pause mode, RAM saved live\)/);
+    assert.match(out.stderr, /resumed the guest after \d+ ms \(pause mode\)/);
+    assert.doesNotMatch(out.stderr, /switching|committed .* back/i, 'pause mode makes no overlay and commits nothing');
+    await assertBack(setup, guest, originals);
+    const pauses = stalls(events, guest.name);
+    assert.equal(pauses.length, 1, `one Suspended -> Resumed: ${JSON.stringify(events)}`);
+    const dumps = setup.dumps();
+    assert.equal(dumps.length, 1);
+    assert.deepEqual(snapshotNames(dumps[0]!.manifest).sort(), (await snapshotsOf(dataset())).sort());
+    await assertRestoresSilently(guest, dumps[0]!);
+  });
+
+  it('post never comes: the watchdog resumes the guest once VIRTSNAP_PAUSE_MAX is over, and keeps the dump of the snapshot taken meanwhile', async () => {
+    const originals = await guest.sources();
+    const snap = 'autosnap_2026-11-23_10:00:00';
+    const env = setup.env({ ...sanoidEnv(dataset(), snap, 'pre'), VIRTSNAP_PAUSE_MAX: '3' });
+    const pre = await runProgram(hooks.pre, [], env);
+    assert.equal(pre.code, 0, pre.stderr);
+    const frozeAt = Date.now();
+    assert.equal(await guest.state(), 'paused');
+    await sh('zfs', ['snapshot', `${dataset()}@${snap}_hourly`]);
+    // No post: the hook's parent (this test) stays alive, so only the pause limit ends it.
+    let state = 'paused';
+    while (state === 'paused' && Date.now() - frozeAt < 30_000) {
+      await sleep(250);
+      state = await guest.state();
+    }
+    const resumedAfter = Date.now() - frozeAt;
+    assert.equal(state, 'running', 'the watchdog must resume the guest');
+    assert.ok(resumedAfter < 3_000 + 8_000, `resumed ${resumedAfter} ms after the freeze, limit 3 s`);
+    for (let i = 0; i < 40 && setup.journalFiles().length > 0; i++) await sleep(250);
+    await assertBack(setup, guest, originals);
+    const dump = setup.dumps().find((d) => snapshotNames(d.manifest).includes(`${dataset()}@${snap}_hourly`));
+    assert.ok(dump !== undefined, 'the snapshot was taken while the guest stood still: its dump is kept');
+    await assertRestoresSilently(guest, dump);
+  });
+
+  it('quiesce asked of a guest without an agent: fails naming it, or takes RAM instead and says so, as VIRTSNAP_QUIESCE_FALLBACK says', async () => {
+    const originals = await guest.sources();
+    const before = setup.dumps().length;
+    const strict = await runProgram(cli, ['snapshot', dataset(), '--mode', 'quiesce', '--name', 'q-strict'], setup.env({ VIRTSNAP_QUIESCE_FALLBACK: 'fail' }));
+    assert.equal(strict.code, 1);
+    assert.match(strict.stderr, /domain "vsbed-modes-pause" cannot be quiesced: no guest agent channel .*VIRTSNAP_QUIESCE_FALLBACK=ram/);
+    assert.ok(!(await snapshotsOf(dataset())).some((s) => s.endsWith('@q-strict')), 'no snapshot without the freeze');
+    await assertBack(setup, guest, originals);
+    const lenient = await runProgram(cli, ['snapshot', dataset(), '--mode', 'quiesce', '--name', 'q-lenient'], setup.env({ VIRTSNAP_QUIESCE_FALLBACK: 'ram' }));
+    assert.equal(lenient.code, 0, lenient.stderr);
+    assert.match(lenient.stderr, /quiesce mode: no guest agent channel \(org\.qemu\.guest_agent\.0\): RAM snapshot instead \(VIRTSNAP_QUIESCE_FALLBACK=ram\)/);
+    await assertBack(setup, guest, originals);
+    assert.equal(setup.dumps().length, before + 1, 'the fallback keeps a RAM dump');
+  });
+});

@@ -13,7 +13,7 @@ describe('test guest extras', () => {
   const guests: Guest[] = [];
 
   before(async () => {
-    dataset = `${(await bed()).vmDataset}/g-extras`;
+    dataset = `${(await bed()).vmDataset}/g-x`;
     await removeDomains('vsbed-g-agent', 'vsbed-g-fill');
     await destroyDataset(dataset);
     scratch = mkdtempSync('/tmp/vsbed-guest-');

@@ -90,8 +90,9 @@ export type Compression = 'gzip';
 /**
  * gzip level 1. Measured on the bed (96 MiB guest, 2 cores, TCG): level 1
  * stores about 0.36 of the raw bytes at ~50 MB/s, level 6 about 0.34 at
- * half the speed. The dump waits in the overlay dir and the archive lock is
- * held while it compresses, so speed is worth more than those 2 points.
+ * half the speed. Compression is most of a post hook's time (the sanoid run
+ * waits for it, and the dump waits in the overlay dir), so speed is worth
+ * more than those 2 points.
  */
 const GZIP_LEVEL = 1;
 

@@ -43,7 +43,6 @@ function startFailure(err: NodeJS.ErrnoException): { status: number; stderr: str
 
 export async function run(command: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  const started = Date.now();
   const out = await new Promise<{ stdout: string; stderr: string; status: number | null; signal: NodeJS.Signals | null; timedOut: boolean; startError: NodeJS.ErrnoException | null }>((resolve) => {
     const child = spawn(command, [...args], {
       env: commandEnv(options.env),
@@ -89,9 +88,8 @@ export async function run(command: string, args: readonly string[], options: Run
     throw new CommandError(command, args, status, asItself(command, status, stderr), false, '');
   }
   if (out.status === 0) return result;
-  // Killed at our limit; any other death by signal is a crash, not a timeout.
-  const timedOut = out.timedOut && Date.now() - started >= timeoutMs;
-  throw new CommandError(command, args, out.status ?? -1, asItself(command, out.status, oneLine(out.stderr || out.stdout)), timedOut, out.stdout);
+  // Killed at our limit (our own timer's SIGKILL); any other death by signal is a crash, not a timeout.
+  throw new CommandError(command, args, out.status ?? -1, asItself(command, out.status, oneLine(out.stderr || out.stdout)), out.timedOut, out.stdout);
 }
 
 /**

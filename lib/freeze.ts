@@ -17,7 +17,7 @@ import { sourceOf } from './libvirt/domain-xml.js';
 import type { Domain } from './libvirt/virsh.js';
 import { about, log } from './log.js';
 import { ownerIsAlive } from './owner.js';
-import type { DomainPlan, FreezePlan } from './plan.js';
+import { cannotQuiesce, type DomainPlan, type FreezePlan } from './plan.js';
 import { showSaveProgress } from './progress.js';
 import { settleDomainJob, thawDomain } from './thaw.js';
 import { inParallel } from './parallel.js';
@@ -113,6 +113,27 @@ async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promi
 
 const FALL_BACK = Symbol('fall back to ram');
 
+/** libvirt's words when there is no agent to talk to: nothing can have been frozen. */
+const NO_AGENT = /not connected|not configured|no agent|agent is not available/i;
+/** The filesystems were frozen before we came (another tool's backup): not ours to thaw. */
+const FROZEN_BY_OTHERS = /already frozen|is frozen/i;
+
+/**
+ * After a failed fsfreeze: true once nothing of ours can be left frozen. A
+ * freeze that timed out on our side may still complete in the guest; the
+ * agent runs commands in order, so a thaw now comes after it.
+ */
+async function freezeUndone(dp: DomainPlan, deps: Deps, reason: string): Promise<boolean> {
+  if (NO_AGENT.test(reason) || FROZEN_BY_OTHERS.test(reason)) return true;
+  try {
+    await deps.virsh.fsThaw(dp.uuid, deps.config.agentTimeoutMs);
+    return true;
+  } catch (err) {
+    log.warn(`thaw after the failed freeze: ${(err as Error).message}`, about(dp.name));
+    return false;
+  }
+}
+
 /**
  * quiesce: the guest agent freezes the guest's filesystems (flushed, no
  * writes until the thaw); the disks stay where they are and no RAM is saved.
@@ -137,18 +158,20 @@ async function quiesceDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Prom
   try {
     count = await virsh.fsFreeze(dp.uuid, config.agentTimeoutMs);
   } catch (err) {
-    // A freeze that timed out on our side may still complete in the guest:
-    // the agent runs commands in order, so a thaw now comes after it.
-    await virsh.fsThaw(dp.uuid, config.agentTimeoutMs).catch((thawErr: Error) =>
-      log.warn(`thaw after the failed freeze: ${thawErr.message}`, about(dp.name)),
-    );
-    journal.remove(dp.uuid);
     const reason = (err as Error).message;
+    if (!(await freezeUndone(dp, deps, reason))) {
+      // The agent may still freeze them (libvirt waits on it after our virsh
+      // gave up) and no thaw was confirmed: the entry stays, as frozen, so
+      // post, recover and the watchdog keep thawing. No ram fallback for it.
+      log.error(`${reason}, and no thaw could be confirmed: its filesystems may be frozen; post (or the watchdog) thaws them, this snapshot is only crash-consistent`, about(dp.name, plan.targets.join(',')));
+      return journal.update(entry, { step: 'frozen', frozenAt: new Date().toISOString() });
+    }
+    journal.remove(dp.uuid);
     if (dp.fallback === 'ram') {
       log.warn(`${reason}: freezing it with a RAM snapshot instead (VIRTSNAP_QUIESCE_FALLBACK=ram)`, about(dp.name, plan.targets.join(',')));
       return FALL_BACK;
     }
-    throw new VirtsnapError(`domain ${JSON.stringify(dp.name)} cannot be quiesced: ${reason}; start qemu-guest-agent in it, or set VIRTSNAP_QUIESCE_FALLBACK=ram`);
+    throw new VirtsnapError(cannotQuiesce(dp.name, reason));
   }
   const frozen = { step: 'frozen' as const, frozenAt: new Date().toISOString() };
   try {

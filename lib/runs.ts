@@ -110,8 +110,10 @@ export function stuckDomains(datasets: readonly string[], onOverlays: FreezePlan
       uuid: entry.domain.uuid,
       entry,
       message:
-        `domain ${JSON.stringify(entry.domain.name)} is stuck since ${entry.frozenAt ?? entry.startedAt} (run ${entry.runId}, step ${entry.step}): ` +
-        `snapshots hold its disk as it was then, not its newest writes; \`virtsnap status\` says why, \`virtsnap recover\` retries, \`virtsnap recover --discard\` ends it`,
+        entry.mode === 'quiesce'
+          ? `domain ${JSON.stringify(entry.domain.name)} may still have its filesystems frozen since ${entry.frozenAt ?? entry.startedAt} (run ${entry.runId}): its guest agent did not confirm a thaw; \`virsh domfsthaw ${entry.domain.name}\`, then \`virtsnap recover\``
+          : `domain ${JSON.stringify(entry.domain.name)} is stuck since ${entry.frozenAt ?? entry.startedAt} (run ${entry.runId}, step ${entry.step}): ` +
+            `snapshots hold its disk as it was then, not its newest writes; \`virtsnap status\` says why, \`virtsnap recover\` retries, \`virtsnap recover --discard\` ends it`,
     });
   }
   for (const d of onOverlays) {
@@ -128,7 +130,8 @@ export async function runPost(request: RunRequest, deps: Deps): Promise<ThawResu
   // The run's snapshots that hold a stuck domain's old disk are recorded as such (`virtsnap status`).
   const stuck = stuckDomains(request.targets, [], deps);
   for (const s of stuck) {
-    if (s.entry === null) continue;
+    // A quiesced VM's disks never moved: its snapshots are current, only its filesystems may be frozen.
+    if (s.entry === null || s.entry.mode === 'quiesce') continue;
     const mine = request.targets.filter((t) => touches(s.entry!, [t])).flatMap((t) => request.snapnames.map((n) => `${t}@${n}`));
     // Under the domain's mutex, on the entry as it is now: never one a thaw removed or a new run claimed meanwhile.
     await deps.journal

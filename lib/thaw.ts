@@ -287,6 +287,15 @@ async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): 
       log.error('the domain was frozen paused (no overlays) but has been resumed since: its disks moved on, the RAM dump is discarded', about(name));
       keep = false;
     }
+    // Pause mode: our snapshot leaves no reason (`unknown`); `user` means
+    // someone resumed and paused it again meanwhile, and its disks moved on.
+    if (manual && entry.mode === 'pause' && entry.stateBefore !== 'paused' && before.state === 'paused' && keep) {
+      const { reason } = await virsh.stateReason(entry.domain.uuid);
+      if (/^user$/i.test(reason)) {
+        log.error('the domain was paused again by a user after a resume while frozen: its disks moved on, the RAM dump is discarded', about(name));
+        keep = false;
+      }
+    }
     // Which snapshots hold the disks of the RAM's instant is decided now, while
     // they still stand still, and written down before the first commit: after
     // a crash half-way through the commits, recover must not look again.

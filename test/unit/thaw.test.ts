@@ -233,13 +233,17 @@ describe('the watchdog rule', () => {
 });
 
 describe('the watchdog and pause mode', () => {
-  it('a guest paused longer than VIRTSNAP_PAUSE_MAX is overdue, whatever the run; others are not', () => {
+  it('a guest paused longer than VIRTSNAP_PAUSE_MAX after the run froze its last VM is overdue; not while the pre hook still freezes', () => {
     const now = Date.parse('2026-01-01T00:01:00Z');
-    const e = { mode: 'pause' as const, step: 'frozen' as const, frozenAt: '2026-01-01T00:00:00Z', stateBefore: 'running' };
-    assert.equal(overdue(e, 59_000, now), true);
-    assert.equal(overdue(e, 61_000, now), false);
-    assert.equal(overdue({ ...e, mode: 'ram' }, 1, now), false);
-    assert.equal(overdue({ ...e, stateBefore: 'paused' }, 1, now), false, 'a guest paused before the run stays paused');
-    assert.equal(overdue({ ...e, step: 'committed' }, 1, now), false);
+    const e = { tag: 'p', mode: 'pause' as const, step: 'frozen' as const, frozenAt: '2026-01-01T00:00:00Z', stateBefore: 'running' };
+    const done = () => false;
+    assert.deepEqual(overdue([e], 59_000, now, done), ['p']);
+    assert.deepEqual(overdue([e], 61_000, now, done), []);
+    assert.deepEqual(overdue([e], 1, now, () => true), [], 'the pre hook still runs: the clock has not started');
+    assert.deepEqual(overdue([e, { ...e, tag: 'r', mode: 'ram' as const, frozenAt: '2026-01-01T00:00:50Z' }], 30_000, now, done), [], 'counted from the last VM frozen');
+    assert.deepEqual(overdue([e, { ...e, tag: 's', step: 'snapshotting' as const }], 1, now, done), [], 'a VM still being saved');
+    assert.deepEqual(overdue([{ ...e, mode: 'ram' as const }], 1, now, done), []);
+    assert.deepEqual(overdue([{ ...e, stateBefore: 'paused' }], 1, now, done), [], 'a guest paused before the run stays paused');
+    assert.deepEqual(overdue([{ ...e, step: 'committed' as const }], 1, now, done), []);
   });
 });

@@ -11,7 +11,6 @@
 // Sanoid runs the hooks for every dataset on every run and the prune hook
 // once per destroyed snapshot, mostly with nothing to do: that start-up is
 // most of what they cost.
-import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { CommandError, oneLine } from './errors.js';
 
@@ -34,6 +33,15 @@ function commandEnv(extra: Record<string, string> = {}): Record<string, string |
   return { ...process.env, ...extra, LC_ALL: 'C', LANG: 'C' };
 }
 
+/**
+ * node:child_process on first use: it brings net, dgram and stream code
+ * along, which the many hook calls that start no program (post and prune
+ * with nothing to do) do not need.
+ */
+function childProcess(): Promise<typeof import('node:child_process')> {
+  return import('node:child_process');
+}
+
 /** What a program that could not be started at all is reported as: the shell's exit codes for the same (127, 126). */
 function startFailure(err: NodeJS.ErrnoException): { status: number; stderr: string } {
   if (err.code === 'ENOENT') return { status: 127, stderr: 'command not found' };
@@ -43,6 +51,7 @@ function startFailure(err: NodeJS.ErrnoException): { status: number; stderr: str
 
 export async function run(command: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const { spawn } = await childProcess();
   const out = await new Promise<{ stdout: string; stderr: string; status: number | null; signal: NodeJS.Signals | null; timedOut: boolean; startError: NodeJS.ErrnoException | null }>((resolve) => {
     const child = spawn(command, [...args], {
       env: commandEnv(options.env),
@@ -110,6 +119,7 @@ export function asItself(command: string, exitCode: number | null, stderr: strin
  * output appended to `logFile`. Returns its pid.
  */
 export async function startDetached(command: string, args: readonly string[], options: { logFile: string; env?: Record<string, string>; unset?: string[] }): Promise<number> {
+  const { spawn } = await childProcess();
   const fd = openSync(options.logFile, 'a', 0o600);
   try {
     const env = commandEnv(options.env);

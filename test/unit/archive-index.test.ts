@@ -61,7 +61,7 @@ describe('dumpsNaming: the dumps that name a snapshot', () => {
       assert.deepEqual(ids(dumpsNaming(archiveDir, stateDir, 'tank/vm@nope', later)), []);
     }
     const index = JSON.parse(readFileSync(indexFile(stateDir), 'utf8'));
-    assert.equal(Object.keys(index.files).length, 3);
+    assert.deepEqual(Object.values(index.dirs).map((d: any) => Object.keys(d.files).length), [1, 2]);
   });
 
   it('a manifest written or changed after the index was made is read again', async () => {
@@ -86,7 +86,7 @@ describe('dumpsNaming: the dumps that name a snapshot', () => {
     // An index that lies: it says the manifest names tank/vm@other.
     const file = indexFile(stateDir);
     const index = JSON.parse(readFileSync(file, 'utf8'));
-    index.files[a.manifestFile].names = ['tank/vm@other'];
+    index.dirs.vm.files[path.basename(a.manifestFile)].names = ['tank/vm@other'];
     writeFileSync(file, JSON.stringify(index));
     assert.deepEqual(ids(dumpsNaming(archiveDir, stateDir, 'tank/vm@other', later)), []);
   });
@@ -95,7 +95,17 @@ describe('dumpsNaming: the dumps that name a snapshot', () => {
     await dump(['tank/vm@h1']);
     dumpsNaming(archiveDir, stateDir, 'tank/vm@h1');
     const index = JSON.parse(readFileSync(indexFile(stateDir), 'utf8'));
-    assert.deepEqual(index.files, {});
+    assert.deepEqual(index.dirs.vm, { sig: '', files: {} }, 'nothing remembered, the dir is listed again');
+  });
+
+  it('an unchanged domain dir is taken from the index; any rename in it (every write of virtsnap) makes it listed again', async () => {
+    const a = await dump(['tank/vm@h1']);
+    dumpsNaming(archiveDir, stateDir, 'tank/vm@h1', later);
+    assert.notEqual(JSON.parse(readFileSync(indexFile(stateDir), 'utf8')).dirs.vm.sig, '');
+    assert.deepEqual(ids(dumpsNaming(archiveDir, stateDir, 'tank/vm@h1', later)), [a.manifest.id]);
+    const updated = setSnapshots(a, [ref('tank/vm@h9', 'g9')]);
+    assert.deepEqual(ids(dumpsNaming(archiveDir, stateDir, 'tank/vm@h9', later)), [updated.manifest.id]);
+    assert.deepEqual(ids(dumpsNaming(archiveDir, stateDir, 'tank/vm@h1', later)), []);
   });
 
   it('broken manifests are reported on every call; a domain dir others may write is not read', async () => {

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, lstatSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, chmodSync, fsyncSync, openSync, closeSync, cpSync, rmSync, type Stats } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
-import { createGunzip, createGzip } from 'node:zlib';
+import { createGunzip, createGzip, gzipSync } from 'node:zlib';
 import path from 'node:path';
 import { VirtsnapError } from './errors.js';
 import { FORMAT_GZIP, FORMAT_RAW, readRegion, readSaveImageHeader, streamOffset, withFormat, type SaveImageHeader } from './libvirt/save-image.js';
@@ -213,7 +213,25 @@ function compressibleHead(src: string): { header: SaveImageHeader; head: Buffer 
   const header = readSaveImageHeader(src);
   if (header === null || !header.complete || header.version !== 2 || header.format !== FORMAT_RAW) return null;
   const head = readRegion(src, 0, streamOffset(header));
-  return head.length === streamOffset(header) ? { header, head } : null;
+  if (head.length !== streamOffset(header) || !worthCompressing(src, head.length)) return null;
+  return { header, head };
+}
+
+/** Sampled from the middle of the stream: a guest's page cache and free pages are what compress. */
+const SAMPLE_BYTES = 4 * 1024 * 1024;
+/**
+ * Above this, gzip is not worth its time: a guest whose RAM holds random or
+ * already compressed data (measured on the bed: 320 MiB of random data in a
+ * 512 MiB guest stores at 0.86 and adds about 10 s to post) is kept raw.
+ */
+const MAX_WORTHWHILE_RATIO = 0.8;
+
+/** Whether a sample of the stream compresses well enough to pay for compressing all of it. */
+export function worthCompressing(src: string, streamStart: number): boolean {
+  const size = statSync(src).size - streamStart;
+  if (size <= SAMPLE_BYTES) return true;
+  const sample = readRegion(src, streamStart + Math.floor((size - SAMPLE_BYTES) / 2), SAMPLE_BYTES);
+  return gzipSync(sample, { level: GZIP_LEVEL }).length <= MAX_WORTHWHILE_RATIO * sample.length;
 }
 
 /**

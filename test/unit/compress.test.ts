@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, wri
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { archiveDump, hashStored, listDumps, type ArchiveInput, type Compression, type Manifest } from '../../lib/archive.js';
+import { archiveDump, hashStored, listDumps, worthCompressing, type ArchiveInput, type Compression, type Manifest } from '../../lib/archive.js';
 import { FORMAT_GZIP, FORMAT_OFFSET, HEADER_BYTES, readSaveImageHeader, readSaveImageXml, rewriteSaveImageXml, streamOffset, withFormat } from '../../lib/libvirt/save-image.js';
 import { legacyRef } from '../../lib/snapshot-id.js';
 import { checkDump, checkStructure } from '../../lib/verify.js';
@@ -233,5 +233,24 @@ describe('check and verify of compressed dumps', () => {
     const [again] = listDumps(path.join(dir, 'archive'));
     assert.equal(again!.manifest.compression, null);
     assert.equal(await checkDump(again!.manifest), null);
+  });
+});
+
+describe('a dump that does not compress is stored raw', () => {
+  it('random RAM (a sample from the middle of the stream) is not worth gzip; zeros and text are', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'virtsnap-worth-'));
+    try {
+      const random = path.join(dir, 'random');
+      writeFileSync(random, Buffer.concat([Buffer.alloc(4096), randomBytes(12 * 1024 * 1024)]));
+      assert.equal(worthCompressing(random, 4096), false);
+      const zeros = path.join(dir, 'zeros');
+      writeFileSync(zeros, Buffer.alloc(12 * 1024 * 1024));
+      assert.equal(worthCompressing(zeros, 4096), true);
+      const small = path.join(dir, 'small');
+      writeFileSync(small, randomBytes(8192));
+      assert.equal(worthCompressing(small, 4096), true, 'below the sample size: always tried');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

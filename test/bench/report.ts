@@ -225,7 +225,7 @@ export function render(s: Samples): string {
   const parts = sections(s).map((x) => `${x.title}\n${x.rows.length ? table(x.header, x.rows) : '  (not measured)\n'}`);
   const t = targets(s).map((x) => [
     x.what,
-    x.ratio === null ? '–' : x.unit === '×' ? `${x.ratio.toFixed(2)}×` : `${Math.round(x.ratio)} ms`,
+    x.ratio === null ? '–' : x.unit === "×" ? `${x.ratio.toPrecision(2)}×` : `${Math.round(x.ratio)} ms`,
     `≤ ${x.limit}${x.unit === '×' ? '×' : ' ms'}`,
     x.met === null ? 'not measured' : x.notComparable ? `not comparable: ${x.notComparable}` : x.met ? 'met' : 'not met',
     x.detail,

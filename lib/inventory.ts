@@ -36,11 +36,20 @@ export function stampOf(date: Date): string {
 }
 
 /** The datasets a run on `targets` snapshots: a target's subtree when sanoid uses `recursive = zfs` for it. */
-export async function snapshottedDatasets(targets: string[], config: Config, zfs: Pick<ZfsClient, 'exists' | 'subtree'>, recursive?: boolean): Promise<string[]> {
+export async function snapshottedDatasets(
+  targets: string[],
+  config: Config,
+  zfs: Pick<ZfsClient, 'exists' | 'subtree'>,
+  recursive?: boolean,
+  mounts: readonly Mount[] = readMounts(),
+): Promise<string[]> {
   const ini = recursive === undefined ? readSanoidConf(config.sanoidConf) : null;
+  const mounted = new Set(mounts.map((m) => m.dataset));
   const result = new Set<string>();
   for (const target of targets) {
-    if (!(await zfs.exists(target))) {
+    // A mounted ZFS filesystem exists: no `zfs list` for it (tens of ms on
+    // every pre hook). Only one not mounted (a zvol, canmount=off) is asked.
+    if (!mounted.has(target) && !(await zfs.exists(target))) {
       throw new UsageError(`dataset ${target} does not exist: check the dataset name (zfs list ${target})`);
     }
     const whole = recursive ?? (ini !== null && recursionOf(ini, target) === 'zfs');
@@ -117,8 +126,8 @@ function privateDirProblems(config: Config): string[] {
 }
 
 export async function takeInventory(targets: string[], config: Config, clients: Clients, options: { recursive?: boolean; now?: Date } = {}): Promise<Inventory> {
-  const datasets = await snapshottedDatasets(targets, config, clients.zfs, options.recursive);
   const mounts = readMounts();
+  const datasets = await snapshottedDatasets(targets, config, clients.zfs, options.recursive, mounts);
   const domains = await clients.virsh.domains();
   return {
     stamp: stampOf(options.now ?? new Date()),

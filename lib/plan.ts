@@ -199,6 +199,11 @@ function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config:
   return plan;
 }
 
+/** The one-line refusal when a VM cannot be quiesced and VIRTSNAP_QUIESCE_FALLBACK=fail. */
+export function cannotQuiesce(name: string, why: string): string {
+  return `domain ${JSON.stringify(name)} cannot be quiesced: ${why}; install and start qemu-guest-agent in it, or set VIRTSNAP_QUIESCE_FALLBACK=ram`;
+}
+
 /** A storage-pool volume has no path in the domain XML: we cannot tell which dataset holds it. */
 function volumeProblems(domain: Domain): string[] {
   return domain.disks
@@ -211,7 +216,7 @@ function volumeProblems(domain: Domain): string[] {
 
 function stateProblems(domain: Domain, plan: DomainPlan): string[] {
   if (plan.action === 'freeze' && plan.fallback === 'fail' && plan.modeNote !== null) {
-    return [`domain ${JSON.stringify(domain.name)} cannot be quiesced: ${plan.modeNote}; install and start qemu-guest-agent in it, or set VIRTSNAP_QUIESCE_FALLBACK=ram`];
+    return [cannotQuiesce(domain.name, plan.modeNote)];
   }
   if (plan.action !== 'freeze' || FREEZABLE.includes(domain.state)) return [];
   return [`domain ${JSON.stringify(domain.name)} is ${domain.state}: its RAM cannot be saved; resume or shut it down before the snapshot`];

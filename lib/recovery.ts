@@ -12,7 +12,9 @@ import { UsageError, VirtsnapError } from './errors.js';
 import type { JournalEntry } from './journal.js';
 import { log } from './log.js';
 import { ownerIsAlive } from './owner.js';
-import { dropDump, isDeferred, QUIESCED, StuckError, thawDomain, THAWED_ELSEWHERE } from './thaw.js';
+// thaw.js (and the archive, save-image and XML code under it) loads only when
+// there is something to recover: every pre hook calls recover, and the
+// hooks' start-up is most of what a run with nothing to do costs.
 import { exists, isInsideDir } from './fsutil.js';
 import { withLock } from './lock.js';
 import { recordRun } from './metrics.js';
@@ -47,7 +49,10 @@ export interface RecoverOptions {
 export async function recover(deps: Deps, options: RecoverOptions): Promise<RecoverResult> {
   const result: RecoverResult = { recovered: [], skipped: [], failed: [], stuck: [], dumps: [] };
   const withoutDump: { name: string; uuid: string }[] = [];
-  for (const entry of deps.journal.list()) {
+  const entries = deps.journal.list();
+  if (entries.length === 0) return result;
+  const { isDeferred, QUIESCED, StuckError, thawDomain, THAWED_ELSEWHERE } = await import('./thaw.js');
+  for (const entry of entries) {
     if (options.runId !== undefined && entry.runId !== options.runId) continue;
     const ctx = { domain: entry.domain.name };
     if (!options.force && !abandoned(entry)) {
@@ -112,7 +117,7 @@ export async function discardEntry(deps: Deps, domain: string): Promise<DiscardR
         );
       }
     }
-    dropDump(entry);
+    (await import('./thaw.js')).dropDump(entry);
     deps.journal.remove(entry.domain.uuid);
     const leftBehind = entry.overlays.map((o) => o.overlay).filter((f): f is string => f !== null && exists(f));
     log.warn(

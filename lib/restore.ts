@@ -6,8 +6,11 @@
 // --rollback: stop the VMs on those datasets, zfs rollback, put back NVRAM,
 //   restore the RAM dump.
 // Everything is checked before the first change: the snapshot exists, each
-// dump verifies (header, XML, sha256), every disk the RAM was running on is
-// restored with it, nothing newer is lost without --destroy-newer.
+// dump verifies (header, XML, sha256; a gzip dump decompressed to the raw
+// image's sha256), every disk the RAM was running on is restored with it,
+// nothing newer is lost without --destroy-newer. A gzip dump goes to
+// `virsh restore` as it is: libvirt decompresses it (lib/libvirt/save-image.ts),
+// and its XML region, uncompressed, is rewritten for --as as a raw one's.
 import { copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync, readFileSync, realpathSync, renameSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import { tmpdir } from 'node:os';

@@ -7,7 +7,8 @@
 // anything is deleted.
 import { existsSync, lstatSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { deleteDump, scanArchive, setSnapshots, snapshotNames, withArchiveLock, type ArchivedDump, type Manifest } from './archive.js';
+import { deleteDump, halfWrittenId, scanArchive, setSnapshots, withArchiveLock, type ArchivedDump, type Manifest } from './archive.js';
+import { dumpsNaming } from './archive-index.js';
 import type { Config } from './config.js';
 import { assertOwnDir } from './fsutil.js';
 import { Journal } from './journal.js';
@@ -61,9 +62,9 @@ export async function pruneSnapshot(event: PruneEvent, config: Config, zfs: ZfsC
   const snapshot = `${event.dataset}@${event.snapname}`;
   const result: PruneResult = { updated: [], deleted: [], freedBytes: 0 };
   return withArchiveLock(config.stateDir, config.lockTimeoutMs, async () => {
-    const scan = scanArchive(config.archiveDir);
-    for (const b of scan.broken) log.warn(`${b.reason} (left alone)`);
-    const dumps = scan.dumps.filter((d) => snapshotNames(d.manifest).includes(snapshot));
+    // Through the index: a prune call reads only the manifests that name the snapshot (lib/archive-index.ts).
+    const { dumps, broken } = dumpsNaming(config.archiveDir, config.stateDir, snapshot);
+    for (const b of broken) log.warn(`${b.reason} (left alone)`);
     if (dumps.length === 0) {
       log.debug(`no RAM dump belongs to ${snapshot}: nothing to do`, { dataset: event.dataset });
       return result;
@@ -184,7 +185,10 @@ export async function collectGarbage(config: Config, zfs: ZfsClient, options: { 
     }
     const overlay = sweepOverlayDir(config);
     report.foreign.push(...overlay.foreign);
-    for (const stray of [...scan.strays, ...overlay.strays]) {
+    // A .part whose dump a thaw is staging right now (its id is a journal entry's tag) is not a stray.
+    const inFlight = new Set(new Journal(config.stateDir).list().map((e) => e.tag));
+    const strays = scan.strays.filter((f) => !inFlight.has(halfWrittenId(f) ?? ''));
+    for (const stray of [...strays, ...overlay.strays]) {
       report.removed.push(stray);
       report.freedBytes += sizeOf(stray);
       if (!options.dryRun) rmSync(stray, { recursive: true, force: true });

@@ -2,14 +2,14 @@
 // by `virtsnap snapshot`: parse input -> inventory -> plan -> freeze/thaw.
 import type { Deps } from './deps.js';
 import { LockTimeoutError, VirtsnapError } from './errors.js';
-import { freeze } from './freeze.js';
 import { takeInventory } from './inventory.js';
 import type { JournalEntry } from './journal.js';
 import { sleep } from './lock.js';
 import { log } from './log.js';
 import { planFreeze, runIdOf, type FreezePlan, type RunRequest } from './plan.js';
 import { abandoned, recover } from './recovery.js';
-import { thawRun, type ThawResult } from './thaw.js';
+// freeze.js and thaw.js load when a run has a domain to freeze or thaw (see recovery.ts).
+import type { ThawResult } from './thaw.js';
 import { startWatchdog } from './watchdog.js';
 import { recordRun } from './metrics.js';
 import { isInSubtree } from './zfs.js';
@@ -22,7 +22,7 @@ export interface PreOptions {
 }
 
 export async function planRun(request: RunRequest, deps: Deps, options: PreOptions = {}): Promise<FreezePlan> {
-  await deps.virsh.version(); // fail early, with a clear message, when libvirt is unreachable
+  // libvirt unreachable: the inventory's first libvirt call says so, before anything is touched.
   const inventory = await takeInventory(request.targets, deps.config, deps, options);
   return planFreeze(request, inventory, deps.config);
 }
@@ -70,6 +70,7 @@ export async function runPre(request: RunRequest, deps: Deps, options: PreOption
   }
   // Before the first claim: from here on, if we die, the watchdog brings the VMs back.
   if (plan.problems.length === 0 && plan.domains.some((d) => d.action === 'freeze')) await startWatchdog(plan.runId, deps.config);
+  const { freeze } = await import('./freeze.js');
   try {
     await freeze(plan, deps);
   } catch (err) {
@@ -109,8 +110,10 @@ export function stuckDomains(datasets: readonly string[], onOverlays: FreezePlan
       uuid: entry.domain.uuid,
       entry,
       message:
-        `domain ${JSON.stringify(entry.domain.name)} is stuck since ${entry.frozenAt ?? entry.startedAt} (run ${entry.runId}, step ${entry.step}): ` +
-        `snapshots hold its disk as it was then, not its newest writes; \`virtsnap status\` says why, \`virtsnap recover\` retries, \`virtsnap recover --discard\` ends it`,
+        entry.mode === 'quiesce'
+          ? `domain ${JSON.stringify(entry.domain.name)} may still have its filesystems frozen since ${entry.frozenAt ?? entry.startedAt} (run ${entry.runId}): its guest agent did not confirm a thaw; \`virsh domfsthaw ${entry.domain.name}\`, then \`virtsnap recover\``
+          : `domain ${JSON.stringify(entry.domain.name)} is stuck since ${entry.frozenAt ?? entry.startedAt} (run ${entry.runId}, step ${entry.step}): ` +
+            `snapshots hold its disk as it was then, not its newest writes; \`virtsnap status\` says why, \`virtsnap recover\` retries, \`virtsnap recover --discard\` ends it`,
     });
   }
   for (const d of onOverlays) {
@@ -122,12 +125,13 @@ export function stuckDomains(datasets: readonly string[], onOverlays: FreezePlan
 
 /** post: thaw what pre froze and archive the RAM dumps. Throws when any domain could not be thawed. */
 export async function runPost(request: RunRequest, deps: Deps): Promise<ThawResult> {
-  const result = await thawRun(runIdOf(request), deps);
+  const result = await (await import('./thaw.js')).thawRun(runIdOf(request), deps);
   await recordRun(deps.config, { dumps: result.dumps.map((d) => d.manifest), failed: result.withoutDump });
   // The run's snapshots that hold a stuck domain's old disk are recorded as such (`virtsnap status`).
   const stuck = stuckDomains(request.targets, [], deps);
   for (const s of stuck) {
-    if (s.entry === null) continue;
+    // A quiesced VM's disks never moved: its snapshots are current, only its filesystems may be frozen.
+    if (s.entry === null || s.entry.mode === 'quiesce') continue;
     const mine = request.targets.filter((t) => touches(s.entry!, [t])).flatMap((t) => request.snapnames.map((n) => `${t}@${n}`));
     // Under the domain's mutex, on the entry as it is now: never one a thaw removed or a new run claimed meanwhile.
     await deps.journal

@@ -10,7 +10,7 @@
 // assumes the step before it finished.
 import { hostname } from 'node:os';
 import { rmSync } from 'node:fs';
-import { archiveDump, snapshotNames, withArchiveLock, type ArchivedDump } from './archive.js';
+import { publishDump, snapshotNames, stageDump, withArchiveLock, type ArchivedDump } from './archive.js';
 import type { Deps } from './deps.js';
 import { asFsError, LibvirtError, VirtsnapError } from './errors.js';
 import { exists, removeIfExists } from './fsutil.js';
@@ -287,6 +287,15 @@ async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): 
       log.error('the domain was frozen paused (no overlays) but has been resumed since: its disks moved on, the RAM dump is discarded', about(name));
       keep = false;
     }
+    // Pause mode: our snapshot leaves no reason (`unknown`); `user` means
+    // someone resumed and paused it again meanwhile, and its disks moved on.
+    if (manual && entry.mode === 'pause' && entry.stateBefore !== 'paused' && before.state === 'paused' && keep) {
+      const { reason } = await virsh.stateReason(entry.domain.uuid);
+      if (/^user$/i.test(reason)) {
+        log.error('the domain was paused again by a user after a resume while frozen: its disks moved on, the RAM dump is discarded', about(name));
+        keep = false;
+      }
+    }
     // Which snapshots hold the disks of the RAM's instant is decided now, while
     // they still stand still, and written down before the first commit: after
     // a crash half-way through the commits, recover must not look again.
@@ -361,24 +370,26 @@ async function keepDump(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): P
     return null;
   }
   try {
-    // Under the archive lock: gc must not take a half-archived dump for a stray.
-    const dump = await withArchiveLock(deps.config.stateDir, deps.config.lockTimeoutMs, () =>
-      archiveDump(deps.config.archiveDir, {
-        id: entry.tag,
-        domain: entry.domain,
-        snapshots: tied,
-        types: entry.types,
-        memoryFile: entry.memoryFile,
-        metaDir: entry.metaDir,
-        disks: entry.overlays.map((o) => ({ target: o.target, source: o.original, dataset: o.dataset, format: o.format, bytes: o.bytes })),
-        startedAt: entry.startedAt,
-        frozenAt: entry.frozenAt ?? null,
-        job: entry.job ?? null,
-        commitMs: entry.commitMs ?? null,
-        libvirtUri: deps.config.libvirtUri,
-        hostname: hostname(),
-      }),
-    );
+    // Hashing and compressing without the archive lock, so a run's dumps are
+    // staged in parallel (gc leaves a .part alone while the journal names it);
+    // the manifest and the file's move into place under it.
+    const staged = await stageDump(deps.config.archiveDir, {
+      id: entry.tag,
+      domain: entry.domain,
+      snapshots: tied,
+      types: entry.types,
+      memoryFile: entry.memoryFile,
+      metaDir: entry.metaDir,
+      disks: entry.overlays.map((o) => ({ target: o.target, source: o.original, dataset: o.dataset, format: o.format, bytes: o.bytes })),
+      startedAt: entry.startedAt,
+      frozenAt: entry.frozenAt ?? null,
+      job: entry.job ?? null,
+      commitMs: entry.commitMs ?? null,
+      libvirtUri: deps.config.libvirtUri,
+      hostname: hostname(),
+      compression: deps.config.compression,
+    });
+    const dump = await withArchiveLock(deps.config.stateDir, deps.config.lockTimeoutMs, () => publishDump(staged));
     log.info(`archived RAM dump ${dump.manifest.memoryFile} (${dump.manifest.bytes} bytes) for ${snapshotNames(dump.manifest).join(', ')}`, about(name));
     return dump;
   } catch (err) {

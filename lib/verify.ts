@@ -1,10 +1,12 @@
 // `virtsnap verify`: is each RAM dump still what `virsh restore` needs?
 // Header (magic, version, format, XML length), the embedded domain XML
-// (parses, names the manifest's domain), and the sha256 in the manifest.
+// (parses, names the manifest's domain), and the sha256 in the manifest;
+// a gzip dump is decompressed too (zlib's CRC), and what comes out must be
+// what libvirt wrote (the manifest's raw sha256).
 import { statSync } from 'node:fs';
-import { sha256File, scanArchive, snapshotNames, type Manifest } from './archive.js';
+import { hashStored, scanArchive, sha256File, snapshotNames, type Manifest } from './archive.js';
 import { parseDomainXml } from './libvirt/domain-xml.js';
-import { HEADER_BYTES, readSaveImageHeader, readSaveImageXml } from './libvirt/save-image.js';
+import { FORMAT_GZIP, HEADER_BYTES, readRegion, readSaveImageHeader, readSaveImageXml, SAVE_FORMATS, streamOffset, type SaveImageHeader } from './libvirt/save-image.js';
 import { datasetOfSnapshot, isInSubtree, isDatasetName } from './zfs.js';
 
 export interface Verdict {
@@ -16,8 +18,24 @@ export interface Verdict {
   detail: string;
 }
 
-/** libvirt's formats: 0 raw .. 5 zstd, 6 sparse (mapped-ram). */
-const MAX_FORMAT = 6;
+/** gzip's magic and method (deflate): the first bytes of every member (RFC 1952). */
+const GZIP_MAGIC = Buffer.from([0x1f, 0x8b, 0x08]);
+
+/**
+ * What shows of a gzip stream without decompressing it: its magic right
+ * after the XML region, and its trailer's ISIZE (the stream's length mod
+ * 2^32) matching the raw image the manifest recorded. Catches a cut or a
+ * mix-up; damage inside the stream is verify's decompress pass.
+ */
+function gzipProblem(m: Manifest, header: SaveImageHeader, size: number): string | null {
+  const offset = streamOffset(header);
+  if (!readRegion(m.memoryFile, offset, GZIP_MAGIC.length).equals(GZIP_MAGIC)) return `header says gzip, but no gzip stream starts at byte ${offset}`;
+  if (m.raw === undefined) return null;
+  const isize = readRegion(m.memoryFile, size - 4, 4).readUInt32LE(0); // RFC 1952: little-endian
+  const expected = (m.raw.bytes - offset) % 2 ** 32;
+  if (isize !== expected) return `gzip trailer says ${isize} bytes (mod 2^32) of stream, the manifest's raw image has ${expected}: cut short or not this dump's`;
+  return null;
+}
 
 /**
  * The problem with a dump's memory file that shows without reading it all
@@ -35,7 +53,10 @@ export function checkStructure(m: Manifest): string | null {
   if (header === null) return 'not a libvirt save image (bad magic)';
   if (!header.complete) return 'incomplete save image (magic LibvirtQemudPart): the save never finished';
   if (header.version < 1 || header.version > 2) return `unknown save image version ${header.version}`;
-  if (header.format > MAX_FORMAT) return `unknown save image format ${header.format}`;
+  if (header.format >= SAVE_FORMATS.length) return `unknown save image format ${header.format}`;
+  if (m.compression === 'gzip' && header.format !== FORMAT_GZIP) {
+    return `header says format ${SAVE_FORMATS[header.format]}, the manifest says ${m.compression}`;
+  }
   if (header.dataLength <= 0 || HEADER_BYTES + header.dataLength >= size) {
     return `truncated: header says ${HEADER_BYTES + header.dataLength} bytes of header and XML, file has ${size}`;
   }
@@ -47,6 +68,7 @@ export function checkStructure(m: Manifest): string | null {
   }
   if (uuid !== m.domain.uuid) return `embedded domain XML is for ${uuid}, manifest says ${m.domain.uuid}`;
   if (size !== m.bytes) return `size ${size} differs from the manifest's ${m.bytes}`;
+  if (header.format === FORMAT_GZIP) return gzipProblem(m, header, size);
   return null;
 }
 
@@ -54,8 +76,21 @@ export function checkStructure(m: Manifest): string | null {
 export async function checkDump(m: Manifest): Promise<string | null> {
   const problem = checkStructure(m);
   if (problem !== null) return problem;
-  const { sha256 } = await sha256File(m.memoryFile);
-  if (sha256 !== m.sha256) return `sha256 ${sha256} differs from the manifest's ${m.sha256}`;
+  let hashes;
+  try {
+    hashes = await hashStored(m.memoryFile, readSaveImageHeader(m.memoryFile));
+  } catch (err) {
+    // zlib's errors carry a Z_* code (Z_DATA_ERROR, Z_BUF_ERROR): the stream itself is damaged.
+    if (!/^Z_/.test(String((err as NodeJS.ErrnoException).code))) throw err;
+    const damaged = `its gzip stream does not decompress (${(err as Error).message})`;
+    // Changed since it was archived (the usual case), or stored damaged: the sha256 tells, read again only now.
+    const { sha256 } = await sha256File(m.memoryFile);
+    return sha256 !== m.sha256 ? `sha256 ${sha256} differs from the manifest's ${m.sha256}: ${damaged}` : `stored damaged: ${damaged}`;
+  }
+  if (hashes.sha256 !== m.sha256) return `sha256 ${hashes.sha256} differs from the manifest's ${m.sha256}`;
+  if (m.raw !== undefined && hashes.raw !== undefined && (hashes.raw.sha256 !== m.raw.sha256 || hashes.raw.bytes !== m.raw.bytes)) {
+    return `decompressed, it is not the image libvirt wrote (sha256 ${hashes.raw.sha256}, ${hashes.raw.bytes} bytes; the manifest says ${m.raw.sha256}, ${m.raw.bytes})`;
+  }
   return null;
 }
 

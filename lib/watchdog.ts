@@ -29,7 +29,7 @@ import { log, toJournal } from './log.js';
 import { ownerIsAlive, ownerOf, type Owner } from './owner.js';
 import { abandoned, recover } from './recovery.js';
 import type { JournalEntry } from './journal.js';
-import { thawDomain } from './thaw.js';
+import { isDeferred, thawDomain, THAWED_ELSEWHERE } from './thaw.js';
 
 /** How often the watchdog looks: with a thaw of a few seconds, VMs are back well within a minute. */
 export const WATCH_INTERVAL_MS = 2_000;
@@ -62,8 +62,9 @@ export async function watch(runId: string, starter: Owner, deps: Deps, intervalM
     // journal file or a failed libvirt call is said, then looked at again.
     try {
       let entries = deps.journal.list().filter((e) => e.runId === runId);
-      if (entries.some((e) => overdue(e, deps.config.pauseMaxMs))) {
-        await resumeOverdue(entries.filter((e) => overdue(e, deps.config.pauseMaxMs)), deps, ctx);
+      const late = overdue(entries, deps.config.pauseMaxMs);
+      if (late.length > 0) {
+        await resumeOverdue(entries.filter((e) => late.includes(e.tag)), deps, ctx, failures);
         entries = deps.journal.list().filter((e) => e.runId === runId);
       }
       const next = verdict(
@@ -101,22 +102,38 @@ export async function watch(runId: string, starter: Owner, deps: Deps, intervalM
 /**
  * Pause mode keeps a guest paused from its RAM save to post. A run that is
  * alive but slow (a ZFS snapshot that hangs, sanoid busy elsewhere) must not
- * keep it paused for long: past VIRTSNAP_PAUSE_MAX the watchdog thaws it
- * itself. Its dump is kept only if a snapshot of the run was taken meanwhile.
+ * keep it paused for long: VIRTSNAP_PAUSE_MAX after the run's freezing ended
+ * (the pre hook gone, its last VM frozen: a VM paused early while others
+ * were still being saved is not late), the watchdog thaws the paused ones
+ * itself. A dump is kept only if a snapshot of the run was taken meanwhile.
+ * Returns the tags of the entries to thaw.
  */
-export function overdue(entry: Pick<JournalEntry, 'mode' | 'step' | 'frozenAt' | 'stateBefore'>, pauseMaxMs: number, now = Date.now()): boolean {
-  if (entry.mode !== 'pause' || entry.step !== 'frozen' || entry.frozenAt === undefined || entry.stateBefore === 'paused') return false;
-  return now - Date.parse(entry.frozenAt) > pauseMaxMs;
+export function overdue(
+  entries: readonly Pick<JournalEntry, 'mode' | 'step' | 'frozenAt' | 'stateBefore' | 'worker' | 'tag'>[],
+  pauseMaxMs: number,
+  now = Date.now(),
+  freezing = (e: Pick<JournalEntry, 'worker'>) => e.worker !== undefined && ownerIsAlive(e.worker),
+): string[] {
+  if (entries.length === 0 || entries.some((e) => e.step === 'snapshotting' || freezing(e))) return [];
+  const frozenAts = entries.flatMap((e) => (e.frozenAt === undefined ? [] : [Date.parse(e.frozenAt)]));
+  if (frozenAts.length === 0 || now - Math.max(...frozenAts) <= pauseMaxMs) return [];
+  return entries.filter((e) => e.mode === 'pause' && e.step === 'frozen' && e.stateBefore !== 'paused').map((e) => e.tag);
 }
 
-async function resumeOverdue(entries: JournalEntry[], deps: Deps, ctx: { dataset: string }): Promise<void> {
+/** Thaws overdue pause entries (resume, tie, archive left to post or recover), each at most MAX_TRIES times. */
+async function resumeOverdue(entries: JournalEntry[], deps: Deps, ctx: { dataset: string }, tries: Map<string, number>): Promise<void> {
+  const limit = Math.round(deps.config.pauseMaxMs / 1000);
   for (const e of entries) {
-    await alarm(`${JSON.stringify(e.domain.name)} has been paused for more than VIRTSNAP_PAUSE_MAX (${Math.round(deps.config.pauseMaxMs / 1000)}s) waiting for post: resuming it`, ctx);
+    const n = (tries.get(`pause:${e.tag}`) ?? 0) + 1;
+    if (n > MAX_TRIES) continue; // said three times already; status and the run's own post name it
+    tries.set(`pause:${e.tag}`, n);
     try {
-      const outcome = await thawDomain(e, deps, { keepDump: true });
-      if (outcome === null) await alarm(`${JSON.stringify(e.domain.name)} resumed; no snapshot of run ${e.runId} was taken while it was paused, so no RAM dump is kept`, ctx);
+      const outcome = await thawDomain(e, deps, { keepDump: true, deferArchive: true });
+      if (outcome === THAWED_ELSEWHERE) continue; // post came meanwhile
+      const dump = isDeferred(outcome) ? 'its RAM dump is kept for the snapshot taken meanwhile' : 'no snapshot of the run was taken while it was paused, so no RAM dump is kept';
+      await alarm(`${JSON.stringify(e.domain.name)} was still paused ${limit}s (VIRTSNAP_PAUSE_MAX) after the run froze it, waiting for post: resumed it; ${dump}`, ctx);
     } catch (err) {
-      await alarm(`could not resume ${JSON.stringify(e.domain.name)}: ${(err as Error).message}`, ctx);
+      await alarm(`${JSON.stringify(e.domain.name)} has been paused for more than VIRTSNAP_PAUSE_MAX (${limit}s) and could not be resumed: ${(err as Error).message}`, ctx);
     }
   }
 }

@@ -1,6 +1,10 @@
 // Domain XML -> the few facts virtsnap needs about a domain and its disks.
-import { XMLParser } from 'fast-xml-parser';
+import { createRequire } from 'node:module';
 import { LibvirtError } from '../errors.js';
+
+// The package's CommonJS build, one bundled file: imported as ESM, its ~60
+// source files cost ~40 ms of CPU to load, required ~5 ms (Node 20, test bed).
+const { XMLParser } = createRequire(import.meta.url)('fast-xml-parser') as typeof import('fast-xml-parser');
 
 export type DiskDevice = 'disk' | 'cdrom' | 'floppy' | 'lun';
 

@@ -9,9 +9,23 @@
 //  28  u32 format    0 raw, 1 gzip, 2 bzip2, 3 xz, 4 lzop, 5 zstd, 6 sparse
 //  32  u32 cookieOffset
 //  36  u32 unused[14]          -> 92 bytes, then the XML (NUL-terminated)
+//  92 + data_len     QEMU's migration stream, through `<format> -c` unless raw
+//
+// A compressed image keeps header and XML as they are: on restore libvirt
+// reads them, then (version 2, format neither raw nor sparse) runs
+// `<format name> -dc` from its PATH with the rest of the file as stdin and
+// hands its output to QEMU (qemuSaveImageDecompressionStart). So gzip
+// (1) of the stream, with the format word set, is an image any libvirt
+// restores directly; the bed's 9.0 does.
 import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
 
 export const HEADER_BYTES = 92;
+/** Offset of the format word: what a compressed copy changes in the header. */
+export const FORMAT_OFFSET = 28;
+/** libvirt's numbers for the stream's format (virQEMUSaveFormat): on-disk values, never reused. */
+export const SAVE_FORMATS = ['raw', 'gzip', 'bzip2', 'xz', 'lzop', 'zstd', 'sparse'] as const;
+export const FORMAT_RAW = 0;
+export const FORMAT_GZIP = 1;
 const COMPLETE = 'LibvirtQemudSave';
 const PARTIAL = 'LibvirtQemudPart';
 
@@ -47,6 +61,23 @@ export function readSaveImageHeader(file: string): SaveImageHeader | null {
   };
 }
 
+/** Where QEMU's migration stream starts: after the header and the XML region. */
+export function streamOffset(header: Pick<SaveImageHeader, 'dataLength'>): number {
+  return HEADER_BYTES + header.dataLength;
+}
+
+/**
+ * The header and XML region of an image (`head`, the first
+ * streamOffset bytes) with its format word set to `format`, in the image's
+ * own byte order; everything else is kept byte for byte.
+ */
+export function withFormat(head: Buffer, header: Pick<SaveImageHeader, 'bigEndian'>, format: number): Buffer {
+  const out = Buffer.from(head);
+  if (header.bigEndian) out.writeUInt32BE(format, FORMAT_OFFSET);
+  else out.writeUInt32LE(format, FORMAT_OFFSET);
+  return out;
+}
+
 export interface SaveImageXml {
   header: SaveImageHeader;
   /** The domain XML libvirt restores the domain with. */
@@ -56,7 +87,7 @@ export interface SaveImageXml {
 }
 
 /** Up to `length` bytes at `offset`; shorter when the file ends first. */
-function readRegion(file: string, offset: number, length: number): Buffer {
+export function readRegion(file: string, offset: number, length: number): Buffer {
   const buf = Buffer.alloc(length);
   const fd = openSync(file, 'r');
   let n: number;

@@ -3,12 +3,23 @@
 //
 // Domains are addressed by UUID once found: virsh takes a numeric name for a
 // domain ID and a name starting with -- for an option, a UUID is neither.
+import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { CommandError, LibvirtError } from '../errors.js';
 import { run } from '../exec.js';
-import { parseDomainXml, type DomainDef } from './domain-xml.js';
+import type { DomainDef } from './domain-xml.js';
+
+/**
+ * The XML parser, loaded on first use: fast-xml-parser costs ~40 ms of CPU
+ * to load, and most hook calls (post and prune with nothing to do, pre on a
+ * host without domains) never parse a domain.
+ */
+async function parseXml(xml: string): Promise<DomainDef> {
+  const { parseDomainXml } = await import('./domain-xml.js');
+  return parseDomainXml(xml);
+}
 
 export type DomainState = 'running' | 'paused' | 'shut off' | 'pmsuspended' | 'crashed' | 'in shutdown' | 'blocked' | 'idle' | 'dying';
 
@@ -53,6 +64,52 @@ export function blockJobInRaw(out: string): boolean {
 /** libvirt's words for a domain it does not know (virsh says "failed to get domain" for a UUID lookup). */
 const NOT_FOUND = /not found|no domain|failed to get domain/i;
 
+/** At most this many domains per virsh call: virsh takes its commands as one argument, and one argument may hold 128 KiB. */
+const BATCH = 200;
+
+/**
+ * The commands that print the state and live XML of `uuids` in one virsh
+ * run (virsh's own parser splits them at `;`; no shell is involved). Each
+ * output is preceded by an `echo` of `marker`: a random word, so no text in
+ * a domain's XML can pass for one. A command that fails prints nothing on
+ * stdout and virsh goes on with the next, so an empty section is how a
+ * failure shows.
+ */
+export function describeCommands(uuids: readonly string[], marker: string): string {
+  return [...uuids.flatMap((u) => [`echo ${marker} state ${u}`, `domstate ${u}`, `echo ${marker} xml ${u}`, `dumpxml ${u}`]), `echo ${marker} end`].join(' ; ');
+}
+
+/**
+ * Splits the output of describeCommands into state and XML per domain.
+ * Without -q virsh prints an empty line after each command's output (none
+ * after echo): one trailing newline is dropped, the rest is exactly what
+ * `virsh -q dumpxml` prints. A domain whose state or XML is missing is left
+ * out: the caller asks for it alone, where its error can be told apart.
+ */
+export function parseDescribe(out: string, marker: string): Map<string, { state: DomainState; xml: string }> {
+  const sections = new Map<string, string[]>();
+  let current: string[] | null = null;
+  for (const line of out.split('\n')) {
+    const m = line.startsWith(`${marker} `) ? /^\S+ (state|xml|end)(?: (\S+))?$/.exec(line) : null;
+    if (m !== null) {
+      current = m[1] === 'end' ? null : [];
+      if (current !== null) sections.set(`${m[1]} ${m[2]}`, current);
+      continue;
+    }
+    current?.push(line);
+  }
+  const result = new Map<string, { state: DomainState; xml: string }>();
+  for (const [key, lines] of sections) {
+    if (!key.startsWith('state ')) continue;
+    const uuid = key.slice('state '.length);
+    const state = lines.join('\n').trim();
+    const xml = (sections.get(`xml ${uuid}`) ?? []).join('\n').replace(/\n*$/, '\n');
+    if (state === '' || state.includes('\n') || !xml.trimStart().startsWith('<domain')) continue;
+    result.set(uuid, { state: state as DomainState, xml });
+  }
+  return result;
+}
+
 export function parseStateReason(out: string): { state: DomainState; reason: string } {
   const m = /^\s*(.+?)\s*(?:\((.*)\))?\s*$/.exec(out.trim()) ?? [];
   return { state: (m[1] ?? out.trim()) as DomainState, reason: m[2] ?? '' };
@@ -71,9 +128,9 @@ export class LibvirtClient {
     this.timeoutMs = options.timeoutMs ?? 30_000;
   }
 
-  private async virsh(args: string[], what: string, options: { timeoutMs?: number } = {}): Promise<string> {
+  private async virsh(args: string[], what: string, options: { timeoutMs?: number; quiet?: boolean } = {}): Promise<string> {
     try {
-      const out = await run('virsh', ['-q', '-c', this.uri, ...args], { timeoutMs: options.timeoutMs ?? this.timeoutMs });
+      const out = await run('virsh', [...(options.quiet === false ? [] : ['-q']), '-c', this.uri, ...args], { timeoutMs: options.timeoutMs ?? this.timeoutMs });
       return out.stdout;
     } catch (err) {
       if (!(err instanceof CommandError)) throw err;
@@ -89,7 +146,8 @@ export class LibvirtClient {
 
   /** UUIDs of every domain, running or not. */
   async listDomainUuids(): Promise<string[]> {
-    const out = await this.virsh(['list', '--all', '--uuid'], `cannot list domains at ${this.uri} (is libvirtd running?)`);
+    // The first libvirt call of a run (no separate `virsh version` first, ~20 ms each): its failure is the one users see.
+    const out = await this.virsh(['list', '--all', '--uuid'], `cannot reach libvirt at ${this.uri} to list its domains (is libvirtd running?)`);
     return out.split('\n').map((l) => l.trim()).filter((l) => l !== '');
   }
 
@@ -122,12 +180,42 @@ export class LibvirtClient {
   async domain(uuid: string): Promise<Domain> {
     const xml = await this.dumpxml(uuid);
     const state = await this.state(uuid);
-    return { ...parseDomainXml(xml), state, xml };
+    return { ...(await parseXml(xml)), state, xml };
+  }
+
+  /**
+   * State and XML of many domains in one virsh run (a virsh call costs tens
+   * of ms, most of it virsh starting and connecting). Domains missing from
+   * the answer, or all of them if the call fails, are asked for one by one.
+   */
+  private async describe(uuids: readonly string[]): Promise<Map<string, { state: DomainState; xml: string }>> {
+    const result = new Map<string, { state: DomainState; xml: string }>();
+    for (let i = 0; i < uuids.length; i += BATCH) {
+      const chunk = uuids.slice(i, i + BATCH);
+      const marker = `virtsnap-${randomUUID()}`;
+      try {
+        // Not -q: under -q virsh's echo prints no newline, so a marker would run into the next output.
+        const out = await this.virsh([describeCommands(chunk, marker)], `cannot describe ${chunk.length} domain(s)`, { quiet: false });
+        for (const [uuid, d] of parseDescribe(out, marker)) if (chunk.includes(uuid)) result.set(uuid, d);
+      } catch (err) {
+        // virsh exits with the status of its last command: one domain undefined
+        // meanwhile fails the whole call. Those not answered are asked alone below.
+        if (!(err instanceof LibvirtError)) throw err;
+      }
+    }
+    return result;
   }
 
   async domains(): Promise<Domain[]> {
     const result: Domain[] = [];
-    for (const uuid of await this.listDomainUuids()) {
+    const uuids = await this.listDomainUuids();
+    const described = uuids.length > 1 ? await this.describe(uuids) : new Map<string, { state: DomainState; xml: string }>();
+    for (const uuid of uuids) {
+      const known = described.get(uuid);
+      if (known !== undefined) {
+        result.push({ ...(await parseXml(known.xml)), state: known.state, xml: known.xml });
+        continue;
+      }
       try {
         result.push(await this.domain(uuid));
       } catch (err) {
@@ -215,13 +303,14 @@ export class LibvirtClient {
 
   /** Freezes the guest's filesystems through the QEMU guest agent; returns how many. */
   async fsFreeze(uuid: string, timeoutMs: number): Promise<number> {
-    const out = await this.virsh(['domfsfreeze', uuid], 'the guest agent did not freeze the filesystems', { timeoutMs });
+    // Not quiet: `virsh -q` drops the "Froze N filesystem(s)" line, the count we report.
+    const out = await this.virsh(['domfsfreeze', uuid], 'the guest agent did not freeze the filesystems', { timeoutMs, quiet: false });
     return Number(/(\d+)/.exec(out)?.[1] ?? 0);
   }
 
   /** Thaws them; harmless when none is frozen. */
   async fsThaw(uuid: string, timeoutMs: number): Promise<number> {
-    const out = await this.virsh(['domfsthaw', uuid], 'the guest agent did not thaw the filesystems', { timeoutMs });
+    const out = await this.virsh(['domfsthaw', uuid], 'the guest agent did not thaw the filesystems', { timeoutMs, quiet: false });
     return Number(/(\d+)/.exec(out)?.[1] ?? 0);
   }
 

@@ -73,9 +73,9 @@ describe('fault suite', () => {
   }
 
   /** One sanoid 2.1.0 run on the dataset, a fault in its pre or post hook. */
-  async function sanoid(faults: { pre?: Fault; post?: Fault } = {}, options: Record<string, string> = {}, ds = dataset()) {
-    const preEnv = faultEnv(faults.pre ?? null);
-    const postEnv = faultEnv(faults.post ?? null);
+  async function sanoid(faults: { pre?: Fault; post?: Fault } = {}, options: Record<string, string> = {}, ds = dataset(), hookEnv: Record<string, string> = {}) {
+    const preEnv = { ...faultEnv(faults.pre ?? null), ...hookEnv };
+    const postEnv = { ...faultEnv(faults.post ?? null), ...hookEnv };
     const conf = setup.section(ds, {
       pre_snapshot_script: hookCommand(hooks.pre, { VIRTSNAP_CONFIG: setup.envFile, ...preEnv }),
       post_snapshot_script: hookCommand(hooks.post, { VIRTSNAP_CONFIG: setup.envFile, ...postEnv }),
@@ -192,7 +192,10 @@ describe('fault suite', () => {
     });
 
     it("5. after the 'frozen' write (the first VM's): that VM's dump is kept, tied to this run's snapshots", async () => {
-      const { taken } = await sanoid({ pre: { on: 'dumpxml', if: journalFile(m), do: 'kill', kill: 'hooks/pre-snapshot' } });
+      // One VM after the other, so that the first is frozen when the second is
+      // claimed; in parallel (the default) both are claimed at once, which
+      // faults 1-4 cover.
+      const { taken } = await sanoid({ pre: { on: 'dumpxml', if: journalFile(m), do: 'kill', kill: 'hooks/pre-snapshot' } }, {}, dataset(), { VIRTSNAP_PARALLEL: '1' });
       await settled();
       assert.equal(dumpsFor(a, taken).length, 1, 'the frozen VM keeps its dump');
       assert.equal(dumpsFor(m, taken).length, 0, 'the VM claimed but not frozen has none');

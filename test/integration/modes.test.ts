@@ -4,12 +4,18 @@
 // resumed by post, no overlay; libvirt's lifecycle events show one pause,
 // and the dump restores with the oracle silent. If post never comes, the
 // watchdog resumes the guest within seconds of VIRTSNAP_PAUSE_MAX.
+//
+// quiesce and the per-type policy: with VIRTSNAP_MODE=ram,hourly=quiesce a
+// run with daily and hourly due keeps RAM, a run with only hourly due has the
+// guest agent freeze the guest's ext4 and thaw it in post, without pausing the
+// guest; that snapshot, cloned, has a clean filesystem and boots with the
+// oracle silent.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { snapshotNames, type ArchivedDump } from '../../lib/archive.js';
-import { bed, destroyDataset, Guest, mismatches, removeDomains, restoreOnClone, sh, sleep, snapshotsOf, type Bed } from '../helpers/bed.js';
+import { bed, consoleOf, destroyDataset, Guest, mismatches, mountpointOf, removeDomains, restoreOnClone, sh, sleep, snapshotsOf, virsh, type Bed } from '../helpers/bed.js';
 import { EventWatch, stalls } from '../helpers/events.js';
-import { hooks, leftovers, runProgram, sanoidEnv, Setup } from '../helpers/virtsnap.js';
+import { cli, hooks, leftovers, runProgram, sanoidEnv, Setup } from '../helpers/virtsnap.js';
 
 async function assertBack(setup: Setup, guest: Guest, originals: Record<string, string>): Promise<void> {
   assert.deepEqual(await guest.sources(), originals, `${guest.name} must be on its own disks`);
@@ -86,5 +92,103 @@ describe('pause mode', () => {
     const dump = setup.dumps().find((d) => snapshotNames(d.manifest).includes(`${dataset()}@${snap}_hourly`));
     assert.ok(dump !== undefined, 'the snapshot was taken while the guest stood still: its dump is kept');
     await assertRestoresSilently(guest, dump);
+  });
+
+  it('quiesce asked of a guest without an agent: fails naming it, or takes RAM instead and says so, as VIRTSNAP_QUIESCE_FALLBACK says', async () => {
+    const originals = await guest.sources();
+    const before = setup.dumps().length;
+    const strict = await runProgram(cli, ['snapshot', dataset(), '--mode', 'quiesce', '--name', 'q-strict'], setup.env({ VIRTSNAP_QUIESCE_FALLBACK: 'fail' }));
+    assert.equal(strict.code, 1);
+    assert.match(strict.stderr, /domain "vsbed-modes-pause" cannot be quiesced: no guest agent channel .*VIRTSNAP_QUIESCE_FALLBACK=ram/);
+    assert.ok(!(await snapshotsOf(dataset())).some((s) => s.endsWith('@q-strict')), 'no snapshot without the freeze');
+    await assertBack(setup, guest, originals);
+    const lenient = await runProgram(cli, ['snapshot', dataset(), '--mode', 'quiesce', '--name', 'q-lenient'], setup.env({ VIRTSNAP_QUIESCE_FALLBACK: 'ram' }));
+    assert.equal(lenient.code, 0, lenient.stderr);
+    assert.match(lenient.stderr, /quiesce mode: no guest agent channel \(org\.qemu\.guest_agent\.0\): RAM snapshot instead \(VIRTSNAP_QUIESCE_FALLBACK=ram\)/);
+    await assertBack(setup, guest, originals);
+    assert.equal(setup.dumps().length, before + 1, 'the fallback keeps a RAM dump');
+  });
+});
+
+describe('quiesce mode and the per-type policy', () => {
+  let b: Bed;
+  let guest: Guest;
+  let setup: Setup;
+  let quiesced = '';
+  const dataset = () => `${b.vmDataset}/modes-q`;
+  const clone = () => `${b.pool}/modes-qclone`;
+
+  before(async () => {
+    b = await bed();
+    await removeDomains('vsbed-modes-q', 'vsbed-modes-qr');
+    await destroyDataset(clone());
+    await destroyDataset(dataset());
+    setup = await Setup.create('modes-q', { VIRTSNAP_MODE: 'ram,hourly=quiesce' });
+    guest = await Guest.create({ name: 'vsbed-modes-q', dataset: dataset(), agent: true, fsDisk: 'vdz' });
+    await guest.start();
+  });
+  after(async () => {
+    await removeDomains('vsbed-modes-q', 'vsbed-modes-qr');
+    await destroyDataset(clone());
+    await destroyDataset(dataset());
+  });
+
+  it('--dry-run shows the mode each run gets, and why', async () => {
+    const plan = async (types: string) => {
+      const snapnames = types.split(',').map((t) => `dry_${t}`).join(',');
+      const env = setup.env({ ...sanoidEnv(dataset(), 'dry', 'pre'), SANOID_TYPES: types, SANOID_SNAPNAMES: snapnames, SANOID_SNAPNAME: snapnames.split(',')[0]! });
+      const out = await runProgram(hooks.pre, ['--dry-run'], env);
+      assert.equal(out.code, 0, out.stderr);
+      return JSON.parse(out.stdout) as { mode: string; modeWhy: string; domains: { name: string; mode: string; fallback: string | null }[] };
+    };
+    const hourly = await plan('hourly');
+    assert.deepEqual([hourly.mode, hourly.modeWhy], ['quiesce', 'hourly=quiesce']);
+    assert.deepEqual(hourly.domains.map((d) => [d.name, d.mode, d.fallback]), [['vsbed-modes-q', 'quiesce', 'ram']]);
+    const both = await plan('daily,hourly');
+    assert.deepEqual([both.mode, both.modeWhy], ['ram', 'daily=ram, hourly=quiesce: ram is the strongest']);
+    assert.deepEqual(setup.journalFiles(), [], '--dry-run touches nothing');
+  });
+
+  it('under sanoid: daily and hourly due keeps RAM; hourly alone quiesces, without pausing the guest', async () => {
+    const originals = await guest.sources();
+    const first = await setup.sanoid('2.1.0', setup.section(dataset()), ['--take-snapshots', '--verbose']);
+    assert.equal(first.code, 0, first.stderr);
+    assert.match(first.stderr, /switching vda,vdz to overlays/);
+    await assertBack(setup, guest, originals);
+    assert.equal(setup.dumps().length, 1, 'the run with a daily keeps RAM');
+
+    const before = await snapshotsOf(dataset());
+    const watch = await EventWatch.start();
+    // daily = 0: only hourly is due, at any hour of the day.
+    const second = await setup.sanoid('2.1.0', setup.section(dataset(), { daily: '0' }), ['--take-snapshots', '--verbose'], 1);
+    const events = await watch.stop();
+    assert.equal(second.code, 0, second.stderr);
+    assert.match(second.stderr, /froze 1 filesystem\(s\) through the guest agent/);
+    assert.match(second.stderr, /thawed 1 filesystem\(s\) through the guest agent after \d+ ms/);
+    assert.doesNotMatch(second.stderr, /saving RAM|overlay/);
+    const taken = (await snapshotsOf(dataset())).filter((s) => !before.includes(s));
+    assert.equal(taken.length, 1);
+    assert.match(taken[0]!, /_hourly$/);
+    quiesced = taken[0]!;
+    assert.deepEqual(stalls(events, guest.name), [], 'quiesce never pauses the guest');
+    assert.equal(setup.dumps().length, 1, 'quiesce keeps no RAM dump');
+    await assertBack(setup, guest, originals);
+    assert.match(await guest.agentCommand({ execute: 'guest-fsfreeze-status' }), /"thawed"/);
+    const text = await guest.oracleAfter(guest.consoleSize(), 2);
+    assert.deepEqual(mismatches(text), []);
+  });
+
+  it('the quiesced snapshot, cloned: a clean filesystem, and the VM boots with the oracle silent', async () => {
+    assert.notEqual(quiesced, '', 'needs the quiesced snapshot of the test before');
+    const out = await runProgram(cli, ['restore', quiesced, '--clone', clone(), '--domain', guest.name, '--as', 'vsbed-modes-qr'], setup.env());
+    assert.equal(out.code, 0, out.stderr);
+    assert.match(out.stdout, /no RAM dump .*the snapshot was quiesced.*virsh start vsbed-modes-qr/);
+    const fs = await guest.fsckImage(`${await mountpointOf(clone())}/${guest.name}-vdz.raw`);
+    assert.ok(fs.clean, `e2fsck of the quiesced ext4:\n${fs.output}`);
+    await virsh('start', 'vsbed-modes-qr');
+    const text = await consoleOf('vsbed-modes-qr', 3, 90_000);
+    assert.match(text, /VSBED BOOT counter=\d+/);
+    assert.match(text, /VSBED FS up/);
+    assert.deepEqual(mismatches(text), []);
   });
 });

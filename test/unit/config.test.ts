@@ -59,9 +59,17 @@ describe('loadConfig', () => {
       restoreTimeoutMs: 600_000,
       watchdog: 'auto',
       metricsFile: null,
+      compression: 'gzip',
       lockTimeoutMs: 120_000,
       configFile: empty,
     });
+  });
+
+  it('VIRTSNAP_COMPRESS: gzip or yes compress, no stores raw, anything else is one line', () => {
+    for (const v of ['gzip', 'GZIP', 'yes', 'on', '1']) assert.equal(loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_COMPRESS: v }).compression, 'gzip', v);
+    for (const v of ['no', 'off', 'false', '0']) assert.equal(loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_COMPRESS: v }).compression, null, v);
+    assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_COMPRESS: 'xz' }), /^VIRTSNAP_COMPRESS=xz is not gzip, yes or no$/);
+    assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_COMPRESS: ' ' }), /^VIRTSNAP_COMPRESS is empty/);
   });
 
   it('values from an env file (comments, quotes, export-less lines)', () => {

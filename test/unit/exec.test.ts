@@ -78,6 +78,33 @@ describe('run', () => {
     await assert.rejects(run('/nonexistent/virtsnap-no-such-program', []), CommandError);
   });
 
+  it('a program that is not installed or cannot be run is named as itself, with the shell exit codes', async () => {
+    await assert.rejects(run('virtsnap-no-such-program', ['x']), (err: unknown) => {
+      assert.ok(err instanceof CommandError);
+      assert.equal(err.status, 127);
+      assert.equal(err.stderr, 'virtsnap-no-such-program: command not found (is it installed, and on PATH?)');
+      return true;
+    });
+    const notExecutable = path.join(dir, 'not-executable');
+    writeFileSync(notExecutable, '#!/bin/sh\n', { mode: 0o644 });
+    try {
+      await assert.rejects(run(notExecutable, []), (err: unknown) => {
+        assert.ok(err instanceof CommandError);
+        assert.equal(err.status, 126);
+        assert.equal(err.stderr, `${notExecutable}: cannot be run (Permission denied)`);
+        return true;
+      });
+    } finally {
+      rmSync(notExecutable);
+    }
+  });
+
+  it('a timeout kills what the program started too, and does not wait for it', async () => {
+    const start = Date.now();
+    await assert.rejects(run('sh', ['-c', 'sleep 5 & wait'], { timeoutMs: 300 }), (err: unknown) => err instanceof CommandError && err.timedOut);
+    assert.ok(Date.now() - start < 3000, 'the background sleep held the pipes open');
+  });
+
   it('a timeout kills the command and throws CommandError with timedOut', async () => {
     const start = Date.now();
     await assert.rejects(run('sleep', ['5'], { timeoutMs: 300 }), (err: unknown) => {

@@ -302,6 +302,8 @@ export function fakeConfig(root: string): Config {
     lockTimeoutMs: 1000,
     watchdog: 'detached',
     metricsFile: null,
+    // The fakes' memory files are not save images; the archive tests compress real ones.
+    compression: 'gzip',
     configFile: null,
   };
 }

@@ -206,4 +206,32 @@ describe('freeze modes', () => {
     onOwnDisks(a, b);
     assert.deepEqual(deps.journal.list(), []);
   });
+
+  it('quiesce: a freeze that timed out and a thaw that is not confirmed keep the entry as frozen, never fall back to ram; post thaws', async () => {
+    const deps = fakeDeps();
+    const a = deps.virsh.add('a', 'u-a', { vda: '/tank/vm/a.qcow2' });
+    a.agent = 'connected';
+    deps.virsh.failNext('fsFreeze', 1, '', true);
+    deps.virsh.failNext('fsThaw', 1, '', true);
+    deps.virsh.onCall = (method) => {
+      if (method === 'fsFreeze') a.fsFrozen = true; // the guest froze after our virsh gave up
+    };
+    const { frozen } = await freeze(planFor(deps, [a], 'quiesce', 'ram'), deps);
+    assert.deepEqual([frozen[0]!.mode, frozen[0]!.step], ['quiesce', 'frozen']);
+    assert.ok(!deps.virsh.calls.includes('createSnapshot'), 'no ram fallback while its filesystems may be frozen');
+    deps.virsh.onCall = () => undefined;
+    await thawRun('tank/vm@snap', deps);
+    assert.ok(!a.fsFrozen, 'post thaws them');
+    assert.deepEqual(deps.journal.list(), []);
+  });
+
+  it('pause: resumed and paused again by a user while frozen: left paused, the dump is not kept', async () => {
+    const deps = fakeDeps();
+    const a = deps.virsh.add('a', 'u-a', { vda: '/tank/vm/a.qcow2' });
+    await freeze(planFor(deps, [a], 'pause'), deps);
+    a.reason = 'user';
+    const result = await thawRun('tank/vm@snap', deps);
+    assert.equal(a.state, 'paused');
+    assert.deepEqual(result.discarded, ['a']);
+  });
 });

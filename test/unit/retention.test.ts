@@ -8,6 +8,8 @@ import { loadConfig, type Config } from '../../lib/config.js';
 import { collectGarbage, fateOf, pruneSnapshot } from '../../lib/retention.js';
 import { legacyRef, type SnapshotRef } from '../../lib/snapshot-id.js';
 import { poolOf, ZfsClient, type GuidCensus } from '../../lib/zfs.js';
+import { Journal } from '../../lib/journal.js';
+import { FakeLibvirt, frozenEntry } from './fakes.js';
 
 /** A ZFS with some pools imported and these snapshots (name -> guid); the real client's parsing on top. */
 function fakeZfs(pools: string[], snapshots: Record<string, string>): ZfsClient {
@@ -173,5 +175,23 @@ describe('retention against ZFS', () => {
     for (const p of [foreignFile, foreignDir, path.join(config.archiveDir, 'README'), usersSave, outside]) assert.ok(existsSync(p), `${p} is not ours and stays`);
     const reported = gc.foreign.map((f) => f.path);
     for (const p of [foreignFile, foreignDir, path.join(config.archiveDir, "README"), usersSave]) assert.ok(reported.includes(p), `${p} is reported`);
+  });
+
+  it("gc leaves alone a .part that a thaw is staging (its id is a journal entry's tag), and removes it once the entry is gone", async () => {
+    const id = '20240101T000000.000Z-55555555';
+    const dir = path.join(config.archiveDir, 'busy');
+    mkdirSync(dir, { recursive: true });
+    const part = path.join(dir, `${id}.save.part`);
+    writeFileSync(part, 'being compressed');
+    const journal = new Journal(config.stateDir);
+    const d = new FakeLibvirt().add('busy', '55555555-0000-4000-8000-000000000000', { vda: '/tank/vm/busy.qcow2' });
+    const entry = frozenEntry(d, { vda: '/ov/busy.qcow2' }, { tag: id, step: 'committed' });
+    journal.write(entry);
+    const gc = await collectGarbage(config, fakeZfs(['tank'], {}), { dryRun: false });
+    assert.ok(existsSync(part), 'in flight: kept');
+    assert.ok(!gc.removed.includes(part));
+    journal.remove(entry.domain.uuid);
+    const later = await collectGarbage(config, fakeZfs(['tank'], {}), { dryRun: false });
+    assert.ok(later.removed.includes(part), 'no run names it any more: a stray');
   });
 });

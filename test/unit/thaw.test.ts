@@ -1,7 +1,12 @@
 // Thaw, recover, discard and the watchdog's rule against in-memory libvirt
 // and ZFS that fail on command: each fault step of the integration suite, fast.
 import assert from 'node:assert/strict';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { describe, it } from 'node:test';
+import { listDumps } from '../../lib/archive.js';
+import { HEADER_BYTES } from '../../lib/libvirt/save-image.js';
+import { legacyRef } from '../../lib/snapshot-id.js';
 import { abandoned, discardEntry, recover } from '../../lib/recovery.js';
 import { StuckError, thawDomain, thawRun } from '../../lib/thaw.js';
 import { overdue, verdict } from '../../lib/watchdog.js';
@@ -134,6 +139,42 @@ describe('thaw', () => {
     assert.equal(result.failures.length, 1);
     assert.equal(b.disks.get('vda')!.source, '/tank/vm/b.qcow2');
   });
+
+  it('thawRun brings every domain back onto its own disks before it archives (compresses) any dump', async () => {
+    const deps = fakeDeps();
+    mkdirSync(deps.config.overlayDir, { recursive: true });
+    const saveImage = (name: string): string => {
+      const header = Buffer.alloc(HEADER_BYTES);
+      header.write('LibvirtQemudSave', 0, 16, 'latin1');
+      header.writeUInt32LE(2, 16);
+      header.writeUInt32LE(1024, 20);
+      const file = path.join(deps.config.overlayDir, `${name}.save`);
+      writeFileSync(file, Buffer.concat([header, Buffer.alloc(1024), Buffer.alloc(65536, name)]));
+      return file;
+    };
+    const tied = [legacyRef('tank/vm@snap')];
+    const domains = ['a', 'b'].map((name) => {
+      const d = deps.virsh.add(name, `u-${name}`, { vda: `/tank/vm/${name}.qcow2` });
+      onOverlays(d, { vda: `/ov/${name}.qcow2` });
+      deps.journal.write(frozenEntry(d, { vda: `/ov/${name}.qcow2` }, { step: 'committing', tied, memoryFile: saveImage(name) }));
+      return d;
+    });
+    // When b's disk is committed, nothing may have been archived yet.
+    let archivedBeforeLastCommit: boolean | null = null;
+    const commit = deps.virsh.activeCommit.bind(deps.virsh);
+    deps.virsh.activeCommit = async (uuid: string, target: string) => {
+      if (uuid === 'u-b') archivedBeforeLastCommit = existsSync(path.join(deps.config.archiveDir, 'a'));
+      return commit(uuid, target);
+    };
+    const result = await thawRun('tank/vm@snap', deps);
+    assert.deepEqual(result.failures, []);
+    assert.equal(archivedBeforeLastCommit, false);
+    assert.deepEqual(domains.map((d) => d.disks.get('vda')!.source), ['/tank/vm/a.qcow2', '/tank/vm/b.qcow2']);
+    // Staged in parallel: either may finish first.
+    assert.deepEqual(result.dumps.map((d) => [d.manifest.domain.name, d.manifest.compression]).sort(), [['a', 'gzip'], ['b', 'gzip']]);
+    assert.equal(listDumps(deps.config.archiveDir).length, 2);
+    assert.deepEqual(deps.journal.list(), []);
+  });
 });
 
 describe('recover and discard', () => {
@@ -192,13 +233,17 @@ describe('the watchdog rule', () => {
 });
 
 describe('the watchdog and pause mode', () => {
-  it('a guest paused longer than VIRTSNAP_PAUSE_MAX is overdue, whatever the run; others are not', () => {
+  it('a guest paused longer than VIRTSNAP_PAUSE_MAX after the run froze its last VM is overdue; not while the pre hook still freezes', () => {
     const now = Date.parse('2026-01-01T00:01:00Z');
-    const e = { mode: 'pause' as const, step: 'frozen' as const, frozenAt: '2026-01-01T00:00:00Z', stateBefore: 'running' };
-    assert.equal(overdue(e, 59_000, now), true);
-    assert.equal(overdue(e, 61_000, now), false);
-    assert.equal(overdue({ ...e, mode: 'ram' }, 1, now), false);
-    assert.equal(overdue({ ...e, stateBefore: 'paused' }, 1, now), false, 'a guest paused before the run stays paused');
-    assert.equal(overdue({ ...e, step: 'committed' }, 1, now), false);
+    const e = { tag: 'p', mode: 'pause' as const, step: 'frozen' as const, frozenAt: '2026-01-01T00:00:00Z', stateBefore: 'running' };
+    const done = () => false;
+    assert.deepEqual(overdue([e], 59_000, now, done), ['p']);
+    assert.deepEqual(overdue([e], 61_000, now, done), []);
+    assert.deepEqual(overdue([e], 1, now, () => true), [], 'the pre hook still runs: the clock has not started');
+    assert.deepEqual(overdue([e, { ...e, tag: 'r', mode: 'ram' as const, frozenAt: '2026-01-01T00:00:50Z' }], 30_000, now, done), [], 'counted from the last VM frozen');
+    assert.deepEqual(overdue([e, { ...e, tag: 's', step: 'snapshotting' as const }], 1, now, done), [], 'a VM still being saved');
+    assert.deepEqual(overdue([{ ...e, mode: 'ram' as const }], 1, now, done), []);
+    assert.deepEqual(overdue([{ ...e, stateBefore: 'paused' }], 1, now, done), [], 'a guest paused before the run stays paused');
+    assert.deepEqual(overdue([{ ...e, step: 'committed' as const }], 1, now, done), []);
   });
 });

@@ -7,11 +7,10 @@ import { hostname } from 'node:os';
 import path from 'node:path';
 import { archiveDump, listDumps } from '../../lib/archive.js';
 import { ZfsClient } from '../../lib/zfs.js';
-import { bed, sh } from '../helpers/bed.js';
+import { sh } from '../helpers/bed.js';
 import { hooks, Setup } from '../helpers/virtsnap.js';
 import { timed } from './cost.js';
 
-export const PRUNE_DATASET = 'b-bench-prune';
 const DUMPS = 1000;
 /** Dumps tied to two snapshots (an hourly and a daily taken together); the others have one. */
 const PAIRED = 30;
@@ -25,9 +24,8 @@ export interface PruneSample {
   cpuMs: number;
 }
 
-export async function benchPrune(): Promise<{ dumps: number; samples: PruneSample[] }> {
-  const b = await bed();
-  const dataset = `${b.vmDataset}/${PRUNE_DATASET}`;
+/** `dataset` is created here and holds the snapshots the dumps are tied to. */
+export async function benchPrune(dataset: string): Promise<{ dumps: number; samples: PruneSample[] }> {
   await sh('zfs', ['create', dataset]);
   const setup = await Setup.create('b-bench-prune');
   const tie: string[][] = Array.from({ length: DUMPS }, (_, i) => {

@@ -12,21 +12,22 @@
 // Repetitions are interleaved (rep 1 of every variant, then rep 2, …) so a
 // disturbance from whatever else runs on the machine spreads over all
 // variants instead of landing on one. BENCH_REPS (default 3); BENCH_QUICK=1
-// for one repetition and no 4-guest run. Everything it creates is named
-// vsbed-b-* / vsbed/vm/b-* and removed at the end, also after a failure.
+// for one repetition and no 4-guest run; BENCH_ONLY=stall,four,prune,startup
+// for some parts. Everything it creates is named vsbed-b-* / vsbed/vm/b-*
+// and removed at the end, also after a failure.
 import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { bed, removeDomains, sleep, virsh, type Bed } from '../helpers/bed.js';
-import { destroyPatiently } from './cleanup.js';
+import { bed, removeDomains, sh, sleep, virsh, type Bed } from '../helpers/bed.js';
+import { destroyPatiently, earlierRuns, tryDestroy } from './cleanup.js';
 import { repoRoot } from '../helpers/virtsnap.js';
 import { EventWatcher } from './events.js';
 import { bootGuest, BenchError, type BenchGuest } from './guests.js';
 import { describeMachine, type Machine } from './machine.js';
-import { benchPrune, PRUNE_DATASET } from './prune.js';
+import { benchPrune } from './prune.js';
 import { ddWrite, referenceCompression } from './reference.js';
 import { BIG, render, sections, SMALL, targets, type Samples } from './report.js';
 import { snapshotRun } from './snapshot-run.js';
-import { benchStartup, STARTUP_DATASET } from './startup.js';
+import { benchStartup } from './startup.js';
 import { BYTES_VARIANTS, RUN_VARIANTS, STALL_VARIANTS, Variant, type VariantSpec } from './variants.js';
 
 const URI = 'qemu:///system';
@@ -42,8 +43,14 @@ const doing = (part: Part): boolean => ONLY.has(part) && !(part === 'four' && QU
 const RESULTS = path.join(repoRoot, 'test/bench/results/latest.json');
 
 const DOMAINS = { [SMALL]: 'vsbed-b-g96', [BIG]: 'vsbed-b-g512', four: [1, 2, 3, 4].map((i) => `vsbed-b-four${i}`) };
+/**
+ * All datasets of this run live under one root named after its start, so a
+ * dataset zfs-fuse keeps "busy" after a run (seen: for more than 15 minutes)
+ * cannot block the next run; the next run removes it if it can.
+ */
+const ROOT = `b-bench-${new Date().toISOString().replace(/[-:]/g, '').slice(0, 15)}`;
 /** Parents with one child dataset per guest: sanoid runs over the parent with recursive = zfs. */
-const PARENTS = { [SMALL]: 'b-one', [BIG]: 'b-big', four: 'b-quad' };
+const PARENTS = { [SMALL]: `${ROOT}/one`, [BIG]: `${ROOT}/big`, four: `${ROOT}/quad` };
 
 function positiveInt(text: string, name: string): number {
   const n = Number(text);
@@ -77,7 +84,6 @@ function checkInterrupted(): void {
   if (interrupted) throw new BenchError('interrupted');
 }
 
-const datasets = (b: Bed): string[] => [...Object.values(PARENTS), STARTUP_DATASET, PRUNE_DATASET].map((d) => `${b.vmDataset}/${d}`);
 const allDomains = (): string[] => [DOMAINS[SMALL], DOMAINS[BIG], ...DOMAINS.four];
 const SETUPS = ['b-bench-startup', 'b-bench-prune', ...[...STALL_VARIANTS, ...BYTES_VARIANTS].map((v) => `b-bench-${v.name}`)];
 
@@ -89,11 +95,12 @@ async function cleanup(b: Bed): Promise<void> {
   // handles are still being released stayed "busy" for good (until zfs-fuse
   // restarts). Give the releases a moment before the first destroy.
   if (hadGuests) await sleep(SETTLE_MS);
-  for (const ds of datasets(b)) await destroyPatiently(ds);
+  await destroyPatiently(`${b.vmDataset}/${ROOT}`);
   for (const name of SETUPS) rmSync(path.join(b.dir, 'tests', name), { recursive: true, force: true });
   for (const f of readdirSync(b.overlayDir)) {
     if (f === 'vsbed-b-bench.dd' || allDomains().some((d) => f.startsWith(`${d}.`))) rmSync(path.join(b.overlayDir, f), { recursive: true, force: true });
   }
+  for (const d of allDomains()) rmSync(path.join(b.consoleDir, `${d}.log`), { force: true });
 }
 
 function specsFor(guest: string): VariantSpec[] {
@@ -167,17 +174,19 @@ async function main(): Promise<number> {
   console.log(`bench: ${REPS} repetition(s)${QUICK ? ', quick (no 4-guest run)' : ''}, parts: ${PARTS.filter(doing).join(', ')}; results go to ${path.relative(process.cwd(), RESULTS)}`);
   try {
     await cleanup(b);
+    for (const ds of await earlierRuns(b.vmDataset, `${b.vmDataset}/${ROOT}`)) await tryDestroy(ds);
+    await sh('zfs', ['create', `${b.vmDataset}/${ROOT}`]);
     machine = await describeMachine();
     console.log(`  ${machine.cores} cores, ${machine.cpuModel}, ${machine.ramMiB} MiB, ${machine.libvirt}, ${machine.qemu}, virt type ${machine.virtType}`);
 
     if (doing('startup')) {
       console.log('start-up of hooks with nothing to do …');
-      samples.startup = await benchStartup(STARTUP_REPS);
+      samples.startup = await benchStartup(`${b.vmDataset}/${ROOT}/empty`, STARTUP_REPS);
       checkInterrupted();
     }
     if (doing('prune')) {
       console.log('prune with 1,000 dumps …');
-      samples.prune = await benchPrune();
+      samples.prune = await benchPrune(`${b.vmDataset}/${ROOT}/prune`);
       checkInterrupted();
     }
 
@@ -193,27 +202,30 @@ async function main(): Promise<number> {
     console.error(`bench: ${err instanceof BenchError ? '' : 'error: '}${stoppedBy}`);
   } finally {
     await watcher?.stop().catch((err) => console.error(`bench: the event watcher: ${(err as Error).message}`));
+  }
+  // The table before the cleanup: taking zfs-fuse's datasets down can take minutes.
+  try {
+    const finished = new Date();
+    console.log(`\n${render(samples)}`);
+    const results = {
+      format: 'virtsnap-bench/1',
+      startedAt: started.toISOString(),
+      finishedAt: finished.toISOString(),
+      durationS: Math.round((finished.getTime() - started.getTime()) / 1000),
+      settings: { reps: REPS, quick: QUICK, datasets: `${b.vmDataset}/${ROOT}`, parts: PARTS.filter(doing), sanoid: '2.1.0', startupReps: STARTUP_REPS },
+      stoppedBy,
+      machine,
+      variants: [...STALL_VARIANTS, ...BYTES_VARIANTS].map(({ name, what, settings }) => ({ name, what, settings })),
+      table: sections(samples),
+      targets: targets(samples),
+      samples,
+    };
+    mkdirSync(path.dirname(RESULTS), { recursive: true });
+    writeFileSync(RESULTS, JSON.stringify(results, null, 2) + '\n');
+    console.log(`bench: ${results.durationS} s${stoppedBy ? `, stopped: ${stoppedBy}` : ''}; saved ${RESULTS}; cleaning up …`);
+  } finally {
     await cleanup(b);
   }
-
-  const finished = new Date();
-  console.log(`\n${render(samples)}`);
-  const results = {
-    format: 'virtsnap-bench/1',
-    startedAt: started.toISOString(),
-    finishedAt: finished.toISOString(),
-    durationS: Math.round((finished.getTime() - started.getTime()) / 1000),
-    settings: { reps: REPS, quick: QUICK, parts: PARTS.filter(doing), sanoid: '2.1.0', startupReps: STARTUP_REPS },
-    stoppedBy,
-    machine,
-    variants: [...STALL_VARIANTS, ...BYTES_VARIANTS].map(({ name, what, settings }) => ({ name, what, settings })),
-    table: sections(samples),
-    targets: targets(samples),
-    samples,
-  };
-  mkdirSync(path.dirname(RESULTS), { recursive: true });
-  writeFileSync(RESULTS, JSON.stringify(results, null, 2) + '\n');
-  console.log(`bench: ${results.durationS} s${stoppedBy ? `, stopped: ${stoppedBy}` : ''}; saved ${RESULTS}`);
   return stoppedBy ? 1 : 0;
 }
 

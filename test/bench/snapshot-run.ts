@@ -27,6 +27,9 @@ export interface RunSample {
   /** One line, when a hook or sanoid failed. */
   error: string | null;
   wallMs: number;
+  /** The pre and post hooks' own time within wallMs (the rest is sanoid: zfs list, zfs snapshot, its start). */
+  preMs: number | null;
+  postMs: number | null;
   snapshots: number;
   perGuest: GuestSample[];
 }
@@ -50,6 +53,7 @@ export async function snapshotRun(
   onRawFile?: (g: BenchGuest, file: string) => Promise<void>,
 ): Promise<RunSample> {
   const hoursAhead = (hours.get(dataset) ?? -1) + 1;
+  variant.takeHookTimes(); // a log left by an earlier run
   hours.set(dataset, hoursAhead);
   const offsets = guests.map((g) => g.guest.consoleSize());
   const before = new Set(await snapshotsOf(dataset, true));
@@ -57,6 +61,7 @@ export async function snapshotRun(
   const out = await variant.setup.sanoid('2.1.0', variant.conf(dataset), ['--take-snapshots', '--verbose'], hoursAhead);
   const to = Date.now();
   const wallMs = to - from;
+  const { preMs, postMs } = variant.takeHookTimes();
   await sleep(EVENT_GRACE_MS);
   const created = (await snapshotsOf(dataset, true)).filter((s) => !before.has(s));
   let error = failureOf(out.code, out.stderr);
@@ -72,11 +77,13 @@ export async function snapshotRun(
   for (const g of guests) {
     const stall = stallOf(events, g.guest.name, from, to + EVENT_GRACE_MS);
     const { rawFile, ...facts } = await variant.facts({ name: g.guest.name, uuid: g.guest.uuid }, uri);
+    // Hooks that exit 0 but froze nothing (a guest they did not find) would pass for a stall of 0 ms.
+    if (error === null && facts.storedBytes === null) error = `no RAM dump of ${g.guest.name} after the run`;
     if (rawFile && onRawFile && error === null) await onRawFile(g, rawFile);
     perGuest.push({ domain: g.guest.name, stallMs: stall.totalMs, longestPauseMs: stall.longestMs, pausesMs: stall.pausesMs, ...facts });
   }
   variant.discardDumps();
-  return { variant: variant.name, rep, dataset, guests: guests.length, ok: error === null, error, wallMs, snapshots: created.length, perGuest };
+  return { variant: variant.name, rep, dataset, guests: guests.length, ok: error === null, error, wallMs, preMs, postMs, snapshots: created.length, perGuest };
 }
 
 /**

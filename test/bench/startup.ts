@@ -2,7 +2,7 @@
 // snapshots and the prune hook for every snapshot it destroys, most of them
 // with nothing to do. What such a call costs is mostly starting Node and
 // loading our modules; `node -e 0` is the floor.
-import { bed, sh } from '../helpers/bed.js';
+import { sh } from '../helpers/bed.js';
 import { hooks, sanoidEnv, Setup } from '../helpers/virtsnap.js';
 import { timed, type Cost } from './cost.js';
 
@@ -13,11 +13,8 @@ export interface StartupSample {
   cpuMs: number;
 }
 
-export const STARTUP_DATASET = 'b-bench-empty';
-
-export async function benchStartup(reps: number): Promise<StartupSample[]> {
-  const b = await bed();
-  const dataset = `${b.vmDataset}/${STARTUP_DATASET}`;
+/** `dataset` is created here, empty: no VM has a disk in it. */
+export async function benchStartup(dataset: string, reps: number): Promise<StartupSample[]> {
   await sh('zfs', ['create', dataset]);
   const setup = await Setup.create('b-bench-startup');
   const calls: Record<string, () => Promise<Cost>> = {

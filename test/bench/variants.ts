@@ -3,12 +3,12 @@
 // every blog post shows (test/bench/shell-pre, shell-post) and virtsnap's
 // hooks with different settings. A variant owns a Setup (its env file,
 // archive and state dirs), so its dumps never mix with another's.
-import { mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { deleteDump, type Manifest } from '../../lib/archive.js';
 import { LibvirtClient } from '../../lib/libvirt/virsh.js';
-import { hookCommand } from '../helpers/bed.js';
-import { repoRoot, Setup } from '../helpers/virtsnap.js';
+import { hookCommand, shellQuote } from '../helpers/bed.js';
+import { hooks, repoRoot, Setup } from '../helpers/virtsnap.js';
 
 export interface VariantSpec {
   name: string;
@@ -52,16 +52,40 @@ export class Variant {
     return new Variant(spec, setup);
   }
 
-  /** Its sanoid.conf for `dataset` with `recursive = zfs`: one hook call per run over every guest below. */
+  /** Where timed-hook appends the times of this variant's hook calls. */
+  get hookLog(): string {
+    return path.join(this.setup.root, 'hook-times.log');
+  }
+
+  /**
+   * Its sanoid.conf for `dataset` with `recursive = zfs`: one hook call per
+   * run over every guest below. Each hook runs under test/bench/timed-hook.
+   */
   conf(dataset: string): string {
-    const common = { recursive: 'zfs', script_timeout: SCRIPT_TIMEOUT };
-    if (this.spec.kind === 'virtsnap') return this.setup.section(dataset, common);
-    const env = { BENCH_OVERLAY_DIR: this.setup.overlayDir, BENCH_DUMP_DIR: this.setup.archiveDir, ...this.spec.settings };
+    const timed = (label: string, program: string, env: Record<string, string>) =>
+      `${hookCommand(path.join(repoRoot, 'test/bench/timed-hook'), env)} ${shellQuote(this.hookLog)} ${label} ${shellQuote(program)}`;
+    const env: Record<string, string> =
+      this.spec.kind === 'virtsnap'
+        ? { VIRTSNAP_CONFIG: this.setup.envFile }
+        : { BENCH_OVERLAY_DIR: this.setup.overlayDir, BENCH_DUMP_DIR: this.setup.archiveDir, ...this.spec.settings };
+    const [pre, post] = this.spec.kind === 'virtsnap' ? [hooks.pre, hooks.post] : ['shell-pre', 'shell-post'].map((f) => path.join(repoRoot, 'test/bench', f));
     return this.setup.section(dataset, {
-      ...common,
-      pre_snapshot_script: hookCommand(path.join(repoRoot, 'test/bench/shell-pre'), env),
-      post_snapshot_script: hookCommand(path.join(repoRoot, 'test/bench/shell-post'), env),
+      recursive: 'zfs',
+      script_timeout: SCRIPT_TIMEOUT,
+      pre_snapshot_script: timed('pre', pre!, env),
+      post_snapshot_script: timed('post', post!, env),
     });
+  }
+
+  /** How long the pre and post hooks of the last run took (ms), from timed-hook's log; the log starts afresh. */
+  takeHookTimes(): { preMs: number | null; postMs: number | null } {
+    const lines = existsSync(this.hookLog) ? readFileSync(this.hookLog, 'utf8').split('\n') : [];
+    rmSync(this.hookLog, { force: true });
+    const of = (label: string): number | null => {
+      const spans = lines.map((l) => l.split(' ')).filter((f) => f[0] === label && f.length === 4).map((f) => (Number(f[2]) - Number(f[1])) / 1e6);
+      return spans.length ? spans.reduce((a, b) => a + b, 0) : null;
+    };
+    return { preMs: of('pre'), postMs: of('post') };
   }
 
   /** Facts about the newest dump of `domain` from this variant. */

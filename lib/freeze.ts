@@ -7,7 +7,7 @@
 // Any failure half-way through a freeze, a signal, or the death of the run's
 // owner undoes what was frozen, so a VM is never left on an overlay or
 // paused because of us.
-import { rmSync, statSync } from 'node:fs';
+import { closeSync, openSync, rmSync, statSync } from 'node:fs';
 import type { Deps } from './deps.js';
 import { DATASET_META_DEPTH, saveDomainFiles } from './domain-files.js';
 import { LibvirtError, VirtsnapError } from './errors.js';
@@ -171,13 +171,16 @@ async function saveRam(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<Jo
   const inDatasets = dp.datasetMetaDirs.map((dir) => ({ dir, ours: DATASET_META_DEPTH }));
   let entry = entryOf(dp, plan, deps);
   await journal.claim(entry, config.lockTimeoutMs);
+  const made: string[] = [];
   try {
     assertUnchanged(dp, await virsh.domain(dp.uuid));
     // QEMU must reach the overlays in it: traversable, not listable.
     ensureDir(config.overlayDir, 0o711, 'VIRTSNAP_OVERLAY_DIR');
     await saveDomainFiles(dp, virsh, [{ dir: dp.metaDir, ours: 1 }, ...inDatasets]);
+    if (dp.reuseOverlays) await makeOverlays(dp, deps, made);
     deps.stop.check(`before saving the RAM of ${JSON.stringify(dp.name)}`);
   } catch (err) {
+    for (const file of made) removeIfExists(file);
     rmSync(dp.metaDir, { recursive: true, force: true });
     journal.remove(dp.uuid);
     throw err;
@@ -193,7 +196,9 @@ async function saveRam(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<Jo
   log.info(`saving RAM to ${dp.memoryFile} and ${how}`, about(dp.name, plan.targets.join(',')));
   const progress = showSaveProgress(virsh, dp.uuid, dp.name);
   try {
-    await virsh.createSnapshot(dp.uuid, dp.snapshotXml as string, { live: dp.live, timeoutMs: config.saveTimeoutMs }).finally(() => progress.stop());
+    await virsh
+      .createSnapshot(dp.uuid, dp.snapshotXml as string, { live: dp.live, timeoutMs: config.saveTimeoutMs, reuseExternal: dp.reuseOverlays })
+      .finally(() => progress.stop());
   } catch (err) {
     await undoFailedSnapshot(entry, dp, deps, lostTrack(err));
     throw err;
@@ -220,6 +225,30 @@ async function saveRam(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<Jo
   const paused = dp.mode === 'pause' && dp.state !== 'paused' ? 'the guest stays paused until post' : `guest paused ${job?.downtimeMs ?? '?'} ms`;
   log.info(`frozen in ${Date.now() - started} ms (${paused})`, about(dp.name, plan.targets.join(',')));
   return entry;
+}
+
+/**
+ * Makes the domain's overlays before the save, so that libvirt only opens
+ * them while the guest is paused (lib/libvirt/qemu-img.ts says why), and
+ * reserves the memory file: with --reuse-external libvirt would write into
+ * an existing file rather than refuse it. `made` collects what exists
+ * because of us, for the caller to remove if anything fails before the save;
+ * after it, undoFailedSnapshot and the thaw remove the planned files.
+ */
+async function makeOverlays(dp: DomainPlan, deps: Deps, made: string[]): Promise<void> {
+  const memoryFile = dp.memoryFile as string;
+  try {
+    closeSync(openSync(memoryFile, 'wx', 0o600));
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw new VirtsnapError(e.code === 'EEXIST' ? `memory file ${memoryFile} exists already: not overwriting it` : `cannot create memory file ${memoryFile}: ${e.message}`);
+  }
+  made.push(memoryFile);
+  for (const d of dp.disks) {
+    if (d.overlay === null) continue;
+    await deps.images.createOverlay({ overlay: d.overlay, backing: d.source as string, backingFormat: d.format as string });
+    made.push(d.overlay);
+  }
 }
 
 /**

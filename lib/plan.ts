@@ -73,6 +73,14 @@ export interface DomainPlan {
   nvram: string | null;
   tpmEmulator: boolean;
   snapshotXml: string | null;
+  /**
+   * virtsnap makes the overlays (lib/libvirt/qemu-img.ts) before the RAM
+   * save and libvirt only opens them (--reuse-external). libvirt makes the
+   * overlays it is asked for after the save, while the guest is paused.
+   * False when no disk switches to an overlay, or when a disk's format is
+   * unknown (the overlay must name its backing image's format): libvirt makes them then.
+   */
+  reuseOverlays: boolean;
 }
 
 export interface FreezePlan {
@@ -167,6 +175,7 @@ function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config:
   const stays = domain.state === 'paused' || how.mode === 'pause';
   const planned = action === 'record' ? disks.map(keep) : stays ? disks.map(manual) : disks;
   const memoryFile = action === 'freeze' ? `${base}.save` : null;
+  const switching = planned.filter((d) => d.overlay !== null);
   const plan: DomainPlan = {
     name: domain.name,
     uuid: domain.uuid,
@@ -186,6 +195,7 @@ function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config:
     nvram: domain.nvram,
     tpmEmulator: domain.tpmEmulator,
     snapshotXml: null,
+    reuseOverlays: action === 'freeze' && switching.length > 0 && switching.every((d) => d.source !== null && d.format !== null),
   };
   // quiesce keeps the RAM plan ready: it is what a fallback to ram runs.
   if (memoryFile !== null) {

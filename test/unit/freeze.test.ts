@@ -1,7 +1,7 @@
 // freeze against in-memory libvirt and ZFS: every way it can be cut short
 // ends with the VMs back on their own disks and nothing in the journal.
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { freeze } from '../../lib/freeze.js';
@@ -46,6 +46,7 @@ function planFor(deps: ReturnType<typeof fakeDeps>, domains: FakeDomain[], mode:
       nvram: null,
       tpmEmulator: false,
       snapshotXml: mode === 'pause' ? "<domainsnapshot><disk name='vda' snapshot='manual'/></domainsnapshot>" : '<domainsnapshot/>',
+      reuseOverlays: false,
     };
   });
   mkdirSync(path.join(deps.root, 'dataset'), { recursive: true, mode: 0o700 });
@@ -122,6 +123,77 @@ describe('freeze', () => {
     const calls = deps.virsh.calls;
     assert.ok(calls.indexOf('abortJob') >= 0 && calls.indexOf('abortJob') < calls.lastIndexOf('domain'), calls.join(', '));
     onOwnDisks(a);
+  });
+});
+
+describe('freeze with overlays made before the save (reuseOverlays)', () => {
+  function reusing() {
+    const t = twoDomains();
+    for (const dp of t.plan.domains) dp.reuseOverlays = true;
+    t.deps.config.parallel = 1;
+    return t;
+  }
+  const overlayFiles = (deps: ReturnType<typeof fakeDeps>): string[] => (existsSync(deps.config.overlayDir) ? readdirSync(deps.config.overlayDir).filter((f) => !f.endsWith('.meta')) : []);
+
+  it('makes every overlay and reserves the memory file (0600) before the save, which reuses them; the thaw removes them', async () => {
+    const { deps, a, b, plan } = reusing();
+    deps.virsh.onCall = (method, uuid) => {
+      if (method !== 'createSnapshot') return;
+      const dp = plan.domains.find((d) => d.uuid === uuid)!;
+      for (const f of [dp.memoryFile!, ...dp.disks.map((d) => d.overlay!)]) assert.equal(statSync(f).mode & 0o777, 0o600, f);
+    };
+    await freeze(plan, deps);
+    const calls = deps.virsh.calls.filter((c) => /^(createOverlay|createSnapshot)/.test(c)).map((c) => c.replace(/ .*\//, ' '));
+    assert.deepEqual(calls, ['createOverlay a.tag.vda.qcow2', 'createSnapshot', 'createOverlay b.tag.vda.qcow2', 'createOverlay b.tag.vdb.qcow2', 'createSnapshot']);
+    assert.deepEqual(deps.virsh.snapshotOptions.map((o) => o.reuseExternal), [true, true]);
+    await thawRun('tank/vm@snap', deps, { keepDump: false });
+    onOwnDisks(a, b);
+    assert.deepEqual(overlayFiles(deps).filter((f) => f.endsWith('.qcow2')), []);
+  });
+
+  it('an overlay that cannot be made: no save, nothing of ours left, the journal empty', async () => {
+    const { deps, a, b, plan } = reusing();
+    deps.images.failOn = plan.domains[1]!.disks[1]!.overlay;
+    await assert.rejects(freeze(plan, deps), /qemu-img: no space/);
+    assert.equal(deps.virsh.calls.filter((c) => c === 'createSnapshot').length, 1, 'only the first domain was saved');
+    onOwnDisks(a, b);
+    assert.deepEqual(overlayFiles(deps), []);
+    assert.deepEqual(deps.journal.list(), []);
+  });
+
+  it('a memory file that exists is not overwritten: the run fails before any overlay is made', async () => {
+    const { deps, plan } = reusing();
+    mkdirSync(deps.config.overlayDir, { recursive: true });
+    const memory = plan.domains[0]!.memoryFile!;
+    (await import('node:fs')).writeFileSync(memory, 'theirs');
+    await assert.rejects(freeze(plan, deps), /exists already/);
+    assert.equal((await import('node:fs')).readFileSync(memory, 'utf8'), 'theirs');
+    assert.ok(!deps.virsh.calls.some((c) => c.startsWith('createOverlay') || c === 'createSnapshot'));
+    assert.deepEqual(deps.journal.list(), []);
+  });
+
+  it('a failed save removes the overlays made for it', async () => {
+    const { deps, a, b, plan } = reusing();
+    deps.virsh.failNext('createSnapshot', 1, 'error: operation failed: no space');
+    await assert.rejects(freeze(plan, deps), /no space/);
+    onOwnDisks(a, b);
+    assert.deepEqual(overlayFiles(deps), []);
+    assert.deepEqual(deps.journal.list(), []);
+  });
+
+  it('a signal while the overlays are made: they are removed and nothing is saved', async () => {
+    const { deps, plan } = reusing();
+    const stop = { requested: null as NodeJS.Signals | null, check(what: string) { if (this.requested) throw new InterruptedError(`stopped by ${this.requested} ${what}`); } } satisfies StopSignal;
+    deps.stop = stop;
+    const make = deps.images.createOverlay.bind(deps.images);
+    deps.images.createOverlay = async (spec) => {
+      await make(spec);
+      stop.requested = 'SIGTERM';
+    };
+    await assert.rejects(freeze(plan, deps), InterruptedError);
+    assert.ok(!deps.virsh.calls.includes('createSnapshot'));
+    assert.deepEqual(overlayFiles(deps), []);
+    assert.deepEqual(deps.journal.list(), []);
   });
 });
 

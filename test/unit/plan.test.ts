@@ -275,6 +275,15 @@ describe('planFreeze', () => {
     assert.deepEqual(p.snapshots, [`tank/vm@${SNAP1}`, `tank/vm@${SNAP2}`]);
   });
 
+  it('virtsnap makes the overlays (reuseOverlays) when every disk that switches has a known format; not when none switches', () => {
+    const both = [disk('vda', '/tank/vm/a.qcow2'), disk('vdb', '/tank/vm/b.raw', { format: 'raw' }), disk('hdc', '/tank/vm/cd.iso', { device: 'cdrom', format: null })];
+    assert.equal(planFreeze(request, inventory([dom('r', 'running', both)]), config).domains[0]!.reuseOverlays, true, 'a skipped cdrom without a format does not count');
+    const unknown = [disk('vda', '/tank/vm/a.qcow2'), disk('vdb', '/tank/vm/b.raw', { format: null })];
+    assert.equal(planFreeze(request, inventory([dom('u', 'running', unknown)]), config).domains[0]!.reuseOverlays, false, 'libvirt makes them: it probes the format');
+    assert.equal(planFreeze(request, inventory([dom('p', 'paused', both)]), config).domains[0]!.reuseOverlays, false, 'a paused domain gets no overlays');
+    assert.equal(planFreeze(request, inventory([dom('o', 'shut off', both)]), config).domains[0]!.reuseOverlays, false);
+  });
+
   it('VIRTSNAP_LIVE=no -> running domain not live', () => {
     const noLive = { ...config, live: false };
     const plan = planFreeze(request, inventory([dom('r', 'running', [disk('vda', '/tank/vm/a.qcow2')])]), noLive);
@@ -391,6 +400,7 @@ describe('modes', () => {
     assert.ok(dp.disks.every((x) => x.manual && x.overlay === null));
     assert.match(dp.snapshotXml!, /<disk name='vda' snapshot='manual'\/>/);
     assert.match(dp.snapshotXml!, /<memory snapshot='external'/);
+    assert.equal(dp.reuseOverlays, false);
   });
 
   it('quiesce: with an agent channel, quiesce with the ram plan ready; without, ram (and a note) or a problem', () => {

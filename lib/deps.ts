@@ -22,6 +22,8 @@ export type RunLibvirt = Pick<
   | 'fsFreeze'
   | 'fsThaw'
   | 'createSnapshot'
+  | 'maxDowntime'
+  | 'setMaxDowntime'
   | 'completedJob'
   | 'activeJob'
   | 'abortJob'

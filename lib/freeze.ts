@@ -19,7 +19,7 @@ import { about, log } from './log.js';
 import { ownerIsAlive } from './owner.js';
 import type { DomainPlan, FreezePlan } from './plan.js';
 import { showSaveProgress } from './progress.js';
-import { settleDomainJob, thawDomain } from './thaw.js';
+import { restoreDowntimeLimit, settleDomainJob, thawDomain } from './thaw.js';
 import { inParallel } from './parallel.js';
 import { datasetOfSnapshot } from './zfs.js';
 
@@ -194,15 +194,23 @@ async function saveRam(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<Jo
         ? `leaving ${disks} as they are; the guest stays paused until post (pause mode${dp.live ? ', RAM saved live' : ''})`
         : `switching ${disks} to overlays${dp.live ? ' (live)' : ''}`;
   log.info(`saving RAM to ${dp.memoryFile} and ${how}`, about(dp.name, plan.targets.join(',')));
+  if (dp.downtimeLimitMs !== null) entry = await lowerDowntimeLimit(entry, dp.downtimeLimitMs, deps);
   const progress = showSaveProgress(virsh, dp.uuid, dp.name);
+  const converging = entry.downtimeLimitBefore === undefined ? null : watchConvergence(entry, entry.downtimeLimitBefore, deps);
   try {
     await virsh
       .createSnapshot(dp.uuid, dp.snapshotXml as string, { live: dp.live, timeoutMs: config.saveTimeoutMs, reuseExternal: dp.reuseOverlays })
-      .finally(() => progress.stop());
+      .finally(() => {
+        progress.stop();
+        converging?.stop();
+      });
   } catch (err) {
+    if (await restoreDowntimeLimit(entry, deps)) entry = withoutDowntimeLimit(entry);
     await undoFailedSnapshot(entry, dp, deps, lostTrack(err));
     throw err;
   }
+  // The journal keeps the old limit until the 'frozen' update below, which drops it once it is set back.
+  if (await restoreDowntimeLimit(entry, deps)) entry = withoutDowntimeLimit(entry);
   const job = await virsh.completedJob(dp.uuid).catch(() => null);
   let existedAtFreeze: Record<string, string>;
   try {
@@ -225,6 +233,68 @@ async function saveRam(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<Jo
   const paused = dp.mode === 'pause' && dp.state !== 'paused' ? 'the guest stays paused until post' : `guest paused ${job?.downtimeMs ?? '?'} ms`;
   log.info(`frozen in ${Date.now() - started} ms (${paused})`, about(dp.name, plan.targets.join(',')));
   return entry;
+}
+
+/**
+ * Lowers the domain's migration downtime limit for its save (lib/plan.ts
+ * says why), after writing the old one into the journal, so that a thaw
+ * sets it back if this process dies during the save. Not essential: when
+ * anything here fails, the save runs with QEMU's limit as it is.
+ */
+async function lowerDowntimeLimit(entry: JournalEntry, limitMs: number, deps: Deps): Promise<JournalEntry> {
+  let recorded = entry;
+  try {
+    const before = await deps.virsh.maxDowntime(entry.domain.uuid);
+    if (before <= limitMs) return entry;
+    recorded = deps.journal.update(entry, { downtimeLimitBefore: before });
+    await deps.virsh.setMaxDowntime(entry.domain.uuid, limitMs);
+  } catch (err) {
+    log.warn(`saving the RAM with QEMU's migration downtime limit as it is: ${(err as Error).message}`, about(entry.domain.name));
+  }
+  return recorded;
+}
+
+function withoutDowntimeLimit(entry: JournalEntry): JournalEntry {
+  const { downtimeLimitBefore: _, ...rest } = entry;
+  return rest;
+}
+
+/** Bytes saved beyond this many times the RAM: the save is not converging at the lowered limit. */
+const CONVERGENCE_FACTOR = 1.5;
+const CONVERGENCE_POLL_MS = 1000;
+
+/**
+ * A guest that dirties its RAM faster than the save writes it never leaves
+ * few enough pages for a low downtime limit: once the save has written
+ * CONVERGENCE_FACTOR times its RAM, the old limit is set back and the save
+ * ends as it would have without us.
+ */
+function watchConvergence(entry: JournalEntry, before: number, deps: Deps): { stop(): void } {
+  let done = false;
+  let busy = false;
+  const timer = setInterval(() => {
+    if (done || busy) return;
+    busy = true;
+    deps.virsh
+      .activeJob(entry.domain.uuid)
+      .then(async (job) => {
+        if (done || job === null || job.processedBytes <= CONVERGENCE_FACTOR * job.totalBytes) return;
+        done = true;
+        clearInterval(timer);
+        await deps.virsh.setMaxDowntime(entry.domain.uuid, before);
+        log.warn(`the RAM save did not converge at the lowered downtime limit: back to ${before} ms`, about(entry.domain.name));
+      })
+      .catch(() => undefined)
+      .finally(() => {
+        busy = false;
+      });
+  }, CONVERGENCE_POLL_MS);
+  return {
+    stop() {
+      done = true;
+      clearInterval(timer);
+    },
+  };
 }
 
 /**

@@ -248,6 +248,23 @@ export class LibvirtClient {
     }
   }
 
+  /**
+   * QEMU's migration downtime limit (ms): a live save stops the guest for
+   * its last pass once the pages left fit into it. It stays set on the
+   * running QEMU for every later migration and save until changed.
+   */
+  async maxDowntime(uuid: string): Promise<number> {
+    const out = await this.virsh(['migrate-getmaxdowntime', uuid], `cannot get the migration downtime limit of domain ${uuid}`);
+    const m = /^\s*(\d+)\s*$/.exec(out);
+    if (m === null) throw new LibvirtError(`unexpected migrate-getmaxdowntime output: ${JSON.stringify(out.trim())}`, '');
+    return Number(m[1]);
+  }
+
+  /** Allowed during a snapshot's save: libvirt lets migration-parameter jobs through its snapshot job. */
+  async setMaxDowntime(uuid: string, ms: number): Promise<void> {
+    await this.virsh(['migrate-setmaxdowntime', uuid, String(ms)], `cannot set the migration downtime limit of domain ${uuid}`);
+  }
+
   async completedJob(uuid: string): Promise<CompletedJob> {
     const out = await this.virsh(['domjobinfo', uuid, '--completed'], `cannot get job info of domain ${uuid}`);
     return { elapsedMs: jobField(out, 'Time elapsed'), downtimeMs: jobField(out, 'Total downtime'), memoryBytes: jobField(out, 'Memory processed') };

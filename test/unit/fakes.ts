@@ -31,6 +31,8 @@ export interface FakeDomain {
   agent: Domain['agent'];
   /** Filesystems frozen by the guest agent. */
   fsFrozen: boolean;
+  /** QEMU's migration downtime limit (ms). */
+  downtimeLimit: number;
 }
 
 type Method = keyof RunLibvirt;
@@ -54,6 +56,7 @@ export class FakeLibvirt implements RunLibvirt {
       job: null,
       agent: 'none',
       fsFrozen: false,
+      downtimeLimit: 300,
     };
     this.domainsByUuid.set(uuid, d);
     return d;
@@ -150,6 +153,16 @@ export class FakeLibvirt implements RunLibvirt {
       const disk = d.disks.get(target)!;
       d.disks.set(target, { source: overlay, backing: disk.source });
     }
+  }
+
+  async maxDowntime(uuid: string): Promise<number> {
+    this.enter('maxDowntime', uuid);
+    return this.get(uuid).downtimeLimit;
+  }
+
+  async setMaxDowntime(uuid: string, ms: number): Promise<void> {
+    this.enter('setMaxDowntime', uuid, String(ms));
+    this.get(uuid).downtimeLimit = ms;
   }
 
   async completedJob(): Promise<CompletedJob> {

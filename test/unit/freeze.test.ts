@@ -47,6 +47,7 @@ function planFor(deps: ReturnType<typeof fakeDeps>, domains: FakeDomain[], mode:
       tpmEmulator: false,
       snapshotXml: mode === 'pause' ? "<domainsnapshot><disk name='vda' snapshot='manual'/></domainsnapshot>" : '<domainsnapshot/>',
       reuseOverlays: false,
+      downtimeLimitMs: null,
     };
   });
   mkdirSync(path.join(deps.root, 'dataset'), { recursive: true, mode: 0o700 });
@@ -194,6 +195,70 @@ describe('freeze with overlays made before the save (reuseOverlays)', () => {
     assert.ok(!deps.virsh.calls.includes('createSnapshot'));
     assert.deepEqual(overlayFiles(deps), []);
     assert.deepEqual(deps.journal.list(), []);
+  });
+});
+
+describe('freeze with a lowered downtime limit (downtimeLimitMs)', () => {
+  function lowering(limit = 20) {
+    const deps = fakeDeps();
+    const a = deps.virsh.add('a', 'u-a', { vda: '/tank/vm/a.qcow2' });
+    const plan = planFor(deps, [a]);
+    plan.domains[0]!.downtimeLimitMs = limit;
+    return { deps, a, plan };
+  }
+
+  it('the save runs at the lowered limit with the old one in the journal; afterwards QEMU and the journal have the old one back', async () => {
+    const { deps, a, plan } = lowering();
+    a.downtimeLimit = 500;
+    let during: [number, number | undefined] | null = null;
+    deps.virsh.onCall = (method) => {
+      if (method === 'createSnapshot') during = [a.downtimeLimit, deps.journal.read('u-a')!.downtimeLimitBefore];
+    };
+    const { frozen } = await freeze(plan, deps);
+    assert.deepEqual(during, [20, 500]);
+    assert.equal(a.downtimeLimit, 500);
+    assert.equal(frozen[0]!.downtimeLimitBefore, undefined);
+    assert.equal(deps.journal.read('u-a')!.downtimeLimitBefore, undefined);
+  });
+
+  it('a failed save sets the old limit back too', async () => {
+    const { deps, a, plan } = lowering();
+    deps.virsh.failNext('createSnapshot', 1, 'error: operation failed: no space');
+    await assert.rejects(freeze(plan, deps), /no space/);
+    assert.equal(a.downtimeLimit, 300);
+    assert.deepEqual(deps.journal.list(), []);
+  });
+
+  it('a limit already at or below ours is left alone', async () => {
+    const { deps, a, plan } = lowering();
+    a.downtimeLimit = 10;
+    await freeze(plan, deps);
+    assert.ok(!deps.virsh.calls.some((c) => c.startsWith('setMaxDowntime')), deps.virsh.calls.join(', '));
+    assert.equal(a.downtimeLimit, 10);
+  });
+
+  it('a limit that cannot be read or set: the save runs anyway', async () => {
+    const { deps, a, plan } = lowering();
+    deps.virsh.failNext('setMaxDowntime', 1, 'error: Requested operation is not valid');
+    const { frozen } = await freeze(plan, deps);
+    assert.equal(frozen.length, 1);
+    assert.equal(a.downtimeLimit, 300);
+  });
+
+  it('a save that does not converge gets the old limit back while it runs', async () => {
+    const { deps, a, plan } = lowering();
+    const save = deps.virsh.createSnapshot.bind(deps.virsh);
+    const seen: number[] = [];
+    deps.virsh.createSnapshot = async (uuid, xml, options) => {
+      a.job = { endsIn: Infinity, aborted: false };
+      deps.virsh.activeJob = async () => ({ processedBytes: 4, totalBytes: 2 });
+      await new Promise((r) => setTimeout(r, 1300));
+      seen.push(a.downtimeLimit);
+      a.job = null;
+      return save(uuid, xml, options);
+    };
+    await freeze(plan, deps);
+    assert.deepEqual(seen, [300]);
   });
 });
 

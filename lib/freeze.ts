@@ -14,6 +14,7 @@ import { LibvirtError, VirtsnapError } from './errors.js';
 import { ensureDir, freeBytes, removeIfExists } from './fsutil.js';
 import type { JournalEntry, OverlayRecord } from './journal.js';
 import { sourceOf } from './libvirt/domain-xml.js';
+import { QemuImgMissingError } from './libvirt/qemu-img.js';
 import type { Domain } from './libvirt/virsh.js';
 import { about, log } from './log.js';
 import { ownerIsAlive } from './owner.js';
@@ -172,12 +173,13 @@ async function saveRam(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<Jo
   let entry = entryOf(dp, plan, deps);
   await journal.claim(entry, config.lockTimeoutMs);
   const made: string[] = [];
+  let reuseOverlays = dp.reuseOverlays;
   try {
     assertUnchanged(dp, await virsh.domain(dp.uuid));
     // QEMU must reach the overlays in it: traversable, not listable.
     ensureDir(config.overlayDir, 0o711, 'VIRTSNAP_OVERLAY_DIR');
     await saveDomainFiles(dp, virsh, [{ dir: dp.metaDir, ours: 1 }, ...inDatasets]);
-    if (dp.reuseOverlays) await makeOverlays(dp, deps, made);
+    if (reuseOverlays) reuseOverlays = await makeOverlays(dp, deps, made);
     deps.stop.check(`before saving the RAM of ${JSON.stringify(dp.name)}`);
   } catch (err) {
     for (const file of made) removeIfExists(file);
@@ -199,7 +201,7 @@ async function saveRam(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<Jo
   const converging = entry.downtimeLimitBefore === undefined ? null : watchConvergence(entry, entry.downtimeLimitBefore, deps);
   try {
     await virsh
-      .createSnapshot(dp.uuid, dp.snapshotXml as string, { live: dp.live, timeoutMs: config.saveTimeoutMs, reuseExternal: dp.reuseOverlays })
+      .createSnapshot(dp.uuid, dp.snapshotXml as string, { live: dp.live, timeoutMs: config.saveTimeoutMs, reuseExternal: reuseOverlays })
       .finally(() => {
         progress.stop();
         converging?.stop();
@@ -304,8 +306,9 @@ function watchConvergence(entry: JournalEntry, before: number, deps: Deps): { st
  * an existing file rather than refuse it. `made` collects what exists
  * because of us, for the caller to remove if anything fails before the save;
  * after it, undoFailedSnapshot and the thaw remove the planned files.
+ * Returns false, having made nothing, where qemu-img is missing.
  */
-async function makeOverlays(dp: DomainPlan, deps: Deps, made: string[]): Promise<void> {
+async function makeOverlays(dp: DomainPlan, deps: Deps, made: string[]): Promise<boolean> {
   const memoryFile = dp.memoryFile as string;
   try {
     closeSync(openSync(memoryFile, 'wx', 0o600));
@@ -316,9 +319,18 @@ async function makeOverlays(dp: DomainPlan, deps: Deps, made: string[]): Promise
   made.push(memoryFile);
   for (const d of dp.disks) {
     if (d.overlay === null) continue;
-    await deps.images.createOverlay({ overlay: d.overlay, backing: d.source as string, backingFormat: d.format as string });
+    try {
+      await deps.images.createOverlay({ overlay: d.overlay, backing: d.source as string, backingFormat: d.format as string });
+    } catch (err) {
+      if (!(err instanceof QemuImgMissingError)) throw err;
+      // Not a reason to fail the snapshot: libvirt can make them, as before.
+      for (const file of made.splice(0)) removeIfExists(file);
+      log.warn(`${err.message}: libvirt makes the overlays, while the guest is paused (install qemu-utils for a shorter pause)`, about(dp.name));
+      return false;
+    }
     made.push(d.overlay);
   }
+  return true;
 }
 
 /**

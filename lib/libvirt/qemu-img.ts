@@ -43,6 +43,11 @@ export function overlayArgs(spec: OverlaySpec): string[] {
   return ['create', '-q', '-f', 'qcow2', '-b', spec.backing, '-F', spec.backingFormat, spec.overlay];
 }
 
+/** qemu-img is not installed (Debian: qemu-utils, which qemu-system-x86 only recommends). */
+export class QemuImgMissingError extends VirtsnapError {
+  override name = 'QemuImgMissingError';
+}
+
 export class QemuImgClient {
   constructor(private readonly binary = 'qemu-img') {}
 
@@ -67,6 +72,7 @@ export class QemuImgClient {
     } catch (err) {
       removeIfExists(spec.overlay);
       if (!(err instanceof CommandError)) throw err;
+      if (err.status === 127) throw new QemuImgMissingError(`${this.binary} not found`);
       const why = err.timedOut ? `timed out after ${CREATE_TIMEOUT_MS / 1000} s` : oneLine(err.stderr) || `exit ${err.status}`;
       throw new VirtsnapError(`cannot create overlay ${spec.overlay} on ${spec.backing}: qemu-img: ${why}`);
     }

@@ -8,7 +8,7 @@ import path from 'node:path';
 import type { Config } from '../../lib/config.js';
 import type { Deps, RunImages, RunLibvirt, RunZfs } from '../../lib/deps.js';
 import { LibvirtError, VirtsnapError } from '../../lib/errors.js';
-import type { OverlaySpec } from '../../lib/libvirt/qemu-img.js';
+import { QemuImgMissingError, type OverlaySpec } from '../../lib/libvirt/qemu-img.js';
 import { Journal, type JournalEntry } from '../../lib/journal.js';
 import type { Disk } from '../../lib/libvirt/domain-xml.js';
 import type { CompletedJob, Domain, DomainState } from '../../lib/libvirt/virsh.js';
@@ -259,8 +259,12 @@ export class FakeImages implements RunImages {
 
   constructor(readonly calls: string[] = []) {}
 
+  /** No qemu-img installed. */
+  missing = false;
+
   async createOverlay(spec: OverlaySpec): Promise<void> {
     this.calls.push(`createOverlay ${spec.overlay}`);
+    if (this.missing) throw new QemuImgMissingError('qemu-img not found');
     if (spec.overlay === this.failOn) throw new VirtsnapError(`cannot create overlay ${spec.overlay} on ${spec.backing}: qemu-img: no space`);
     closeSync(openSync(spec.overlay, 'wx', 0o600));
   }

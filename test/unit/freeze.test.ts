@@ -162,6 +162,17 @@ describe('freeze with overlays made before the save (reuseOverlays)', () => {
     assert.deepEqual(deps.journal.list(), []);
   });
 
+  it('without qemu-img: nothing made, and libvirt makes the overlays as before', async () => {
+    const { deps, a, b, plan } = reusing();
+    deps.images.missing = true;
+    const { frozen } = await freeze(plan, deps);
+    assert.equal(frozen.length, 2);
+    assert.deepEqual(deps.virsh.snapshotOptions.map((o) => o.reuseExternal), [false, false]);
+    assert.deepEqual(overlayFiles(deps), [], 'the reserved memory files are gone again');
+    await thawRun('tank/vm@snap', deps, { keepDump: false });
+    onOwnDisks(a, b);
+  });
+
   it('a memory file that exists is not overwritten: the run fails before any overlay is made', async () => {
     const { deps, plan } = reusing();
     mkdirSync(deps.config.overlayDir, { recursive: true });

@@ -5,7 +5,7 @@ import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { QemuImgClient, overlayArgs } from '../../lib/libvirt/qemu-img.js';
+import { QemuImgClient, QemuImgMissingError, overlayArgs } from '../../lib/libvirt/qemu-img.js';
 
 const tmp = mkdtempSync(path.join(tmpdir(), 'virtsnap-qemu-img-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
@@ -36,6 +36,12 @@ describe('QemuImgClient.createOverlay', () => {
     writeFileSync(overlay, 'not ours');
     await assert.rejects(new QemuImgClient('true').createOverlay({ overlay, backing: '/tank/vm/a.qcow2', backingFormat: 'qcow2' }), /exists already/);
     assert.equal(readFileSync(overlay, 'utf8'), 'not ours');
+  });
+
+  it('no qemu-img at all: a QemuImgMissingError, the file it made is gone', async () => {
+    const overlay = path.join(tmp, 'missing.qcow2');
+    await assert.rejects(new QemuImgClient('/nonexistent/qemu-img').createOverlay({ overlay, backing: '/tank/vm/a.qcow2', backingFormat: 'qcow2' }), QemuImgMissingError);
+    assert.throws(() => statSync(overlay), /ENOENT/);
   });
 
   it('a failed qemu-img: one-line error, and the file it made is gone', async () => {

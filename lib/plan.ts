@@ -88,6 +88,12 @@ export interface DomainPlan {
    * runs on right after the save (ram mode, a running domain, live).
    */
   downtimeLimitMs: number | null;
+  /**
+   * Flush the memory file to disk while the live save writes it: libvirt's
+   * iohelper fdatasyncs the whole file after the last pass, while the guest
+   * is still paused. Where the guest runs on right after the save, as above.
+   */
+  syncDumpWhileSaving: boolean;
 }
 
 export interface FreezePlan {
@@ -192,6 +198,8 @@ function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config:
   const planned = action === 'record' ? disks.map(keep) : stays ? disks.map(manual) : disks;
   const memoryFile = action === 'freeze' ? `${base}.save` : null;
   const switching = planned.filter((d) => d.overlay !== null);
+  // Where the guest's stall is the save's last pass and what libvirt does after it.
+  const resumesAfterLiveSave = action === 'freeze' && !stays && config.live && domain.state === 'running';
   const plan: DomainPlan = {
     name: domain.name,
     uuid: domain.uuid,
@@ -212,7 +220,8 @@ function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config:
     tpmEmulator: domain.tpmEmulator,
     snapshotXml: null,
     reuseOverlays: action === 'freeze' && switching.length > 0 && switching.every((d) => d.source !== null && d.format !== null),
-    downtimeLimitMs: action === 'freeze' && !stays && config.live && domain.state === 'running' ? SAVE_DOWNTIME_LIMIT_MS : null,
+    downtimeLimitMs: resumesAfterLiveSave ? SAVE_DOWNTIME_LIMIT_MS : null,
+    syncDumpWhileSaving: resumesAfterLiveSave,
   };
   // quiesce keeps the RAM plan ready: it is what a fallback to ram runs.
   if (memoryFile !== null) {

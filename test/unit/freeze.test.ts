@@ -48,6 +48,7 @@ function planFor(deps: ReturnType<typeof fakeDeps>, domains: FakeDomain[], mode:
       snapshotXml: mode === 'pause' ? "<domainsnapshot><disk name='vda' snapshot='manual'/></domainsnapshot>" : '<domainsnapshot/>',
       reuseOverlays: false,
       downtimeLimitMs: null,
+      syncDumpWhileSaving: false,
     };
   });
   mkdirSync(path.join(deps.root, 'dataset'), { recursive: true, mode: 0o700 });
@@ -271,6 +272,26 @@ describe('freeze with a lowered downtime limit (downtimeLimitMs)', () => {
     await freeze(plan, deps);
     assert.deepEqual(seen, [300]);
   });
+});
+
+describe('freeze flushing the memory file while it is saved (syncDumpWhileSaving)', () => {
+  for (const appears of [true, false]) {
+    it(`a save of 700 ms ${appears ? 'with' : 'without'} a memory file ends normally, its file untouched`, async () => {
+      const deps = fakeDeps();
+      const a = deps.virsh.add('a', 'u-a', { vda: '/tank/vm/a.qcow2' });
+      const plan = planFor(deps, [a]);
+      plan.domains[0]!.syncDumpWhileSaving = true;
+      const save = deps.virsh.createSnapshot.bind(deps.virsh);
+      deps.virsh.createSnapshot = async (uuid, xml, options) => {
+        if (appears) (await import('node:fs')).writeFileSync(plan.domains[0]!.memoryFile!, 'ram');
+        await new Promise((r) => setTimeout(r, 700));
+        return save(uuid, xml, options);
+      };
+      const { frozen } = await freeze(plan, deps);
+      assert.equal(frozen.length, 1);
+      if (appears) assert.equal((await import('node:fs')).readFileSync(plan.domains[0]!.memoryFile!, 'utf8'), 'ram');
+    });
+  }
 });
 
 describe('freeze modes', () => {

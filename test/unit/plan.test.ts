@@ -287,6 +287,8 @@ describe('planFreeze', () => {
   it('a live save of a running domain that runs on right after it gets the lowered downtime limit; a paused one, pause mode and VIRTSNAP_LIVE=no do not', () => {
     const disks = [disk('vda', '/tank/vm/a.qcow2')];
     assert.equal(planFreeze(request, inventory([dom('r', 'running', disks)]), config).domains[0]!.downtimeLimitMs, SAVE_DOWNTIME_LIMIT_MS);
+    assert.equal(planFreeze(request, inventory([dom('r', 'running', disks)]), config).domains[0]!.syncDumpWhileSaving, true);
+    assert.equal(planFreeze(request, inventory([dom('p', 'paused', disks)]), config).domains[0]!.syncDumpWhileSaving, false);
     assert.equal(planFreeze(request, inventory([dom('p', 'paused', disks)]), config).domains[0]!.downtimeLimitMs, null);
     assert.equal(planFreeze(request, inventory([dom('n', 'running', disks)]), { ...config, live: false }).domains[0]!.downtimeLimitMs, null);
     assert.equal(planFreeze({ ...request, types: ['monthly'] }, inventory([dom('m', 'running', disks)]), { ...config, mode: { fallback: 'ram' as const, byType: { monthly: 'pause' as const } } }).domains[0]!.downtimeLimitMs, null);

@@ -3,6 +3,7 @@
 // can be tested with in-memory fakes that fail on command (test/unit/fakes.ts).
 import type { Config } from './config.js';
 import { Journal } from './journal.js';
+import { QemuImgClient } from './libvirt/qemu-img.js';
 import { LibvirtClient } from './libvirt/virsh.js';
 import { hookOwnerPid, ownerOf, type Owner } from './owner.js';
 import { noStop, stopOnSignals, type StopSignal } from './signals.js';
@@ -21,6 +22,8 @@ export type RunLibvirt = Pick<
   | 'fsFreeze'
   | 'fsThaw'
   | 'createSnapshot'
+  | 'maxDowntime'
+  | 'setMaxDowntime'
   | 'completedJob'
   | 'activeJob'
   | 'abortJob'
@@ -34,9 +37,13 @@ export type RunLibvirt = Pick<
 /** The ZFS calls of a run (inventory, freeze, thaw, `virtsnap snapshot`). */
 export type RunZfs = Pick<ZfsClient, 'exists' | 'subtree' | 'snapshotProps' | 'snapshot' | 'listSnapshots'>;
 
+/** qemu-img: the overlays a freeze makes before the RAM save. */
+export type RunImages = Pick<QemuImgClient, 'createOverlay'>;
+
 export interface Deps {
   virsh: RunLibvirt;
   zfs: RunZfs;
+  images: RunImages;
   config: Config;
   journal: Journal;
   /** The process that owns the run (sanoid for the hooks, see owner.hookOwnerPid). */
@@ -63,6 +70,7 @@ export function makeClients(config: Config): Clients {
 export function makeDeps(config: Config, options: { ownerPid?: number; signals?: boolean } = {}): Deps {
   return {
     ...makeClients(config),
+    images: new QemuImgClient(),
     config,
     journal: new Journal(config.stateDir),
     owner: ownerOf(options.ownerPid ?? hookOwnerPid()),

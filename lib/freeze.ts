@@ -7,19 +7,20 @@
 // Any failure half-way through a freeze, a signal, or the death of the run's
 // owner undoes what was frozen, so a VM is never left on an overlay or
 // paused because of us.
-import { rmSync, statSync } from 'node:fs';
+import { closeSync, constants, fdatasync, openSync, rmSync, statSync } from 'node:fs';
 import type { Deps } from './deps.js';
 import { DATASET_META_DEPTH, saveDomainFiles } from './domain-files.js';
 import { LibvirtError, VirtsnapError } from './errors.js';
 import { ensureDir, freeBytes, removeIfExists } from './fsutil.js';
 import type { JournalEntry, OverlayRecord } from './journal.js';
 import { sourceOf } from './libvirt/domain-xml.js';
+import { QemuImgMissingError } from './libvirt/qemu-img.js';
 import type { Domain } from './libvirt/virsh.js';
 import { about, log } from './log.js';
 import { ownerIsAlive } from './owner.js';
 import { cannotQuiesce, type DomainPlan, type FreezePlan } from './plan.js';
 import { showSaveProgress } from './progress.js';
-import { settleDomainJob, thawDomain } from './thaw.js';
+import { restoreDowntimeLimit, settleDomainJob, thawDomain } from './thaw.js';
 import { inParallel } from './parallel.js';
 import { datasetOfSnapshot } from './zfs.js';
 
@@ -194,13 +195,17 @@ async function saveRam(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<Jo
   const inDatasets = dp.datasetMetaDirs.map((dir) => ({ dir, ours: DATASET_META_DEPTH }));
   let entry = entryOf(dp, plan, deps);
   await journal.claim(entry, config.lockTimeoutMs);
+  const made: string[] = [];
+  let reuseOverlays = dp.reuseOverlays;
   try {
     assertUnchanged(dp, await virsh.domain(dp.uuid));
     // QEMU must reach the overlays in it: traversable, not listable.
     ensureDir(config.overlayDir, 0o711, 'VIRTSNAP_OVERLAY_DIR');
     await saveDomainFiles(dp, virsh, [{ dir: dp.metaDir, ours: 1 }, ...inDatasets]);
+    if (reuseOverlays) reuseOverlays = await makeOverlays(dp, deps, made);
     deps.stop.check(`before saving the RAM of ${JSON.stringify(dp.name)}`);
   } catch (err) {
+    for (const file of made) removeIfExists(file);
     rmSync(dp.metaDir, { recursive: true, force: true });
     journal.remove(dp.uuid);
     throw err;
@@ -214,13 +219,25 @@ async function saveRam(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<Jo
         ? `leaving ${disks} as they are; the guest stays paused until post (pause mode${dp.live ? ', RAM saved live' : ''})`
         : `switching ${disks} to overlays${dp.live ? ' (live)' : ''}`;
   log.info(`saving RAM to ${dp.memoryFile} and ${how}`, about(dp.name, plan.targets.join(',')));
+  if (dp.downtimeLimitMs !== null) entry = await lowerDowntimeLimit(entry, dp.downtimeLimitMs, deps);
   const progress = showSaveProgress(virsh, dp.uuid, dp.name);
+  const converging = entry.downtimeLimitBefore === undefined ? null : watchConvergence(entry, entry.downtimeLimitBefore, deps);
+  const syncing = dp.syncDumpWhileSaving ? syncWhileSaving(dp.memoryFile as string) : null;
   try {
-    await virsh.createSnapshot(dp.uuid, dp.snapshotXml as string, { live: dp.live, timeoutMs: config.saveTimeoutMs }).finally(() => progress.stop());
+    await virsh
+      .createSnapshot(dp.uuid, dp.snapshotXml as string, { live: dp.live, timeoutMs: config.saveTimeoutMs, reuseExternal: reuseOverlays })
+      .finally(() => {
+        progress.stop();
+        converging?.stop();
+        syncing?.stop();
+      });
   } catch (err) {
+    if (await restoreDowntimeLimit(entry, deps)) entry = withoutDowntimeLimit(entry);
     await undoFailedSnapshot(entry, dp, deps, lostTrack(err));
     throw err;
   }
+  // The journal keeps the old limit until the 'frozen' update below, which drops it once it is set back.
+  if (await restoreDowntimeLimit(entry, deps)) entry = withoutDowntimeLimit(entry);
   const job = await virsh.completedJob(dp.uuid).catch(() => null);
   let existedAtFreeze: Record<string, string>;
   try {
@@ -243,6 +260,141 @@ async function saveRam(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<Jo
   const paused = dp.mode === 'pause' && dp.state !== 'paused' ? 'the guest stays paused until post' : `guest paused ${job?.downtimeMs ?? '?'} ms`;
   log.info(`frozen in ${Date.now() - started} ms (${paused})`, about(dp.name, plan.targets.join(',')));
   return entry;
+}
+
+/**
+ * Lowers the domain's migration downtime limit for its save (lib/plan.ts
+ * says why), after writing the old one into the journal, so that a thaw
+ * sets it back if this process dies during the save. Not essential: when
+ * anything here fails, the save runs with QEMU's limit as it is.
+ */
+async function lowerDowntimeLimit(entry: JournalEntry, limitMs: number, deps: Deps): Promise<JournalEntry> {
+  let recorded = entry;
+  try {
+    const before = await deps.virsh.maxDowntime(entry.domain.uuid);
+    if (before <= limitMs) return entry;
+    recorded = deps.journal.update(entry, { downtimeLimitBefore: before });
+    await deps.virsh.setMaxDowntime(entry.domain.uuid, limitMs);
+  } catch (err) {
+    log.warn(`saving the RAM with QEMU's migration downtime limit as it is: ${(err as Error).message}`, about(entry.domain.name));
+  }
+  return recorded;
+}
+
+function withoutDowntimeLimit(entry: JournalEntry): JournalEntry {
+  const { downtimeLimitBefore: _, ...rest } = entry;
+  return rest;
+}
+
+/** Bytes saved beyond this many times the RAM: the save is not converging at the lowered limit. */
+const CONVERGENCE_FACTOR = 1.5;
+const CONVERGENCE_POLL_MS = 1000;
+
+/**
+ * A guest that dirties its RAM faster than the save writes it never leaves
+ * few enough pages for a low downtime limit: once the save has written
+ * CONVERGENCE_FACTOR times its RAM, the old limit is set back and the save
+ * ends as it would have without us.
+ */
+function watchConvergence(entry: JournalEntry, before: number, deps: Deps): { stop(): void } {
+  let done = false;
+  let busy = false;
+  const timer = setInterval(() => {
+    if (done || busy) return;
+    busy = true;
+    deps.virsh
+      .activeJob(entry.domain.uuid)
+      .then(async (job) => {
+        if (done || job === null || job.processedBytes <= CONVERGENCE_FACTOR * job.totalBytes) return;
+        done = true;
+        clearInterval(timer);
+        await deps.virsh.setMaxDowntime(entry.domain.uuid, before);
+        log.warn(`the RAM save did not converge at the lowered downtime limit: back to ${before} ms`, about(entry.domain.name));
+      })
+      .catch(() => undefined)
+      .finally(() => {
+        busy = false;
+      });
+  }, CONVERGENCE_POLL_MS);
+  return {
+    stop() {
+      done = true;
+      clearInterval(timer);
+    },
+  };
+}
+
+const DUMP_SYNC_MS = 200;
+
+/**
+ * libvirt's iohelper fdatasyncs the memory file once QEMU's last pass is
+ * written, and libvirt waits for it before it switches the disks and
+ * resumes the guest: 118-215 ms of the stall on the bed with the file on
+ * disk, 1-4 ms on tmpfs. Flushing the file every DUMP_SYNC_MS while the
+ * live save writes it leaves that fdatasync only the last moments' pages
+ * (stall median 160 -> 53 ms, 5 interleaved pairs). Read-only, never
+ * through a symlink; any error only ends the flushing.
+ */
+function syncWhileSaving(file: string): { stop(): void } {
+  let fd: number | null = null;
+  let busy = false;
+  const timer = setInterval(() => {
+    if (busy) return;
+    try {
+      fd ??= openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW);
+    } catch {
+      return; // not there yet: libvirt creates it when the save starts
+    }
+    busy = true;
+    fdatasync(fd, () => {
+      busy = false;
+    });
+  }, DUMP_SYNC_MS);
+  return {
+    stop() {
+      clearInterval(timer);
+      const close = (): void => {
+        if (busy) return void setTimeout(close, DUMP_SYNC_MS);
+        if (fd !== null) closeSync(fd);
+        fd = null;
+      };
+      close();
+    },
+  };
+}
+
+/**
+ * Makes the domain's overlays before the save, so that libvirt only opens
+ * them while the guest is paused (lib/libvirt/qemu-img.ts says why), and
+ * reserves the memory file: with --reuse-external libvirt would write into
+ * an existing file rather than refuse it. `made` collects what exists
+ * because of us, for the caller to remove if anything fails before the save;
+ * after it, undoFailedSnapshot and the thaw remove the planned files.
+ * Returns false, having made nothing, where qemu-img is missing.
+ */
+async function makeOverlays(dp: DomainPlan, deps: Deps, made: string[]): Promise<boolean> {
+  const memoryFile = dp.memoryFile as string;
+  try {
+    closeSync(openSync(memoryFile, 'wx', 0o600));
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw new VirtsnapError(e.code === 'EEXIST' ? `memory file ${memoryFile} exists already: not overwriting it` : `cannot create memory file ${memoryFile}: ${e.message}`);
+  }
+  made.push(memoryFile);
+  for (const d of dp.disks) {
+    if (d.overlay === null) continue;
+    try {
+      await deps.images.createOverlay({ overlay: d.overlay, backing: d.source as string, backingFormat: d.format as string });
+    } catch (err) {
+      if (!(err instanceof QemuImgMissingError)) throw err;
+      // Not a reason to fail the snapshot: libvirt can make them, as before.
+      for (const file of made.splice(0)) removeIfExists(file);
+      log.warn(`${err.message}: libvirt makes the overlays, while the guest is paused (install qemu-utils for a shorter pause)`, about(dp.name));
+      return false;
+    }
+    made.push(d.overlay);
+  }
+  return true;
 }
 
 /**

@@ -77,6 +77,12 @@ export interface JournalEntry {
    * as it was when it was frozen, not as the VM has it now (it writes to the overlay).
    */
   staleSnapshots?: string[];
+  /**
+   * The domain's migration downtime limit before the freeze lowered it for
+   * its save (lib/freeze.ts); present only while it may still be lowered:
+   * a thaw sets it back.
+   */
+  downtimeLimitBefore?: number;
   startedAt: string;
   frozenAt?: string;
   job?: CompletedJob;

@@ -170,6 +170,23 @@ async function resumeIfOurs(entry: JournalEntry, deps: Deps): Promise<void> {
   log.warn(`resumed the domain: ${why}; it runs on its own disks again`, about(entry.domain.name));
 }
 
+/**
+ * Sets the domain's migration downtime limit back to what it was before the
+ * freeze lowered it, if the freeze could not (it died during the save).
+ * Best effort: a stopped QEMU has lost the setting anyway.
+ */
+export async function restoreDowntimeLimit(entry: JournalEntry, deps: Deps): Promise<boolean> {
+  const before = entry.downtimeLimitBefore;
+  if (before === undefined) return true;
+  try {
+    if ((await deps.virsh.state(entry.domain.uuid)) !== 'shut off') await deps.virsh.setMaxDowntime(entry.domain.uuid, before);
+    return true;
+  } catch (err) {
+    log.warn(`could not set its migration downtime limit back to ${before} ms: ${(err as Error).message}`, about(entry.domain.name));
+    return false;
+  }
+}
+
 export interface ThawOptions {
   /** Archive the RAM dump (post, recover), or throw it away (undoing a failed freeze). */
   keepDump: boolean;
@@ -316,6 +333,7 @@ async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): 
     const commitMs = Date.now() - commitStarted;
     assertOnOriginals(entry, await virsh.domain(entry.domain.uuid));
     await resumeIfOurs(entry, deps);
+    await restoreDowntimeLimit(entry, deps);
     for (const o of entry.overlays) if (o.overlay !== null) removeIfExists(o.overlay);
     entry = journal.tryUpdate(entry, { step: 'committed', commitMs }).entry;
   }

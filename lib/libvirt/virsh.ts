@@ -230,9 +230,10 @@ export class LibvirtClient {
   /**
    * External snapshot of memory and the given disks, without libvirt
    * metadata: we commit the overlays away ourselves, so libvirt's record of
-   * the snapshot would only be stale.
+   * the snapshot would only be stale. `reuseExternal`: the overlays (and the
+   * memory file) exist already and libvirt only opens them (--reuse-external).
    */
-  async createSnapshot(uuid: string, snapshotXml: string, options: { live: boolean; timeoutMs: number }): Promise<void> {
+  async createSnapshot(uuid: string, snapshotXml: string, options: { live: boolean; timeoutMs: number; reuseExternal?: boolean }): Promise<void> {
     // virsh needs a file: node's stdio pipes are sockets, which /dev/stdin cannot open.
     const dir = mkdtempSync(path.join(tmpdir(), 'virtsnap-'));
     const xmlFile = path.join(dir, 'snapshot.xml');
@@ -240,10 +241,28 @@ export class LibvirtClient {
       writeFileSync(xmlFile, snapshotXml, { mode: 0o600 });
       const args = ['snapshot-create', uuid, '--xmlfile', xmlFile, '--no-metadata', '--atomic'];
       if (options.live) args.push('--live');
+      if (options.reuseExternal === true) args.push('--reuse-external');
       await this.virsh(args, 'external snapshot failed', { timeoutMs: options.timeoutMs });
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  }
+
+  /**
+   * QEMU's migration downtime limit (ms): a live save stops the guest for
+   * its last pass once the pages left fit into it. It stays set on the
+   * running QEMU for every later migration and save until changed.
+   */
+  async maxDowntime(uuid: string): Promise<number> {
+    const out = await this.virsh(['migrate-getmaxdowntime', uuid], `cannot get the migration downtime limit of domain ${uuid}`);
+    const m = /^\s*(\d+)\s*$/.exec(out);
+    if (m === null) throw new LibvirtError(`unexpected migrate-getmaxdowntime output: ${JSON.stringify(out.trim())}`, '');
+    return Number(m[1]);
+  }
+
+  /** Allowed during a snapshot's save: libvirt lets migration-parameter jobs through its snapshot job. */
+  async setMaxDowntime(uuid: string, ms: number): Promise<void> {
+    await this.virsh(['migrate-setmaxdowntime', uuid, String(ms)], `cannot set the migration downtime limit of domain ${uuid}`);
   }
 
   async completedJob(uuid: string): Promise<CompletedJob> {

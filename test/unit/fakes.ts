@@ -2,12 +2,13 @@
 // watchdog: the narrow interfaces of lib/deps.ts, with failures on command.
 // They model what matters to those modules (which image each disk is on,
 // block jobs and their readiness, domain jobs, pause reasons), nothing more.
-import { mkdtempSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Config } from '../../lib/config.js';
-import type { Deps, RunLibvirt, RunZfs } from '../../lib/deps.js';
-import { LibvirtError } from '../../lib/errors.js';
+import type { Deps, RunImages, RunLibvirt, RunZfs } from '../../lib/deps.js';
+import { LibvirtError, VirtsnapError } from '../../lib/errors.js';
+import { QemuImgMissingError, type OverlaySpec } from '../../lib/libvirt/qemu-img.js';
 import { Journal, type JournalEntry } from '../../lib/journal.js';
 import type { Disk } from '../../lib/libvirt/domain-xml.js';
 import type { CompletedJob, Domain, DomainState } from '../../lib/libvirt/virsh.js';
@@ -30,6 +31,8 @@ export interface FakeDomain {
   agent: Domain['agent'];
   /** Filesystems frozen by the guest agent. */
   fsFrozen: boolean;
+  /** QEMU's migration downtime limit (ms). */
+  downtimeLimit: number;
 }
 
 type Method = keyof RunLibvirt;
@@ -53,6 +56,7 @@ export class FakeLibvirt implements RunLibvirt {
       job: null,
       agent: 'none',
       fsFrozen: false,
+      downtimeLimit: 300,
     };
     this.domainsByUuid.set(uuid, d);
     return d;
@@ -133,8 +137,11 @@ export class FakeLibvirt implements RunLibvirt {
 
   /** Switches every disk named in `overlays` (target -> overlay path). */
   snapshotSwitches = new Map<string, Record<string, string>>();
+  /** The options of each createSnapshot call. */
+  readonly snapshotOptions: { live: boolean; timeoutMs: number; reuseExternal?: boolean }[] = [];
 
-  async createSnapshot(uuid: string, xml: string): Promise<void> {
+  async createSnapshot(uuid: string, xml: string, options: { live: boolean; timeoutMs: number; reuseExternal?: boolean }): Promise<void> {
+    this.snapshotOptions.push(options);
     this.enter('createSnapshot', uuid);
     const d = this.get(uuid);
     // snapshot='manual' disks: libvirt leaves the domain paused, with no reason given.
@@ -146,6 +153,16 @@ export class FakeLibvirt implements RunLibvirt {
       const disk = d.disks.get(target)!;
       d.disks.set(target, { source: overlay, backing: disk.source });
     }
+  }
+
+  async maxDowntime(uuid: string): Promise<number> {
+    this.enter('maxDowntime', uuid);
+    return this.get(uuid).downtimeLimit;
+  }
+
+  async setMaxDowntime(uuid: string, ms: number): Promise<void> {
+    this.enter('setMaxDowntime', uuid, String(ms));
+    this.get(uuid).downtimeLimit = ms;
   }
 
   async completedJob(): Promise<CompletedJob> {
@@ -235,6 +252,24 @@ export class FakeLibvirt implements RunLibvirt {
   }
 }
 
+/** qemu-img: makes an empty 0600 file per overlay, exclusively, as the real one does; logs `createOverlay FILE` into `calls`. */
+export class FakeImages implements RunImages {
+  /** Fail the call that would make this overlay (after nothing was made, as the real client leaves it). */
+  failOn: string | null = null;
+
+  constructor(readonly calls: string[] = []) {}
+
+  /** No qemu-img installed. */
+  missing = false;
+
+  async createOverlay(spec: OverlaySpec): Promise<void> {
+    this.calls.push(`createOverlay ${spec.overlay}`);
+    if (this.missing) throw new QemuImgMissingError('qemu-img not found');
+    if (spec.overlay === this.failOn) throw new VirtsnapError(`cannot create overlay ${spec.overlay} on ${spec.backing}: qemu-img: no space`);
+    closeSync(openSync(spec.overlay, 'wx', 0o600));
+  }
+}
+
 export class FakeZfs implements RunZfs {
   readonly snapshots = new Map<string, SnapshotProps>();
   /** Datasets that no longer exist under their name (renamed). */
@@ -308,10 +343,10 @@ export function fakeConfig(root: string): Config {
   };
 }
 
-export function fakeDeps(virsh = new FakeLibvirt(), zfs = new FakeZfs()): Deps & { virsh: FakeLibvirt; zfs: FakeZfs; journal: FlakyJournal; root: string } {
+export function fakeDeps(virsh = new FakeLibvirt(), zfs = new FakeZfs()): Deps & { virsh: FakeLibvirt; zfs: FakeZfs; images: FakeImages; journal: FlakyJournal; root: string } {
   const root = mkdtempSync(path.join(tmpdir(), 'virtsnap-fake-'));
   const config = fakeConfig(root);
-  return { virsh, zfs, config, journal: new FlakyJournal(config.stateDir), owner: ownerOf(process.pid), worker: ownerOf(process.pid), stop: noStop, root };
+  return { virsh, zfs, images: new FakeImages(virsh.calls), config, journal: new FlakyJournal(config.stateDir), owner: ownerOf(process.pid), worker: ownerOf(process.pid), stop: noStop, root };
 }
 
 /** A journal entry of a domain frozen by a run whose owner (pid 999999999) is gone. */

@@ -1,7 +1,7 @@
 // freeze against in-memory libvirt and ZFS: every way it can be cut short
 // ends with the VMs back on their own disks and nothing in the journal.
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { freeze } from '../../lib/freeze.js';
@@ -46,6 +46,9 @@ function planFor(deps: ReturnType<typeof fakeDeps>, domains: FakeDomain[], mode:
       nvram: null,
       tpmEmulator: false,
       snapshotXml: mode === 'pause' ? "<domainsnapshot><disk name='vda' snapshot='manual'/></domainsnapshot>" : '<domainsnapshot/>',
+      reuseOverlays: false,
+      downtimeLimitMs: null,
+      syncDumpWhileSaving: false,
     };
   });
   mkdirSync(path.join(deps.root, 'dataset'), { recursive: true, mode: 0o700 });
@@ -123,6 +126,172 @@ describe('freeze', () => {
     assert.ok(calls.indexOf('abortJob') >= 0 && calls.indexOf('abortJob') < calls.lastIndexOf('domain'), calls.join(', '));
     onOwnDisks(a);
   });
+});
+
+describe('freeze with overlays made before the save (reuseOverlays)', () => {
+  function reusing() {
+    const t = twoDomains();
+    for (const dp of t.plan.domains) dp.reuseOverlays = true;
+    t.deps.config.parallel = 1;
+    return t;
+  }
+  const overlayFiles = (deps: ReturnType<typeof fakeDeps>): string[] => (existsSync(deps.config.overlayDir) ? readdirSync(deps.config.overlayDir).filter((f) => !f.endsWith('.meta')) : []);
+
+  it('makes every overlay and reserves the memory file (0600) before the save, which reuses them; the thaw removes them', async () => {
+    const { deps, a, b, plan } = reusing();
+    deps.virsh.onCall = (method, uuid) => {
+      if (method !== 'createSnapshot') return;
+      const dp = plan.domains.find((d) => d.uuid === uuid)!;
+      for (const f of [dp.memoryFile!, ...dp.disks.map((d) => d.overlay!)]) assert.equal(statSync(f).mode & 0o777, 0o600, f);
+    };
+    await freeze(plan, deps);
+    const calls = deps.virsh.calls.filter((c) => /^(createOverlay|createSnapshot)/.test(c)).map((c) => c.replace(/ .*\//, ' '));
+    assert.deepEqual(calls, ['createOverlay a.tag.vda.qcow2', 'createSnapshot', 'createOverlay b.tag.vda.qcow2', 'createOverlay b.tag.vdb.qcow2', 'createSnapshot']);
+    assert.deepEqual(deps.virsh.snapshotOptions.map((o) => o.reuseExternal), [true, true]);
+    await thawRun('tank/vm@snap', deps, { keepDump: false });
+    onOwnDisks(a, b);
+    assert.deepEqual(overlayFiles(deps).filter((f) => f.endsWith('.qcow2')), []);
+  });
+
+  it('an overlay that cannot be made: no save, nothing of ours left, the journal empty', async () => {
+    const { deps, a, b, plan } = reusing();
+    deps.images.failOn = plan.domains[1]!.disks[1]!.overlay;
+    await assert.rejects(freeze(plan, deps), /qemu-img: no space/);
+    assert.equal(deps.virsh.calls.filter((c) => c === 'createSnapshot').length, 1, 'only the first domain was saved');
+    onOwnDisks(a, b);
+    assert.deepEqual(overlayFiles(deps), []);
+    assert.deepEqual(deps.journal.list(), []);
+  });
+
+  it('without qemu-img: nothing made, and libvirt makes the overlays as before', async () => {
+    const { deps, a, b, plan } = reusing();
+    deps.images.missing = true;
+    const { frozen } = await freeze(plan, deps);
+    assert.equal(frozen.length, 2);
+    assert.deepEqual(deps.virsh.snapshotOptions.map((o) => o.reuseExternal), [false, false]);
+    assert.deepEqual(overlayFiles(deps), [], 'the reserved memory files are gone again');
+    await thawRun('tank/vm@snap', deps, { keepDump: false });
+    onOwnDisks(a, b);
+  });
+
+  it('a memory file that exists is not overwritten: the run fails before any overlay is made', async () => {
+    const { deps, plan } = reusing();
+    mkdirSync(deps.config.overlayDir, { recursive: true });
+    const memory = plan.domains[0]!.memoryFile!;
+    (await import('node:fs')).writeFileSync(memory, 'theirs');
+    await assert.rejects(freeze(plan, deps), /exists already/);
+    assert.equal((await import('node:fs')).readFileSync(memory, 'utf8'), 'theirs');
+    assert.ok(!deps.virsh.calls.some((c) => c.startsWith('createOverlay') || c === 'createSnapshot'));
+    assert.deepEqual(deps.journal.list(), []);
+  });
+
+  it('a failed save removes the overlays made for it', async () => {
+    const { deps, a, b, plan } = reusing();
+    deps.virsh.failNext('createSnapshot', 1, 'error: operation failed: no space');
+    await assert.rejects(freeze(plan, deps), /no space/);
+    onOwnDisks(a, b);
+    assert.deepEqual(overlayFiles(deps), []);
+    assert.deepEqual(deps.journal.list(), []);
+  });
+
+  it('a signal while the overlays are made: they are removed and nothing is saved', async () => {
+    const { deps, plan } = reusing();
+    const stop = { requested: null as NodeJS.Signals | null, check(what: string) { if (this.requested) throw new InterruptedError(`stopped by ${this.requested} ${what}`); } } satisfies StopSignal;
+    deps.stop = stop;
+    const make = deps.images.createOverlay.bind(deps.images);
+    deps.images.createOverlay = async (spec) => {
+      await make(spec);
+      stop.requested = 'SIGTERM';
+    };
+    await assert.rejects(freeze(plan, deps), InterruptedError);
+    assert.ok(!deps.virsh.calls.includes('createSnapshot'));
+    assert.deepEqual(overlayFiles(deps), []);
+    assert.deepEqual(deps.journal.list(), []);
+  });
+});
+
+describe('freeze with a lowered downtime limit (downtimeLimitMs)', () => {
+  function lowering(limit = 20) {
+    const deps = fakeDeps();
+    const a = deps.virsh.add('a', 'u-a', { vda: '/tank/vm/a.qcow2' });
+    const plan = planFor(deps, [a]);
+    plan.domains[0]!.downtimeLimitMs = limit;
+    return { deps, a, plan };
+  }
+
+  it('the save runs at the lowered limit with the old one in the journal; afterwards QEMU and the journal have the old one back', async () => {
+    const { deps, a, plan } = lowering();
+    a.downtimeLimit = 500;
+    let during: [number, number | undefined] | null = null;
+    deps.virsh.onCall = (method) => {
+      if (method === 'createSnapshot') during = [a.downtimeLimit, deps.journal.read('u-a')!.downtimeLimitBefore];
+    };
+    const { frozen } = await freeze(plan, deps);
+    assert.deepEqual(during, [20, 500]);
+    assert.equal(a.downtimeLimit, 500);
+    assert.equal(frozen[0]!.downtimeLimitBefore, undefined);
+    assert.equal(deps.journal.read('u-a')!.downtimeLimitBefore, undefined);
+  });
+
+  it('a failed save sets the old limit back too', async () => {
+    const { deps, a, plan } = lowering();
+    deps.virsh.failNext('createSnapshot', 1, 'error: operation failed: no space');
+    await assert.rejects(freeze(plan, deps), /no space/);
+    assert.equal(a.downtimeLimit, 300);
+    assert.deepEqual(deps.journal.list(), []);
+  });
+
+  it('a limit already at or below ours is left alone', async () => {
+    const { deps, a, plan } = lowering();
+    a.downtimeLimit = 10;
+    await freeze(plan, deps);
+    assert.ok(!deps.virsh.calls.some((c) => c.startsWith('setMaxDowntime')), deps.virsh.calls.join(', '));
+    assert.equal(a.downtimeLimit, 10);
+  });
+
+  it('a limit that cannot be read or set: the save runs anyway', async () => {
+    const { deps, a, plan } = lowering();
+    deps.virsh.failNext('setMaxDowntime', 1, 'error: Requested operation is not valid');
+    const { frozen } = await freeze(plan, deps);
+    assert.equal(frozen.length, 1);
+    assert.equal(a.downtimeLimit, 300);
+  });
+
+  it('a save that does not converge gets the old limit back while it runs', async () => {
+    const { deps, a, plan } = lowering();
+    const save = deps.virsh.createSnapshot.bind(deps.virsh);
+    const seen: number[] = [];
+    deps.virsh.createSnapshot = async (uuid, xml, options) => {
+      a.job = { endsIn: Infinity, aborted: false };
+      deps.virsh.activeJob = async () => ({ processedBytes: 4, totalBytes: 2 });
+      await new Promise((r) => setTimeout(r, 1300));
+      seen.push(a.downtimeLimit);
+      a.job = null;
+      return save(uuid, xml, options);
+    };
+    await freeze(plan, deps);
+    assert.deepEqual(seen, [300]);
+  });
+});
+
+describe('freeze flushing the memory file while it is saved (syncDumpWhileSaving)', () => {
+  for (const appears of [true, false]) {
+    it(`a save of 700 ms ${appears ? 'with' : 'without'} a memory file ends normally, its file untouched`, async () => {
+      const deps = fakeDeps();
+      const a = deps.virsh.add('a', 'u-a', { vda: '/tank/vm/a.qcow2' });
+      const plan = planFor(deps, [a]);
+      plan.domains[0]!.syncDumpWhileSaving = true;
+      const save = deps.virsh.createSnapshot.bind(deps.virsh);
+      deps.virsh.createSnapshot = async (uuid, xml, options) => {
+        if (appears) (await import('node:fs')).writeFileSync(plan.domains[0]!.memoryFile!, 'ram');
+        await new Promise((r) => setTimeout(r, 700));
+        return save(uuid, xml, options);
+      };
+      const { frozen } = await freeze(plan, deps);
+      assert.equal(frozen.length, 1);
+      if (appears) assert.equal((await import('node:fs')).readFileSync(plan.domains[0]!.memoryFile!, 'utf8'), 'ram');
+    });
+  }
 });
 
 describe('freeze modes', () => {

@@ -9,7 +9,7 @@ import type { Inventory } from '../../lib/inventory.js';
 import { parseDomainXml, type Disk } from '../../lib/libvirt/domain-xml.js';
 import type { Domain, DomainState } from '../../lib/libvirt/virsh.js';
 import { modeOfRun } from '../../lib/mode.js';
-import { planFreeze, runIdOf, type RunRequest } from '../../lib/plan.js';
+import { SAVE_DOWNTIME_LIMIT_MS, planFreeze, runIdOf, type RunRequest } from '../../lib/plan.js';
 
 const OVERLAY = '/var/lib/virtsnap/overlay';
 const STAMP = '20240102T030405.678Z';
@@ -275,6 +275,25 @@ describe('planFreeze', () => {
     assert.deepEqual(p.snapshots, [`tank/vm@${SNAP1}`, `tank/vm@${SNAP2}`]);
   });
 
+  it('virtsnap makes the overlays (reuseOverlays) when every disk that switches has a known format; not when none switches', () => {
+    const both = [disk('vda', '/tank/vm/a.qcow2'), disk('vdb', '/tank/vm/b.raw', { format: 'raw' }), disk('hdc', '/tank/vm/cd.iso', { device: 'cdrom', format: null })];
+    assert.equal(planFreeze(request, inventory([dom('r', 'running', both)]), config).domains[0]!.reuseOverlays, true, 'a skipped cdrom without a format does not count');
+    const unknown = [disk('vda', '/tank/vm/a.qcow2'), disk('vdb', '/tank/vm/b.raw', { format: null })];
+    assert.equal(planFreeze(request, inventory([dom('u', 'running', unknown)]), config).domains[0]!.reuseOverlays, false, 'libvirt makes them: it probes the format');
+    assert.equal(planFreeze(request, inventory([dom('p', 'paused', both)]), config).domains[0]!.reuseOverlays, false, 'a paused domain gets no overlays');
+    assert.equal(planFreeze(request, inventory([dom('o', 'shut off', both)]), config).domains[0]!.reuseOverlays, false);
+  });
+
+  it('a live save of a running domain that runs on right after it gets the lowered downtime limit; a paused one, pause mode and VIRTSNAP_LIVE=no do not', () => {
+    const disks = [disk('vda', '/tank/vm/a.qcow2')];
+    assert.equal(planFreeze(request, inventory([dom('r', 'running', disks)]), config).domains[0]!.downtimeLimitMs, SAVE_DOWNTIME_LIMIT_MS);
+    assert.equal(planFreeze(request, inventory([dom('r', 'running', disks)]), config).domains[0]!.syncDumpWhileSaving, true);
+    assert.equal(planFreeze(request, inventory([dom('p', 'paused', disks)]), config).domains[0]!.syncDumpWhileSaving, false);
+    assert.equal(planFreeze(request, inventory([dom('p', 'paused', disks)]), config).domains[0]!.downtimeLimitMs, null);
+    assert.equal(planFreeze(request, inventory([dom('n', 'running', disks)]), { ...config, live: false }).domains[0]!.downtimeLimitMs, null);
+    assert.equal(planFreeze({ ...request, types: ['monthly'] }, inventory([dom('m', 'running', disks)]), { ...config, mode: { fallback: 'ram' as const, byType: { monthly: 'pause' as const } } }).domains[0]!.downtimeLimitMs, null);
+  });
+
   it('VIRTSNAP_LIVE=no -> running domain not live', () => {
     const noLive = { ...config, live: false };
     const plan = planFreeze(request, inventory([dom('r', 'running', [disk('vda', '/tank/vm/a.qcow2')])]), noLive);
@@ -391,6 +410,7 @@ describe('modes', () => {
     assert.ok(dp.disks.every((x) => x.manual && x.overlay === null));
     assert.match(dp.snapshotXml!, /<disk name='vda' snapshot='manual'\/>/);
     assert.match(dp.snapshotXml!, /<memory snapshot='external'/);
+    assert.equal(dp.reuseOverlays, false);
   });
 
   it('quiesce: with an agent channel, quiesce with the ram plan ready; without, ram (and a note) or a problem', () => {

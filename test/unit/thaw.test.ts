@@ -66,6 +66,16 @@ describe('thaw', () => {
     assert.deepEqual(deps.journal.list(), []);
   });
 
+  it('a run that died with the downtime limit lowered: the thaw sets the old one back', async () => {
+    const { deps, d, entry } = setup();
+    d.downtimeLimit = 20;
+    const died = { ...entry, downtimeLimitBefore: 500 };
+    deps.journal.write(died);
+    await thawDomain(died, deps, { keepDump: false });
+    assert.equal(d.downtimeLimit, 500);
+    assert.equal(d.disks.get('vda')!.source, '/tank/vm/web-vda.qcow2');
+  });
+
   it('a full state dir does not stop the thaw: the VM is committed back, and the unrecordable tie discards the dump', async () => {
     const { deps, d, entry } = setup();
     deps.zfs.take('tank/vm@snap');

@@ -16,9 +16,8 @@
 // `virtsnap gc`, which read the manifests): it costs time, never data.
 import { lstatSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { looksLikeManifest, readManifest, snapshotNames, type ArchivedDump } from './archive.js';
-import { VirtsnapError } from './errors.js';
-import { assertOwnDir, privacyProblem, PRIVATE_FILE } from './fsutil.js';
+import { archiveDomainDirs, looksLikeManifest, readManifest, snapshotNames, type ArchivedDump } from './archive.js';
+import { privacyProblem, PRIVATE_FILE } from './fsutil.js';
 import { log } from './log.js';
 
 const FORMAT = 'virtsnap-archive-index/2';
@@ -89,14 +88,8 @@ export interface Naming {
 export function dumpsNaming(archiveDir: string, stateDir: string, snapshot: string, options: { now?: number } = {}): Naming {
   const result: Naming = { dumps: [], broken: [] };
   const settledBefore = (options.now ?? Date.now()) - SETTLE_MS;
-  let domains: string[];
-  try {
-    domains = readdirSync(archiveDir);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return result;
-    throw new VirtsnapError(`cannot read archive ${archiveDir} (VIRTSNAP_ARCHIVE_DIR): ${(err as Error).message}`);
-  }
-  assertOwnDir(archiveDir, 'VIRTSNAP_ARCHIVE_DIR');
+  const domains = archiveDomainDirs(archiveDir);
+  if (domains === null) return result;
   const file = indexFile(stateDir);
   const before = load(file, archiveDir);
   const after: Record<string, DirEntry> = {};

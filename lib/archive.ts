@@ -475,20 +475,30 @@ export interface ArchiveScan {
 }
 
 /**
+ * The entries of the archive dir, once it is known to be ours alone (no one
+ * else can swap files in under us); null when there is no archive yet.
+ */
+export function archiveDomainDirs(archiveDir: string): string[] | null {
+  let domains: string[];
+  try {
+    domains = readdirSync(archiveDir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw new VirtsnapError(`cannot read archive ${archiveDir} (VIRTSNAP_ARCHIVE_DIR): ${(err as Error).message}`);
+  }
+  assertOwnDir(archiveDir, 'VIRTSNAP_ARCHIVE_DIR');
+  return domains;
+}
+
+/**
  * Reads the whole archive. A missing archive dir is an empty archive. What
  * virtsnap did not write is listed in `foreign` and never deleted: the
  * archive may sit on a shared backup mount.
  */
 export function scanArchive(archiveDir: string): ArchiveScan {
   const scan: ArchiveScan = { dumps: [], broken: [], strays: [], foreign: [] };
-  let domains: string[];
-  try {
-    domains = readdirSync(archiveDir);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return scan;
-    throw new VirtsnapError(`cannot read archive ${archiveDir} (VIRTSNAP_ARCHIVE_DIR): ${(err as Error).message}`);
-  }
-  assertOwnDir(archiveDir, 'VIRTSNAP_ARCHIVE_DIR');
+  const domains = archiveDomainDirs(archiveDir);
+  if (domains === null) return scan;
   for (const d of domains.sort()) {
     const dir = path.join(archiveDir, d);
     const st = lstatSync(dir, { throwIfNoEntry: false });

@@ -120,7 +120,7 @@ export function overdue(
   return entries.filter((e) => e.mode === 'pause' && e.step === 'frozen' && e.stateBefore !== 'paused').map((e) => e.tag);
 }
 
-/** Thaws overdue pause entries (resume, tie, archive left to post or recover), each at most MAX_TRIES times. */
+/** Thaws overdue pause entries (resume and tie, then archive), each at most MAX_TRIES times. */
 async function resumeOverdue(entries: JournalEntry[], deps: Deps, ctx: { dataset: string }, tries: Map<string, number>): Promise<void> {
   const limit = Math.round(deps.config.pauseMaxMs / 1000);
   for (const e of entries) {
@@ -128,10 +128,13 @@ async function resumeOverdue(entries: JournalEntry[], deps: Deps, ctx: { dataset
     if (n > MAX_TRIES) continue; // said three times already; status and the run's own post name it
     tries.set(`pause:${e.tag}`, n);
     try {
+      // Resumed first, archived after, as post does: the thaw lock is let go in
+      // between, so a post that comes now waits only for the archiving.
       const outcome = await thawDomain(e, deps, { keepDump: true, deferArchive: true });
       if (outcome === THAWED_ELSEWHERE) continue; // post came meanwhile
       const dump = isDeferred(outcome) ? 'its RAM dump is kept for the snapshot taken meanwhile' : 'no snapshot of the run was taken while it was paused, so no RAM dump is kept';
       await alarm(`${JSON.stringify(e.domain.name)} was still paused ${limit}s (VIRTSNAP_PAUSE_MAX) after the run froze it, waiting for post: resumed it; ${dump}`, ctx);
+      if (isDeferred(outcome)) await thawDomain(outcome.deferred, deps, { keepDump: true });
     } catch (err) {
       await alarm(`${JSON.stringify(e.domain.name)} has been paused for more than VIRTSNAP_PAUSE_MAX (${limit}s) and could not be resumed: ${(err as Error).message}`, ctx);
     }

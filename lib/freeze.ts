@@ -96,9 +96,8 @@ function assertUnchanged(dp: DomainPlan, domain: Domain): void {
 }
 
 async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<JournalEntry | null> {
-  const inDatasets = dp.datasetMetaDirs.map((dir) => ({ dir, ours: DATASET_META_DEPTH }));
   if (dp.action === 'record') {
-    await saveDomainFiles(dp, deps.virsh, inDatasets);
+    await saveDomainFiles(dp, deps.virsh, metaDirsInDatasets(dp));
     log.info(`saved XML of shut-off domain into ${dp.datasetMetaDirs.join(', ')}`, about(dp.name));
     return null;
   }
@@ -113,6 +112,11 @@ async function freezeDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promi
 }
 
 const FALL_BACK = Symbol('fall back to ram');
+
+/** `<mountpoint>/.virtsnap/<domain>` in each dataset: the XML/NVRAM copies that travel in the snapshot. */
+function metaDirsInDatasets(dp: DomainPlan): { dir: string; ours: number }[] {
+  return dp.datasetMetaDirs.map((dir) => ({ dir, ours: DATASET_META_DEPTH }));
+}
 
 /** libvirt's words when there is no agent to talk to: nothing can have been frozen. */
 const NO_AGENT = /not connected|not configured|no agent|agent is not available/i;
@@ -148,7 +152,7 @@ async function quiesceDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Prom
   await journal.claim(entry, config.lockTimeoutMs);
   try {
     assertUnchanged(dp, await virsh.domain(dp.uuid));
-    await saveDomainFiles(dp, virsh, dp.datasetMetaDirs.map((dir) => ({ dir, ours: DATASET_META_DEPTH })));
+    await saveDomainFiles(dp, virsh, metaDirsInDatasets(dp));
     deps.stop.check(`before quiescing ${JSON.stringify(dp.name)}`);
   } catch (err) {
     journal.remove(dp.uuid);
@@ -192,7 +196,7 @@ async function quiesceDomain(dp: DomainPlan, plan: FreezePlan, deps: Deps): Prom
 /** ram and pause: one external snapshot of RAM and disks (pause: disks left alone, the guest left paused). */
 async function saveRam(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<JournalEntry> {
   const { virsh, config, journal } = deps;
-  const inDatasets = dp.datasetMetaDirs.map((dir) => ({ dir, ours: DATASET_META_DEPTH }));
+  const inDatasets = metaDirsInDatasets(dp);
   let entry = entryOf(dp, plan, deps);
   await journal.claim(entry, config.lockTimeoutMs);
   const made: string[] = [];

@@ -141,6 +141,14 @@ function assertOnOriginals(entry: JournalEntry, domain: Domain): void {
   }
 }
 
+/** libvirt's reason for a pause by a person (`virsh suspend`): never ours to undo, and the guest ran before it. */
+const PAUSED_BY_USER = /^user$/i;
+
+/** ` after N ms` since the freeze, for the log. */
+function sinceFrozen(entry: Pick<JournalEntry, 'frozenAt'>): string {
+  return entry.frozenAt === undefined ? '' : ` after ${Date.now() - Date.parse(entry.frozenAt)} ms`;
+}
+
 /** libvirt's reasons for a pause that only we (a snapshot, a save) or a full overlay dir (an I/O error) cause. */
 const PAUSED_BY_US_OR_IO = /^(snapshot|saving|save|migrating|I\/O error|ioerror|starting up|from snapshot)$/i;
 
@@ -155,13 +163,12 @@ async function resumeIfOurs(entry: JournalEntry, deps: Deps): Promise<void> {
   if (state !== 'paused') return;
   if (entry.mode === 'pause') {
     // libvirt gives no reason (`unknown`) for the pause a snapshot='manual' leaves.
-    if (/^user$/i.test(reason)) {
+    if (PAUSED_BY_USER.test(reason)) {
       log.warn('the domain was paused by a user while frozen in pause mode: left paused', about(entry.domain.name));
       return;
     }
     await deps.virsh.resume(entry.domain.uuid);
-    const pausedFor = entry.frozenAt === undefined ? '' : ` after ${Date.now() - Date.parse(entry.frozenAt)} ms`;
-    log.info(`resumed the guest${pausedFor} (pause mode)`, about(entry.domain.name));
+    log.info(`resumed the guest${sinceFrozen(entry)} (pause mode)`, about(entry.domain.name));
     return;
   }
   if (!PAUSED_BY_US_OR_IO.test(reason)) return;
@@ -263,8 +270,7 @@ async function thawFilesystems(entry: JournalEntry, deps: Deps): Promise<typeof 
     }
     try {
       const thawed = await virsh.fsThaw(uuid, deps.config.agentTimeoutMs);
-      const frozenFor = entry.frozenAt === undefined ? '' : ` after ${Date.now() - Date.parse(entry.frozenAt)} ms`;
-      log.info(`thawed ${thawed} filesystem(s) through the guest agent${frozenFor}`, about(name));
+      log.info(`thawed ${thawed} filesystem(s) through the guest agent${sinceFrozen(entry)}`, about(name));
       journal.remove(uuid);
       return QUIESCED;
     } catch (err) {
@@ -308,7 +314,7 @@ async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): 
     // someone resumed and paused it again meanwhile, and its disks moved on.
     if (manual && entry.mode === 'pause' && entry.stateBefore !== 'paused' && before.state === 'paused' && keep) {
       const { reason } = await virsh.stateReason(entry.domain.uuid);
-      if (/^user$/i.test(reason)) {
+      if (PAUSED_BY_USER.test(reason)) {
         log.error('the domain was paused again by a user after a resume while frozen: its disks moved on, the RAM dump is discarded', about(name));
         keep = false;
       }

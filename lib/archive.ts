@@ -52,6 +52,12 @@ export interface Manifest {
   compression?: Compression | null;
   /** The image as libvirt wrote it, before compression: what QEMU reads on restore. Only for compressed dumps. */
   raw?: { bytes: number; sha256: string };
+  /**
+   * Where the memory file is when it is not `<id>.save` beside the manifest:
+   * inside a snapshot of the VM's dataset (VIRTSNAP_RAM_STORE=dataset;
+   * only in manifests read from a snapshot, lib/ram-in-dataset.ts).
+   */
+  store?: { kind: 'dataset'; dataset: string; mountpoint: string };
   /** Directory with domain XML, NVRAM and TPM state copies: `<id>.meta` beside the manifest, or null. */
   metaDir: string | null;
   disks: DumpDisk[];

@@ -19,6 +19,11 @@ export interface Config {
   overlayDir: string;
   /** Where RAM dumps and their manifests are kept. */
   archiveDir: string;
+  /**
+   * Where the RAM of a freeze goes: the archive (post moves it there), or the
+   * VM's own dataset, inside the snapshot (lib/ram-in-dataset.ts).
+   */
+  ramStore: 'archive' | 'dataset';
   /** Journal and locks. */
   stateDir: string;
   /** sanoid's config, read to learn whether a dataset is snapshotted with `recursive = zfs`. */
@@ -61,6 +66,8 @@ const defaults: Record<string, string> = {
   VIRTSNAP_ARCHIVE_DIR: '/var/lib/virtsnap/archive',
   VIRTSNAP_STATE_DIR: '/var/lib/virtsnap/state',
   VIRTSNAP_SANOID_CONF: '/etc/sanoid/sanoid.conf',
+  // archive or dataset: RAM inside the VM's own dataset, so the snapshot carries it.
+  VIRTSNAP_RAM_STORE: 'archive',
   VIRTSNAP_LIVE: 'yes',
   // ram, pause or quiesce, optionally per sanoid type: ram,hourly=quiesce
   VIRTSNAP_MODE: 'ram',
@@ -101,6 +108,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     libvirtUri: nonEmpty(merged, 'VIRTSNAP_LIBVIRT_URI'),
     overlayDir: absolutePath(merged, 'VIRTSNAP_OVERLAY_DIR'),
     archiveDir: absolutePath(merged, 'VIRTSNAP_ARCHIVE_DIR'),
+    ramStore: oneOf(merged, 'VIRTSNAP_RAM_STORE', ['archive', 'dataset'] as const),
     stateDir: absolutePath(merged, 'VIRTSNAP_STATE_DIR'),
     sanoidConf: absolutePath(merged, 'VIRTSNAP_SANOID_CONF'),
     live: yesNo(merged, 'VIRTSNAP_LIVE'),

@@ -7,7 +7,7 @@
 // Any failure half-way through a freeze, a signal, or the death of the run's
 // owner undoes what was frozen, so a VM is never left on an overlay or
 // paused because of us.
-import { closeSync, constants, fdatasync, openSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, closeSync, constants, fdatasync, openSync, rmSync, statSync } from 'node:fs';
 import type { Deps } from './deps.js';
 import { DATASET_META_DEPTH, saveDomainFiles } from './domain-files.js';
 import { LibvirtError, VirtsnapError } from './errors.js';
@@ -23,6 +23,8 @@ import { showSaveProgress } from './progress.js';
 import { restoreDowntimeLimit, settleDomainJob, thawDomain } from './thaw.js';
 import { inParallel } from './parallel.js';
 import { datasetOfSnapshot } from './zfs.js';
+import { hostname } from 'node:os';
+import { assertMountpointPrivate, diskIdentity, writeInDatasetManifest } from './ram-in-dataset.js';
 
 export type { Deps } from './deps.js';
 
@@ -64,6 +66,7 @@ function entryOf(dp: DomainPlan, plan: FreezePlan, deps: Deps): JournalEntry {
     step: 'snapshotting',
     tag: dp.tag,
     memoryFile: dp.memoryFile as string,
+    ...(dp.ramInDataset !== null ? { ramInDataset: dp.ramInDataset } : {}),
     metaDir: dp.metaDir,
     overlays: overlaysOf(dp),
     snapshots: dp.snapshots,
@@ -203,6 +206,7 @@ async function saveRam(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<Jo
   let reuseOverlays = dp.reuseOverlays;
   try {
     assertUnchanged(dp, await virsh.domain(dp.uuid));
+    if (dp.ramInDataset !== null) assertMountpointPrivate(dp.ramInDataset.mountpoint);
     // QEMU must reach the overlays in it: traversable, not listable.
     ensureDir(config.overlayDir, 0o711, 'VIRTSNAP_OVERLAY_DIR');
     await saveDomainFiles(dp, virsh, [{ dir: dp.metaDir, ours: 1 }, ...inDatasets]);
@@ -252,6 +256,15 @@ async function saveRam(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<Jo
     throw err;
   }
   const frozen = { step: 'frozen' as const, frozenAt: new Date().toISOString(), existedAtFreeze, ...(job ? { job } : {}) };
+  if (entry.ramInDataset !== undefined) {
+    try {
+      recordRamInDataset({ ...entry, ...frozen }, deps);
+    } catch (err) {
+      log.error(`cannot write the manifest of the RAM dump into ${entry.ramInDataset.dir} (${(err as Error).message}): thawing, no RAM dump kept`, about(dp.name));
+      await thawDomain({ ...entry, step: 'frozen' }, deps, { keepDump: false });
+      throw err;
+    }
+  }
   try {
     entry = journal.update(entry, frozen);
   } catch (err) {
@@ -264,6 +277,36 @@ async function saveRam(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<Jo
   const paused = dp.mode === 'pause' && dp.state !== 'paused' ? 'the guest stays paused until post' : `guest paused ${job?.downtimeMs ?? '?'} ms`;
   log.info(`frozen in ${Date.now() - started} ms (${paused})`, about(dp.name, plan.targets.join(',')));
   return entry;
+}
+
+/**
+ * VIRTSNAP_RAM_STORE=dataset: the manifest beside the RAM, written once the
+ * save is complete and before sanoid's snapshot, with each disk's size and
+ * mtime as they stand still now (lib/ram-in-dataset.ts says why).
+ */
+function recordRamInDataset(entry: JournalEntry, deps: Deps): void {
+  const where = entry.ramInDataset!;
+  chmodSync(entry.memoryFile, 0o600); // guest secrets, whatever mode libvirt gave the file it made
+  writeInDatasetManifest(where, {
+    format: 'virtsnap-dump/2',
+    id: entry.tag,
+    domain: entry.domain,
+    store: { kind: 'dataset', dataset: where.dataset, mountpoint: where.mountpoint },
+    snapshotNames: entry.snapshots,
+    types: entry.types,
+    bytes: statSync(entry.memoryFile).size,
+    compression: null,
+    disks: entry.overlays.map((o) => ({ target: o.target, source: o.original, dataset: o.dataset, format: o.format, bytes: o.bytes, identity: diskIdentity(o.original) })),
+    times: {
+      startedAt: entry.startedAt,
+      frozenAt: entry.frozenAt ?? null,
+      archivedAt: new Date().toISOString(),
+      pauseMs: entry.job?.downtimeMs ?? null,
+      saveMs: entry.job?.elapsedMs ?? null,
+    },
+    libvirtUri: deps.config.libvirtUri,
+    hostname: hostname(),
+  });
 }
 
 /**

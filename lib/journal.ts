@@ -5,6 +5,7 @@
 // named in it: another run waits for it to go away (bounded), and after a
 // crash it says exactly what to undo (`virtsnap recover`). Updates of a
 // domain's journal happen under a short mutex, `STATE_DIR/locks/<uuid>.lock`.
+import type { RamInDataset } from './ram-in-dataset.js';
 import { readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { asFsError, FsError, LockTimeoutError, VirtsnapError } from './errors.js';
@@ -52,6 +53,8 @@ export interface JournalEntry {
   /** Unique tag of this freeze, used in every file name it makes. */
   tag: string;
   memoryFile: string;
+  /** VIRTSNAP_RAM_STORE=dataset: the memory file is in this dataset, removed from it before the disks move on. */
+  ramInDataset?: RamInDataset;
   /** Domain XML, NVRAM and TPM copies waiting to go into the archive with the dump. */
   metaDir: string;
   overlays: OverlayRecord[];

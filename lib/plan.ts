@@ -11,6 +11,7 @@ import type { Domain, DomainState } from './libvirt/virsh.js';
 import { fileSafe, isInsideDir } from './fsutil.js';
 import type { Inventory } from './inventory.js';
 import { modeOfRun, type Mode } from './mode.js';
+import { ramInDatasetOf, ramInDatasetProblem, type RamInDataset } from './ram-in-dataset.js';
 
 export interface RunRequest {
   targets: string[];
@@ -60,8 +61,10 @@ export interface DomainPlan {
   live: boolean;
   tag: string;
   disks: DiskPlan[];
-  /** In-flight memory file (in the overlay dir) for action freeze. */
+  /** In-flight memory file for action freeze: in the overlay dir, or in the dataset (ramInDataset). */
   memoryFile: string | null;
+  /** VIRTSNAP_RAM_STORE=dataset: the RAM goes into this dataset, inside the snapshot. */
+  ramInDataset: RamInDataset | null;
   /** Staging dir for XML/NVRAM copies that go into the archive with the dump. */
   metaDir: string;
   /** `<mountpoint>/.virtsnap/<domain>` in each snapshotted dataset holding its disks. */
@@ -196,7 +199,9 @@ function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config:
   // Disks stay where they are when the guest stays paused until the ZFS snapshot (a paused domain, pause mode).
   const stays = domain.state === 'paused' || how.mode === 'pause';
   const planned = action === 'record' ? disks.map(keep) : stays ? disks.map(manual) : disks;
-  const memoryFile = action === 'freeze' ? `${base}.save` : null;
+  const ramDataset = action === 'freeze' && config.ramStore === 'dataset' && holding.length === 1 && inv.mountpointOf.has(holding[0]!) ? holding[0]! : null;
+  const ramInDataset = ramDataset === null ? null : ramInDatasetOf(ramDataset, inv.mountpointOf.get(ramDataset)!, domain.name);
+  const memoryFile = action !== 'freeze' ? null : ramInDataset !== null ? path.join(ramInDataset.dir, `${tag}.save`) : `${base}.save`;
   const switching = planned.filter((d) => d.overlay !== null);
   // Where the guest's stall is the save's last pass and what libvirt does after it.
   const resumesAfterLiveSave = action === 'freeze' && !stays && config.live && domain.state === 'running';
@@ -212,6 +217,7 @@ function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config:
     tag,
     disks: planned,
     memoryFile,
+    ramInDataset,
     metaDir: `${base}.meta`,
     datasetMetaDirs: holding.map((ds) => metaDirIn(ds, inv, domain.name)).filter((d): d is string => d !== null),
     mountpoints: Object.fromEntries(holding.flatMap((ds) => (inv.mountpointOf.has(ds) ? [[ds, inv.mountpointOf.get(ds)!]] : []))),
@@ -250,7 +256,12 @@ function volumeProblems(domain: Domain): string[] {
     );
 }
 
-function stateProblems(domain: Domain, plan: DomainPlan): string[] {
+function stateProblems(domain: Domain, plan: DomainPlan, inv: Inventory, config: Config): string[] {
+  if (plan.action === 'freeze' && config.ramStore === 'dataset' && plan.ramInDataset === null) {
+    const datasets = [...new Set(plan.disks.filter((d) => d.skip === null).map((d) => d.dataset as string))].sort();
+    const problem = ramInDatasetProblem(domain.name, datasets, datasets.length === 1 ? inv.mountpointOf.get(datasets[0]!) : undefined);
+    if (problem !== null) return [problem];
+  }
   if (plan.action === 'freeze' && plan.fallback === 'fail' && plan.modeNote !== null) {
     return [cannotQuiesce(domain.name, plan.modeNote)];
   }
@@ -297,7 +308,7 @@ export function planFreeze(request: RunRequest, inv: Inventory, config: Config):
     }
     const plan = planDomain(domain, request, inv, config, datasets, runMode.mode);
     if (plan === null) continue;
-    problems.push(...stateProblems(domain, plan), ...volumeProblems(domain));
+    problems.push(...stateProblems(domain, plan, inv, config), ...volumeProblems(domain));
     domains.push(plan);
   }
   return {

@@ -253,9 +253,17 @@ export function renameDomainXml(xml: string, from: { name: string; uuid: string 
     block.replace(/(\bpath=')([^']*)(')/g, (_m, pre: string, p: string, post: string) => `${pre}${renamePath(p)}${post}`),
   );
   out = out.replace(/(<log\b[^>]*\bfile=')([^']*)(')/g, (_m, pre: string, p: string, post: string) => `${pre}${renamePath(p)}${post}`);
-  // Same MAC addresses as the original: keep the clone off the network until the user says so.
-  out = out.replace(/<interface\b[^>]*>[\s\S]*?<\/interface>/g, (block) =>
+  return linksDown(out);
+}
+
+/**
+ * Every network link down. A clone has the original's MAC and IP addresses:
+ * beside its original, or on a backup host whose network reaches the
+ * original's (which may still be running), it stays off the network until
+ * the user says so (`virsh domif-setlink`).
+ */
+export function linksDown(xml: string): string {
+  return xml.replace(/<interface\b[^>]*>[\s\S]*?<\/interface>/g, (block) =>
     /<link\b/.test(block) ? block.replace(/<link\b[^>]*\/>/, "<link state='down'/>") : block.replace(/^(<interface\b[^>]*>)/, "$1<link state='down'/>"),
   );
-  return out;
 }

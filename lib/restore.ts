@@ -15,7 +15,8 @@ import { copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync, readFileS
 import { randomUUID } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { scanArchive } from './archive.js';
+import { scanArchive, type Manifest } from './archive.js';
+import { inDatasetDumps, inDatasetProblem, removeLiveRam } from './ram-in-dataset.js';
 import type { Config } from './config.js';
 import { LibvirtError, VirtsnapError, ZfsError } from './errors.js';
 import type { StopSignal } from './signals.js';
@@ -30,7 +31,7 @@ import { readSaveImageXml, rewriteSaveImageXml } from './libvirt/save-image.js';
 import type { LibvirtClient } from './libvirt/virsh.js';
 import { sleep, waitUntil } from './lock.js';
 import { log } from './log.js';
-import { isZvolOf, planRestore, renameDomainXml, rewriteDiskPaths, setNvramPath, type DomainRestore, type RestoreFacts, type RestorePlan, type RestoreRequest } from './restore-plan.js';
+import { isZvolOf, linksDown, planRestore, renameDomainXml, rewriteDiskPaths, setNvramPath, type DomainRestore, type RestoreFacts, type RestorePlan, type RestoreRequest } from './restore-plan.js';
 import { checkDump } from './verify.js';
 import { Journal } from './journal.js';
 import { datasetOfFile, isInSubtree, poolOf, readMounts, splitSnapshot, type Mount, type ZfsClient } from './zfs.js';
@@ -84,10 +85,68 @@ async function dumpsOf(request: RestoreRequest, deps: RestoreDeps): Promise<Rest
   return dumps;
 }
 
+/**
+ * The RAM dumps inside the snapshot itself (VIRTSNAP_RAM_STORE=dataset).
+ * zfs-fuse has no `.zfs` dir, so the snapshot is cloned to be read (for
+ * --clone, at the clone's own name) and the clone destroyed again: planning
+ * leaves nothing behind, and the restore clones it anew. Each dump's memory
+ * file is named where it will be once the restore has cloned or rolled back.
+ */
+async function dumpsInSnapshot(request: RestoreRequest, deps: RestoreDeps): Promise<RestoreFacts['dumps']> {
+  const { dataset, snapname } = splitSnapshot(request.snapshot);
+  const probe = request.mode.kind === 'clone' ? request.mode.dataset : `${dataset}-virtsnap-probe-${randomUUID().slice(0, 8)}`;
+  if (await deps.zfs.exists(probe)) return []; // the plan names the taken clone target
+  const props = (await deps.zfs.snapshotProps([dataset])).props.get(request.snapshot);
+  await deps.zfs.clone(request.snapshot, probe);
+  try {
+    const probeMount = readMounts().find((m) => m.dataset === probe)?.mountpoint;
+    if (probeMount === undefined) return [];
+    const finalMount = request.mode.kind === 'clone' ? probeMount : readMounts().find((m) => m.dataset === dataset)?.mountpoint;
+    if (finalMount === undefined) return [];
+    const dumps: RestoreFacts['dumps'] = [];
+    for (const found of inDatasetDumps(probeMount)) {
+      const m = found.manifest;
+      if (m === null) {
+        log.warn(found.problem ?? 'a damaged RAM manifest', { dataset });
+        continue;
+      }
+      if (request.domain !== undefined && m.domain.name !== request.domain) continue;
+      const relative = path.join(path.relative(probeMount, found.domainDir), `${m.id}.save`);
+      const inProbe = path.join(probeMount, relative);
+      const from = m.store.mountpoint;
+      const problem = inDatasetProblem(m, inProbe, (source) => (source.startsWith(`${from}/`) ? path.join(probeMount, source.slice(from.length)) : null));
+      const manifest: Manifest = {
+        format: 'virtsnap-dump/2',
+        id: m.id,
+        domain: m.domain,
+        snapshots: [{ name: request.snapshot, frozenAs: `${m.store.dataset}@${snapname}`, guid: props?.guid ?? null, createtxg: props?.createtxg ?? null, creation: props?.creation ?? null, mountpoint: from }],
+        types: m.types,
+        memoryFile: path.join(finalMount, relative),
+        bytes: m.bytes,
+        sha256: '',
+        compression: null,
+        store: m.store,
+        metaDir: null,
+        disks: m.disks,
+        times: m.times,
+        libvirtUri: m.libvirtUri,
+        hostname: m.hostname,
+      };
+      let disks: Disk[] | undefined;
+      if (problem === null) disks = parseDomainXml(readSaveImageXml(inProbe).xml).disks;
+      dumps.push({ manifest, problem: problem === null ? null : `${problem} (RAM inside ${request.snapshot})`, ...(disks ? { disks } : {}) });
+    }
+    return dumps;
+  } finally {
+    await retryBusy(() => deps.zfs.destroy(probe)).catch((err: Error) => log.warn(`could not remove ${probe}, made to read ${request.snapshot}: ${err.message}; remove it with \`zfs destroy ${probe}\``, { dataset }));
+  }
+}
+
 async function gatherFacts(request: RestoreRequest, deps: RestoreDeps): Promise<RestoreFacts> {
   const { dataset } = splitSnapshot(request.snapshot);
   const snapshots = await deps.zfs.listSnapshotsByCreation(dataset);
-  const dumps = snapshots.includes(request.snapshot) ? await dumpsOf(request, deps) : [];
+  let dumps = snapshots.includes(request.snapshot) ? await dumpsOf(request, deps) : [];
+  if (dumps.length === 0 && snapshots.includes(request.snapshot)) dumps = await dumpsInSnapshot(request, deps);
   const all = await deps.virsh.domains();
   const datasetsOf = datasetsOfDomains(all);
   const domains = all.map((d) => ({
@@ -207,6 +266,7 @@ function prepareXml(d: DomainRestore, xml: string, paths: Paths, plan: RestorePl
   const nvram = nvramPathFor(d, out, plan);
   if (d.newName !== d.name) out = renameDomainXml(out, d, { name: d.newName, uuid: d.newUuid, nvram });
   else if (nvram !== null) out = setNvramPath(out, nvram);
+  if (plan.mode.kind === 'clone') out = linksDown(out);
   return { xml: out, nvram };
 }
 
@@ -282,7 +342,8 @@ async function restoreDomainOnce(d: DomainRestore, plan: RestorePlan, deps: Rest
     );
   }
   log.info(`restored ${plan.paused ? 'paused' : 'running'} from RAM dump ${d.dump.id}`, ctx);
-  return `${d.newName}: ${plan.paused ? 'paused' : 'running'}, as at ${plan.snapshot}`;
+  const links = plan.mode.kind === 'clone' && /<interface\b/.test(live.xml) ? ` (network links down: \`virsh domif-setlink ${d.newName} IFACE up\` once it may meet the network)` : '';
+  return `${d.newName}: ${plan.paused ? 'paused' : 'running'}, as at ${plan.snapshot}${links}`;
 }
 
 /** The define we asked for is what libvirt has now: our name and UUID, and our disks (a same-name domain had others before). */
@@ -341,6 +402,24 @@ async function undoClone(plan: RestorePlan, deps: RestoreDeps): Promise<void> {
   log.info(`restore failed: removed ${removed.join(', ') || 'no clone'}`, { dataset: splitSnapshot(plan.snapshot).dataset });
 }
 
+/**
+ * A RAM dump inside a snapshot (VIRTSNAP_RAM_STORE=dataset) is live again
+ * in the clone or the rolled-back dataset: once the VMs run on those disks,
+ * a snapshot of them must not pair it with what they write. Removed as soon
+ * as the restores are done (or failed).
+ */
+function dropRamFromLiveDatasets(paths: Paths): void {
+  for (const { to } of paths.mounts) {
+    for (const found of inDatasetDumps(to)) {
+      try {
+        removeLiveRam(found.domainDir, found.id);
+      } catch (err) {
+        log.error(`cannot remove RAM dump ${found.id} from ${found.domainDir} (${(err as Error).message}): remove it by hand before the next snapshot of it`);
+      }
+    }
+  }
+}
+
 export interface RestoreResult {
   plan: RestorePlan;
   messages: string[];
@@ -374,9 +453,13 @@ export async function executeRestore(plan: RestorePlan, deps: RestoreDeps): Prom
       }
     }
     const paths = pathsAfter(plan);
-    for (const d of plan.domains) {
-      if (plan.mode.kind === 'clone') deps.stop?.check(`before restoring ${JSON.stringify(d.newName)}`);
-      messages.push(await restoreDomain(d, plan, deps, paths, work));
+    try {
+      for (const d of plan.domains) {
+        if (plan.mode.kind === 'clone') deps.stop?.check(`before restoring ${JSON.stringify(d.newName)}`);
+        messages.push(await restoreDomain(d, plan, deps, paths, work));
+      }
+    } finally {
+      dropRamFromLiveDatasets(paths);
     }
   } catch (err) {
     if (plan.mode.kind === 'clone') await undoClone(plan, deps);

@@ -141,6 +141,23 @@ export class SafeDir {
     }
   }
 
+  /** Removes the file `name` (never what a symlink there points to); false when there was none. */
+  removeFile(name: string): boolean {
+    try {
+      unlinkSync(this.child(name));
+    } catch (err) {
+      if (errno(err) === 'ENOENT') return false;
+      throw err;
+    }
+    fsyncSync(this.fd);
+    return true;
+  }
+
+  /** The names in this directory. */
+  list(): string[] {
+    return readdirSync(`/proc/self/fd/${this.fd}`);
+  }
+
   close(): void {
     if (this.fd >= 0) closeSync(this.fd);
     this.fd = -1;

@@ -85,16 +85,18 @@ export function tieSnapshots(input: TieInput): TieResult {
 /** Where a ref's snapshot is now: its current name, 'gone', or 'unknown' (its pool is not imported). */
 export function locate(ref: SnapshotRef, census: GuidCensus): string | 'gone' | 'unknown' {
   const { dataset } = splitSnapshot(ref.name);
-  if (census.unknownPools.has(poolOf(dataset))) return 'unknown';
   if (ref.guid !== null) {
     const found = census.byGuid.get(ref.guid) ?? [];
-    if (found.length === 0) return 'gone';
+    // Its pool not imported here (another host, whose snapshots came by
+    // `zfs recv`): unknown, unless a received copy is in a pool we looked at.
+    if (found.length === 0) return census.unknownPools.has(poolOf(dataset)) ? 'unknown' : 'gone';
     // The one it was last seen as; else the same snapshot renamed or promoted
     // (same createtxg); else a received copy, the only one left of it.
     const pick = found.find((f) => f.name === ref.name) ?? found.find((f) => f.createtxg === ref.createtxg) ?? [...found].sort((a, b) => a.name.localeCompare(b.name))[0]!;
     return pick.name;
   }
   // No guid (an old manifest): by name, and never gone while its dataset is unknown (renamed?).
+  if (census.unknownPools.has(poolOf(dataset))) return 'unknown';
   if (census.names.has(ref.name)) return ref.name;
   return census.datasets.has(dataset) ? 'gone' : 'unknown';
 }

@@ -23,6 +23,7 @@ import { sleep, waitUntil, withLock } from './lock.js';
 import { inParallel } from './parallel.js';
 import { tieSnapshots, type SnapshotRef } from './snapshot-id.js';
 import { datasetOfSnapshot } from './zfs.js';
+import { ramFiles, removeLiveRam } from './ram-in-dataset.js';
 
 /** A domain that no thaw can bring back without a person: named by every later run and `virtsnap status`. */
 export class StuckError extends VirtsnapError {
@@ -334,6 +335,9 @@ async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): 
       log.error('the journal cannot record which snapshots hold the RAM dump: it is discarded', about(name));
       keep = false;
     }
+    // RAM inside the dataset: gone from the live dataset before its disks move
+    // on, so no later snapshot pairs it with newer disks (lib/ram-in-dataset.ts).
+    if (entry.ramInDataset !== undefined) removeRamBeforeDisksMove(entry);
     const commitStarted = Date.now();
     for (const o of entry.overlays) if (o.overlay !== null) await commitDisk(entry, o, before, deps);
     const commitMs = Date.now() - commitStarted;
@@ -376,7 +380,26 @@ async function tieDump(entry: JournalEntry, deps: Deps): Promise<SnapshotRef[]> 
   return tied;
 }
 
-export function dropDump(entry: Pick<JournalEntry, 'memoryFile' | 'metaDir'>): void {
+/** Removes a dump's files from the live dataset; a failure is loud, never a reason to keep the VM on its overlays. */
+function removeRamBeforeDisksMove(entry: JournalEntry): void {
+  try {
+    removeLiveRam(entry.ramInDataset!.dir, entry.tag);
+  } catch (err) {
+    log.error(
+      `cannot remove RAM dump ${entry.memoryFile} from the live dataset (${(err as Error).message}): remove it by hand; a later snapshot holding it pairs it with newer disks (a restore refuses that, the disks' mtimes differ)`,
+      about(entry.domain.name),
+    );
+  }
+}
+
+export function dropDump(entry: Pick<JournalEntry, 'memoryFile' | 'metaDir' | 'ramInDataset' | 'tag'>): void {
+  if (entry.ramInDataset !== undefined) {
+    try {
+      removeLiveRam(entry.ramInDataset.dir, entry.tag);
+    } catch {
+      // named by removeRamBeforeDisksMove already, or removed below
+    }
+  }
   removeIfExists(entry.memoryFile);
   rmSync(entry.metaDir, { recursive: true, force: true });
 }
@@ -384,6 +407,7 @@ export function dropDump(entry: Pick<JournalEntry, 'memoryFile' | 'metaDir'>): v
 /** Archives the dump, tied to the snapshots that hold its instant. */
 async function keepDump(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): Promise<ArchivedDump | null> {
   const name = entry.domain.name;
+  if (entry.ramInDataset !== undefined) return inSnapshots(entry, tied);
   if (!exists(entry.memoryFile)) {
     log.error(`memory file ${entry.memoryFile} is missing: no RAM dump for this snapshot`, about(name));
     return null;
@@ -423,6 +447,36 @@ async function keepDump(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): P
     const why = fsError !== null ? fsError.message : (err as Error).message;
     throw new VirtsnapError(`the VM is back on its own disks, but its RAM dump cannot be archived (${why}): it waits in ${entry.memoryFile}; fix that, then run \`virtsnap recover\``);
   }
+}
+
+/**
+ * RAM inside the dataset: nothing to archive, the snapshots carry it. What
+ * post reports (and the metrics count) is the dump as the snapshots hold it.
+ */
+function inSnapshots(entry: JournalEntry, tied: SnapshotRef[]): ArchivedDump {
+  rmSync(entry.metaDir, { recursive: true, force: true });
+  const where = entry.ramInDataset!;
+  const inside = ramFiles(where.dir, entry.tag);
+  log.info(`RAM dump ${entry.tag} is inside ${tied.map((t) => t.name).join(', ')} (${inside.save.slice(where.mountpoint.length + 1)})`, about(entry.domain.name));
+  return {
+    manifestFile: `${tied[0]!.name}:${inside.manifest.slice(where.mountpoint.length)}`,
+    manifest: {
+      format: 'virtsnap-dump/2',
+      id: entry.tag,
+      domain: entry.domain,
+      snapshots: tied,
+      types: entry.types,
+      memoryFile: `${tied[0]!.name}:${inside.save.slice(where.mountpoint.length)}`,
+      bytes: entry.job?.memoryBytes ?? 0,
+      sha256: '',
+      compression: null,
+      metaDir: null,
+      disks: entry.overlays.map((o) => ({ target: o.target, source: o.original, dataset: o.dataset, format: o.format, bytes: o.bytes })),
+      times: { startedAt: entry.startedAt, frozenAt: entry.frozenAt ?? null, archivedAt: new Date().toISOString(), pauseMs: entry.job?.downtimeMs ?? null, saveMs: entry.job?.elapsedMs ?? null, commitMs: entry.commitMs ?? null },
+      libvirtUri: '',
+      hostname: hostname(),
+    },
+  };
 }
 
 export interface ThawResult {

@@ -45,6 +45,7 @@ describe('loadConfig', () => {
       libvirtUri: 'qemu:///system',
       overlayDir: '/var/lib/virtsnap/overlay',
       archiveDir: '/var/lib/virtsnap/archive',
+      ramStore: 'archive',
       stateDir: '/var/lib/virtsnap/state',
       sanoidConf: '/etc/sanoid/sanoid.conf',
       live: true,

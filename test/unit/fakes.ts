@@ -322,6 +322,7 @@ export function fakeConfig(root: string): Config {
     libvirtUri: 'test:///fake',
     overlayDir: path.join(root, 'overlay'),
     archiveDir: path.join(root, 'archive'),
+    ramStore: 'archive',
     stateDir: path.join(root, 'state'),
     sanoidConf: path.join(root, 'sanoid.conf'),
     live: true,

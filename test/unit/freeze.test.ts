@@ -49,6 +49,7 @@ function planFor(deps: ReturnType<typeof fakeDeps>, domains: FakeDomain[], mode:
       reuseOverlays: false,
       downtimeLimitMs: null,
       syncDumpWhileSaving: false,
+      ramInDataset: null,
     };
   });
   mkdirSync(path.join(deps.root, 'dataset'), { recursive: true, mode: 0o700 });

@@ -1,0 +1,170 @@
+// RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset): the pre hook has
+// libvirt write the RAM dump into the VM's own dataset, at
+// `<mountpoint>/.virtsnap/<domain>/<id>.save`, beside the XML and NVRAM
+// copies, and writes `<id>.json` (its manifest) once the save is complete.
+// sanoid's snapshot then holds disks, RAM and definition of one instant:
+// syncoid replicates it with no extra step, the dataset's `compression`
+// compresses it, and sanoid's pruning frees it.
+//
+// The live files must be gone before the disks move again (the block
+// commit, or the resume in pause mode): a later snapshot that still caught
+// them would pair this RAM with newer disks. The thaw removes them first,
+// whatever step it starts from. As a second line, the manifest records each
+// disk image's size and mtime right after the save (the disks stand still
+// until the commit); a restore refuses a dump whose disks differ from that
+// in the snapshot. `zfs send | zfs recv` keeps file sizes and mtimes.
+import { lstatSync, statSync } from 'node:fs';
+import path from 'node:path';
+import type { DumpDisk, Manifest } from './archive.js';
+import { datasetMetaDir, DATASET_META_DEPTH } from './domain-files.js';
+import { VirtsnapError } from './errors.js';
+import { parseDomainXml } from './libvirt/domain-xml.js';
+import { readSaveImageHeader, readSaveImageXml } from './libvirt/save-image.js';
+import { withSafeDir } from './safe-dir.js';
+
+/** Where the RAM of one freeze goes and what is known of the dataset, in the journal entry. */
+export interface RamInDataset {
+  /** The dataset whose snapshot holds the RAM (the one holding every frozen disk of the VM). */
+  dataset: string;
+  mountpoint: string;
+  /** `<mountpoint>/.virtsnap/<domain>`. */
+  dir: string;
+}
+
+/** A disk as it stood when the RAM was saved: what a restore compares the snapshot's disk with. */
+export interface DiskIdentity {
+  bytes: number;
+  /** Nanoseconds since the epoch, as a string (zfs-fuse keeps whole seconds). */
+  mtimeNs: string;
+}
+
+/** The manifest beside a RAM dump inside a dataset. */
+export interface InDatasetManifest extends Omit<Manifest, 'snapshots' | 'sha256' | 'memoryFile' | 'metaDir'> {
+  store: { kind: 'dataset'; dataset: string; mountpoint: string };
+  /** The snapshot names the run was to take (dataset@snapname, as named on this host then). */
+  snapshotNames: string[];
+  disks: (DumpDisk & { identity: DiskIdentity | null })[];
+}
+
+/** The dump's two files in the dataset. */
+export function ramFiles(dir: string, id: string): { save: string; manifest: string } {
+  return { save: path.join(dir, `${id}.save`), manifest: path.join(dir, `${id}.json`) };
+}
+
+/** The RAM location for a domain frozen in dataset mode. */
+export function ramInDatasetOf(dataset: string, mountpoint: string, domainName: string): RamInDataset {
+  return { dataset, mountpoint, dir: datasetMetaDir(mountpoint, domainName) };
+}
+
+/**
+ * Why RAM cannot go into this dataset for this VM, or null. Every frozen disk
+ * must be in one mounted dataset: the snapshot that holds the RAM must hold
+ * all of them (a VM spread over several datasets keeps its RAM in the archive).
+ */
+export function ramInDatasetProblem(domainName: string, datasets: string[], mountpoint: string | undefined): string | null {
+  if (datasets.length !== 1) {
+    return `domain ${JSON.stringify(domainName)} has disks in ${datasets.join(' and ')}: VIRTSNAP_RAM_STORE=dataset needs every disk of a VM in one dataset, so that one snapshot holds disks and RAM; move the disks, or use VIRTSNAP_RAM_STORE=archive`;
+  }
+  if (mountpoint === undefined) {
+    return `dataset ${datasets[0]} of domain ${JSON.stringify(domainName)} is not mounted: VIRTSNAP_RAM_STORE=dataset writes the RAM into it; mount it, or use VIRTSNAP_RAM_STORE=archive`;
+  }
+  return null;
+}
+
+/**
+ * libvirt writes the RAM by path, not through our checked directory handle:
+ * the mountpoint above `.virtsnap/` must be one nobody but root can change
+ * (no symlink swapped in under libvirt's open).
+ */
+export function assertMountpointPrivate(mountpoint: string): void {
+  const st = lstatSync(mountpoint);
+  if (st.isSymbolicLink() || !st.isDirectory()) throw new VirtsnapError(`mountpoint ${mountpoint} is not a directory: cannot put RAM into it`);
+  const othersWrite = (st.mode & 0o022) !== 0 && (st.mode & 0o1000) === 0;
+  if (st.uid !== 0 || othersWrite) {
+    throw new VirtsnapError(
+      `mountpoint ${mountpoint} can be changed by users other than root: libvirt would write RAM (guest secrets) through it; chown root and chmod go-w it, or use VIRTSNAP_RAM_STORE=archive`,
+    );
+  }
+}
+
+export function diskIdentity(file: string): DiskIdentity | null {
+  try {
+    const st = statSync(file, { bigint: true });
+    return { bytes: Number(st.size), mtimeNs: st.mtimeNs.toString() };
+  } catch {
+    return null;
+  }
+}
+
+/** Writes the manifest beside the saved RAM (the save is complete: libvirt's header says so). */
+export function writeInDatasetManifest(where: RamInDataset, manifest: InDatasetManifest): void {
+  withSafeDir(where.dir, { ours: DATASET_META_DEPTH, create: false }, (d) => {
+    if (d === null) throw new VirtsnapError(`${where.dir} is gone: cannot write the manifest of the RAM dump`);
+    d.writeFile(`${manifest.id}.json`, `${JSON.stringify(manifest, null, 2)}\n`);
+  });
+}
+
+/**
+ * Removes a dump's files from the live dataset (never through a symlink).
+ * Called before the disks move on; true once neither file is there.
+ */
+export function removeLiveRam(dir: string, id: string): void {
+  withSafeDir(dir, { ours: DATASET_META_DEPTH, create: false }, (d) => {
+    if (d === null) return;
+    // The manifest first: a RAM file without it is never taken for a dump.
+    d.removeFile(`${id}.json`);
+    d.removeFile(`${id}.save`);
+  });
+}
+
+/** The dump ids whose manifest sits in a (cloned or rolled back) dataset's `.virtsnap/<domain>/`. */
+export function inDatasetDumps(mountpoint: string): { domainDir: string; manifest: InDatasetManifest | null; problem: string | null; id: string }[] {
+  const top = withSafeDir(path.join(mountpoint, '.virtsnap'), { ours: 1, create: false }, (d) => d?.list() ?? []);
+  const found: { domainDir: string; manifest: InDatasetManifest | null; problem: string | null; id: string }[] = [];
+  for (const domain of top.sort()) {
+    const dir = path.join(mountpoint, '.virtsnap', domain);
+    const names = withSafeDir(dir, { ours: DATASET_META_DEPTH, create: false }, (d) => d?.list() ?? []);
+    for (const name of names.filter((n) => /^\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}\.json$/.test(n)).sort()) {
+      const id = name.slice(0, -'.json'.length);
+      try {
+        const text = withSafeDir(dir, { ours: DATASET_META_DEPTH, create: false }, (d) => d?.readFile(name));
+        const m = JSON.parse(String(text)) as InDatasetManifest;
+        if (m.id !== id || m.store?.kind !== 'dataset' || !Array.isArray(m.disks)) throw new Error('not a virtsnap RAM manifest');
+        found.push({ domainDir: dir, manifest: m, problem: null, id });
+      } catch (err) {
+        found.push({ domainDir: dir, manifest: null, problem: `manifest ${path.join(dir, name)} is damaged (${(err as Error).message})`, id });
+      }
+    }
+  }
+  return found;
+}
+
+/**
+ * What is wrong with a RAM dump found in a snapshot (a clone of it, or the
+ * dataset rolled back to it), or null: the save image is complete and for
+ * this domain, and each disk, mapped from where it was to where it is now,
+ * has the size and mtime it had when the RAM was saved.
+ */
+export function inDatasetProblem(m: InDatasetManifest, saveFile: string, diskNow: (source: string) => string | null): string | null {
+  const header = readSaveImageHeader(saveFile);
+  if (header === null) return `${saveFile} is missing or not a libvirt save image`;
+  if (!header.complete) return `${saveFile} is incomplete (the save never finished)`;
+  let size: number;
+  try {
+    size = statSync(saveFile).size;
+    if (parseDomainXml(readSaveImageXml(saveFile).xml).uuid !== m.domain.uuid) return `${saveFile} holds another domain's RAM`;
+  } catch (err) {
+    return `${saveFile} cannot be read (${(err as Error).message})`;
+  }
+  if (size !== m.bytes) return `${saveFile} has ${size} bytes, its manifest says ${m.bytes}`;
+  for (const disk of m.disks) {
+    if (disk.identity === null) continue;
+    const file = diskNow(disk.source);
+    const now = file === null ? null : diskIdentity(file);
+    if (now === null) return `disk ${disk.target} (${disk.source}) is not in the snapshot`;
+    if (now.bytes !== disk.identity.bytes || now.mtimeNs !== disk.identity.mtimeNs) {
+      return `disk ${disk.target} changed after the RAM was saved (size ${now.bytes}, mtime ${now.mtimeNs}; at the save ${disk.identity.bytes}, ${disk.identity.mtimeNs}): this RAM is not of this snapshot's instant`;
+    }
+  }
+  return null;
+}

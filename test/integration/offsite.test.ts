@@ -1,0 +1,97 @@
+// Off the host (issue 12), on the bed: RAM inside the snapshot
+// (VIRTSNAP_RAM_STORE=dataset) with real sanoid runs, and restore on
+// "host B": a config that sees only what came over by syncoid.
+import assert from 'node:assert/strict';
+import { existsSync, readdirSync } from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { bed, consoleOf, datasetExists, Guest, lastTick, mismatches, mountpointOf, removeDomains, snapshotsOf, zfsRetry, type Bed } from '../helpers/bed.js';
+import { Setup, virtsnap } from '../helpers/virtsnap.js';
+
+async function destroyPatiently(dataset: string): Promise<void> {
+  if (await datasetExists(dataset)) await zfsRetry(['destroy', '-r', dataset], 180);
+}
+
+/** The dump files (`<id>.save`, `<id>.json`) in a dataset's `.virtsnap/<domain>/`. */
+function liveDumpFiles(mountpoint: string, domain: string): string[] {
+  const dir = path.join(mountpoint, '.virtsnap', domain);
+  return existsSync(dir) ? readdirSync(dir).filter((f) => /^\d{8}T.*\.(save|json)$/.test(f)) : [];
+}
+
+/** A restored clone runs from RAM (no boot), makes progress, and its oracle is silent. */
+async function assertResumedSilently(name: string, counterAtSnapshot: number): Promise<void> {
+  const text = await consoleOf(name, 3, 120_000);
+  assert.ok((text.match(/TICK/g) ?? []).length >= 3, `the clone makes progress: ${text.slice(-300)}`);
+  assert.deepEqual(mismatches(text), []);
+  assert.doesNotMatch(text, /VSBED BOOT/, 'resumed from RAM, not booted');
+  assert.ok(Number(/TICK (\d+)/.exec(text)![1]) >= counterAtSnapshot);
+}
+
+describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.0', () => {
+  let b: Bed;
+  let setup: Setup;
+  let guest: Guest;
+  const name = 'vsbed-o-ds';
+  const dataset = () => `${b.vmDataset}/o-ds`;
+  const clone = (n: number) => `${b.vmDataset}/o-ds-r${n}`;
+  const counters: number[] = [];
+
+  before(async () => {
+    b = await bed();
+    await removeDomains(name, `${name}-r1`, `${name}-r2`);
+    for (const n of [1, 2]) await destroyPatiently(clone(n));
+    await destroyPatiently(dataset());
+    setup = await Setup.create('o-dataset', { VIRTSNAP_RAM_STORE: 'dataset' });
+    guest = await Guest.create({ name, dataset: dataset() });
+    await guest.start();
+  });
+  after(async () => {
+    await removeDomains(`${name}-r1`, `${name}-r2`);
+    await guest?.remove();
+    for (const n of [1, 2]) await destroyPatiently(clone(n));
+    await destroyPatiently(dataset());
+  });
+
+  const conf = (options: Record<string, string> = {}) => setup.section(dataset(), { hourly: '2', daily: '1', ...options });
+
+  it('two sanoid runs: each snapshot holds the RAM, the live dataset and the archive hold none after post', async () => {
+    for (const hoursAhead of [0, 1]) {
+      counters.push(lastTick(guest.consoleSince(0)));
+      const run = await setup.sanoid('2.1.0', conf(), ['--take-snapshots'], hoursAhead);
+      assert.equal(run.code, 0, run.stderr);
+      assert.equal(await guest.state(), 'running');
+      assert.deepEqual(liveDumpFiles(await mountpointOf(dataset()), name), [], 'post removed the RAM from the live dataset');
+      assert.deepEqual(setup.dumps(), [], 'nothing in the archive');
+      assert.deepEqual(setup.journalFiles(), []);
+    }
+    const snaps = await snapshotsOf(dataset());
+    assert.equal(snaps.filter((s) => /autosnap_.*_hourly$/.test(s)).length, 2, snaps.join(' '));
+  });
+
+  it('both runs restore as clones under new names, running from their RAM, oracle silent; the original runs on', async () => {
+    const hourly = (await snapshotsOf(dataset())).filter((s) => /_hourly$/.test(s));
+    for (const [i, snap] of hourly.entries()) {
+      const n = i + 1;
+      const out = await virtsnap(setup, ['restore', snap, '--clone', clone(n), '--as', `${name}-r${n}`]);
+      assert.equal(out.code, 0, out.stderr + out.stdout);
+      assert.match(out.stdout, /network links down|running/);
+      await assertResumedSilently(`${name}-r${n}`, counters[i]!);
+      assert.deepEqual(liveDumpFiles(await mountpointOf(clone(n)), name), [], 'the restore removed the RAM from the live clone');
+      await removeDomains(`${name}-r${n}`);
+      await destroyPatiently(clone(n));
+    }
+    assert.equal(await guest.state(), 'running', 'the original is untouched');
+  });
+
+  it('sanoid prunes a snapshot and its RAM is gone with it', async () => {
+    const before = await snapshotsOf(dataset());
+    const run = await setup.sanoid('2.1.0', conf({ autoprune: 'yes', hourly: '1', daily: '0' }), ['--prune-snapshots'], 1);
+    assert.equal(run.code, 0, run.stderr);
+    const now = await snapshotsOf(dataset());
+    const gone = before.filter((s) => !now.includes(s));
+    assert.ok(gone.length >= 1, `sanoid pruned: before ${before.join(' ')}, now ${now.join(' ')}`);
+    // No copy anywhere else: the snapshot was the only holder of that RAM.
+    assert.deepEqual(setup.dumps(), []);
+    assert.deepEqual(liveDumpFiles(await mountpointOf(dataset()), name), []);
+  });
+});

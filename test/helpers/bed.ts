@@ -11,11 +11,14 @@ export interface Bed {
   dir: string;
   pool: string;
   vmDataset: string;
+  /** A second pool standing for the backup host: syncoid's target (issue 12). */
+  backupPool: string;
   kernel: string;
   initrd: string;
   virtType: string;
   sanoid: Record<SanoidVersion, string>;
   sanoidPath: string;
+  syncoid: string;
   overlayDir: string;
   archiveDir: string;
   stateDir: string;
@@ -46,11 +49,13 @@ export async function bed(): Promise<Bed> {
     dir,
     pool: get('VSBED_POOL'),
     vmDataset: get('VSBED_VM_DATASET'),
+    backupPool: get('VSBED_BACKUP_POOL'),
     kernel: get('VSBED_KERNEL'),
     initrd: get('VSBED_INITRD'),
     virtType: get('VSBED_VIRT_TYPE'),
     sanoid: { '2.1.0': get('VSBED_SANOID21'), '2.2.0': get('VSBED_SANOID22') },
     sanoidPath: get('VSBED_SANOID_PATH'),
+    syncoid: get('VSBED_SYNCOID'),
     overlayDir: get('VSBED_OVERLAY_DIR'),
     archiveDir: get('VSBED_ARCHIVE_DIR'),
     stateDir: get('VSBED_STATE_DIR'),
@@ -62,9 +67,9 @@ export async function bed(): Promise<Bed> {
     throw new Error(`libvirtd is not answering: run \`sudo bash test/bed/up\` (${(err as Error).message})`);
   }
   try {
-    await sh('zpool', ['list', '-H', b.pool]);
+    await sh('zpool', ['list', '-H', b.pool, b.backupPool]);
   } catch (err) {
-    throw new Error(`pool ${b.pool} is not imported: run \`sudo bash test/bed/up\` (${(err as Error).message})`);
+    throw new Error(`pool ${b.pool} or ${b.backupPool} is not imported: run \`sudo bash test/bed/up\` (${(err as Error).message})`);
   }
   cached = b;
   return b;
@@ -537,6 +542,40 @@ export async function runSanoid(
     rmSync(dir, { recursive: true, force: true });
   }
 }
+
+/**
+ * Runs Debian's syncoid 2.1.0 locally, `source` (a dataset in the bed's pool)
+ * to `target` (in the backup pool), with `args` before them. Like sanoid it
+ * gets the zfs-fuse adapter first on PATH (`zfs get -t`), and always
+ * `--no-resume`: zfs-fuse has no resumable receive (no
+ * feature@extensible_dataset, no `receive -s`/`-A`, no receive_resume_token);
+ * without the option syncoid probes the pools for it and warns. What else it
+ * runs that zfs-fuse lacks, `zfs send -nvP` for the size estimate, it
+ * survives on its own: it prints "(~ UNKNOWN)" and gives pv `-s 0`. It takes
+ * a sync snapshot syncoid_<host>_<date> on the source unless `args` has
+ * `--no-sync-snap`; pv's progress lines go to stderr unless `--quiet`.
+ */
+export async function runSyncoid(
+  source: string,
+  target: string,
+  args: string[] = [],
+  options: { env?: Record<string, string>; timeoutMs?: number } = {},
+): Promise<SyncoidRun> {
+  const b = await bed();
+  // syncoid appends /bin:/usr/bin:/sbin to PATH itself.
+  const env: Record<string, string> = { PATH: `${b.sanoidPath}:/usr/sbin:/usr/bin:/sbin:/bin`, TZ: 'UTC', ...options.env };
+  const argv = [b.syncoid, '--no-resume', ...args, source, target];
+  try {
+    const out = await run('/usr/bin/env', ['-i', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...argv], { timeoutMs: options.timeoutMs ?? 120_000 });
+    return { ...out, code: 0 };
+  } catch (err) {
+    if (!(err instanceof CommandError)) throw err;
+    // syncoid says much of what went wrong on stdout (WARN, CRITICAL lines).
+    return { stdout: err.stdout, stderr: err.timedOut ? `syncoid timed out\n${err.stderr}` : err.stderr, code: err.timedOut ? -1 : err.status };
+  }
+}
+
+export type SyncoidRun = SanoidRun;
 
 /**
  * A hook command line for sanoid.conf. Hooks must not run under sanoid's

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { chmodSync, mkdirSync, readdirSync, readFileSync, statSync, utimesSync, writeFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { bed, destroyDataset, mountpointOf, runSyncoid, sh, snapshotsOf, type Bed, type SyncoidRun } from '../helpers/bed.js';
+import { backup, bed, destroyDataset, mountpointOf, runSyncoid, sh, snapshotsOf, type Backup, type Bed, type SyncoidRun } from '../helpers/bed.js';
 
 /** One snapshot's property, raw (-p: zfs-fuse prints a guid as "15.0E" without it). */
 async function prop(name: string, property: string): Promise<string> {
@@ -42,6 +42,7 @@ function ok(out: SyncoidRun): void {
 
 describe('syncoid to the backup pool', () => {
   let b: Bed;
+  let k: Backup;
   let src: string;
   let dst: string;
   let dstProps: string;
@@ -50,10 +51,11 @@ describe('syncoid to the backup pool', () => {
 
   before(async () => {
     b = await bed();
+    k = await backup();
     src = `${b.vmDataset}/syn-src`;
-    dst = `${b.backupPool}/syn-dst`;
-    dstProps = `${b.backupPool}/syn-dst-p`;
-    clone = `${b.backupPool}/syn-dst-clone`;
+    dst = `${k.pool}/syn-dst`;
+    dstProps = `${k.pool}/syn-dst-p`;
+    clone = `${k.pool}/syn-dst-clone`;
     for (const ds of [clone, dst, dstProps, src]) await destroyDataset(ds);
     await sh('zfs', ['create', src]);
     srcDir = await mountpointOf(src);
@@ -80,7 +82,7 @@ describe('syncoid to the backup pool', () => {
     assert.equal(await prop(dst, 'mounted'), 'yes');
     const dstDir = await mountpointOf(dst);
     // Inherited from the backup pool's root: the received copy never lands on the source's path.
-    assert.equal(dstDir, path.join(await mountpointOf(b.backupPool), 'syn-dst'));
+    assert.equal(dstDir, path.join(await mountpointOf(k.pool), 'syn-dst'));
     assert.deepEqual(tree(dstDir), tree(srcDir));
     assert.equal(statSync(path.join(dstDir, 'dumps')).mode & 0o777, 0o700);
     assert.equal(statSync(path.join(dstDir, 'dumps', 'ram.save')).mode & 0o777, 0o600);
@@ -88,7 +90,7 @@ describe('syncoid to the backup pool', () => {
     // The backup host writes into its copy and clones a received snapshot.
     writeFileSync(path.join(dstDir, 'written-on-target'), 'x\n');
     await sh('zfs', ['clone', `${dst}@s2`, clone]);
-    assert.equal(await mountpointOf(clone), path.join(await mountpointOf(b.backupPool), 'syn-dst-clone'));
+    assert.equal(await mountpointOf(clone), path.join(await mountpointOf(k.pool), 'syn-dst-clone'));
     assert.equal(readFileSync(path.join(await mountpointOf(clone), 'f'), 'utf8'), 'two\n');
 
     writeFileSync(path.join(srcDir, 'f'), 'three\n');

@@ -596,7 +596,7 @@ export async function runSyncoid(
   const env: Record<string, string> = { PATH: `${b.sanoidPath}:/usr/sbin:/usr/bin:/sbin:/bin`, TZ: 'UTC', ...options.env };
   const argv = [k.syncoid, '--no-resume', ...args, source, target];
   try {
-    const out = await run('/usr/bin/env', ['-i', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...argv], { timeoutMs: options.timeoutMs ?? 120_000 });
+    const out = await run('/usr/bin/env', ['-i', ...Object.entries(env).map(([name, value]) => `${name}=${value}`), ...argv], { timeoutMs: options.timeoutMs ?? 120_000 });
     return { ...out, code: 0 };
   } catch (err) {
     if (!(err instanceof CommandError)) throw err;

@@ -55,13 +55,16 @@ export function sourceOf(domain: Pick<DomainDef, 'disks'>, target: string): stri
   return domain.disks.find((d) => d.target === target)?.source;
 }
 
+/** Device lists only hostResources reads: by path, so a disk's <serial> stays a string. */
+const HOST_DEVICE_LISTS = ['interface', 'hostdev', 'serial', 'console', 'parallel'].map((n) => `domain.devices.${n}`);
+
 const parser = new XMLParser({
   ignoreAttributes: false,
   attributeNamePrefix: '@',
   parseAttributeValue: false,
   parseTagValue: false,
   trimValues: true,
-  isArray: (name) => ['disk', 'tpm', 'backingStore', 'channel'].includes(name),
+  isArray: (name, jpath) => ['disk', 'tpm', 'backingStore', 'channel'].includes(name) || HOST_DEVICE_LISTS.includes(String(jpath)),
 });
 
 type Node = Record<string, unknown>;
@@ -104,13 +107,16 @@ function parseDisk(raw: unknown): Disk | null {
   };
 }
 
-export function parseDomainXml(xml: string): DomainDef {
-  let doc: Node;
+function parseDoc(xml: string): Node {
   try {
-    doc = parser.parse(xml) as Node;
+    return parser.parse(xml) as Node;
   } catch (err) {
     throw new LibvirtError(`domain XML does not parse: ${(err as Error).message}`, String(err));
   }
+}
+
+export function parseDomainXml(xml: string): DomainDef {
+  const doc = parseDoc(xml);
   const domain = node(doc.domain);
   const name = text(domain?.name);
   const uuid = text(domain?.uuid);
@@ -140,4 +146,126 @@ function memoryKiB(value: unknown): number {
   const amount = Number(text(value) ?? 0);
   const unit = (attr(value, 'unit') ?? 'KiB').toLowerCase();
   return Math.round(amount * (unitKiB[unit] ?? 1));
+}
+
+/** A network interface, as far as the host must provide something for it. */
+export interface HostInterface {
+  /** network, bridge, direct, user, ethernet, hostdev, vhostuser, ... */
+  type: string;
+  mac: string | null;
+  /** type network: the libvirt network's name. */
+  network: string | null;
+  /** type bridge: the host bridge; type direct: the host device macvtap sits on. */
+  hostDevice: string | null;
+  /** <virtualport type=...>, e.g. openvswitch (whose bridges are not kernel bridges). */
+  virtualport: string | null;
+}
+
+/**
+ * What a domain definition needs from the host it runs on: emulator,
+ * machine, CPU, firmware and boot files, image files, networks and bridges,
+ * passthrough devices, and the files its character devices write. Read from
+ * the same XML (a save image's, typically) that parseDomainXml reads.
+ */
+export interface HostResources {
+  /** <domain type=...>: kvm, qemu, ... */
+  virtType: string;
+  arch: string | null;
+  machine: string | null;
+  emulator: string | null;
+  /** <cpu mode=...> (custom when absent but a model is named); null: no <cpu>. */
+  cpu: { mode: string; model: string | null } | null;
+  /** <os firmware=...>: efi or bios, when libvirt picks the firmware itself. */
+  firmware: string | null;
+  loader: string | null;
+  nvram: { path: string | null; template: string | null } | null;
+  /** Direct kernel boot: kernel, initrd, dtb. */
+  bootFiles: { what: 'kernel' | 'initrd' | 'dtb'; path: string }[];
+  disks: (Disk & { optional: boolean })[];
+  interfaces: HostInterface[];
+  /** One description per <hostdev> (and interface type hostdev), e.g. `pci 0000:03:00.0`. */
+  hostdevs: string[];
+  /** Files written by serial, console, parallel and channel devices (`file` sources and `<log file=...>`). */
+  charFiles: { device: string; path: string }[];
+}
+
+const HOST_DEVICE_NAMES = ['serial', 'console', 'parallel', 'channel'] as const;
+
+function list(value: unknown): unknown[] {
+  return Array.isArray(value) ? value : value === undefined ? [] : [value];
+}
+
+function hostdevText(raw: unknown): string {
+  const h = node(raw);
+  const a = node(node(h?.source)?.address);
+  // an <interface type='hostdev'> names the bus in its source address
+  const type = (attr(h, 'type') === 'hostdev' ? attr(a, 'type') : attr(h, 'type')) ?? '?';
+  const vendor = attr(node(h?.source)?.vendor, 'id');
+  const product = attr(node(h?.source)?.product, 'id');
+  if (type === 'pci' && a) {
+    const hex = (name: string, width: number) => (attr(a, name) ?? '0').replace(/^0x/i, '').padStart(width, '0');
+    return `pci ${hex('domain', 4)}:${hex('bus', 2)}:${hex('slot', 2)}.${(attr(a, 'function') ?? '0').replace(/^0x/i, '')}`;
+  }
+  if (type === 'usb' && vendor !== null) return `usb ${vendor}:${product ?? '?'}`;
+  if (type === 'usb' && a) return `usb bus ${attr(a, 'bus') ?? '?'} device ${attr(a, 'device') ?? '?'}`;
+  const adapter = attr(node(h?.source)?.adapter, 'name');
+  return adapter !== null ? `${type} ${adapter}` : type;
+}
+
+export function hostResources(xml: string): HostResources {
+  const domain = node(parseDoc(xml).domain);
+  if (!domain) throw new LibvirtError('domain XML has no <domain>', xml.slice(0, 200));
+  const os = node(domain.os);
+  const devices = node(domain.devices) ?? {};
+  const cpu = node(domain.cpu);
+  const nvram = os?.nvram;
+  const disks = list(devices.disk).flatMap((raw) => {
+    const d = parseDisk(raw);
+    return d === null ? [] : [{ ...d, optional: attr(node(node(raw)?.source), 'startupPolicy') === 'optional' }];
+  });
+  const interfaces = list(devices.interface).map((raw): HostInterface => {
+    const i = node(raw);
+    const source = node(i?.source);
+    const type = attr(i, 'type') ?? '?';
+    return {
+      type,
+      mac: attr(i?.mac, 'address'),
+      network: type === 'network' ? attr(source, 'network') : null,
+      hostDevice: type === 'bridge' ? attr(source, 'bridge') : type === 'direct' ? attr(source, 'dev') : null,
+      virtualport: attr(i?.virtualport, 'type'),
+    };
+  });
+  const charFiles = HOST_DEVICE_NAMES.flatMap((name) =>
+    list(devices[name]).flatMap((raw, index) => {
+      const c = node(raw);
+      const device = `${name}${attr(c?.target, 'port') ?? index}`;
+      const files: { device: string; path: string }[] = [];
+      const source = attr(c?.source, 'path');
+      if (attr(c, 'type') === 'file' && source !== null) files.push({ device, path: source });
+      const log = attr(c?.log, 'file');
+      if (log !== null) files.push({ device: `${device} log`, path: log });
+      return files;
+    }),
+  );
+  return {
+    virtType: attr(domain, 'type') ?? 'qemu',
+    arch: attr(os?.type, 'arch'),
+    machine: attr(os?.type, 'machine'),
+    emulator: text(devices.emulator),
+    cpu: cpu ? { mode: attr(cpu, 'mode') ?? 'custom', model: text(cpu.model) } : null,
+    firmware: attr(os, 'firmware'),
+    loader: text(os?.loader),
+    nvram: nvram === undefined ? null : { path: text(nvram), template: attr(nvram, 'template') },
+    bootFiles: (['kernel', 'initrd', 'dtb'] as const).flatMap((what) => {
+      const path = text(os?.[what]);
+      return path === null || path === '' ? [] : [{ what, path }];
+    }),
+    disks,
+    interfaces,
+    hostdevs: [
+      ...list(devices.hostdev).map(hostdevText),
+      ...list(devices.interface).filter((i) => attr(i, 'type') === 'hostdev').map((i) => `interface ${attr(node(i)?.mac, 'address') ?? '?'} (${hostdevText(i)})`),
+    ],
+    charFiles,
+  };
 }

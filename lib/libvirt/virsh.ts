@@ -21,6 +21,29 @@ async function parseXml(xml: string): Promise<DomainDef> {
   return parseDomainXml(xml);
 }
 
+/** `virsh capabilities` / `domcapabilities` parsers, loaded on first use like parseXml: only a restore asks. */
+function capabilitiesModule(): Promise<typeof import('./capabilities.js')> {
+  return import('./capabilities.js');
+}
+
+/** A libvirt network and whether it runs (an interface on an inactive network keeps its domain from starting). */
+export interface NetworkState {
+  name: string;
+  active: boolean;
+}
+
+/**
+ * `virsh -q net-list --all` (under LC_ALL=C): ` default   inactive   no   yes`,
+ * columns name, state, autostart, persistent. Read from the right, so a
+ * name with spaces stays whole.
+ */
+export function parseNetList(out: string): NetworkState[] {
+  return out.split('\n').flatMap((line) => {
+    const m = /^\s*(.+?)\s+(active|inactive)\s+(?:yes|no)\s+(?:yes|no)\s*$/.exec(line);
+    return m ? [{ name: m[1]!, active: m[2] === 'active' }] : [];
+  });
+}
+
 export type DomainState = 'running' | 'paused' | 'shut off' | 'pmsuspended' | 'crashed' | 'in shutdown' | 'blocked' | 'idle' | 'dying';
 
 export interface Domain extends DomainDef {
@@ -357,6 +380,27 @@ export class LibvirtClient {
       if (err instanceof LibvirtError && NOT_FOUND.test(err.libvirtMessage)) return null;
       throw err;
     }
+  }
+
+  /** Every network libvirt knows, running or not. */
+  async networks(): Promise<NetworkState[]> {
+    return parseNetList(await this.virsh(['net-list', '--all'], 'cannot list the networks of libvirt'));
+  }
+
+  /** `virsh capabilities`: each architecture's virt types, emulator and machine types. */
+  async capabilities(): Promise<import('./capabilities.js').GuestCaps[]> {
+    const out = await this.virsh(['capabilities'], 'cannot get the capabilities of this host');
+    return (await capabilitiesModule()).parseCapabilities(out);
+  }
+
+  /** `virsh domcapabilities` for one virt type, and optionally one arch, emulator and machine: CPU modes and models, firmware. */
+  async domCapabilities(of: { virtType: string; arch?: string; emulator?: string; machine?: string }): Promise<import('./capabilities.js').DomCaps> {
+    const args = ['domcapabilities', '--virttype', of.virtType];
+    if (of.arch !== undefined) args.push('--arch', of.arch);
+    if (of.emulator !== undefined) args.push('--emulatorbin', of.emulator);
+    if (of.machine !== undefined) args.push('--machine', of.machine);
+    const out = await this.virsh(args, `cannot get the domain capabilities of this host for ${[of.virtType, of.arch, of.machine].filter((v) => v !== undefined).join(' ')}`);
+    return (await capabilitiesModule()).parseDomCapabilities(out);
   }
 
   async undefine(uuid: string): Promise<void> {

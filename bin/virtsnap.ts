@@ -28,8 +28,10 @@ const usage = `usage: virtsnap COMMAND [options]
                       take one consistent ZFS snapshot now (RAM included;
                       MODE ram, pause or quiesce overrides VIRTSNAP_MODE)
   restore DATASET@SNAP (--clone NEW_DATASET | --rollback) [--domain NAME]
-          [--as NEW_NAME] [--paused] [--yes] [--destroy-newer] [--dry-run] [--json]
+          [--as NEW_NAME] [--paused] [--yes] [--destroy-newer] [--ignore-host-gaps]
+          [--dry-run] [--json]
                       bring the VMs back running, as they were at the snapshot
+                      (on this host or any that received it by zfs recv)
   list [--json] [DATASET]
                       the RAM dumps in the archive
   gc [--dry-run] [--json]
@@ -139,6 +141,7 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
       paused: { type: 'boolean' },
       yes: { type: 'boolean', short: 'y' },
       'destroy-newer': { type: 'boolean' },
+      'ignore-host-gaps': { type: 'boolean' },
       // Before 0.2: --force meant both. It now only skips the question, like --yes.
       force: { type: 'boolean' },
       'dry-run': { type: 'boolean', short: 'n' },
@@ -161,6 +164,7 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
         mode: typeof values.clone === 'string' ? { kind: 'clone', dataset: values.clone } : { kind: 'rollback' },
         destroyNewer: values['destroy-newer'] === true,
         paused: values.paused === true,
+        ignoreHostGaps: values['ignore-host-gaps'] === true,
         ...(typeof values.domain === 'string' ? { domain: values.domain } : {}),
         ...(typeof values.as === 'string' ? { as: values.as } : {}),
       },
@@ -170,6 +174,7 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
       process.stdout.write(JSON.stringify(plan, null, 2) + '\n');
       return plan.problems.length > 0 ? 1 : 0;
     }
+    for (const w of plan.warnings) process.stderr.write(`virtsnap: WARNING: ${w}\n`);
     if (plan.problems.length > 0) {
       for (const p of plan.problems.slice(1)) process.stderr.write(`virtsnap: ERROR: ${p}\n`);
       throw new VirtsnapError(plan.problems[0]!);

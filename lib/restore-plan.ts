@@ -19,6 +19,8 @@ export interface RestoreRequest {
   paused: boolean;
   /** New name (and UUID) for a clone that runs beside its original. */
   as?: string;
+  /** What this host lacks for a VM (lib/host-fit.ts) is a warning, not a reason to refuse. */
+  ignoreHostGaps?: boolean;
 }
 
 export interface RestoreFacts {
@@ -29,7 +31,7 @@ export interface RestoreFacts {
    * name, their snapshot refs under their current names, with what is wrong
    * with each, if anything, and the disks of the domain XML inside the dump.
    */
-  dumps: { manifest: Manifest; problem: string | null; disks?: Disk[] }[];
+  dumps: { manifest: Manifest; problem: string | null; disks?: Disk[]; hostGaps?: string[] }[];
   /** Domains defined now: name, uuid, state, and the datasets their disks live in. */
   domains: { name: string; uuid: string; state: string; datasets: string[] }[];
   /** Where datasets are mounted now (for dumps that did not record it). */
@@ -75,6 +77,8 @@ export interface RestorePlan {
   domains: DomainRestore[];
   paused: boolean;
   problems: string[];
+  /** What this host lacks for the VMs, when --ignore-host-gaps lets the restore go on anyway. */
+  warnings: string[];
 }
 
 /** `/dev/zvol/<dataset>` or one of its partitions (`-part1`), not a sibling zvol named `<dataset>-partner`. */
@@ -107,6 +111,7 @@ export function planRestore(request: RestoreRequest, facts: RestoreFacts, newUui
     domains: [],
     paused: request.paused,
     problems,
+    warnings: [],
   };
   if (!facts.snapshots.includes(request.snapshot)) {
     problems.push(`snapshot ${request.snapshot} does not exist: see \`zfs list -t snapshot -r ${dataset}\``);
@@ -114,6 +119,10 @@ export function planRestore(request: RestoreRequest, facts: RestoreFacts, newUui
   }
   const dumps = facts.dumps.filter((d) => request.domain === undefined || d.manifest.domain.name === request.domain);
   for (const d of dumps) if (d.problem !== null) problems.push(`RAM dump ${d.manifest.id} of ${JSON.stringify(d.manifest.domain.name)} is bad (${d.problem}): refusing to restore it`);
+  for (const d of dumps) {
+    const gaps = (d.hostGaps ?? []).map((g) => `this host cannot run ${JSON.stringify(d.manifest.domain.name)} as saved: ${g}${request.ignoreHostGaps ? '' : ' (or --ignore-host-gaps to try anyway)'}`);
+    (request.ignoreHostGaps ? plan.warnings : problems).push(...gaps);
+  }
 
   // The datasets: the snapshot's own, and the children holding the dumps' disks (recursive = zfs).
   const involved = new Set<string>([dataset]);

@@ -31,7 +31,7 @@ import { readSaveImageXml, rewriteSaveImageXml } from './libvirt/save-image.js';
 import type { LibvirtClient } from './libvirt/virsh.js';
 import { sleep, waitUntil } from './lock.js';
 import { log } from './log.js';
-import { isZvolOf, linksDown, planRestore, renameDomainXml, rewriteDiskPaths, setNvramPath, type DomainRestore, type RestoreFacts, type RestorePlan, type RestoreRequest } from './restore-plan.js';
+import { inRestoredDatasets, isZvolOf, linksDown, planRestore, renameDomainXml, rewriteDiskPaths, setNvramPath, type DomainRestore, type RestoreFacts, type RestorePlan, type RestoreRequest } from './restore-plan.js';
 import { checkDump } from './verify.js';
 import { Journal } from './journal.js';
 import { datasetOfFile, isInSubtree, poolOf, readMounts, splitSnapshot, type Mount, type ZfsClient } from './zfs.js';
@@ -78,9 +78,7 @@ async function dumpsOf(request: RestoreRequest, deps: RestoreDeps): Promise<Rest
     });
     if (!mine || (request.domain !== undefined && manifest.domain.name !== request.domain)) continue;
     const problem = await checkDump(manifest);
-    let disks: Disk[] | undefined;
-    if (problem === null) disks = parseDomainXml(readSaveImageXml(manifest.memoryFile).xml).disks;
-    dumps.push({ manifest: current, problem, ...(disks ? { disks } : {}) });
+    dumps.push({ manifest: current, problem, ...(problem === null ? await whatTheXmlNeeds(readSaveImageXml(manifest.memoryFile).xml, current, deps) : {}) });
   }
   return dumps;
 }
@@ -132,14 +130,23 @@ async function dumpsInSnapshot(request: RestoreRequest, deps: RestoreDeps): Prom
         libvirtUri: m.libvirtUri,
         hostname: m.hostname,
       };
-      let disks: Disk[] | undefined;
-      if (problem === null) disks = parseDomainXml(readSaveImageXml(inProbe).xml).disks;
-      dumps.push({ manifest, problem: problem === null ? null : `${problem} (RAM inside ${request.snapshot})`, ...(disks ? { disks } : {}) });
+      dumps.push({ manifest, problem: problem === null ? null : `${problem} (RAM inside ${request.snapshot})`, ...(problem === null ? await whatTheXmlNeeds(readSaveImageXml(inProbe).xml, manifest, deps) : {}) });
     }
     return dumps;
   } finally {
     await retryBusy(() => deps.zfs.destroy(probe)).catch((err: Error) => log.warn(`could not remove ${probe}, made to read ${request.snapshot}: ${err.message}; remove it with \`zfs destroy ${probe}\``, { dataset }));
   }
+}
+
+/**
+ * What the domain XML inside a dump needs: its disks, and what this host
+ * lacks to run it (lib/host-fit.ts); paths in the restored datasets are
+ * rewritten to the clone's and do not count.
+ */
+async function whatTheXmlNeeds(xml: string, manifest: Manifest, deps: RestoreDeps): Promise<{ disks: Disk[]; hostGaps: string[] }> {
+  const restored = manifest.snapshots.map((r) => ({ dataset: splitSnapshot(r.frozenAs).dataset, mountpoint: r.mountpoint }));
+  const { gatherHostFacts, hostGaps } = await import('./host-fit.js');
+  return { disks: parseDomainXml(xml).disks, hostGaps: hostGaps(xml, await gatherHostFacts(deps.virsh, xml), (p) => inRestoredDatasets(p, restored)) };
 }
 
 async function gatherFacts(request: RestoreRequest, deps: RestoreDeps): Promise<RestoreFacts> {

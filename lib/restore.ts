@@ -23,7 +23,7 @@ import type { StopSignal } from './signals.js';
 import { fileSafe, writeFileAtomic } from './fsutil.js';
 import { datasetMetaDir, readSavedFile } from './domain-files.js';
 import { stateDisks } from './disks.js';
-import { follow, locate, poolsOf } from './snapshot-id.js';
+import { refsAt } from './snapshot-id.js';
 import type { Disk } from './libvirt/domain-xml.js';
 import { datasetsOfDomains } from './inventory.js';
 import { parseDomainXml } from './libvirt/domain-xml.js';
@@ -62,21 +62,18 @@ async function settled(call: Promise<void>, done: () => Promise<boolean>, what: 
 
 /**
  * The dumps of `DS@SNAP`: those tied by guid to it or to a child's snapshot
- * of the same name, wherever the dump first saw them (a snapshot renamed or
- * promoted since is found all the same).
+ * of the same name, whatever name the dump knew them by (renamed, promoted,
+ * or received on another host by `zfs recv`).
  */
 async function dumpsOf(request: RestoreRequest, deps: RestoreDeps): Promise<RestoreFacts['dumps']> {
   const { dataset, snapname } = splitSnapshot(request.snapshot);
   const scan = scanArchive(deps.config.archiveDir);
-  const census = await deps.zfs.guidCensus(poolsOf(scan.dumps.flatMap((d) => d.manifest.snapshots)).concat(poolOf(dataset)));
+  const census = await deps.zfs.guidCensus([poolOf(dataset)]);
   const dumps: RestoreFacts['dumps'] = [];
   for (const { manifest } of scan.dumps) {
-    const current = { ...manifest, snapshots: follow(manifest.snapshots, census) };
-    const mine = current.snapshots.some((ref) => {
-      const p = splitSnapshot(ref.name);
-      return p.snapname === snapname && isInSubtree(p.dataset, dataset) && locate(ref, census) === ref.name;
-    });
-    if (!mine || (request.domain !== undefined && manifest.domain.name !== request.domain)) continue;
+    const here = refsAt(manifest.snapshots, census, dataset, snapname);
+    if (here.length === 0 || (request.domain !== undefined && manifest.domain.name !== request.domain)) continue;
+    const current = { ...manifest, snapshots: here };
     const problem = await checkDump(manifest);
     dumps.push({ manifest: current, problem, ...(problem === null ? await whatTheXmlNeeds(readSaveImageXml(manifest.memoryFile).xml, current, deps) : {}) });
   }

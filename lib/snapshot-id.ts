@@ -12,7 +12,7 @@
 // which snapshots of the run's names exist right after the freeze, and looks
 // again right before the commit: only snapshots that appeared in between are
 // the disk state of the RAM's instant.
-import { poolOf, splitSnapshot, type GuidCensus, type SnapshotProps } from './zfs.js';
+import { isInSubtree, poolOf, splitSnapshot, type GuidCensus, type SnapshotProps } from './zfs.js';
 
 export interface SnapshotRef {
   /** dataset@snapname, as last seen (list, gc and prune follow renames and promotes). */
@@ -111,5 +111,24 @@ export function follow(refs: readonly SnapshotRef[], census: GuidCensus): Snapsh
   return refs.map((r) => {
     const where = locate(r, census);
     return where === 'gone' || where === 'unknown' ? r : { ...r, name: where };
+  });
+}
+
+/**
+ * The refs that are `dataset@snapname` or a child's snapshot of that name,
+ * under those names: matched by guid, so a dump is found for a received copy
+ * of its snapshot (another pool, another dataset name, on a backup host)
+ * even where the original is imported too. A ref without guid (an old
+ * manifest) only by its name. `census` must cover the dataset's pool.
+ */
+export function refsAt(refs: readonly SnapshotRef[], census: GuidCensus, dataset: string, snapname: string): SnapshotRef[] {
+  const here = (name: string): boolean => {
+    const p = splitSnapshot(name);
+    return p.snapname === snapname && isInSubtree(p.dataset, dataset);
+  };
+  return refs.flatMap((r) => {
+    if (r.guid === null) return here(r.name) && census.names.has(r.name) ? [r] : [];
+    const copy = (census.byGuid.get(r.guid) ?? []).find((f) => here(f.name));
+    return copy === undefined ? [] : [{ ...r, name: copy.name }];
   });
 }

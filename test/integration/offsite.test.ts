@@ -5,7 +5,8 @@ import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { bed, consoleOf, datasetExists, Guest, lastTick, mismatches, mountpointOf, removeDomains, snapshotsOf, zfsRetry, type Bed } from '../helpers/bed.js';
+import { chmodSync } from 'node:fs';
+import { backup, bed, consoleOf, datasetExists, Guest, lastTick, mismatches, mountpointOf, removeDomains, runSyncoid, snapshotsOf, zfsRetry, type Bed } from '../helpers/bed.js';
 import { Setup, virtsnap } from '../helpers/virtsnap.js';
 
 async function destroyPatiently(dataset: string): Promise<void> {
@@ -46,7 +47,10 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
     await guest.start();
   });
   after(async () => {
-    await removeDomains(`${name}-r1`, `${name}-r2`);
+    await removeDomains(`${name}-r1`, `${name}-r2`, `${name}-b`);
+    const k = await backup();
+    await destroyPatiently(`${k.pool}/o-ds-b`);
+    await destroyPatiently(`${k.pool}/o-ds`);
     await guest?.remove();
     for (const n of [1, 2]) await destroyPatiently(clone(n));
     await destroyPatiently(dataset());
@@ -83,6 +87,25 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
     assert.equal(await guest.state(), 'running', 'the original is untouched');
   });
 
+  it('host B: syncoid sends the snapshots to the backup pool; a config that sees only that restores the newest, running, oracle silent', async () => {
+    const k = await backup();
+    const copy = `${k.pool}/o-ds`;
+    await destroyPatiently(copy);
+    const sent = await runSyncoid(dataset(), copy, ['--no-sync-snap', '--quiet']);
+    assert.equal(sent.code, 0, sent.stdout + sent.stderr);
+    const newest = (await snapshotsOf(copy)).filter((s) => /_hourly$/.test(s)).pop()!;
+    assert.ok(newest !== undefined, 'the hourlies arrived');
+    // Host B: its own (empty) archive and state, no journal of host A, the default RAM store.
+    const hostB = await Setup.create('o-hostb-ds');
+    const out = await virtsnap(hostB, ['restore', newest, '--clone', `${k.pool}/o-ds-b`, '--as', `${name}-b`]);
+    assert.equal(out.code, 0, out.stderr + out.stdout);
+    await assertResumedSilently(`${name}-b`, counters[1]!);
+    assert.equal(await guest.state(), 'running', 'the original on pool A runs on');
+    await removeDomains(`${name}-b`);
+    await destroyPatiently(`${k.pool}/o-ds-b`);
+    await destroyPatiently(copy);
+  });
+
   it('sanoid prunes a snapshot and its RAM is gone with it', async () => {
     const before = await snapshotsOf(dataset());
     const run = await setup.sanoid('2.1.0', conf({ autoprune: 'yes', hourly: '1', daily: '0' }), ['--prune-snapshots'], 1);
@@ -93,5 +116,67 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
     // No copy anywhere else: the snapshot was the only holder of that RAM.
     assert.deepEqual(setup.dumps(), []);
     assert.deepEqual(liveDumpFiles(await mountpointOf(dataset()), name), []);
+  });
+});
+
+describe('archive dir on a replicated dataset: restore on host B from the received archive, matched by guid', () => {
+  let b: Bed;
+  let setup: Setup;
+  let guest: Guest;
+  const name = 'vsbed-o-ar';
+  const dataset = () => `${b.vmDataset}/o-ar`;
+  const archive = () => `${b.vmDataset}/o-arch`;
+  let pool = '';
+  let counter = -1;
+
+  before(async () => {
+    b = await bed();
+    pool = (await backup()).pool;
+    await removeDomains(name, `${name}-b`);
+    for (const ds of [`${pool}/o-ar-b`, `${pool}/o-ar`, `${pool}/o-arch`, dataset(), archive()]) await destroyPatiently(ds);
+    await zfsRetry(['create', archive()]);
+    // The README: the archive's mountpoint is root's alone (0700), and that travels with it.
+    chmodSync(await mountpointOf(archive()), 0o700);
+    setup = await Setup.create('o-archive', { VIRTSNAP_ARCHIVE_DIR: await mountpointOf(archive()) });
+    guest = await Guest.create({ name, dataset: dataset() });
+    await guest.start();
+  });
+  after(async () => {
+    await removeDomains(`${name}-b`);
+    await guest?.remove();
+    for (const ds of [`${pool}/o-ar-b`, `${pool}/o-ar`, `${pool}/o-arch`, dataset(), archive()]) await destroyPatiently(ds);
+  });
+
+  it('sanoid with the hooks, the archive in its own section; syncoid for both; host B restores running, oracle silent', async () => {
+    counter = lastTick(guest.consoleSince(0));
+    // As in the README: the VMs' section with the hooks, the archive's without.
+    const conf = `${setup.section(dataset(), { hourly: '2', daily: '1' })}
+[${archive()}]
+  autosnap = yes
+  autoprune = yes
+  hourly = 48
+  daily = 30
+  monthly = 0
+  yearly = 0
+`;
+    const run = await setup.sanoid('2.1.0', conf, ['--take-snapshots']);
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(setup.dumps().length, 1, 'one dump archived');
+    // The VMs first, then the archive: syncoid's own sync snapshot of the archive holds the dumps post just wrote.
+    const vm = await runSyncoid(dataset(), `${pool}/o-ar`, ['--no-sync-snap', '--quiet']);
+    assert.equal(vm.code, 0, vm.stdout + vm.stderr);
+    const arch = await runSyncoid(archive(), `${pool}/o-arch`, ['--quiet']);
+    assert.equal(arch.code, 0, arch.stdout + arch.stderr);
+
+    const hourly = (await snapshotsOf(`${pool}/o-ar`)).filter((s) => /_hourly$/.test(s)).pop()!;
+    const hostB = await Setup.create('o-hostb-ar', { VIRTSNAP_ARCHIVE_DIR: await mountpointOf(`${pool}/o-arch`) });
+    const dry = await virtsnap(hostB, ['restore', hourly, '--clone', `${pool}/o-ar-b`, '--as', `${name}-b`, '--dry-run']);
+    assert.equal(dry.code, 0, dry.stderr + dry.stdout);
+    const plan = JSON.parse(dry.stdout) as { domains: { dump: { id: string } | null }[] };
+    assert.equal(plan.domains[0]?.dump?.id, setup.dumps()[0]!.manifest.id, 'the received snapshot found its dump by guid');
+    const out = await virtsnap(hostB, ['restore', hourly, '--clone', `${pool}/o-ar-b`, '--as', `${name}-b`]);
+    assert.equal(out.code, 0, out.stderr + out.stdout);
+    await assertResumedSilently(`${name}-b`, counter);
+    assert.equal(await guest.state(), 'running', 'the original on pool A runs on');
   });
 });

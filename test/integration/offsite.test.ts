@@ -2,7 +2,7 @@
 // (VIRTSNAP_RAM_STORE=dataset) with real sanoid runs, and restore on
 // "host B": a config that sees only what came over by syncoid.
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync } from 'node:fs';
+import { copyFileSync, existsSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { chmodSync } from 'node:fs';
@@ -87,6 +87,20 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
     assert.equal(await guest.state(), 'running', 'the original is untouched');
   });
 
+  it('manual `virtsnap snapshot --mode pause`: the RAM is inside that snapshot too, and restores silently', async () => {
+    const counter = lastTick(guest.consoleSince(0));
+    const out = await virtsnap(setup, ['snapshot', dataset(), '--name', 'manual-pause', '--mode', 'pause', '--json']);
+    assert.equal(out.code, 0, out.stderr);
+    assert.equal(await guest.state(), 'running');
+    assert.deepEqual(liveDumpFiles(await mountpointOf(dataset()), name), []);
+    const restored = await virtsnap(setup, ['restore', `${dataset()}@manual-pause`, '--clone', clone(1), '--as', `${name}-r1`]);
+    assert.equal(restored.code, 0, restored.stderr + restored.stdout);
+    await assertResumedSilently(`${name}-r1`, counter);
+    await removeDomains(`${name}-r1`);
+    await destroyPatiently(clone(1));
+    await zfsRetry(['destroy', `${dataset()}@manual-pause`]);
+  });
+
   it('host B: syncoid sends the snapshots to the backup pool; a config that sees only that restores the newest, running, oracle silent', async () => {
     const k = await backup();
     const copy = `${k.pool}/o-ds`;
@@ -104,6 +118,27 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
     await removeDomains(`${name}-b`);
     await destroyPatiently(`${k.pool}/o-ds-b`);
     await destroyPatiently(copy);
+  });
+
+  it('a RAM dump left in the live dataset (its removal failed) and caught by a later snapshot is refused at restore: its disks moved on', async () => {
+    const newest = (await snapshotsOf(dataset())).filter((s) => /_hourly$/.test(s)).pop()!;
+    const look = `${b.vmDataset}/o-ds-look`;
+    await zfsRetry(['clone', newest, look]);
+    const from = path.join(await mountpointOf(look), '.virtsnap', name);
+    const live = path.join(await mountpointOf(dataset()), '.virtsnap', name);
+    const files = readdirSync(from).filter((f) => /^\d{8}T.*\.(save|json)$/.test(f));
+    assert.equal(files.length, 2, files.join(' '));
+    for (const f of files) copyFileSync(path.join(from, f), path.join(live, f));
+    await destroyPatiently(look);
+    await new Promise((r) => setTimeout(r, 2500)); // zfs-fuse keeps whole seconds of mtime; the guest writes every 0.2 s
+    await zfsRetry(['snapshot', `${dataset()}@stale`]);
+    for (const f of files) rmSync(path.join(live, f));
+    const out = await virtsnap(setup, ['restore', `${dataset()}@stale`, '--clone', clone(1), '--as', `${name}-r1`]);
+    assert.notEqual(out.code, 0, out.stdout);
+    assert.match(out.stderr, /changed after the RAM was saved/);
+    assert.doesNotMatch(out.stderr, /\n.*\n.*at .*\.js/, 'one line, no stack trace');
+    assert.equal(await datasetExists(clone(1)), false, 'nothing left behind: the clone made to read the snapshot is gone');
+    await zfsRetry(['destroy', `${dataset()}@stale`]);
   });
 
   it('sanoid prunes a snapshot and its RAM is gone with it', async () => {

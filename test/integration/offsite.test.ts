@@ -19,6 +19,12 @@ function liveDumpFiles(mountpoint: string, domain: string): string[] {
   return existsSync(dir) ? readdirSync(dir).filter((f) => /^\d{8}T.*\.(save|json)$/.test(f)) : [];
 }
 
+/** The serial console of a clone is appended to (append='on'): an earlier run's lines must not count. */
+async function restoreAs(setup: Setup, snapshot: string, cloneDataset: string, as: string): Promise<{ code: number; stdout: string; stderr: string }> {
+  rmSync(path.join((await bed()).consoleDir, `${as}.log`), { force: true });
+  return virtsnap(setup, ['restore', snapshot, '--clone', cloneDataset, '--as', as]);
+}
+
 /** A restored clone runs from RAM (no boot), makes progress, and its oracle is silent. */
 async function assertResumedSilently(name: string, counterAtSnapshot: number): Promise<void> {
   const text = await consoleOf(name, 3, 120_000);
@@ -39,20 +45,20 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
 
   before(async () => {
     b = await bed();
-    await removeDomains(name, `${name}-r1`, `${name}-r2`);
-    for (const n of [1, 2]) await destroyPatiently(clone(n));
+    await removeDomains(name, `${name}-r1`, `${name}-r2`, `${name}-r3`, `${name}-b`);
+    for (const n of [1, 2, 3]) await destroyPatiently(clone(n));
     await destroyPatiently(dataset());
     setup = await Setup.create('o-dataset', { VIRTSNAP_RAM_STORE: 'dataset' });
     guest = await Guest.create({ name, dataset: dataset() });
     await guest.start();
   });
   after(async () => {
-    await removeDomains(`${name}-r1`, `${name}-r2`, `${name}-b`);
+    await removeDomains(`${name}-r1`, `${name}-r2`, `${name}-r3`, `${name}-b`);
     const k = await backup();
     await destroyPatiently(`${k.pool}/o-ds-b`);
     await destroyPatiently(`${k.pool}/o-ds`);
     await guest?.remove();
-    for (const n of [1, 2]) await destroyPatiently(clone(n));
+    for (const n of [1, 2, 3]) await destroyPatiently(clone(n));
     await destroyPatiently(dataset());
   });
 
@@ -76,7 +82,7 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
     const hourly = (await snapshotsOf(dataset())).filter((s) => /_hourly$/.test(s));
     for (const [i, snap] of hourly.entries()) {
       const n = i + 1;
-      const out = await virtsnap(setup, ['restore', snap, '--clone', clone(n), '--as', `${name}-r${n}`]);
+      const out = await restoreAs(setup, snap, clone(n), `${name}-r${n}`);
       assert.equal(out.code, 0, out.stderr + out.stdout);
       assert.match(out.stdout, /network links down|running/);
       await assertResumedSilently(`${name}-r${n}`, counters[i]!);
@@ -93,11 +99,11 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
     assert.equal(out.code, 0, out.stderr);
     assert.equal(await guest.state(), 'running');
     assert.deepEqual(liveDumpFiles(await mountpointOf(dataset()), name), []);
-    const restored = await virtsnap(setup, ['restore', `${dataset()}@manual-pause`, '--clone', clone(1), '--as', `${name}-r1`]);
+    const restored = await restoreAs(setup, `${dataset()}@manual-pause`, clone(3), `${name}-r3`);
     assert.equal(restored.code, 0, restored.stderr + restored.stdout);
-    await assertResumedSilently(`${name}-r1`, counter);
-    await removeDomains(`${name}-r1`);
-    await destroyPatiently(clone(1));
+    await assertResumedSilently(`${name}-r3`, counter);
+    await removeDomains(`${name}-r3`);
+    await destroyPatiently(clone(3));
     await zfsRetry(['destroy', `${dataset()}@manual-pause`]);
   });
 
@@ -111,7 +117,7 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
     assert.ok(newest !== undefined, 'the hourlies arrived');
     // Host B: its own (empty) archive and state, no journal of host A, the default RAM store.
     const hostB = await Setup.create('o-hostb-ds');
-    const out = await virtsnap(hostB, ['restore', newest, '--clone', `${k.pool}/o-ds-b`, '--as', `${name}-b`]);
+    const out = await restoreAs(hostB, newest, `${k.pool}/o-ds-b`, `${name}-b`);
     assert.equal(out.code, 0, out.stderr + out.stdout);
     await assertResumedSilently(`${name}-b`, counters[1]!);
     assert.equal(await guest.state(), 'running', 'the original on pool A runs on');
@@ -133,7 +139,7 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
     await new Promise((r) => setTimeout(r, 2500)); // zfs-fuse keeps whole seconds of mtime; the guest writes every 0.2 s
     await zfsRetry(['snapshot', `${dataset()}@stale`]);
     for (const f of files) rmSync(path.join(live, f));
-    const out = await virtsnap(setup, ['restore', `${dataset()}@stale`, '--clone', clone(1), '--as', `${name}-r1`]);
+    const out = await restoreAs(setup, `${dataset()}@stale`, clone(1), `${name}-r1`);
     assert.notEqual(out.code, 0, out.stdout);
     assert.match(out.stderr, /changed after the RAM was saved/);
     assert.doesNotMatch(out.stderr, /\n.*\n.*at .*\.js/, 'one line, no stack trace');
@@ -209,7 +215,7 @@ describe('archive dir on a replicated dataset: restore on host B from the receiv
     assert.equal(dry.code, 0, dry.stderr + dry.stdout);
     const plan = JSON.parse(dry.stdout) as { domains: { dump: { id: string } | null }[] };
     assert.equal(plan.domains[0]?.dump?.id, setup.dumps()[0]!.manifest.id, 'the received snapshot found its dump by guid');
-    const out = await virtsnap(hostB, ['restore', hourly, '--clone', `${pool}/o-ar-b`, '--as', `${name}-b`]);
+    const out = await restoreAs(hostB, hourly, `${pool}/o-ar-b`, `${name}-b`);
     assert.equal(out.code, 0, out.stderr + out.stdout);
     await assertResumedSilently(`${name}-b`, counter);
     assert.equal(await guest.state(), 'running', 'the original on pool A runs on');

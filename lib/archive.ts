@@ -57,7 +57,7 @@ export interface Manifest {
    * inside a snapshot of the VM's dataset (VIRTSNAP_RAM_STORE=dataset;
    * only in manifests read from a snapshot, lib/ram-in-dataset.ts).
    */
-  store?: { kind: 'dataset'; dataset: string; mountpoint: string };
+  store?: { kind: 'dataset'; dataset: string; mountpoint: string; file?: string };
   /** Directory with domain XML, NVRAM and TPM state copies: `<id>.meta` beside the manifest, or null. */
   metaDir: string | null;
   disks: DumpDisk[];
@@ -423,7 +423,7 @@ export async function archiveDump(archiveDir: string, input: ArchiveInput): Prom
 }
 
 /** The names virtsnap gives a dump's files: `<stamp>-<uuid8>` (see plan.ts). */
-const DUMP_ID = /^\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}$/;
+export const DUMP_ID = /^\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}$/;
 
 /** The dump id of a half-written file of ours (path or name), or null. */
 export function halfWrittenId(file: string): string | null {

@@ -256,11 +256,13 @@ async function saveRam(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<Jo
     throw err;
   }
   const frozen = { step: 'frozen' as const, frozenAt: new Date().toISOString(), existedAtFreeze, ...(job ? { job } : {}) };
-  if (entry.ramInDataset !== undefined) {
+  const ramInDataset = entry.ramInDataset;
+  if (ramInDataset !== undefined) {
     try {
       recordRamInDataset({ ...entry, ...frozen }, deps);
+      entry = { ...entry, ramInDataset: { ...ramInDataset, bytes: statSync(entry.memoryFile).size } };
     } catch (err) {
-      log.error(`cannot write the manifest of the RAM dump into ${entry.ramInDataset.dir} (${(err as Error).message}): thawing, no RAM dump kept`, about(dp.name));
+      log.error(`cannot write the manifest of the RAM dump into ${ramInDataset.dir} (${(err as Error).message}): thawing, no RAM dump kept`, about(dp.name));
       await thawDomain({ ...entry, step: 'frozen' }, deps, { keepDump: false });
       throw err;
     }

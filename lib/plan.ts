@@ -256,12 +256,16 @@ function volumeProblems(domain: Domain): string[] {
     );
 }
 
-function stateProblems(domain: Domain, plan: DomainPlan, inv: Inventory, config: Config): string[] {
-  if (plan.action === 'freeze' && config.ramStore === 'dataset' && plan.ramInDataset === null) {
-    const datasets = [...new Set(plan.disks.filter((d) => d.skip === null).map((d) => d.dataset as string))].sort();
-    const problem = ramInDatasetProblem(domain.name, datasets, datasets.length === 1 ? inv.mountpointOf.get(datasets[0]!) : undefined);
-    if (problem !== null) return [problem];
-  }
+/** VIRTSNAP_RAM_STORE=dataset, for a VM whose RAM may be saved (not one quiesced without a fallback to ram). */
+function ramStoreProblems(domain: Domain, plan: DomainPlan, inv: Inventory, config: Config): string[] {
+  const mayKeepRam = plan.action === 'freeze' && (plan.mode !== 'quiesce' || plan.fallback === 'ram');
+  if (!mayKeepRam || config.ramStore !== 'dataset' || plan.ramInDataset !== null) return [];
+  const datasets = [...new Set(plan.disks.filter((d) => d.skip === null).map((d) => d.dataset as string))].sort();
+  const problem = ramInDatasetProblem(domain.name, datasets, datasets.length === 1 ? inv.mountpointOf.get(datasets[0]!) : undefined);
+  return problem === null ? [] : [problem];
+}
+
+function stateProblems(domain: Domain, plan: DomainPlan): string[] {
   if (plan.action === 'freeze' && plan.fallback === 'fail' && plan.modeNote !== null) {
     return [cannotQuiesce(domain.name, plan.modeNote)];
   }
@@ -308,7 +312,7 @@ export function planFreeze(request: RunRequest, inv: Inventory, config: Config):
     }
     const plan = planDomain(domain, request, inv, config, datasets, runMode.mode);
     if (plan === null) continue;
-    problems.push(...stateProblems(domain, plan, inv, config), ...volumeProblems(domain));
+    problems.push(...stateProblems(domain, plan), ...ramStoreProblems(domain, plan, inv, config), ...volumeProblems(domain));
     domains.push(plan);
   }
   return {

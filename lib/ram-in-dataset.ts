@@ -15,7 +15,7 @@
 // in the snapshot. `zfs send | zfs recv` keeps file sizes and mtimes.
 import { lstatSync, statSync } from 'node:fs';
 import path from 'node:path';
-import type { DumpDisk, Manifest } from './archive.js';
+import { DUMP_ID, type DumpDisk, type Manifest } from './archive.js';
 import { datasetMetaDir, DATASET_META_DEPTH } from './domain-files.js';
 import { VirtsnapError } from './errors.js';
 import { parseDomainXml } from './libvirt/domain-xml.js';
@@ -24,6 +24,8 @@ import { withSafeDir } from './safe-dir.js';
 
 /** Where the RAM of one freeze goes and what is known of the dataset, in the journal entry. */
 export interface RamInDataset {
+  /** The memory file's size once the save completed (written into the journal with step frozen). */
+  bytes?: number;
   /** The dataset whose snapshot holds the RAM (the one holding every frozen disk of the VM). */
   dataset: string;
   mountpoint: string;
@@ -46,9 +48,14 @@ export interface InDatasetManifest extends Omit<Manifest, 'snapshots' | 'sha256'
   disks: (DumpDisk & { identity: DiskIdentity | null })[];
 }
 
+/** The names of a dump's two files in `.virtsnap/<domain>/`. */
+export function ramFileName(id: string, kind: 'save' | 'json'): string {
+  return `${id}.${kind}`;
+}
+
 /** The dump's two files in the dataset. */
 export function ramFiles(dir: string, id: string): { save: string; manifest: string } {
-  return { save: path.join(dir, `${id}.save`), manifest: path.join(dir, `${id}.json`) };
+  return { save: path.join(dir, ramFileName(id, 'save')), manifest: path.join(dir, ramFileName(id, 'json')) };
 }
 
 /** The RAM location for a domain frozen in dataset mode. */
@@ -59,7 +66,7 @@ export function ramInDatasetOf(dataset: string, mountpoint: string, domainName: 
 /**
  * Why RAM cannot go into this dataset for this VM, or null. Every frozen disk
  * must be in one mounted dataset: the snapshot that holds the RAM must hold
- * all of them (a VM spread over several datasets keeps its RAM in the archive).
+ * all of them (a VM spread over several datasets is refused, and named).
  */
 export function ramInDatasetProblem(domainName: string, datasets: string[], mountpoint: string | undefined): string | null {
   if (datasets.length !== 1) {
@@ -100,20 +107,17 @@ export function diskIdentity(file: string): DiskIdentity | null {
 export function writeInDatasetManifest(where: RamInDataset, manifest: InDatasetManifest): void {
   withSafeDir(where.dir, { ours: DATASET_META_DEPTH, create: false }, (d) => {
     if (d === null) throw new VirtsnapError(`${where.dir} is gone: cannot write the manifest of the RAM dump`);
-    d.writeFile(`${manifest.id}.json`, `${JSON.stringify(manifest, null, 2)}\n`);
+    d.writeFile(ramFileName(manifest.id, 'json'), `${JSON.stringify(manifest, null, 2)}\n`);
   });
 }
 
-/**
- * Removes a dump's files from the live dataset (never through a symlink).
- * Called before the disks move on; true once neither file is there.
- */
+/** Removes a dump's files from the live dataset (never through a symlink); nothing there is fine. */
 export function removeLiveRam(dir: string, id: string): void {
   withSafeDir(dir, { ours: DATASET_META_DEPTH, create: false }, (d) => {
     if (d === null) return;
     // The manifest first: a RAM file without it is never taken for a dump.
-    d.removeFile(`${id}.json`);
-    d.removeFile(`${id}.save`);
+    d.removeFile(ramFileName(id, 'json'));
+    d.removeFile(ramFileName(id, 'save'));
   });
 }
 
@@ -124,7 +128,7 @@ export function inDatasetDumps(mountpoint: string): { domainDir: string; manifes
   for (const domain of top.sort()) {
     const dir = path.join(mountpoint, '.virtsnap', domain);
     const names = withSafeDir(dir, { ours: DATASET_META_DEPTH, create: false }, (d) => d?.list() ?? []);
-    for (const name of names.filter((n) => /^\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}\.json$/.test(n)).sort()) {
+    for (const name of names.filter((n) => n.endsWith('.json') && DUMP_ID.test(n.slice(0, -'.json'.length))).sort()) {
       const id = name.slice(0, -'.json'.length);
       try {
         const text = withSafeDir(dir, { ours: DATASET_META_DEPTH, create: false }, (d) => d?.readFile(name));
@@ -158,7 +162,7 @@ export function inDatasetProblem(m: InDatasetManifest, saveFile: string, diskNow
   }
   if (size !== m.bytes) return `${saveFile} has ${size} bytes, its manifest says ${m.bytes}`;
   for (const disk of m.disks) {
-    if (disk.identity === null) continue;
+    if (disk.identity === null) return `disk ${disk.target} (${disk.source}) could not be looked at when the RAM was saved, so whether the snapshot holds it as it was then is unknown`;
     const file = diskNow(disk.source);
     const now = file === null ? null : diskIdentity(file);
     if (now === null) return `disk ${disk.target} (${disk.source}) is not in the snapshot`;

@@ -34,6 +34,10 @@ export interface RestoreFacts {
   dumps: { manifest: Manifest; problem: string | null; disks?: Disk[]; hostGaps?: string[] }[];
   /** Domains defined now: name, uuid, state, and the datasets their disks live in. */
   domains: { name: string; uuid: string; state: string; datasets: string[] }[];
+  /** Why the RAM inside the snapshot could not be read (VIRTSNAP_RAM_STORE=dataset). */
+  snapshotProblems?: string[];
+  /** The RAM dumps inside the snapshot (dir relative to their dataset): gone from the restored dataset once the restore is done. */
+  ramInSnapshot?: { dataset: string; dir: string; id: string }[];
   /** Where datasets are mounted now (for dumps that did not record it). */
   mounts?: Record<string, string>;
   /** An existing dataset at the clone target, if any. */
@@ -79,6 +83,8 @@ export interface RestorePlan {
   problems: string[];
   /** What this host lacks for the VMs, when --ignore-host-gaps lets the restore go on anyway. */
   warnings: string[];
+  /** RAM dumps inside the snapshot, removed from the clone or rolled-back dataset after the restore. */
+  ramInSnapshot: { dataset: string; dir: string; id: string }[];
 }
 
 /** `/dev/zvol/<dataset>` or one of its partitions (`-part1`), not a sibling zvol named `<dataset>-partner`. */
@@ -112,12 +118,14 @@ export function planRestore(request: RestoreRequest, facts: RestoreFacts, newUui
     paused: request.paused,
     problems,
     warnings: [],
+    ramInSnapshot: facts.ramInSnapshot ?? [],
   };
   if (!facts.snapshots.includes(request.snapshot)) {
     problems.push(`snapshot ${request.snapshot} does not exist: see \`zfs list -t snapshot -r ${dataset}\``);
     return plan;
   }
   const dumps = facts.dumps.filter((d) => request.domain === undefined || d.manifest.domain.name === request.domain);
+  problems.push(...(facts.snapshotProblems ?? []));
   for (const d of dumps) if (d.problem !== null) problems.push(`RAM dump ${d.manifest.id} of ${JSON.stringify(d.manifest.domain.name)} is bad (${d.problem}): refusing to restore it`);
   for (const d of dumps) {
     const gaps = (d.hostGaps ?? []).map((g) => `this host cannot run ${JSON.stringify(d.manifest.domain.name)} as saved: ${g}${request.ignoreHostGaps ? '' : ' (or --ignore-host-gaps to try anyway)'}`);

@@ -11,12 +11,12 @@
 // nothing newer is lost without --destroy-newer. A gzip dump goes to
 // `virsh restore` as it is: libvirt decompresses it (lib/libvirt/save-image.ts),
 // and its XML region, uncompressed, is rewritten for --as as a raw one's.
-import { copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync, readFileSync, realpathSync, renameSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync, readFileSync, realpathSync, renameSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { scanArchive, type Manifest } from './archive.js';
-import { inDatasetDumps, inDatasetProblem, removeLiveRam } from './ram-in-dataset.js';
+import { inDatasetDumps, inDatasetProblem, ramFileName, removeLiveRam } from './ram-in-dataset.js';
 import type { Config } from './config.js';
 import { LibvirtError, VirtsnapError, ZfsError } from './errors.js';
 import type { StopSignal } from './signals.js';
@@ -80,58 +80,77 @@ async function dumpsOf(request: RestoreRequest, deps: RestoreDeps): Promise<Rest
   return dumps;
 }
 
+/** What reading the RAM inside a snapshot found: dumps, and why it could not look, if so. */
+interface InSnapshot {
+  dumps: RestoreFacts['dumps'];
+  problems: string[];
+  /** Every dump the snapshot holds (relative dir in the dataset, id): removed from the restored dataset after the restore. */
+  seen: { dataset: string; dir: string; id: string }[];
+}
+
 /**
  * The RAM dumps inside the snapshot itself (VIRTSNAP_RAM_STORE=dataset).
- * zfs-fuse has no `.zfs` dir, so the snapshot is cloned to be read (for
- * --clone, at the clone's own name) and the clone destroyed again: planning
- * leaves nothing behind, and the restore clones it anew. Each dump's memory
- * file is named where it will be once the restore has cloned or rolled back.
+ * zfs-fuse has no `.zfs` dir, so the snapshot is cloned to be read: a clone
+ * of our own name, mounted read-only on a private dir in the state dir (not
+ * in anybody's tree), destroyed again before planning goes on. Each dump's
+ * memory file is named relative to its dataset (`store.file`): the restore
+ * resolves it once it has cloned or rolled back.
  */
-async function dumpsInSnapshot(request: RestoreRequest, deps: RestoreDeps): Promise<RestoreFacts['dumps']> {
+async function dumpsInSnapshot(request: RestoreRequest, deps: RestoreDeps): Promise<InSnapshot> {
   const { dataset, snapname } = splitSnapshot(request.snapshot);
-  const probe = request.mode.kind === 'clone' ? request.mode.dataset : `${dataset}-virtsnap-probe-${randomUUID().slice(0, 8)}`;
-  if (await deps.zfs.exists(probe)) return []; // the plan names the taken clone target
+  const none: InSnapshot = { dumps: [], problems: [], seen: [] };
+  // Only a mounted filesystem can hold RAM (zvols have no files), and only one the plan will restore.
+  if (!readMounts().some((m) => m.dataset === dataset)) return none;
+  if (request.mode.kind === 'clone' && (isInSubtree(request.mode.dataset, dataset) || (await deps.zfs.exists(request.mode.dataset)))) return none;
+  const id = randomUUID().slice(0, 8);
+  const probe = dataset.includes('/') ? `${dataset}-virtsnap-probe-${id}` : `${dataset}/virtsnap-probe-${id}`;
+  const mountDir = path.join(deps.config.stateDir, 'probe', id);
+  mkdirSync(mountDir, { recursive: true, mode: 0o700 });
   const props = (await deps.zfs.snapshotProps([dataset])).props.get(request.snapshot);
-  await deps.zfs.clone(request.snapshot, probe);
   try {
+    await deps.zfs.clone(request.snapshot, probe, { mountpoint: mountDir, readonly: 'on' });
     const probeMount = readMounts().find((m) => m.dataset === probe)?.mountpoint;
-    if (probeMount === undefined) return [];
-    const finalMount = request.mode.kind === 'clone' ? probeMount : readMounts().find((m) => m.dataset === dataset)?.mountpoint;
-    if (finalMount === undefined) return [];
-    const dumps: RestoreFacts['dumps'] = [];
+    if (probeMount === undefined) return { dumps: [], seen: [], problems: [`cannot read ${request.snapshot}: its clone ${probe} did not mount at ${mountDir}, so whether it holds RAM is unknown; nothing was changed`] };
+    const result: InSnapshot = { dumps: [], problems: [], seen: [] };
     for (const found of inDatasetDumps(probeMount)) {
+      result.seen.push({ dataset, dir: path.relative(probeMount, found.domainDir), id: found.id });
       const m = found.manifest;
+      const where = `${request.snapshot}:${path.relative(probeMount, found.domainDir)}`;
       if (m === null) {
-        log.warn(found.problem ?? 'a damaged RAM manifest', { dataset });
+        result.problems.push(`a RAM manifest in ${where} is damaged (${found.problem}): not restoring from it; remove it from the restored dataset by hand, or restore with --domain NAME`);
         continue;
       }
       if (request.domain !== undefined && m.domain.name !== request.domain) continue;
-      const relative = path.join(path.relative(probeMount, found.domainDir), `${m.id}.save`);
-      const inProbe = path.join(probeMount, relative);
+      const file = path.join(path.relative(probeMount, found.domainDir), ramFileName(m.id, 'save'));
       const from = m.store.mountpoint;
-      const problem = inDatasetProblem(m, inProbe, (source) => (source.startsWith(`${from}/`) ? path.join(probeMount, source.slice(from.length)) : null));
+      const problem = inDatasetProblem(m, path.join(probeMount, file), (source) => (source.startsWith(`${from}/`) ? path.join(probeMount, source.slice(from.length)) : null));
       const manifest: Manifest = {
         format: 'virtsnap-dump/2',
         id: m.id,
         domain: m.domain,
         snapshots: [{ name: request.snapshot, frozenAs: `${m.store.dataset}@${snapname}`, guid: props?.guid ?? null, createtxg: props?.createtxg ?? null, creation: props?.creation ?? null, mountpoint: from }],
         types: m.types,
-        memoryFile: path.join(finalMount, relative),
+        memoryFile: `${request.snapshot}:/${file}`, // resolved once cloned or rolled back (restoreDomainOnce)
         bytes: m.bytes,
         sha256: '',
         compression: null,
-        store: m.store,
+        store: { ...m.store, file },
         metaDir: null,
         disks: m.disks,
         times: m.times,
         libvirtUri: m.libvirtUri,
         hostname: m.hostname,
       };
-      dumps.push({ manifest, problem: problem === null ? null : `${problem} (RAM inside ${request.snapshot})`, ...(problem === null ? await whatTheXmlNeeds(readSaveImageXml(inProbe).xml, manifest, deps) : {}) });
+      const shown = problem === null ? null : `${problem.split(probeMount).join(`${request.snapshot}:`)}`;
+      result.dumps.push({ manifest, problem: shown, ...(problem === null ? await whatTheXmlNeeds(readSaveImageXml(path.join(probeMount, file)).xml, manifest, deps) : {}) });
     }
-    return dumps;
+    return result;
   } finally {
-    await retryBusy(() => deps.zfs.destroy(probe)).catch((err: Error) => log.warn(`could not remove ${probe}, made to read ${request.snapshot}: ${err.message}; remove it with \`zfs destroy ${probe}\``, { dataset }));
+    // Only a clone of this snapshot is ours to destroy.
+    if ((await deps.zfs.property(probe, 'origin').catch(() => null)) === request.snapshot) {
+      await retryBusy(() => deps.zfs.destroy(probe)).catch((err: Error) => log.warn(`could not remove ${probe}, made to read ${request.snapshot}: ${err.message}; remove it with \`zfs destroy ${probe}\``, { dataset }));
+    }
+    rmSync(mountDir, { recursive: true, force: true });
   }
 }
 
@@ -150,7 +169,9 @@ async function gatherFacts(request: RestoreRequest, deps: RestoreDeps): Promise<
   const { dataset } = splitSnapshot(request.snapshot);
   const snapshots = await deps.zfs.listSnapshotsByCreation(dataset);
   let dumps = snapshots.includes(request.snapshot) ? await dumpsOf(request, deps) : [];
-  if (dumps.length === 0 && snapshots.includes(request.snapshot)) dumps = await dumpsInSnapshot(request, deps);
+  let snapshotProblems: string[] = [];
+  let ramInSnapshot: InSnapshot['seen'] = [];
+  if (dumps.length === 0 && snapshots.includes(request.snapshot)) ({ dumps, problems: snapshotProblems, seen: ramInSnapshot } = await dumpsInSnapshot(request, deps));
   const all = await deps.virsh.domains();
   const datasetsOf = datasetsOfDomains(all);
   const domains = all.map((d) => ({
@@ -163,6 +184,8 @@ async function gatherFacts(request: RestoreRequest, deps: RestoreDeps): Promise<
   return {
     snapshots,
     dumps,
+    snapshotProblems,
+    ramInSnapshot,
     domains,
     mounts: Object.fromEntries(readMounts().map((m) => [m.dataset, m.mountpoint])),
     frozen: domains.filter((d) => inJournal.has(d.uuid)).map((d) => ({ name: d.name, datasets: d.datasets })),
@@ -323,27 +346,35 @@ async function restoreDomainOnce(d: DomainRestore, plan: RestorePlan, deps: Rest
     if (nvramCopy !== null && inactive !== null) putNvram(nvramCopy, prepareXml(d, inactive, paths, plan).nvram, undo);
     return `${d.newName}: no RAM dump in ${plan.snapshot} (the VM was shut off, the snapshot was quiesced, or it is older than virtsnap): disks and definition restored; start it with \`virsh start ${d.newName}\` (it boots)`;
   }
-  const image = readSaveImageXml(d.dump.memoryFile);
+  const inSnapshot = d.dump.store?.file !== undefined;
+  const memoryFile = inSnapshot ? ramInRestored(d.dump, plan, paths) : d.dump.memoryFile;
+  // RAM from inside the snapshot runs paused until its file is gone from the live dataset (see dropRam).
+  const paused = plan.paused || inSnapshot;
+  const image = readSaveImageXml(memoryFile);
   const live = prepareXml(d, image.xml, paths, plan);
   assertDisksRestorable(d, live.xml, paths);
   if (nvramCopy !== null) putNvram(nvramCopy, live.nvram, undo);
   if (renamed) {
     // libvirt's ABI check refuses a new UUID, so the copy's embedded XML is rewritten instead.
     const copy = path.join(work, `${fileSafe(d.newName)}.save`);
-    copyFileSync(d.dump.memoryFile, copy);
+    copyFileSync(memoryFile, copy);
     rewriteSaveImageXml(copy, live.xml);
-    await settled(deps.virsh.restore(copy, { paused: plan.paused }, deps.config.restoreTimeoutMs), () => isUp(d.newUuid, deps), 'the restore', deps.config.restoreTimeoutMs, { domain: d.newName });
+    await settled(deps.virsh.restore(copy, { paused }, deps.config.restoreTimeoutMs), () => isUp(d.newUuid, deps), 'the restore', deps.config.restoreTimeoutMs, { domain: d.newName });
     rmSync(copy, { force: true });
   } else {
     const xmlFile = path.join(work, `${fileSafe(d.newName)}.xml`);
     writeFileSync(xmlFile, live.xml, { mode: 0o600 });
     await settled(
-      deps.virsh.restore(d.dump.memoryFile, { paused: plan.paused, xmlFile }, deps.config.restoreTimeoutMs),
+      deps.virsh.restore(memoryFile, { paused, xmlFile }, deps.config.restoreTimeoutMs),
       () => isUp(d.newUuid, deps),
       'the restore',
       deps.config.restoreTimeoutMs,
       { domain: d.newName },
     );
+  }
+  if (inSnapshot) {
+    dropRam(path.dirname(memoryFile), d.dump.id);
+    if (!plan.paused) await deps.virsh.resume(d.newUuid);
   }
   log.info(`restored ${plan.paused ? 'paused' : 'running'} from RAM dump ${d.dump.id}`, ctx);
   const links = plan.mode.kind === 'clone' && /<interface\b/.test(live.xml) ? ` (network links down: \`virsh domif-setlink ${d.newName} IFACE up\` once it may meet the network)` : '';
@@ -406,21 +437,35 @@ async function undoClone(plan: RestorePlan, deps: RestoreDeps): Promise<void> {
   log.info(`restore failed: removed ${removed.join(', ') || 'no clone'}`, { dataset: splitSnapshot(plan.snapshot).dataset });
 }
 
+/** Where the memory file of a RAM dump read from inside the snapshot is, now that its dataset is cloned or rolled back. */
+function ramInRestored(dump: Manifest, plan: RestorePlan, paths: Paths): string {
+  const ds = splitSnapshot(dump.snapshots[0]!.name).dataset;
+  const target = plan.cloneOf[ds] ?? ds;
+  const mount = paths.table.find((m) => m.dataset === target)?.mountpoint;
+  if (mount === undefined) throw new VirtsnapError(`${target} is not mounted: cannot read the RAM inside ${plan.snapshot}`);
+  return path.join(mount, dump.store!.file!);
+}
+
 /**
  * A RAM dump inside a snapshot (VIRTSNAP_RAM_STORE=dataset) is live again
- * in the clone or the rolled-back dataset: once the VMs run on those disks,
- * a snapshot of them must not pair it with what they write. Removed as soon
- * as the restores are done (or failed).
+ * in the clone or the rolled-back dataset: a snapshot of it must never pair
+ * it with what the VM writes. Removed while the VM is still paused, and for
+ * every dump the snapshot held (those of domains not restored too) once the
+ * restores are done or failed. Only the files of the dumps read from it.
  */
-function dropRamFromLiveDatasets(paths: Paths): void {
-  for (const { to } of paths.mounts) {
-    for (const found of inDatasetDumps(to)) {
-      try {
-        removeLiveRam(found.domainDir, found.id);
-      } catch (err) {
-        log.error(`cannot remove RAM dump ${found.id} from ${found.domainDir} (${(err as Error).message}): remove it by hand before the next snapshot of it`);
-      }
-    }
+function dropRam(dir: string, id: string): void {
+  try {
+    removeLiveRam(dir, id);
+  } catch (err) {
+    log.error(`cannot remove RAM dump ${id} from ${dir} (${(err as Error).message}): remove ${id}.save and ${id}.json there by hand before the next snapshot of it`);
+  }
+}
+
+function dropAllRam(plan: RestorePlan, paths: Paths): void {
+  for (const r of plan.ramInSnapshot) {
+    const target = plan.cloneOf[r.dataset] ?? r.dataset;
+    const mount = paths.table.find((m) => m.dataset === target)?.mountpoint;
+    if (mount !== undefined) dropRam(path.join(mount, r.dir), r.id);
   }
 }
 
@@ -463,7 +508,7 @@ export async function executeRestore(plan: RestorePlan, deps: RestoreDeps): Prom
         messages.push(await restoreDomain(d, plan, deps, paths, work));
       }
     } finally {
-      dropRamFromLiveDatasets(paths);
+      dropAllRam(plan, paths);
     }
   } catch (err) {
     if (plan.mode.kind === 'clone') await undoClone(plan, deps);

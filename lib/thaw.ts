@@ -289,6 +289,11 @@ async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): 
   const { virsh, journal } = deps;
   const name = entry.domain.name;
   let keep = options.keepDump;
+  // RAM inside the dataset: gone from the live dataset first, whatever comes
+  // next (a commit, a resume, a person booting the VM by hand after a stuck
+  // thaw), so no later snapshot pairs it with newer disks. The snapshots
+  // taken meanwhile keep their own copy (lib/ram-in-dataset.ts).
+  if (entry.ramInDataset !== undefined && entry.step !== 'committed') await removeRamBeforeDisksMove(entry);
   if (entry.step !== 'committed') {
     if (!(await virsh.exists(entry.domain.uuid))) {
       throw new StuckError(
@@ -335,9 +340,6 @@ async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): 
       log.error('the journal cannot record which snapshots hold the RAM dump: it is discarded', about(name));
       keep = false;
     }
-    // RAM inside the dataset: gone from the live dataset before its disks move
-    // on, so no later snapshot pairs it with newer disks (lib/ram-in-dataset.ts).
-    if (entry.ramInDataset !== undefined) removeRamBeforeDisksMove(entry);
     const commitStarted = Date.now();
     for (const o of entry.overlays) if (o.overlay !== null) await commitDisk(entry, o, before, deps);
     const commitMs = Date.now() - commitStarted;
@@ -380,15 +382,21 @@ async function tieDump(entry: JournalEntry, deps: Deps): Promise<SnapshotRef[]> 
   return tied;
 }
 
-/** Removes a dump's files from the live dataset; a failure is loud, never a reason to keep the VM on its overlays. */
-function removeRamBeforeDisksMove(entry: JournalEntry): void {
+/**
+ * Removes a dump's files from the live dataset; a failure is loud, never a
+ * reason to keep the VM on its overlays. The disks then move on only after
+ * the second of the save has passed: zfs-fuse keeps whole seconds of mtime,
+ * and a restore tells RAM caught by a later snapshot by its disks' mtimes.
+ */
+async function removeRamBeforeDisksMove(entry: JournalEntry): Promise<void> {
   try {
     removeLiveRam(entry.ramInDataset!.dir, entry.tag);
   } catch (err) {
     log.error(
-      `cannot remove RAM dump ${entry.memoryFile} from the live dataset (${(err as Error).message}): remove it by hand; a later snapshot holding it pairs it with newer disks (a restore refuses that, the disks' mtimes differ)`,
+      `cannot remove RAM dump ${entry.memoryFile} from the live dataset (${(err as Error).message}): remove it by hand; a later snapshot holding it pairs it with newer disks (a restore refuses that: the disks' mtimes differ)`,
       about(entry.domain.name),
     );
+    await sleep(1100);
   }
 }
 
@@ -407,7 +415,7 @@ export function dropDump(entry: Pick<JournalEntry, 'memoryFile' | 'metaDir' | 'r
 /** Archives the dump, tied to the snapshots that hold its instant. */
 async function keepDump(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): Promise<ArchivedDump | null> {
   const name = entry.domain.name;
-  if (entry.ramInDataset !== undefined) return inSnapshots(entry, tied);
+  if (entry.ramInDataset !== undefined) return inSnapshots(entry, tied, deps);
   if (!exists(entry.memoryFile)) {
     log.error(`memory file ${entry.memoryFile} is missing: no RAM dump for this snapshot`, about(name));
     return null;
@@ -453,7 +461,7 @@ async function keepDump(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): P
  * RAM inside the dataset: nothing to archive, the snapshots carry it. What
  * post reports (and the metrics count) is the dump as the snapshots hold it.
  */
-function inSnapshots(entry: JournalEntry, tied: SnapshotRef[]): ArchivedDump {
+function inSnapshots(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): ArchivedDump {
   rmSync(entry.metaDir, { recursive: true, force: true });
   const where = entry.ramInDataset!;
   const inside = ramFiles(where.dir, entry.tag);
@@ -467,13 +475,13 @@ function inSnapshots(entry: JournalEntry, tied: SnapshotRef[]): ArchivedDump {
       snapshots: tied,
       types: entry.types,
       memoryFile: `${tied[0]!.name}:${inside.save.slice(where.mountpoint.length)}`,
-      bytes: entry.job?.memoryBytes ?? 0,
+      bytes: where.bytes ?? entry.job?.memoryBytes ?? 0,
       sha256: '',
       compression: null,
       metaDir: null,
       disks: entry.overlays.map((o) => ({ target: o.target, source: o.original, dataset: o.dataset, format: o.format, bytes: o.bytes })),
       times: { startedAt: entry.startedAt, frozenAt: entry.frozenAt ?? null, archivedAt: new Date().toISOString(), pauseMs: entry.job?.downtimeMs ?? null, saveMs: entry.job?.elapsedMs ?? null, commitMs: entry.commitMs ?? null },
-      libvirtUri: '',
+      libvirtUri: deps.config.libvirtUri,
       hostname: hostname(),
     },
   };

@@ -226,8 +226,16 @@ export class ZfsClient {
     await this.zfs(['destroy', dataset], `cannot destroy ${dataset}`);
   }
 
-  async clone(snapshot: string, target: string): Promise<void> {
-    await this.zfs(['clone', snapshot, target], `cannot clone ${snapshot} to ${target}`);
+  /** `properties`: set on the clone as it is made (`zfs clone -o`), e.g. a mountpoint of our own. */
+  async clone(snapshot: string, target: string, properties: Record<string, string> = {}): Promise<void> {
+    const options = Object.entries(properties).flatMap(([k, v]) => ['-o', `${k}=${v}`]);
+    await this.zfs(['clone', ...options, snapshot, target], `cannot clone ${snapshot} to ${target}`);
+  }
+
+  /** A property of one dataset (`zfs get -H -o value`), or null when the dataset does not exist. */
+  async property(dataset: string, name: string): Promise<string | null> {
+    if (!(await this.exists(dataset))) return null;
+    return (await this.zfs(['get', '-H', '-o', 'value', name, dataset], `cannot read ${name} of ${dataset}`)).trim();
   }
 
   /**

@@ -6,7 +6,7 @@ import { copyFileSync, existsSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { chmodSync } from 'node:fs';
-import { backup, bed, consoleOf, datasetExists, Guest, lastTick, mismatches, mountpointOf, removeDomains, runSyncoid, snapshotsOf, zfsRetry, type Bed } from '../helpers/bed.js';
+import { backup, bed, consoleOf, datasetExists, Guest, lastTick, mismatches, mountpointOf, removeDomains, runSyncoid, sh, snapshotsOf, zfsRetry, type Bed } from '../helpers/bed.js';
 import { Setup, virtsnap } from '../helpers/virtsnap.js';
 
 async function destroyPatiently(dataset: string): Promise<void> {
@@ -157,6 +157,20 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
     // No copy anywhere else: the snapshot was the only holder of that RAM.
     assert.deepEqual(setup.dumps(), []);
     assert.deepEqual(liveDumpFiles(await mountpointOf(dataset()), name), []);
+  });
+
+  it('--rollback to the remaining snapshot: the VM is stopped, rolled back and resumed from the RAM inside it, oracle silent, no RAM left live', async () => {
+    const snap = (await snapshotsOf(dataset())).filter((s) => /_hourly$/.test(s)).pop()!;
+    const offset = guest.consoleSize();
+    const out = await virtsnap(setup, ['restore', snap, '--rollback', '--yes', '--destroy-newer']);
+    assert.equal(out.code, 0, out.stderr + out.stdout);
+    assert.equal(await guest.state(), 'running');
+    const text = await guest.oracleAfter(offset, 3, 120_000);
+    assert.deepEqual(mismatches(text), []);
+    assert.doesNotMatch(text, /VSBED BOOT/, 'resumed from RAM, not booted');
+    assert.deepEqual(liveDumpFiles(await mountpointOf(dataset()), name), [], 'the RAM that came back with the rollback is gone from the live dataset');
+    const datasets = (await sh('zfs', ['list', '-H', '-o', 'name', '-r', b.vmDataset])).split('\n');
+    assert.deepEqual(datasets.filter((d) => d.includes('virtsnap-probe')), [], 'the clone made to read the snapshot is gone');
   });
 });
 

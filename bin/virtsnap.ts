@@ -34,7 +34,7 @@ const usage = `usage: virtsnap COMMAND [options]
                       the RAM dumps in the archive
   gc [--dry-run] [--json]
                       drop what no snapshot needs any more (dumps, half-written files)
-  verify [--json] [DATASET|DOMAIN]
+  verify [--json] [--deep] [DATASET|DOMAIN]
                       check every RAM dump (header, domain XML, sha256)
   recover [--force]   commit back VMs that an interrupted run left on overlays
   recover --discard DOMAIN [--yes]
@@ -201,9 +201,9 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
   },
 
   async verify(args) {
-    const { values, positionals } = parse(args, { json: { type: 'boolean' } });
+    const { values, positionals } = parse(args, { json: { type: 'boolean' }, deep: { type: 'boolean' } });
     if (positionals.length > 1) throw new UsageError('virtsnap verify takes at most one DATASET or DOMAIN');
-    const verdicts = await verifyArchive(loadConfig().archiveDir, positionals[0]);
+    const verdicts = await verifyArchive(loadConfig(), positionals[0], { deep: values.deep === true });
     if (positionals[0] !== undefined && verdicts.length === 0) {
       throw new VirtsnapError(`no RAM dump of a domain or dataset ${JSON.stringify(positionals[0])} in the archive: see \`virtsnap list\``);
     }

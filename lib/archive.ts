@@ -68,6 +68,34 @@ export interface Manifest {
   };
   libvirtUri: string;
   hostname: string;
+  /**
+   * Where the memory file's bytes are when not in `<id>.save` beside the
+   * manifest: a restic snapshot (lib/archive-store.ts). Absent: the archive dir.
+   */
+  store?: ResticStore;
+}
+
+/** A dump kept in a restic repository: the snapshot, and the names of its files at the top of that snapshot's tree. */
+export interface ResticStore {
+  kind: 'restic';
+  repo: string;
+  /** The restic snapshot's id. */
+  snapshot: string;
+  /** The raw save image, e.g. `/web.20261123T….save`. */
+  save: string;
+  /** The meta dir in the snapshot (holding `manifest.json`). */
+  meta: string;
+}
+
+/** Where a dump's memory file is: the one question every reader of the bytes asks (lib/archive-store.ts answers it for restic). */
+export function resticStoreOf(m: Pick<Manifest, 'store'>): ResticStore | null {
+  return m.store?.kind === 'restic' ? m.store : null;
+}
+
+/** Where a dump's bytes are, for people: the memory file, or `restic:REPO SNAPSHOT:/file`. */
+export function storedAt(m: Pick<Manifest, 'store' | 'memoryFile'>): string {
+  const store = resticStoreOf(m);
+  return store === null ? m.memoryFile : `restic:${store.repo} ${store.snapshot.slice(0, 8)}:${store.save}`;
 }
 
 /** The current names of a dump's snapshots (dataset@snapname). */
@@ -195,6 +223,8 @@ export interface Staged {
   raw?: { sha256: string; bytes: number };
   /** Puts the file at its destination and removes the source. */
   commit(): void;
+  /** Where the bytes went instead of the archive dir (a restic snapshot): `commit` then only removes the source. */
+  store?: ResticStore;
 }
 
 /** Where `dest.part` becomes `dest` and only then the source goes: a crash keeps the source. */
@@ -369,7 +399,7 @@ export async function stageDump(archiveDir: string, input: ArchiveInput): Promis
  * again), never an archived dump without its manifest (which gc would take
  * for a stray).
  */
-export function publishDump(s: StagedDump): ArchivedDump {
+export function publishDump(s: Pick<StagedDump, 'dir' | 'input' | 'memoryFile' | 'staged'>): ArchivedDump {
   const { dir, input, memoryFile, staged } = s;
   const { sha256, bytes } = staged;
   let metaDir: string | null = null;
@@ -391,6 +421,7 @@ export function publishDump(s: StagedDump): ArchivedDump {
     sha256,
     compression: staged.compression,
     ...(staged.raw !== undefined ? { raw: staged.raw } : {}),
+    ...(staged.store !== undefined ? { store: staged.store } : {}),
     metaDir,
     disks: input.disks,
     times: {
@@ -441,12 +472,26 @@ export function readManifest(file: string): Manifest {
   } catch (err) {
     throw new VirtsnapError(`manifest ${file} is not readable JSON (${(err as Error).message}): run \`virtsnap gc\` or remove it`);
   }
+  const m = readManifestValue(value, file, path.basename(file).replace(/\.json$/, ''));
+  const dir = path.dirname(file);
+  return {
+    ...m,
+    memoryFile: path.join(dir, `${m.id}.save`),
+    metaDir: m.metaDir === null ? null : path.join(dir, `${m.id}.meta`),
+  };
+}
+
+/**
+ * A manifest's content checked (`what` names where it came from, `id` the
+ * id its place gives it); its file names are the caller's to set.
+ */
+export function readManifestValue(value: unknown, what: string, id: string): Manifest {
+  const file = what;
   const m = value as Omit<Partial<Manifest>, 'format' | 'snapshots'> & { format?: string; snapshots?: unknown[] };
   const ours = (m.format === 'virtsnap-dump/1' || m.format === 'virtsnap-dump/2') && Array.isArray(m.snapshots) && typeof m.id === 'string';
-  if (!ours || `${m.id}.json` !== path.basename(file)) {
+  if (!ours || m.id !== id) {
     throw new VirtsnapError(`manifest ${file} is not a virtsnap dump manifest: remove it or move it out of the archive`);
   }
-  const dir = path.dirname(file);
   // virtsnap-dump/1 named snapshots only; their refs have no guid and are found by name.
   const snapshots = m.snapshots!.map((r) => (typeof r === 'string' ? legacyRef(r) : (r as SnapshotRef)));
   if (snapshots.some((r) => r === null || typeof r !== 'object' || typeof r.name !== 'string' || !r.name.includes('@'))) {
@@ -459,8 +504,7 @@ export function readManifest(file: string): Manifest {
     compression: m.compression ?? null, // older manifests: stored as libvirt wrote it
     format: 'virtsnap-dump/2',
     snapshots,
-    memoryFile: path.join(dir, `${m.id}.save`),
-    metaDir: m.metaDir === null || m.metaDir === undefined ? null : path.join(dir, `${m.id}.meta`),
+    metaDir: m.metaDir === null || m.metaDir === undefined ? null : (m.metaDir as string),
   };
 }
 

@@ -15,7 +15,8 @@ import { copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync, readFileS
 import { randomUUID } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { scanArchive } from './archive.js';
+import { resticStoreOf, scanArchive, type ArchivedDump, type Manifest } from './archive.js';
+import { localDump, releaseFetched, repoDumps, resticOf } from './archive-store.js';
 import type { Config } from './config.js';
 import { LibvirtError, VirtsnapError, ZfsError } from './errors.js';
 import type { StopSignal } from './signals.js';
@@ -66,20 +67,38 @@ async function settled(call: Promise<void>, done: () => Promise<boolean>, what: 
  */
 async function dumpsOf(request: RestoreRequest, deps: RestoreDeps): Promise<RestoreFacts['dumps']> {
   const { dataset, snapname } = splitSnapshot(request.snapshot);
-  const scan = scanArchive(deps.config.archiveDir);
-  const census = await deps.zfs.guidCensus(poolsOf(scan.dumps.flatMap((d) => d.manifest.snapshots)).concat(poolOf(dataset)));
+  const local = scanArchive(deps.config.archiveDir).dumps;
+  const restic = resticOf(deps.config);
+  const tiedHere = async (dumps: ArchivedDump[]): Promise<Manifest[]> => {
+    const census = await deps.zfs.guidCensus(poolsOf(dumps.flatMap((d) => d.manifest.snapshots)).concat(poolOf(dataset)));
+    return dumps
+      .map(({ manifest }) => ({ ...manifest, snapshots: follow(manifest.snapshots, census) }))
+      .filter((current) => {
+        const mine = current.snapshots.some((ref) => {
+          const p = splitSnapshot(ref.name);
+          return p.snapname === snapname && isInSubtree(p.dataset, dataset) && locate(ref, census) === ref.name;
+        });
+        return mine && (request.domain === undefined || current.domain.name === request.domain);
+      });
+  };
+  let tied = await tiedHere(local);
+  // None here (another host, or the manifests lost): the repository's own manifests, found by the same guids.
+  if (tied.length === 0 && restic !== null) tied = await tiedHere(await repoDumps(restic, new Set(local.map((d) => d.manifest.id))));
   const dumps: RestoreFacts['dumps'] = [];
-  for (const { manifest } of scan.dumps) {
-    const current = { ...manifest, snapshots: follow(manifest.snapshots, census) };
-    const mine = current.snapshots.some((ref) => {
-      const p = splitSnapshot(ref.name);
-      return p.snapname === snapname && isInSubtree(p.dataset, dataset) && locate(ref, census) === ref.name;
-    });
-    if (!mine || (request.domain !== undefined && manifest.domain.name !== request.domain)) continue;
-    const problem = await checkDump(manifest);
+  for (const current of tied) {
+    let problem: string | null;
+    let fetchedManifest = current;
+    try {
+      // A restic dump is fetched once, to a private temp file that the restore then reads (removed after it: releaseFetched).
+      fetchedManifest = (await localDump(current, deps.config, restic)).manifest;
+      problem = await checkDump(fetchedManifest);
+    } catch (err) {
+      if (resticStoreOf(current) === null) throw err;
+      problem = (err as Error).message;
+    }
     let disks: Disk[] | undefined;
-    if (problem === null) disks = parseDomainXml(readSaveImageXml(manifest.memoryFile).xml).disks;
-    dumps.push({ manifest: current, problem, ...(disks ? { disks } : {}) });
+    if (problem === null) disks = parseDomainXml(readSaveImageXml(fetchedManifest.memoryFile).xml).disks;
+    dumps.push({ manifest: fetchedManifest, problem, ...(disks ? { disks } : {}) });
   }
   return dumps;
 }
@@ -383,6 +402,7 @@ export async function executeRestore(plan: RestorePlan, deps: RestoreDeps): Prom
     throw err;
   } finally {
     rmSync(work, { recursive: true, force: true });
+    releaseFetched(); // memory files fetched from restic for this restore
   }
   const restored = new Set(plan.domains.map((d) => d.name));
   for (const name of plan.stop.filter((n) => !restored.has(n))) {

@@ -11,6 +11,7 @@ import { stopOnSignals } from '../lib/signals.js';
 import { domainStatus, formatStatus } from '../lib/commands/status.js';
 import { collectGarbage } from '../lib/retention.js';
 import { verifyArchive } from '../lib/verify.js';
+import { storedAt } from '../lib/archive.js';
 import { assertDatasetName, assertSnapshotName, ZfsClient } from '../lib/zfs.js';
 import { oneOffSnapshot } from '../lib/commands/snapshot.js';
 import { loadConfig } from '../lib/config.js';
@@ -126,7 +127,7 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
       return;
     }
     print(result.dumps.map((d) => d.manifest), values.json === true, () =>
-      `${result.snapshots.join(' ')} (${result.plan.mode} mode): ${result.dumps.length} RAM dump(s)\n${result.dumps.map((d) => `  ${d.manifest.domain.name}: ${d.manifest.memoryFile}\n`).join('')}`,
+      `${result.snapshots.join(' ')} (${result.plan.mode} mode): ${result.dumps.length} RAM dump(s)\n${result.dumps.map((d) => `  ${d.manifest.domain.name}: ${storedAt(d.manifest)}\n`).join('')}`,
     );
   },
 

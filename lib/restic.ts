@@ -72,6 +72,10 @@ export function resticAdvice(repo: string, passwordFile: string, err: CommandErr
   return new ResticError(what, err.stderr, err.status);
 }
 
+const LOCKED = /repository is already locked/;
+const LOCK_TRIES = 30;
+const LOCK_WAIT_MS = 2000;
+
 export class Restic implements ResticClient {
   constructor(
     readonly repo: string,
@@ -80,12 +84,21 @@ export class Restic implements ResticClient {
   ) {}
 
   private async restic(args: string[], options: { cwd?: string; timeoutMs?: number } = {}): Promise<string> {
-    try {
-      const full = [...args, '--repo', this.repo, '--password-file', this.passwordFile];
-      return (await run('restic', full, { timeoutMs: options.timeoutMs ?? this.timeoutMs, ...(options.cwd !== undefined ? { cwd: options.cwd } : {}) })).stdout;
-    } catch (err) {
-      if (err instanceof CommandError) throw resticAdvice(this.repo, this.passwordFile, err);
-      throw err;
+    // Global flags first: backup's paths come after `--`.
+    const full = ['--repo', this.repo, '--password-file', this.passwordFile, ...args];
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return (await run('restic', full, { timeoutMs: options.timeoutMs ?? this.timeoutMs, ...(options.cwd !== undefined ? { cwd: options.cwd } : {}) })).stdout;
+      } catch (err) {
+        if (!(err instanceof CommandError)) throw err;
+        // restic 0.14 cannot wait for a lock (--retry-lock came in 0.16): a forget or prune holds the repo
+        // exclusively for a moment while another host's (or run's) backup wants it. Try again for a minute.
+        if (LOCKED.test(err.stderr) && attempt < LOCK_TRIES) {
+          await new Promise((r) => setTimeout(r, LOCK_WAIT_MS));
+          continue;
+        }
+        throw resticAdvice(this.repo, this.passwordFile, err);
+      }
     }
   }
 

@@ -43,11 +43,12 @@ describe('restic archive backend (VIRTSNAP_ARCHIVE=restic:REPO)', () => {
     await removeDomains(DOMAIN, CLONE_DOMAIN);
     await destroyPatiently(clone());
     await destroyPatiently(dataset());
-    setup = await Setup.create('rst-restic');
+    // An overlay dir of its own: gc sweeps the overlay dir, and the bed's is shared with other tests' runs in flight.
+    setup = await Setup.create('rst-restic', { VIRTSNAP_OVERLAY_DIR: path.join(b.dir, 'overlay-rst') });
     repo = path.join(setup.root, 'repo');
     const pw = path.join(setup.root, 'restic.pw');
     writeFileSync(pw, 'not-a-secret-but-0600\n', { mode: 0o600 });
-    setup.writeEnv({ VIRTSNAP_ARCHIVE: `restic:${repo}`, VIRTSNAP_RESTIC_PASSWORD_FILE: pw, VIRTSNAP_LOG: 'warn' });
+    setup.writeEnv({ VIRTSNAP_OVERLAY_DIR: setup.overlayDir, VIRTSNAP_ARCHIVE: `restic:${repo}`, VIRTSNAP_RESTIC_PASSWORD_FILE: pw, VIRTSNAP_LOG: 'warn' });
     await sh('restic', ['init', '--repository-version', '2', '--repo', repo, '--password-file', pw]);
     restic = new Restic(repo, pw);
     // 160 MiB, a tenth of it (16 MiB) random and rewritten 1 MiB at a time, round and round (test/bed/guest/fill): what changes between runs is

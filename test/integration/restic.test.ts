@@ -6,7 +6,7 @@
 // snapshots are destroyed are forgotten by gc, and restic prune gives the
 // space back.
 import assert from 'node:assert/strict';
-import { existsSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { resticStoreOf, stageFile, type Manifest } from '../../lib/archive.js';
@@ -111,6 +111,24 @@ describe('restic archive backend (VIRTSNAP_ARCHIVE=restic:REPO)', () => {
       await destroyPatiently(clone());
     });
   }
+
+  it('another host (no manifests in its archive dir): list and restore read the manifests from the repo', async () => {
+    const { runProgram, cli } = await import('../helpers/virtsnap.js');
+    const empty = path.join(setup.root, 'archive-elsewhere');
+    mkdirSync(empty, { mode: 0o700 });
+    const env = setup.env({ VIRTSNAP_ARCHIVE_DIR: empty });
+    const list = await runProgram(cli, ['list', '--json'], env);
+    assert.equal(list.code, 0, list.stderr);
+    assert.equal((JSON.parse(list.stdout) as unknown[]).length, DUMPS);
+    const m = dumps.at(-2)!;
+    const out = await runProgram(cli, ['restore', m.snapshots[0]!.name, '--clone', clone(), '--as', CLONE_DOMAIN, '--yes'], env);
+    assert.equal(out.code, 0, out.stderr);
+    const text = await consoleOf(CLONE_DOMAIN, 3, 120_000);
+    assert.deepEqual(mismatches(text), []);
+    assert.doesNotMatch(text, /VSBED BOOT/, 'resumed from RAM, not booted');
+    await removeDomains(CLONE_DOMAIN);
+    await destroyPatiently(clone());
+  });
 
   it('verify fetches each dump and checks it', async () => {
     const out = await virtsnap(setup, ['verify', DOMAIN]);

@@ -17,7 +17,7 @@ import type { Config } from './config.js';
 import { VirtsnapError } from './errors.js';
 import { ensureDir, ensureDirBelow, PRIVATE_FILE, removeIfExists, writeJsonAtomic } from './fsutil.js';
 import { log } from './log.js';
-import { domainTag, idTag, Restic, TAG, type ResticClient, type ResticSnapshot } from './restic.js';
+import { domainTag, guidTag, idTag, Restic, TAG, type ResticClient, type ResticSnapshot } from './restic.js';
 
 /** The manifest's name inside the meta dir of a restic snapshot. */
 export const REPO_MANIFEST = 'virtsnap-manifest.json';
@@ -69,7 +69,9 @@ export async function stageResticDump(archiveDir: string, input: ArchiveInput, r
     // What the repo says about the dump on its own (restore on another host reads it); `store` is the snapshot itself.
     writeJsonAtomic(path.join(metaDir, REPO_MANIFEST), repoManifest(input, sha256, bytes));
     chmodSync(input.memoryFile, PRIVATE_FILE);
-    snapshot = await restic.backup(cwd, [save.slice(1), meta.slice(1)], [TAG, idTag(input.id), domainTag(tagSafe(input.domain.name))], host);
+    // The snapshots' guids as tags too: a restore on another host reads only the manifests of its snapshot's dumps.
+    const guids = input.snapshots.flatMap((r) => (r.guid !== null ? [guidTag(r.guid)] : []));
+    snapshot = await restic.backup(cwd, [save.slice(1), meta.slice(1)], [TAG, idTag(input.id), domainTag(tagSafe(input.domain.name)), ...guids], host);
   }
   const store: ResticStore = { kind: 'restic', repo: restic.repo, snapshot, save, meta };
   const memoryFile = path.join(dir, `${input.id}.save`);
@@ -190,14 +192,17 @@ export async function localDump(m: Manifest, config: Pick<Config, 'archive' | 's
 /**
  * The dumps in the repository, as scanArchive gives the archive dir's:
  * for a host that has none of the manifests (restore anywhere the snapshot
- * went). One `restic dump` per snapshot for its manifest. Snapshots whose
+ * went). One `restic dump` per snapshot for its manifest: `guids` keeps
+ * to the dumps tagged with one of those ZFS snapshot guids. Snapshots whose
  * manifest cannot be read are left out, with a warning.
  */
-export async function repoDumps(restic: ResticClient, onlyIds?: ReadonlySet<string>): Promise<ArchivedDump[]> {
+export async function repoDumps(restic: ResticClient, options: { exclude?: ReadonlySet<string>; guids?: ReadonlySet<string> } = {}): Promise<ArchivedDump[]> {
   const dumps: ArchivedDump[] = [];
+  const wanted = options.guids === undefined ? null : new Set([...options.guids].map(guidTag));
   for (const s of await restic.snapshots([TAG])) {
     const id = s.tags.find((t) => t.startsWith('virtsnap-id='))?.slice('virtsnap-id='.length);
-    if (id === undefined || (onlyIds !== undefined && onlyIds.has(id))) continue;
+    if (id === undefined || options.exclude?.has(id) === true) continue;
+    if (wanted !== null && !s.tags.some((t) => wanted.has(t))) continue;
     try {
       dumps.push(await repoDump(restic, s, id));
     } catch (err) {

@@ -57,6 +57,7 @@ export interface ResticClient {
 export const TAG = 'virtsnap';
 export const idTag = (id: string): string => `virtsnap-id=${id}`;
 export const domainTag = (name: string): string => `virtsnap-domain=${name}`;
+export const guidTag = (guid: string): string => `virtsnap-guid=${guid}`;
 
 /** The one-line advice for what restic said. */
 export function resticAdvice(repo: string, passwordFile: string, err: CommandError): ResticError {

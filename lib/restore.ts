@@ -69,6 +69,10 @@ async function dumpsOf(request: RestoreRequest, deps: RestoreDeps): Promise<Rest
   const { dataset, snapname } = splitSnapshot(request.snapshot);
   const local = scanArchive(deps.config.archiveDir).dumps;
   const restic = resticOf(deps.config);
+  const isOfRequest = (name: string): boolean => {
+    const p = splitSnapshot(name);
+    return p.snapname === snapname && isInSubtree(p.dataset, dataset);
+  };
   const tiedHere = async (dumps: ArchivedDump[]): Promise<Manifest[]> => {
     const census = await deps.zfs.guidCensus(poolsOf(dumps.flatMap((d) => d.manifest.snapshots)).concat(poolOf(dataset)));
     return dumps
@@ -83,7 +87,12 @@ async function dumpsOf(request: RestoreRequest, deps: RestoreDeps): Promise<Rest
   };
   let tied = await tiedHere(local);
   // None here (another host, or the manifests lost): the repository's own manifests, found by the same guids.
-  if (tied.length === 0 && restic !== null) tied = await tiedHere(await repoDumps(restic, new Set(local.map((d) => d.manifest.id))));
+  if (tied.length === 0 && restic !== null) {
+    // Only the dumps tagged with a guid of DS@SNAP or a child's snapshot of that name: one `restic dump` each, not one per dump in the repo.
+    const census = await deps.zfs.guidCensus([poolOf(dataset)]);
+    const guids = new Set([...census.byGuid].filter(([, at]) => at.some((a) => isOfRequest(a.name))).map(([g]) => g));
+    tied = await tiedHere(await repoDumps(restic, { exclude: new Set(local.map((d) => d.manifest.id)), guids }));
+  }
   const dumps: RestoreFacts['dumps'] = [];
   for (const current of tied) {
     let problem: string | null;

@@ -75,7 +75,7 @@ function inputs(): ArchiveInput {
   return {
     id: ID,
     domain: { name: 'web', uuid: '4aa4739f-40fb-4dd3-b355-8e408c5e68f7' },
-    snapshots: ['tank/vm@autosnap_x_daily'].map(legacyRef),
+    snapshots: [{ ...legacyRef('tank/vm@autosnap_x_daily'), guid: '777' }],
     types: ['daily'],
     memoryFile: path.join(overlay, `web.${ID}.save`),
     metaDir: path.join(overlay, `web.${ID}.meta`),
@@ -105,7 +105,7 @@ describe('restic store', () => {
     const restic = new FakeRestic();
     const m = await archived(restic);
     const [snap] = restic.snaps;
-    assert.deepEqual(snap!.tags, ['virtsnap', `virtsnap-id=${ID}`, 'virtsnap-domain=web']);
+    assert.deepEqual(snap!.tags, ['virtsnap', `virtsnap-id=${ID}`, 'virtsnap-domain=web', 'virtsnap-guid=777']);
     assert.equal(snap!.hostname, 'host1');
     assert.deepEqual(snap!.files.get(`/web.${ID}.save`), data, 'raw, never gzip, whatever VIRTSNAP_COMPRESS says');
     assert.equal(m.compression, null);
@@ -168,7 +168,9 @@ describe('restic store', () => {
     assert.equal(d!.manifest.sha256, m.sha256);
     assert.deepEqual(d!.manifest.snapshots, m.snapshots);
     assert.equal(resticStoreOf(d!.manifest)?.snapshot, restic.snaps[0]!.id);
-    assert.deepEqual(await repoDumps(restic, new Set([ID])), [], 'ids known here are left out');
+    assert.deepEqual(await repoDumps(restic, { exclude: new Set([ID]) }), [], 'ids known here are left out');
+    assert.deepEqual(await repoDumps(restic, { guids: new Set(['123']) }), [], 'another snapshot guid: not read');
+    assert.equal((await repoDumps(restic, { guids: new Set(['777']) })).length, 1, 'tagged with its snapshot guid');
   });
 
   it('gc: restic prune, and snapshots no manifest here names are reported, never forgotten', async () => {

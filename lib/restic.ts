@@ -81,7 +81,12 @@ export class Restic implements ResticClient {
   constructor(
     readonly repo: string,
     private readonly passwordFile: string,
-    private readonly timeoutMs = 600_000,
+    /**
+     * Backup, restore and prune of a big dump over a slow link (sftp, S3) take
+     * long; by then the VM is back on its own disks, and only the sanoid run
+     * (or the restore) waits. A restic that hangs is still killed, in the end.
+     */
+    private readonly timeoutMs = 4 * 3600_000,
   ) {}
 
   private async restic(args: string[], options: { cwd?: string; timeoutMs?: number } = {}): Promise<string> {

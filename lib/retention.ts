@@ -156,6 +156,31 @@ function sweepOverlayDir(config: Config): { strays: string[]; foreign: GcReport[
   return result;
 }
 
+/** How old a fetched memory file must be before gc takes it for left behind: no verify or restore reads one for a day. */
+const FETCH_STALE_MS = 24 * 3600_000;
+
+/**
+ * Memory files fetched from restic (`STATE_DIR/fetch/<id>-XXXXXX`) by a
+ * verify or restore that was killed outright (SIGKILL: no exit handler
+ * removed them). Secrets lying around: gc removes them once a day old.
+ */
+function staleFetches(config: Config, now = Date.now()): string[] {
+  const dir = path.join(config.stateDir, 'fetch');
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  return names
+    .filter((f) => /^\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}-/.test(f))
+    .map((f) => path.join(dir, f))
+    .filter((p) => {
+      const st = lstatSync(p, { throwIfNoEntry: false });
+      return st !== undefined && st.isDirectory() && now - st.mtimeMs > FETCH_STALE_MS;
+    });
+}
+
 /**
  * The dumps `gc` would delete now (none of their snapshots exists), read
  * without the archive lock: for `virtsnap check`, which must not wait on a
@@ -204,7 +229,7 @@ export async function collectGarbage(config: Config, zfs: ZfsClient, options: { 
     // A .part whose dump a thaw is staging right now (its id is a journal entry's tag) is not a stray.
     const inFlight = new Set(new Journal(config.stateDir).list().map((e) => e.tag));
     const strays = scan.strays.filter((f) => !inFlight.has(halfWrittenId(f) ?? ''));
-    for (const stray of [...strays, ...overlay.strays]) {
+    for (const stray of [...strays, ...overlay.strays, ...staleFetches(config)]) {
       report.removed.push(stray);
       report.freedBytes += sizeOf(stray);
       if (!options.dryRun) rmSync(stray, { recursive: true, force: true });

@@ -8,7 +8,8 @@ import path from 'node:path';
 import { publishDump, resticStoreOf, scanArchive, storedAt, type ArchiveInput, type Manifest } from '../../lib/archive.js';
 import { forgetStored, gcRestic, localDump, releaseFetched, REPO_MANIFEST, repoDumps, stageForArchive } from '../../lib/archive-store.js';
 import type { Config } from '../../lib/config.js';
-import type { ResticClient, ResticSnapshot } from '../../lib/restic.js';
+import { resticAdvice, type ResticClient, type ResticSnapshot } from '../../lib/restic.js';
+import { CommandError } from '../../lib/errors.js';
 import { legacyRef } from '../../lib/snapshot-id.js';
 
 const ID = '20240102T030405.000Z-4aa4739f';
@@ -189,5 +190,23 @@ describe('restic store', () => {
     assert.equal(done.pruned, true);
     assert.equal(restic.snaps.length, 2, 'nothing forgotten');
     assert.ok(restic.calls.includes('prune'));
+  });
+});
+
+describe('resticAdvice', () => {
+  const fail = (stderr: string, status = 1, timedOut = false) => resticAdvice('/r', '/etc/pw', new CommandError('restic', ['snapshots'], status, stderr, timedOut));
+  it('one line that says what to do', () => {
+    assert.equal(fail('Fatal: wrong password or no key found').message, 'restic: wrong password for /r: check VIRTSNAP_RESTIC_PASSWORD_FILE (/etc/pw)');
+    assert.equal(
+      fail('Fatal: unable to open config file: stat /r/config: no such file or directory\nIs there a repository at the following location?\n/r').message,
+      'no restic repository at /r: create it with `restic init --repository-version 2 --repo /r --password-file /etc/pw`',
+    );
+    assert.match(fail('Resolving password failed: Fatal: /etc/pw does not exist').message, /^restic cannot read the password file \/etc\/pw \(VIRTSNAP_RESTIC_PASSWORD_FILE\)/);
+    assert.match(fail('command not found', 127).message, /^restic is not installed: apt-get install restic/);
+    assert.match(fail('', -1, true).message, /^restic snapshots on \/r timed out/);
+    const e = fail('Fatal: something else');
+    assert.equal(e.message, 'restic snapshots on /r failed: something else');
+    assert.equal(e.status, 1);
+    assert.doesNotMatch(e.message, /\n/);
   });
 });

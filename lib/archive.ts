@@ -83,7 +83,7 @@ export interface ResticStore {
   snapshot: string;
   /** The raw save image, e.g. `/web.20261123T….save`. */
   save: string;
-  /** The meta dir in the snapshot (holding `manifest.json`). */
+  /** The meta dir in the snapshot (holding the manifest as `virtsnap-manifest.json`, for hosts without this one). */
   meta: string;
 }
 
@@ -482,11 +482,10 @@ export function readManifest(file: string): Manifest {
 }
 
 /**
- * A manifest's content checked (`what` names where it came from, `id` the
+ * A manifest's content checked (`file` names where it came from, `id` the
  * id its place gives it); its file names are the caller's to set.
  */
-export function readManifestValue(value: unknown, what: string, id: string): Manifest {
-  const file = what;
+export function readManifestValue(value: unknown, file: string, id: string): Manifest {
   const m = value as Omit<Partial<Manifest>, 'format' | 'snapshots'> & { format?: string; snapshots?: unknown[] };
   const ours = (m.format === 'virtsnap-dump/1' || m.format === 'virtsnap-dump/2') && Array.isArray(m.snapshots) && typeof m.id === 'string';
   if (!ours || m.id !== id) {

@@ -78,10 +78,7 @@ async function dumpsOf(request: RestoreRequest, deps: RestoreDeps): Promise<Rest
     return dumps
       .map(({ manifest }) => ({ ...manifest, snapshots: follow(manifest.snapshots, census) }))
       .filter((current) => {
-        const mine = current.snapshots.some((ref) => {
-          const p = splitSnapshot(ref.name);
-          return p.snapname === snapname && isInSubtree(p.dataset, dataset) && locate(ref, census) === ref.name;
-        });
+        const mine = current.snapshots.some((ref) => isOfRequest(ref.name) && locate(ref, census) === ref.name);
         return mine && (request.domain === undefined || current.domain.name === request.domain);
       });
   };

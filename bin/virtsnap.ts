@@ -11,6 +11,7 @@ import { stopOnSignals } from '../lib/signals.js';
 import { domainStatus, formatStatus } from '../lib/commands/status.js';
 import { collectGarbage } from '../lib/retention.js';
 import { verifyArchive } from '../lib/verify.js';
+import { storedAt } from '../lib/archive.js';
 import { assertDatasetName, assertSnapshotName, ZfsClient } from '../lib/zfs.js';
 import { oneOffSnapshot } from '../lib/commands/snapshot.js';
 import { loadConfig } from '../lib/config.js';
@@ -36,7 +37,7 @@ const usage = `usage: virtsnap COMMAND [options]
                       the RAM dumps in the archive
   gc [--dry-run] [--json]
                       drop what no snapshot needs any more (dumps, half-written files)
-  verify [--json] [DATASET|DOMAIN]
+  verify [--json] [--deep] [DATASET|DOMAIN]
                       check every RAM dump (header, domain XML, sha256)
   recover [--force]   commit back VMs that an interrupted run left on overlays
   recover --discard DOMAIN [--yes]
@@ -128,7 +129,7 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
       return;
     }
     print(result.dumps.map((d) => d.manifest), values.json === true, () =>
-      `${result.snapshots.join(' ')} (${result.plan.mode} mode): ${result.dumps.length} RAM dump(s)\n${result.dumps.map((d) => `  ${d.manifest.domain.name}: ${d.manifest.memoryFile}\n`).join('')}`,
+      `${result.snapshots.join(' ')} (${result.plan.mode} mode): ${result.dumps.length} RAM dump(s)\n${result.dumps.map((d) => `  ${d.manifest.domain.name}: ${storedAt(d.manifest)}\n`).join('')}`,
     );
   },
 
@@ -206,9 +207,9 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
   },
 
   async verify(args) {
-    const { values, positionals } = parse(args, { json: { type: 'boolean' } });
+    const { values, positionals } = parse(args, { json: { type: 'boolean' }, deep: { type: 'boolean' } });
     if (positionals.length > 1) throw new UsageError('virtsnap verify takes at most one DATASET or DOMAIN');
-    const verdicts = await verifyArchive(loadConfig().archiveDir, positionals[0]);
+    const verdicts = await verifyArchive(loadConfig(), positionals[0], { deep: values.deep === true });
     if (positionals[0] !== undefined && verdicts.length === 0) {
       throw new VirtsnapError(`no RAM dump of a domain or dataset ${JSON.stringify(positionals[0])} in the archive: see \`virtsnap list\``);
     }

@@ -52,12 +52,6 @@ export interface Manifest {
   compression?: Compression | null;
   /** The image as libvirt wrote it, before compression: what QEMU reads on restore. Only for compressed dumps. */
   raw?: { bytes: number; sha256: string };
-  /**
-   * Where the memory file is when it is not `<id>.save` beside the manifest:
-   * inside a snapshot of the VM's dataset (VIRTSNAP_RAM_STORE=dataset;
-   * only in manifests read from a snapshot, lib/ram-in-dataset.ts).
-   */
-  store?: { kind: 'dataset'; dataset: string; mountpoint: string; file?: string };
   /** Directory with domain XML, NVRAM and TPM state copies: `<id>.meta` beside the manifest, or null. */
   metaDir: string | null;
   disks: DumpDisk[];
@@ -74,6 +68,49 @@ export interface Manifest {
   };
   libvirtUri: string;
   hostname: string;
+  /**
+   * Where the memory file's bytes are when not in `<id>.save` beside the
+   * manifest: a restic snapshot (lib/archive-store.ts), or inside a ZFS
+   * snapshot of the VM's dataset (VIRTSNAP_RAM_STORE=dataset; only in
+   * manifests read from a snapshot, lib/ram-in-dataset.ts). Absent: the archive dir.
+   */
+  store?: ResticStore | DatasetStore;
+}
+
+/** A dump inside a snapshot of the VM's dataset: the dataset and mountpoint it was saved in, and its file relative to the dataset. */
+export interface DatasetStore {
+  kind: 'dataset';
+  dataset: string;
+  mountpoint: string;
+  file?: string;
+}
+
+/** A dump kept in a restic repository: the snapshot, and the names of its files at the top of that snapshot's tree. */
+export interface ResticStore {
+  kind: 'restic';
+  repo: string;
+  /** The restic snapshot's id. */
+  snapshot: string;
+  /** The raw save image, e.g. `/web.20261123T….save`. */
+  save: string;
+  /** The meta dir in the snapshot (holding the manifest as `virtsnap-manifest.json`, for hosts without this one). */
+  meta: string;
+}
+
+/** Where a dump's memory file is: the one question every reader of the bytes asks (lib/archive-store.ts answers it for restic). */
+export function resticStoreOf(m: Pick<Manifest, 'store'>): ResticStore | null {
+  return m.store?.kind === 'restic' ? m.store : null;
+}
+
+/** The memory file's place inside a ZFS snapshot (relative to its dataset), for a dump read from one; else null. */
+export function fileInSnapshotOf(m: Pick<Manifest, 'store'>): string | null {
+  return m.store?.kind === 'dataset' ? (m.store.file ?? null) : null;
+}
+
+/** Where a dump's bytes are, for people: the memory file, or `restic:REPO SNAPSHOT:/file`. */
+export function storedAt(m: Pick<Manifest, 'store' | 'memoryFile'>): string {
+  const store = resticStoreOf(m);
+  return store === null ? m.memoryFile : `restic:${store.repo} ${store.snapshot.slice(0, 8)}:${store.save}`;
 }
 
 /** The current names of a dump's snapshots (dataset@snapname). */
@@ -201,6 +238,8 @@ export interface Staged {
   raw?: { sha256: string; bytes: number };
   /** Puts the file at its destination and removes the source. */
   commit(): void;
+  /** Where the bytes went instead of the archive dir (a restic snapshot): `commit` then only removes the source. */
+  store?: ResticStore;
 }
 
 /** Where `dest.part` becomes `dest` and only then the source goes: a crash keeps the source. */
@@ -375,7 +414,7 @@ export async function stageDump(archiveDir: string, input: ArchiveInput): Promis
  * again), never an archived dump without its manifest (which gc would take
  * for a stray).
  */
-export function publishDump(s: StagedDump): ArchivedDump {
+export function publishDump(s: Pick<StagedDump, 'dir' | 'input' | 'memoryFile' | 'staged'>): ArchivedDump {
   const { dir, input, memoryFile, staged } = s;
   const { sha256, bytes } = staged;
   let metaDir: string | null = null;
@@ -397,6 +436,7 @@ export function publishDump(s: StagedDump): ArchivedDump {
     sha256,
     compression: staged.compression,
     ...(staged.raw !== undefined ? { raw: staged.raw } : {}),
+    ...(staged.store !== undefined ? { store: staged.store } : {}),
     metaDir,
     disks: input.disks,
     times: {
@@ -447,12 +487,25 @@ export function readManifest(file: string): Manifest {
   } catch (err) {
     throw new VirtsnapError(`manifest ${file} is not readable JSON (${(err as Error).message}): run \`virtsnap gc\` or remove it`);
   }
+  const m = readManifestValue(value, file, path.basename(file).replace(/\.json$/, ''));
+  const dir = path.dirname(file);
+  return {
+    ...m,
+    memoryFile: path.join(dir, `${m.id}.save`),
+    metaDir: m.metaDir === null ? null : path.join(dir, `${m.id}.meta`),
+  };
+}
+
+/**
+ * A manifest's content checked (`file` names where it came from, `id` the
+ * id its place gives it); its file names are the caller's to set.
+ */
+export function readManifestValue(value: unknown, file: string, id: string): Manifest {
   const m = value as Omit<Partial<Manifest>, 'format' | 'snapshots'> & { format?: string; snapshots?: unknown[] };
   const ours = (m.format === 'virtsnap-dump/1' || m.format === 'virtsnap-dump/2') && Array.isArray(m.snapshots) && typeof m.id === 'string';
-  if (!ours || `${m.id}.json` !== path.basename(file)) {
+  if (!ours || m.id !== id) {
     throw new VirtsnapError(`manifest ${file} is not a virtsnap dump manifest: remove it or move it out of the archive`);
   }
-  const dir = path.dirname(file);
   // virtsnap-dump/1 named snapshots only; their refs have no guid and are found by name.
   const snapshots = m.snapshots!.map((r) => (typeof r === 'string' ? legacyRef(r) : (r as SnapshotRef)));
   if (snapshots.some((r) => r === null || typeof r !== 'object' || typeof r.name !== 'string' || !r.name.includes('@'))) {
@@ -465,8 +518,7 @@ export function readManifest(file: string): Manifest {
     compression: m.compression ?? null, // older manifests: stored as libvirt wrote it
     format: 'virtsnap-dump/2',
     snapshots,
-    memoryFile: path.join(dir, `${m.id}.save`),
-    metaDir: m.metaDir === null || m.metaDir === undefined ? null : path.join(dir, `${m.id}.meta`),
+    metaDir: m.metaDir === null || m.metaDir === undefined ? null : (m.metaDir as string),
   };
 }
 

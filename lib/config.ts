@@ -52,11 +52,16 @@ export interface Config {
   metricsFile: string | null;
   /** How post stores RAM dumps in the archive: gzip-compressed (lib/archive.ts), or null, as libvirt wrote them. */
   compression: Compression | null;
+  /** Where dumps' bytes go: the archive dir, or a restic repository (lib/archive-store.ts). The manifests stay in the archive dir either way. */
+  archive: ArchiveBackend;
   /** How the watchdog is started (lib/watchdog.ts): `auto` uses systemd-run where systemd runs. */
   watchdog: 'auto' | 'detached';
   /** The env file that was read, if any. */
   configFile: string | null;
 }
+
+/** VIRTSNAP_ARCHIVE: `dir`, or `restic:REPO` with VIRTSNAP_RESTIC_PASSWORD_FILE. */
+export type ArchiveBackend = { kind: 'dir' } | { kind: 'restic'; repo: string; passwordFile: string };
 
 export const DEFAULT_CONFIG_FILE = '/etc/virtsnap/virtsnap.env';
 
@@ -88,6 +93,10 @@ const defaults: Record<string, string> = {
   // gzip (yes) or no. On by default: about a third of the raw bytes on the
   // bed, compressed in post once the VMs are back on their own disks.
   VIRTSNAP_COMPRESS: 'gzip',
+  // dir (the archive dir) or restic:REPO (a path, sftp:, s3:, rest:, as restic takes it).
+  VIRTSNAP_ARCHIVE: 'dir',
+  // The restic repository's password, one line, in a file (0600): required with restic:REPO.
+  VIRTSNAP_RESTIC_PASSWORD_FILE: '',
 };
 
 const known = new Set([...Object.keys(defaults), 'VIRTSNAP_CONFIG']);
@@ -124,6 +133,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     lockTimeoutMs: seconds(merged, 'VIRTSNAP_LOCK_TIMEOUT'),
     watchdog: oneOf(merged, 'VIRTSNAP_WATCHDOG', ['auto', 'detached'] as const),
     compression: compressionOf(merged, 'VIRTSNAP_COMPRESS'),
+    archive: archiveOf(merged),
     metricsFile: (merged.VIRTSNAP_METRICS_FILE ?? '').trim() === '' ? null : absolutePath(merged, 'VIRTSNAP_METRICS_FILE'),
     configFile: fromFile.path,
   };
@@ -189,6 +199,18 @@ function compressionOf(values: Record<string, string>, key: string): Compression
   } catch {
     throw new ConfigError(`${key}=${value} is not gzip, yes or no`);
   }
+}
+
+function archiveOf(values: Record<string, string>): ArchiveBackend {
+  const value = nonEmpty(values, 'VIRTSNAP_ARCHIVE');
+  if (value === 'dir') return { kind: 'dir' };
+  if (!value.startsWith('restic:') || value.length === 'restic:'.length) {
+    throw new ConfigError(`VIRTSNAP_ARCHIVE=${value} is not dir or restic:REPO (a path, sftp:, s3: or rest: repository)`);
+  }
+  if ((values.VIRTSNAP_RESTIC_PASSWORD_FILE ?? '').trim() === '') {
+    throw new ConfigError('VIRTSNAP_RESTIC_PASSWORD_FILE is not set: VIRTSNAP_ARCHIVE=restic:… needs the absolute path of a file (0600) holding the repository\'s password');
+  }
+  return { kind: 'restic', repo: value.slice('restic:'.length), passwordFile: absolutePath(values, 'VIRTSNAP_RESTIC_PASSWORD_FILE') };
 }
 
 function seconds(values: Record<string, string>, key: string): number {

@@ -19,6 +19,8 @@ export interface RunOptions {
   timeoutMs?: number;
   /** Extra environment variables. */
   env?: Record<string, string>;
+  /** Working directory (restic stores the paths it backs up as given: relative ones stay short). */
+  cwd?: string;
 }
 
 export interface RunResult {
@@ -55,6 +57,7 @@ export async function run(command: string, args: readonly string[], options: Run
   const out = await new Promise<{ stdout: string; stderr: string; status: number | null; signal: NodeJS.Signals | null; timedOut: boolean; startError: NodeJS.ErrnoException | null }>((resolve) => {
     const child = spawn(command, [...args], {
       env: commandEnv(options.env),
+      ...(options.cwd !== undefined ? { cwd: options.cwd } : {}),
       // stdin must not be a socket (node's default pipe): Debian's bash, in
       // any script we start, then believes it runs under rshd and sources
       // root's ~/.bashrc.

@@ -15,7 +15,8 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync
 import { randomUUID } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { scanArchive, type Manifest } from './archive.js';
+import { fileInSnapshotOf, resticStoreOf, scanArchive, type ArchivedDump, type Manifest } from './archive.js';
+import { localDump, releaseFetched, repoDumps, resticOf } from './archive-store.js';
 import { inDatasetDumps, inDatasetProblem, ramFileName, removeLiveRam } from './ram-in-dataset.js';
 import type { Config } from './config.js';
 import { LibvirtError, VirtsnapError, ZfsError } from './errors.js';
@@ -67,15 +68,39 @@ async function settled(call: Promise<void>, done: () => Promise<boolean>, what: 
  */
 async function dumpsOf(request: RestoreRequest, deps: RestoreDeps): Promise<RestoreFacts['dumps']> {
   const { dataset, snapname } = splitSnapshot(request.snapshot);
-  const scan = scanArchive(deps.config.archiveDir);
+  const local = scanArchive(deps.config.archiveDir).dumps;
+  const restic = resticOf(deps.config);
   const census = await deps.zfs.guidCensus([poolOf(dataset)]);
+  const tiedHere = (dumps: ArchivedDump[]): Manifest[] =>
+    dumps.flatMap(({ manifest }) => {
+      const here = refsAt(manifest.snapshots, census, dataset, snapname);
+      if (here.length === 0 || (request.domain !== undefined && manifest.domain.name !== request.domain)) return [];
+      return [{ ...manifest, snapshots: here }];
+    });
+  let tied = tiedHere(local);
+  // None here (another host, or the manifests lost): the repository's own manifests, found by the same guids.
+  if (tied.length === 0 && restic !== null) {
+    // Only the dumps tagged with a guid of DS@SNAP or a child's snapshot of that name: one `restic dump` each, not one per dump in the repo.
+    const isOfRequest = (name: string): boolean => {
+      const p = splitSnapshot(name);
+      return p.snapname === snapname && isInSubtree(p.dataset, dataset);
+    };
+    const guids = new Set([...census.byGuid].filter(([, at]) => at.some((a) => isOfRequest(a.name))).map(([g]) => g));
+    tied = tiedHere(await repoDumps(restic, { exclude: new Set(local.map((d) => d.manifest.id)), guids }));
+  }
   const dumps: RestoreFacts['dumps'] = [];
-  for (const { manifest } of scan.dumps) {
-    const here = refsAt(manifest.snapshots, census, dataset, snapname);
-    if (here.length === 0 || (request.domain !== undefined && manifest.domain.name !== request.domain)) continue;
-    const current = { ...manifest, snapshots: here };
-    const problem = await checkDump(manifest);
-    dumps.push({ manifest: current, problem, ...(problem === null ? await whatTheXmlNeeds(readSaveImageXml(manifest.memoryFile).xml, current, deps) : {}) });
+  for (const current of tied) {
+    let problem: string | null;
+    let fetchedManifest = current;
+    try {
+      // A restic dump is fetched once, to a private temp file that the restore then reads (removed after it: releaseFetched).
+      fetchedManifest = (await localDump(current, deps.config, restic)).manifest;
+      problem = await checkDump(fetchedManifest);
+    } catch (err) {
+      if (resticStoreOf(current) === null) throw err;
+      problem = (err as Error).message;
+    }
+    dumps.push({ manifest: fetchedManifest, problem, ...(problem === null ? await whatTheXmlNeeds(readSaveImageXml(fetchedManifest.memoryFile).xml, fetchedManifest, deps) : {}) });
   }
   return dumps;
 }
@@ -346,7 +371,7 @@ async function restoreDomainOnce(d: DomainRestore, plan: RestorePlan, deps: Rest
     if (nvramCopy !== null && inactive !== null) putNvram(nvramCopy, prepareXml(d, inactive, paths, plan).nvram, undo);
     return `${d.newName}: no RAM dump in ${plan.snapshot} (the VM was shut off, the snapshot was quiesced, or it is older than virtsnap): disks and definition restored; start it with \`virsh start ${d.newName}\` (it boots)`;
   }
-  const inSnapshot = d.dump.store?.file !== undefined;
+  const inSnapshot = fileInSnapshotOf(d.dump) !== null;
   const memoryFile = inSnapshot ? ramInRestored(d.dump, plan, paths) : d.dump.memoryFile;
   // RAM from inside the snapshot runs paused until its file is gone from the live dataset (see dropRam).
   const paused = plan.paused || inSnapshot;
@@ -443,7 +468,7 @@ function ramInRestored(dump: Manifest, plan: RestorePlan, paths: Paths): string 
   const target = plan.cloneOf[ds] ?? ds;
   const mount = paths.table.find((m) => m.dataset === target)?.mountpoint;
   if (mount === undefined) throw new VirtsnapError(`${target} is not mounted: cannot read the RAM inside ${plan.snapshot}`);
-  return path.join(mount, dump.store!.file!);
+  return path.join(mount, fileInSnapshotOf(dump)!);
 }
 
 /**
@@ -515,6 +540,7 @@ export async function executeRestore(plan: RestorePlan, deps: RestoreDeps): Prom
     throw err;
   } finally {
     rmSync(work, { recursive: true, force: true });
+    releaseFetched(); // memory files fetched from restic for this restore
   }
   const restored = new Set(plan.domains.map((d) => d.name));
   for (const name of plan.stop.filter((n) => !restored.has(n))) {

@@ -9,10 +9,12 @@ import { existsSync, lstatSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { deleteDump, halfWrittenId, scanArchive, setSnapshots, withArchiveLock, type ArchivedDump, type Manifest } from './archive.js';
 import { dumpsNaming } from './archive-index.js';
+import { forgetStored, gcRestic, resticOf } from './archive-store.js';
 import type { Config } from './config.js';
 import { assertOwnDir } from './fsutil.js';
 import { Journal } from './journal.js';
 import { log } from './log.js';
+import type { ResticClient } from './restic.js';
 import type { PruneEvent } from './sanoid/env.js';
 import { locate, poolsOf, type SnapshotRef } from './snapshot-id.js';
 import { datasetOfSnapshot, type GuidCensus, type ZfsClient } from './zfs.js';
@@ -74,13 +76,14 @@ export async function pruneSnapshot(event: PruneEvent, config: Config, zfs: ZfsC
     if (census.names.has(snapshot)) {
       log.warn(`sanoid says ${snapshot} was pruned, but ZFS still has it: its RAM dump stays`, { dataset: event.dataset });
     }
-    for (const dump of dumps) settle(dump, fateOf(dump.manifest, census), result);
+    const restic = resticOf(config);
+    for (const dump of dumps) await settle(dump, fateOf(dump.manifest, census), result, restic);
     return result;
   });
 }
 
 /** Carries out a dump's fate. */
-function settle(dump: ArchivedDump, fate: Fate, result: PruneResult): void {
+async function settle(dump: ArchivedDump, fate: Fate, result: PruneResult, restic: ResticClient | null): Promise<void> {
   const m = dump.manifest;
   const ctx = { domain: m.domain.name, dataset: datasetOfSnapshot(m.snapshots[0]?.name ?? '@') };
   if (fate.kind === 'keep') return;
@@ -90,6 +93,7 @@ function settle(dump: ArchivedDump, fate: Fate, result: PruneResult): void {
     log.info(`RAM dump ${m.id} kept for ${fate.snapshots.map((r) => r.name).join(', ')}`, ctx);
     return;
   }
+  await forgetStored(m, restic); // a restic dump's snapshot first: see forgetStored
   result.freedBytes += deleteDump(dump);
   result.deleted.push(m.id);
   log.info(`RAM dump ${m.id} deleted: none of its snapshots exists any more (${fate.gone.join(', ')})`, ctx);
@@ -106,6 +110,8 @@ export interface GcReport {
   /** Files and dirs that virtsnap did not write, found in the archive or overlay dir: never deleted. */
   foreign: { path: string; reason: string }[];
   freedBytes: number;
+  /** With VIRTSNAP_ARCHIVE=restic:REPO: whether `restic prune` ran (the space of forgotten dumps comes back then). */
+  resticPruned?: boolean;
 }
 
 function sizeOf(p: string): number {
@@ -150,6 +156,31 @@ function sweepOverlayDir(config: Config): { strays: string[]; foreign: GcReport[
   return result;
 }
 
+/** How old a fetched memory file must be before gc takes it for left behind: no verify or restore reads one for a day. */
+const FETCH_STALE_MS = 24 * 3600_000;
+
+/**
+ * Memory files fetched from restic (`STATE_DIR/fetch/<id>-XXXXXX`) by a
+ * verify or restore that was killed outright (SIGKILL: no exit handler
+ * removed them). Secrets lying around: gc removes them once a day old.
+ */
+function staleFetches(config: Config, now = Date.now()): string[] {
+  const dir = path.join(config.stateDir, 'fetch');
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  return names
+    .filter((f) => /^\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}-/.test(f))
+    .map((f) => path.join(dir, f))
+    .filter((p) => {
+      const st = lstatSync(p, { throwIfNoEntry: false });
+      return st !== undefined && st.isDirectory() && now - st.mtimeMs > FETCH_STALE_MS;
+    });
+}
+
 /**
  * The dumps `gc` would delete now (none of their snapshots exists), read
  * without the archive lock: for `virtsnap check`, which must not wait on a
@@ -167,6 +198,7 @@ export async function collectGarbage(config: Config, zfs: ZfsClient, options: { 
   if (existsSync(config.overlayDir)) assertOwnDir(config.overlayDir, 'VIRTSNAP_OVERLAY_DIR');
   return withArchiveLock(config.stateDir, config.lockTimeoutMs, async () => {
     const scan = scanArchive(config.archiveDir);
+    const restic = resticOf(config);
     for (const b of scan.broken) report.kept.push(`${b.file}: ${b.reason}`);
     report.foreign.push(...scan.foreign);
     const census = await zfs.guidCensus(poolsOf(scan.dumps.flatMap((d) => d.manifest.snapshots)));
@@ -181,14 +213,23 @@ export async function collectGarbage(config: Config, zfs: ZfsClient, options: { 
       }
       report.deleted.push(dump.manifest.id);
       report.freedBytes += sizeOf(dump.manifest.memoryFile);
-      if (!options.dryRun) deleteDump(dump);
+      if (!options.dryRun) {
+        await forgetStored(dump.manifest, restic);
+        deleteDump(dump);
+      }
+    }
+    if (restic !== null) {
+      // Never forgets what no manifest here names (another host may own it, `--host` tells): only reports it.
+      const rgc = await gcRestic(restic, scan.dumps, options.dryRun);
+      report.kept.push(...rgc.unknown);
+      report.resticPruned = rgc.pruned;
     }
     const overlay = sweepOverlayDir(config);
     report.foreign.push(...overlay.foreign);
     // A .part whose dump a thaw is staging right now (its id is a journal entry's tag) is not a stray.
     const inFlight = new Set(new Journal(config.stateDir).list().map((e) => e.tag));
     const strays = scan.strays.filter((f) => !inFlight.has(halfWrittenId(f) ?? ''));
-    for (const stray of [...strays, ...overlay.strays]) {
+    for (const stray of [...strays, ...overlay.strays, ...staleFetches(config)]) {
       report.removed.push(stray);
       report.freedBytes += sizeOf(stray);
       if (!options.dryRun) rmSync(stray, { recursive: true, force: true });

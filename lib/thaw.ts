@@ -10,7 +10,8 @@
 // assumes the step before it finished.
 import { hostname } from 'node:os';
 import { rmSync } from 'node:fs';
-import { publishDump, snapshotNames, stageDump, withArchiveLock, type ArchivedDump } from './archive.js';
+import { publishDump, snapshotNames, storedAt, withArchiveLock, type ArchivedDump } from './archive.js';
+import { stageForArchive } from './archive-store.js';
 import type { Deps } from './deps.js';
 import { asFsError, LibvirtError, VirtsnapError } from './errors.js';
 import { exists, removeIfExists } from './fsutil.js';
@@ -429,7 +430,8 @@ async function keepDump(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): P
     // Hashing and compressing without the archive lock, so a run's dumps are
     // staged in parallel (gc leaves a .part alone while the journal names it);
     // the manifest and the file's move into place under it.
-    const staged = await stageDump(deps.config.archiveDir, {
+    // With VIRTSNAP_ARCHIVE=restic:REPO the bytes go to a restic snapshot (raw: restic dedups and compresses).
+    const staged = await stageForArchive(deps.config, {
       id: entry.tag,
       domain: entry.domain,
       snapshots: tied,
@@ -444,9 +446,9 @@ async function keepDump(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): P
       libvirtUri: deps.config.libvirtUri,
       hostname: hostname(),
       compression: deps.config.compression,
-    });
+    }, hostname());
     const dump = await withArchiveLock(deps.config.stateDir, deps.config.lockTimeoutMs, () => publishDump(staged));
-    log.info(`archived RAM dump ${dump.manifest.memoryFile} (${dump.manifest.bytes} bytes) for ${snapshotNames(dump.manifest).join(', ')}`, about(name));
+    log.info(`archived RAM dump ${storedAt(dump.manifest)} (${dump.manifest.bytes} bytes) for ${snapshotNames(dump.manifest).join(', ')}`, about(name));
     return dump;
   } catch (err) {
     // The VM is back on its own disks; the dump waits in the overlay dir and

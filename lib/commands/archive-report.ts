@@ -13,6 +13,7 @@ export function formatGc(report: GcReport, dryRun: boolean): string {
   ];
   const mib = (report.freedBytes / 1024 ** 2).toFixed(1);
   lines.push(`${dryRun ? 'would free' : 'freed'} ${mib} MiB`);
+  if (report.resticPruned === true) lines.push('restic prune: done (the space of forgotten dumps is back in the repository)');
   return lines.join('\n') + '\n';
 }
 

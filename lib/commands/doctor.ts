@@ -8,6 +8,8 @@ import type { Domain, LibvirtClient } from '../libvirt/virsh.js';
 import { ancestry, firstUnsearchable, qemuIdentity, type DirStat, type Identity, type QemuConf } from '../libvirt/qemu-user.js';
 import { autosnaps, isYes, nearestSection, readSanoidConf, recursionOf, runsKept, runsOurHooks, settingOf, type Ini } from '../sanoid/conf.js';
 import { scanArchive, type ArchivedDump } from '../archive.js';
+import { resticOf } from '../archive-store.js';
+import { TAG, type ResticClient } from '../restic.js';
 import { datasetsOfDomains } from '../inventory.js';
 import { datasetOfFile, isInSubtree, readMounts } from '../zfs.js';
 
@@ -185,7 +187,26 @@ async function checkSpace(config: Config, virsh: LibvirtClient, ini: Ini | null)
   } catch {
     return [];
   }
-  return [...checkOverlaySpace(config, running), ...(ini === null ? [] : judgeArchiveSpace(config.archiveDir, freeBytes(config.archiveDir) ?? 0, archiveNeeds(config, ini, running)))];
+  // With restic the archive dir holds manifests only; the repository's space is restic's to tell (checkRestic).
+  const archived = ini === null || config.archive.kind === 'restic';
+  return [...checkOverlaySpace(config, running), ...(archived ? [] : judgeArchiveSpace(config.archiveDir, freeBytes(config.archiveDir) ?? 0, archiveNeeds(config, ini, running)))];
+}
+
+/** VIRTSNAP_ARCHIVE=restic:REPO: the password file is private and the repository answers with it. */
+export async function checkRestic(config: Config, restic: ResticClient | null = resticOf(config)): Promise<Finding[]> {
+  if (config.archive.kind !== 'restic' || restic === null) return [];
+  const pw = config.archive.passwordFile;
+  const st = statSync(pw, { throwIfNoEntry: false });
+  if (st === undefined) return [fail('restic', `password file ${pw} (VIRTSNAP_RESTIC_PASSWORD_FILE) does not exist: post cannot archive into ${restic.repo}`)];
+  const findings: Finding[] = [];
+  if ((st.mode & 0o077) !== 0) findings.push(fail('restic', `password file ${pw} is mode ${(st.mode & 0o777).toString(8)}: it opens every RAM dump in ${restic.repo}; chmod 0600`));
+  try {
+    const snaps = await restic.snapshots([TAG]);
+    findings.push(ok('restic', `repository ${restic.repo} answers: ${snaps.length} virtsnap snapshot(s)`));
+  } catch (err) {
+    findings.push(fail('restic', (err as Error).message));
+  }
+  return findings;
 }
 
 function checkAppArmor(config: Config): Finding[] {
@@ -244,6 +265,7 @@ export async function doctor(config: Config, virsh: LibvirtClient): Promise<Find
     ...checkDirs(config, ini),
     ...checkQemuAccess(config),
     ...(await checkSpace(config, virsh, ini)),
+    ...(await checkRestic(config)),
     ...checkAppArmor(config),
     ...checkJournal(config),
   ];

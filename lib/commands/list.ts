@@ -1,5 +1,6 @@
 // `virtsnap list [--json] [DATASET]`: the RAM dumps in the archive.
-import { listDumps, snapshotNames, type ArchivedDump, type Manifest } from '../archive.js';
+import { repoDumps, resticOf } from '../archive-store.js';
+import { listDumps, snapshotNames, storedAt, type ArchivedDump, type Manifest } from '../archive.js';
 import { log } from '../log.js';
 import { follow, poolsOf } from '../snapshot-id.js';
 import type { Config } from '../config.js';
@@ -21,7 +22,11 @@ export interface ListedDump {
 /** The dumps, their snapshots under their current names (renamed or promoted ones are followed by guid). */
 export async function listArchived(config: Config, zfs: ZfsClient, dataset?: string): Promise<ListedDump[]> {
   if (dataset !== undefined) assertDatasetName(dataset, 'virtsnap list');
-  const manifests = await currentManifests(listDumps(config.archiveDir), zfs);
+  let dumps = listDumps(config.archiveDir);
+  // No manifest here (another host that shares the restic repository): the repository's own.
+  const restic = resticOf(config);
+  if (dumps.length === 0 && restic !== null) dumps = await repoDumps(restic);
+  const manifests = await currentManifests(dumps, zfs);
   return manifests
     .filter((m) => dataset === undefined || snapshotNames(m).some((s) => isInSubtree(datasetOfSnapshot(s), dataset)))
     .map(toListed);
@@ -46,7 +51,7 @@ function toListed(m: Manifest): ListedDump {
     domain: m.domain.name,
     uuid: m.domain.uuid,
     snapshots: snapshotNames(m),
-    memoryFile: m.memoryFile,
+    memoryFile: storedAt(m),
     bytes: m.bytes,
     sha256: m.sha256,
     createdAt: m.times.frozenAt ?? m.times.startedAt,

@@ -13,7 +13,7 @@
 // disturbance from whatever else runs on the machine spreads over all
 // variants instead of landing on one. BENCH_REPS (default 3); BENCH_QUICK=1
 // for one repetition and no 4-guest run; BENCH_ONLY=stall,four,prune,startup
-// for some parts. Everything it creates is named vsbed-b-* / vsbed/vm/b-*
+// for some parts (storage: lib/restic backend against the archive dir and ZFS, test/bench/storage.ts). Everything it creates is named vsbed-b-* / vsbed/vm/b-*
 // and removed at the end, also after a failure.
 import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -28,6 +28,7 @@ import { ddWrite, referenceCompression } from './reference.js';
 import { BIG, render, sections, SMALL, targets, type Samples } from './report.js';
 import { snapshotRun } from './snapshot-run.js';
 import { benchStartup } from './startup.js';
+import { benchStorage, renderStorage, type StorageSample } from './storage.js';
 import { BYTES_VARIANTS, RUN_VARIANTS, STALL_VARIANTS, Variant, type VariantSpec } from './variants.js';
 
 const URI = 'qemu:///system';
@@ -35,7 +36,7 @@ const QUICK = process.env.BENCH_QUICK === '1';
 const REPS = QUICK ? 1 : positiveInt(process.env.BENCH_REPS ?? '3', 'BENCH_REPS');
 const STARTUP_REPS = 10;
 const SETTLE_MS = 10_000;
-const PARTS = ['startup', 'prune', 'stall', 'four'] as const;
+const PARTS = ['startup', 'prune', 'stall', 'four', 'storage'] as const;
 type Part = (typeof PARTS)[number];
 /** BENCH_ONLY=stall,prune runs only those parts (for working on one of them); the 4-guest run is `four`. */
 const ONLY = onlyParts(process.env.BENCH_ONLY);
@@ -171,6 +172,7 @@ async function main(): Promise<number> {
   let machine: Machine | null = null;
   let stoppedBy: string | null = null;
   let watcher: EventWatcher | null = null;
+  let storage: StorageSample | null = null;
   console.log(`bench: ${REPS} repetition(s)${QUICK ? ', quick (no 4-guest run)' : ''}, parts: ${PARTS.filter(doing).join(', ')}; results go to ${path.relative(process.cwd(), RESULTS)}`);
   try {
     await cleanup(b);
@@ -190,6 +192,12 @@ async function main(): Promise<number> {
       checkInterrupted();
     }
 
+    if (doing('storage')) {
+      console.log('storage: the same 24 dumps in the archive dir, a gzip ZFS dataset and restic …');
+      storage = await benchStorage({ domain: 'vsbed-b-storage', dataset: `${b.vmDataset}/${ROOT}/storage`, setup: 'b-storage' });
+      console.log(renderStorage(storage));
+      checkInterrupted();
+    }
     if (doing('stall') || doing('four')) {
       const variants = new Map<string, Variant>();
       for (const spec of [...STALL_VARIANTS, ...BYTES_VARIANTS]) variants.set(spec.name, await Variant.create(spec));
@@ -219,6 +227,7 @@ async function main(): Promise<number> {
       table: sections(samples),
       targets: targets(samples),
       samples,
+      storage,
     };
     mkdirSync(path.dirname(RESULTS), { recursive: true });
     writeFileSync(RESULTS, JSON.stringify(results, null, 2) + '\n');

@@ -61,9 +61,24 @@ describe('loadConfig', () => {
       watchdog: 'auto',
       metricsFile: null,
       compression: 'gzip',
+      archive: { kind: 'dir' },
       lockTimeoutMs: 120_000,
       configFile: empty,
     });
+  });
+
+  it('VIRTSNAP_ARCHIVE: dir, or restic:REPO with an absolute password file; anything else is one line', () => {
+    const c = (env: Record<string, string>) => loadConfig({ VIRTSNAP_CONFIG: empty, ...env });
+    assert.deepEqual(c({ VIRTSNAP_ARCHIVE: 'dir' }).archive, { kind: 'dir' });
+    assert.deepEqual(c({ VIRTSNAP_ARCHIVE: 'restic:sftp:h:/r', VIRTSNAP_RESTIC_PASSWORD_FILE: '/etc/virtsnap/restic.pw' }).archive, {
+      kind: 'restic',
+      repo: 'sftp:h:/r',
+      passwordFile: '/etc/virtsnap/restic.pw',
+    });
+    assert.throws(() => c({ VIRTSNAP_ARCHIVE: 'restic:/r' }), /^ConfigError: VIRTSNAP_RESTIC_PASSWORD_FILE is not set: [^\n]*$/);
+    assert.throws(() => c({ VIRTSNAP_ARCHIVE: 'restic:/r', VIRTSNAP_RESTIC_PASSWORD_FILE: 'pw' }), /VIRTSNAP_RESTIC_PASSWORD_FILE=pw is not an absolute path/);
+    assert.throws(() => c({ VIRTSNAP_ARCHIVE: 'borg:/r' }), /VIRTSNAP_ARCHIVE=borg:\/r is not dir or restic:REPO/);
+    assert.throws(() => c({ VIRTSNAP_ARCHIVE: 'restic:' }), /is not dir or restic:REPO/);
   });
 
   it('VIRTSNAP_COMPRESS: gzip or yes compress, no stores raw, anything else is one line', () => {

@@ -340,6 +340,7 @@ export function fakeConfig(root: string): Config {
     metricsFile: null,
     // The fakes' memory files are not save images; the archive tests compress real ones.
     compression: 'gzip',
+    archive: { kind: 'dir' },
     configFile: null,
   };
 }

@@ -1,0 +1,243 @@
+// Where a dump's bytes are kept: the archive dir (lib/archive.ts), or a
+// restic repository (VIRTSNAP_ARCHIVE=restic:REPO). The one place that knows
+// the difference: post stores through here, prune forgets through here, and
+// verify and restore get the memory file as a local path from here.
+//
+// A dump in restic is one restic snapshot of the RAW save image (never
+// gzip: compressed streams defeat restic's content-defined chunking, which
+// stores the pages consecutive dumps share once; restic compresses and
+// encrypts on its own) and the meta dir with the manifest in it, tagged
+// `virtsnap`, `virtsnap-id=<id>` and `virtsnap-domain=<name>`. The archive
+// dir keeps the manifest (with `store`) and the meta dir, no `.save`: prune,
+// gc, list and status read local manifests as always, without starting restic.
+import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { domainDir, readManifestValue, resticStoreOf, sha256File, stageDump, type ArchivedDump, type ArchiveInput, type Manifest, type ResticStore, type StagedDump } from './archive.js';
+import type { Config } from './config.js';
+import { VirtsnapError } from './errors.js';
+import { ensureDir, ensureDirBelow, PRIVATE_FILE, removeIfExists, writeJsonAtomic } from './fsutil.js';
+import { log } from './log.js';
+import { domainTag, guidTag, idTag, Restic, TAG, type ResticClient, type ResticSnapshot } from './restic.js';
+
+/** The manifest's name inside the meta dir of a restic snapshot. */
+export const REPO_MANIFEST = 'virtsnap-manifest.json';
+
+/** The restic client for the configured repository, or null with the archive dir. */
+export function resticOf(config: Pick<Config, 'archive'>): ResticClient | null {
+  return config.archive.kind === 'restic' ? new Restic(config.archive.repo, config.archive.passwordFile) : null;
+}
+
+/** A restic tag cannot hold a comma (restic splits on it). */
+function tagSafe(text: string): string {
+  return text.replace(/,/g, '_');
+}
+
+/**
+ * The slow half of archiving, outside the archive lock, into whichever
+ * store VIRTSNAP_ARCHIVE names; publishDump (under the lock) is the same
+ * for both.
+ */
+export async function stageForArchive(config: Pick<Config, 'archive' | 'archiveDir'>, input: ArchiveInput, host: string, restic: ResticClient | null = resticOf(config)): Promise<StagedDump> {
+  if (restic === null) return stageDump(config.archiveDir, input);
+  return stageResticDump(config.archiveDir, input, restic, host);
+}
+
+/**
+ * The slow half of archiving into restic, outside the archive lock: hashes
+ * the memory file, writes the manifest into the meta dir, and backs both up
+ * as one snapshot. A snapshot of this id already there (a post that died
+ * after its backup, now run again by `virtsnap recover`) is used as it is:
+ * backed up twice, the dump would be in the repo twice and pruned once.
+ */
+export async function stageResticDump(archiveDir: string, input: ArchiveInput, restic: ResticClient, host: string): Promise<StagedDump> {
+  const dir = domainDir(archiveDir, input.domain.name);
+  ensureDirBelow(dir, 'VIRTSNAP_ARCHIVE_DIR');
+  const cwd = path.dirname(input.memoryFile);
+  // Both in the overlay dir (plan.ts: `<base>.save`, `<base>.meta`): they go in at the top of the snapshot's tree.
+  const metaDir = input.metaDir ?? `${input.memoryFile.replace(/\.save$/, '')}.meta`;
+  if (path.dirname(metaDir) !== cwd) throw new VirtsnapError(`meta dir ${metaDir} is not beside ${input.memoryFile}: cannot back them up as one snapshot`);
+  const save = `/${path.basename(input.memoryFile)}`;
+  const meta = `/${path.basename(metaDir)}`;
+  const { sha256, bytes } = await sha256File(input.memoryFile);
+  const existing = (await restic.snapshots([TAG, idTag(input.id)])).find((s) => s.paths.some((p) => path.basename(p) === save.slice(1)));
+  let snapshot: string;
+  if (existing !== undefined) {
+    snapshot = existing.id;
+    log.info(`restic snapshot ${existing.short_id} holds RAM dump ${input.id} already (an earlier try got that far): not backed up again`, { domain: input.domain.name });
+  } else {
+    ensureDir(metaDir, 0o700);
+    // What the repo says about the dump on its own (restore on another host reads it); `store` is the snapshot itself.
+    writeJsonAtomic(path.join(metaDir, REPO_MANIFEST), repoManifest(input, sha256, bytes));
+    chmodSync(input.memoryFile, PRIVATE_FILE);
+    // The snapshots' guids as tags too: a restore on another host reads only the manifests of its snapshot's dumps.
+    const guids = input.snapshots.flatMap((r) => (r.guid !== null ? [guidTag(r.guid)] : []));
+    snapshot = await restic.backup(cwd, [save.slice(1), meta.slice(1)], [TAG, idTag(input.id), domainTag(tagSafe(input.domain.name)), ...guids], host);
+  }
+  const store: ResticStore = { kind: 'restic', repo: restic.repo, snapshot, save, meta };
+  const memoryFile = path.join(dir, `${input.id}.save`);
+  return {
+    dir,
+    // The meta dir (with the repo's manifest) is copied in beside the local manifest, as for the archive dir.
+    input: { ...input, metaDir },
+    memoryFile,
+    staged: {
+      sha256,
+      bytes,
+      compression: null,
+      store,
+      // The snapshot exists and the manifest names it: only now may the memory file go.
+      commit: () => removeIfExists(input.memoryFile),
+    },
+  };
+}
+
+/** The manifest publishDump will write, without `store` and with the archive's names (the copy in the repo). */
+function repoManifest(input: ArchiveInput, sha256: string, bytes: number): Omit<Manifest, 'store'> {
+  return {
+    format: 'virtsnap-dump/2',
+    id: input.id,
+    domain: input.domain,
+    snapshots: input.snapshots,
+    types: input.types,
+    memoryFile: `${input.id}.save`,
+    bytes,
+    sha256,
+    compression: null,
+    metaDir: `${input.id}.meta`,
+    disks: input.disks,
+    times: {
+      startedAt: input.startedAt,
+      frozenAt: input.frozenAt,
+      archivedAt: new Date().toISOString(),
+      pauseMs: input.job?.downtimeMs ?? null,
+      saveMs: input.job?.elapsedMs ?? null,
+      commitMs: input.commitMs ?? null,
+    },
+    libvirtUri: input.libvirtUri,
+    hostname: input.hostname,
+  };
+}
+
+/**
+ * Before a dump's manifest goes (prune, gc): its restic snapshot is
+ * forgotten first. A crash in between leaves a manifest whose snapshots are
+ * all gone, which the next prune or gc deletes again (forgetting a
+ * forgotten snapshot is a no-op); the other order could leave a snapshot no
+ * manifest knows, which gc never forgets (another host may own it).
+ * The space comes back with `restic prune` (`virtsnap gc`).
+ */
+export async function forgetStored(m: Manifest, restic: ResticClient | null): Promise<void> {
+  const store = resticStoreOf(m);
+  if (store === null) return;
+  if (restic === null || restic.repo !== store.repo) {
+    throw new VirtsnapError(`RAM dump ${m.id} is in restic repository ${store.repo}, and VIRTSNAP_ARCHIVE does not name it: set VIRTSNAP_ARCHIVE=restic:${store.repo} to prune it`);
+  }
+  await restic.forget([store.snapshot]);
+}
+
+/** Private temp dirs holding fetched memory files: removed when done, and at exit whatever happens. */
+const fetched = new Set<string>();
+let exitHook = false;
+
+function removeFetched(dir: string): void {
+  rmSync(dir, { recursive: true, force: true });
+  fetched.delete(dir);
+}
+
+/** Removes every memory file fetched so far (a restore, once done). */
+export function releaseFetched(): void {
+  for (const dir of [...fetched]) removeFetched(dir);
+}
+
+/** A dump's memory file as a local path, and how to let it go. */
+export interface LocalDump {
+  /** The manifest with `memoryFile` a local file (for a restic dump, the fetched copy; no `store`). */
+  manifest: Manifest;
+  release(): void;
+}
+
+/**
+ * The memory file as a local path. From the archive dir: the file itself.
+ * From restic: restored into a private temp dir (0700) under the state
+ * dir, the file 0600 (RAM dumps are secrets), removed by release(), or at
+ * process exit at the latest.
+ */
+export async function localDump(m: Manifest, config: Pick<Config, 'archive' | 'stateDir'>, restic: ResticClient | null = resticOf(config)): Promise<LocalDump> {
+  const store = resticStoreOf(m);
+  if (store === null) return { manifest: m, release: () => undefined };
+  if (restic === null || restic.repo !== store.repo) {
+    throw new VirtsnapError(`RAM dump ${m.id} is in restic repository ${store.repo}: set VIRTSNAP_ARCHIVE=restic:${store.repo} (and VIRTSNAP_RESTIC_PASSWORD_FILE) to read it`);
+  }
+  const parent = path.join(config.stateDir, 'fetch');
+  ensureDir(parent, 0o700);
+  const dir = mkdtempSync(path.join(parent, `${m.id}-`));
+  fetched.add(dir);
+  if (!exitHook) {
+    exitHook = true;
+    process.on('exit', () => [...fetched].forEach(removeFetched));
+  }
+  try {
+    await restic.restoreFile(store.snapshot, store.save, dir);
+    const file = path.join(dir, store.save);
+    if (!existsSync(file)) throw new VirtsnapError(`restic snapshot ${store.snapshot} in ${store.repo} has no ${store.save}: it is not the dump its manifest names`);
+    chmodSync(file, PRIVATE_FILE);
+    const { store: _, ...rest } = m;
+    return { manifest: { ...rest, memoryFile: file, compression: null }, release: () => removeFetched(dir) };
+  } catch (err) {
+    removeFetched(dir);
+    throw err;
+  }
+}
+
+/**
+ * The dumps in the repository, as scanArchive gives the archive dir's:
+ * for a host that has none of the manifests (restore anywhere the snapshot
+ * went). One `restic dump` per snapshot for its manifest: `guids` keeps
+ * to the dumps tagged with one of those ZFS snapshot guids. Snapshots whose
+ * manifest cannot be read are left out, with a warning.
+ */
+export async function repoDumps(restic: ResticClient, options: { exclude?: ReadonlySet<string>; guids?: ReadonlySet<string> } = {}): Promise<ArchivedDump[]> {
+  const dumps: ArchivedDump[] = [];
+  const wanted = options.guids === undefined ? null : new Set([...options.guids].map(guidTag));
+  for (const s of await restic.snapshots([TAG])) {
+    const id = s.tags.find((t) => t.startsWith('virtsnap-id='))?.slice('virtsnap-id='.length);
+    if (id === undefined || options.exclude?.has(id) === true) continue;
+    if (wanted !== null && !s.tags.some((t) => wanted.has(t))) continue;
+    try {
+      dumps.push(await repoDump(restic, s, id));
+    } catch (err) {
+      log.warn(`restic snapshot ${s.short_id} in ${restic.repo}: ${(err as Error).message} (left out)`);
+    }
+  }
+  return dumps.sort((a, b) => a.manifest.times.startedAt.localeCompare(b.manifest.times.startedAt));
+}
+
+async function repoDump(restic: ResticClient, s: ResticSnapshot, id: string): Promise<ArchivedDump> {
+  const save = s.paths.map((p) => `/${path.basename(p)}`).find((p) => p.endsWith('.save'));
+  const meta = s.paths.map((p) => `/${path.basename(p)}`).find((p) => p.endsWith('.meta'));
+  if (save === undefined || meta === undefined) throw new VirtsnapError('not a virtsnap dump (no .save and .meta in it)');
+  const manifestFile = `${meta}/${REPO_MANIFEST}`;
+  const manifest = readManifestValue(JSON.parse(await restic.dumpText(s.id, manifestFile)), `restic:${restic.repo} ${s.short_id}:${manifestFile}`, id);
+  return { manifest: { ...manifest, store: { kind: 'restic', repo: restic.repo, snapshot: s.id, save, meta } }, manifestFile: `restic:${restic.repo} ${s.short_id}` };
+}
+
+/** `virtsnap gc` with restic: what it did and what it found there that no manifest here knows. */
+export interface ResticGc {
+  pruned: boolean;
+  /** virtsnap's snapshots no local manifest names: never forgotten (another host may own them). */
+  unknown: string[];
+}
+
+/**
+ * `restic prune` (the space of forgotten dumps comes back), and the
+ * virtsnap snapshots in the repo that no local manifest names, reported
+ * with their host: another host's dumps, or ours from a manifest lost.
+ */
+export async function gcRestic(restic: ResticClient, dumps: ArchivedDump[], dryRun: boolean): Promise<ResticGc> {
+  const known = dumps.map((d) => resticStoreOf(d.manifest)?.snapshot).filter((s): s is string => s !== undefined);
+  const unknown = (await restic.snapshots([TAG]))
+    .filter((s) => !known.some((k) => s.id.startsWith(k)))
+    .map((s) => `restic snapshot ${s.short_id} (${s.tags.find((t) => t.startsWith('virtsnap-id=')) ?? 'no id'}, host ${s.hostname}) in ${restic.repo}: no manifest here names it (left alone; another host's, or \`restic forget ${s.short_id}\` by hand)`);
+  if (!dryRun) await restic.prune();
+  return { pruned: !dryRun, unknown };
+}

@@ -1,0 +1,212 @@
+// The restic archive backend's store logic (lib/archive-store.ts) against a fake restic client.
+import { afterEach, beforeEach, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { publishDump, resticStoreOf, scanArchive, storedAt, type ArchiveInput, type Manifest } from '../../lib/archive.js';
+import { forgetStored, gcRestic, localDump, releaseFetched, REPO_MANIFEST, repoDumps, stageForArchive } from '../../lib/archive-store.js';
+import type { Config } from '../../lib/config.js';
+import { resticAdvice, type ResticClient, type ResticSnapshot } from '../../lib/restic.js';
+import { CommandError } from '../../lib/errors.js';
+import { legacyRef } from '../../lib/snapshot-id.js';
+
+const ID = '20240102T030405.000Z-4aa4739f';
+let dir: string;
+
+beforeEach(() => {
+  dir = mkdtempSync(path.join(tmpdir(), 'virtsnap-store-'));
+});
+afterEach(() => {
+  releaseFetched();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** A restic repository in memory: each snapshot keeps copies of what it backed up. */
+class FakeRestic implements ResticClient {
+  readonly repo = '/backup/repo';
+  snaps: (ResticSnapshot & { files: Map<string, Buffer> })[] = [];
+  calls: string[] = [];
+  private n = 0;
+  async backup(cwd: string, paths: string[], tags: string[], host: string): Promise<string> {
+    this.calls.push(`backup ${paths.join(' ')}`);
+    const files = new Map<string, Buffer>();
+    const add = (rel: string): void => {
+      const abs = path.join(cwd, rel);
+      if (statSync(abs).isDirectory()) {
+        for (const f of ['domain.xml', REPO_MANIFEST]) if (existsSync(path.join(abs, f))) files.set(`/${rel}/${f}`, readFileSync(path.join(abs, f)));
+      } else files.set(`/${rel}`, readFileSync(abs));
+    };
+    paths.forEach(add);
+    const id = createHash('sha256').update(String(++this.n)).digest('hex');
+    this.snaps.push({ id, short_id: id.slice(0, 8), time: new Date().toISOString(), hostname: host, tags, paths: paths.map((p) => path.join(cwd, p)), files });
+    return id.slice(0, 8);
+  }
+  async snapshots(tags: string[]): Promise<ResticSnapshot[]> {
+    return this.snaps.filter((s) => tags.every((t) => s.tags.includes(t)));
+  }
+  async dumpText(snapshot: string, file: string): Promise<string> {
+    return this.snaps.find((s) => s.id.startsWith(snapshot))!.files.get(file)!.toString();
+  }
+  async restoreFile(snapshot: string, file: string, targetDir: string): Promise<void> {
+    this.calls.push(`restore ${file}`);
+    writeFileSync(path.join(targetDir, file), this.snaps.find((s) => s.id.startsWith(snapshot))!.files.get(file)!, { mode: 0o644 });
+  }
+  async forget(ids: string[]): Promise<void> {
+    this.calls.push(`forget ${ids.join(' ')}`);
+    this.snaps = this.snaps.filter((s) => !ids.some((i) => s.id.startsWith(i)));
+  }
+  async prune(): Promise<void> {
+    this.calls.push('prune');
+  }
+  async check(): Promise<void> {}
+  async rawSize(): Promise<number> {
+    return 0;
+  }
+}
+
+const data = randomBytes(64 * 1024);
+
+function inputs(): ArchiveInput {
+  const overlay = path.join(dir, 'overlay');
+  mkdirSync(path.join(overlay, `web.${ID}.meta`), { recursive: true });
+  writeFileSync(path.join(overlay, `web.${ID}.save`), data, { mode: 0o644 });
+  writeFileSync(path.join(overlay, `web.${ID}.meta`, 'domain.xml'), '<domain/>');
+  return {
+    id: ID,
+    domain: { name: 'web', uuid: '4aa4739f-40fb-4dd3-b355-8e408c5e68f7' },
+    snapshots: [{ ...legacyRef('tank/vm@autosnap_x_daily'), guid: '777' }],
+    types: ['daily'],
+    memoryFile: path.join(overlay, `web.${ID}.save`),
+    metaDir: path.join(overlay, `web.${ID}.meta`),
+    disks: [],
+    startedAt: '2024-01-02T03:04:05.000Z',
+    frozenAt: null,
+    job: null,
+    libvirtUri: 'qemu:///system',
+    hostname: 'host1',
+    compression: 'gzip',
+  };
+}
+
+function config(): Pick<Config, 'archive' | 'archiveDir' | 'stateDir'> {
+  return { archive: { kind: 'restic', repo: '/backup/repo', passwordFile: '/etc/pw' }, archiveDir: path.join(dir, 'archive'), stateDir: path.join(dir, 'state') };
+}
+
+async function archived(restic: FakeRestic): Promise<Manifest> {
+  const input = inputs();
+  const staged = await stageForArchive(config(), input, 'host1', restic);
+  assert.equal(existsSync(input.memoryFile), true, 'the memory file stays until the manifest is written');
+  return publishDump(staged).manifest;
+}
+
+describe('restic store', () => {
+  it('post: one tagged snapshot of the raw image and the meta dir (manifest inside); the archive keeps the manifest, no .save', async () => {
+    const restic = new FakeRestic();
+    const m = await archived(restic);
+    const [snap] = restic.snaps;
+    assert.deepEqual(snap!.tags, ['virtsnap', `virtsnap-id=${ID}`, 'virtsnap-domain=web', 'virtsnap-guid=777']);
+    assert.equal(snap!.hostname, 'host1');
+    assert.deepEqual(snap!.files.get(`/web.${ID}.save`), data, 'raw, never gzip, whatever VIRTSNAP_COMPRESS says');
+    assert.equal(m.compression, null);
+    assert.equal(m.sha256, createHash('sha256').update(data).digest('hex'));
+    assert.deepEqual(m.store, { kind: 'restic', repo: '/backup/repo', snapshot: snap!.short_id, save: `/web.${ID}.save`, meta: `/web.${ID}.meta` });
+    const scan = scanArchive(config().archiveDir);
+    assert.equal(scan.dumps.length, 1);
+    assert.deepEqual([scan.strays, scan.foreign], [[], []], 'a restic manifest without .save is neither stray nor foreign');
+    assert.equal(existsSync(scan.dumps[0]!.manifest.memoryFile), false);
+    assert.deepEqual(resticStoreOf(scan.dumps[0]!.manifest), m.store);
+    assert.match(storedAt(m), /^restic:\/backup\/repo [0-9a-f]{8}:\/web\..*\.save$/);
+    const inRepo = JSON.parse(snap!.files.get(`/web.${ID}.meta/${REPO_MANIFEST}`)!.toString()) as Manifest;
+    assert.equal(inRepo.sha256, m.sha256);
+    assert.equal(inRepo.store, undefined);
+  });
+
+  it('archived again after a crash between backup and manifest: the snapshot found by its tag is used, no second backup', async () => {
+    const restic = new FakeRestic();
+    const input = inputs();
+    await stageForArchive(config(), input, 'host1', restic); // crashed before publishDump
+    const m = publishDump(await stageForArchive(config(), inputs(), 'host1', restic)).manifest;
+    assert.equal(restic.calls.filter((c) => c.startsWith('backup')).length, 1);
+    assert.equal(restic.snaps.length, 1);
+    assert.equal(resticStoreOf(m)?.snapshot, restic.snaps[0]!.id);
+    assert.equal(existsSync(input.memoryFile), false, 'only now the memory file goes');
+  });
+
+  it('prune: the snapshot is forgotten (before the manifest goes); a dir dump calls nothing; another repo is one line', async () => {
+    const restic = new FakeRestic();
+    const m = await archived(restic);
+    await forgetStored(m, restic);
+    assert.equal(restic.snaps.length, 0);
+    await forgetStored(m, restic); // forgotten already: fine
+    await forgetStored({ ...m, store: undefined }, restic);
+    assert.deepEqual(restic.calls.filter((c) => c.startsWith('forget')).length, 2);
+    await assert.rejects(forgetStored(m, null), /is in restic repository \/backup\/repo, and VIRTSNAP_ARCHIVE does not name it: set VIRTSNAP_ARCHIVE=restic:\/backup\/repo/);
+  });
+
+  it('localDump: the raw image in a private temp dir under the state dir, 0600, gone after release', async () => {
+    const restic = new FakeRestic();
+    const m = await archived(restic);
+    const local = await localDump(m, config(), restic);
+    assert.deepEqual(readFileSync(local.manifest.memoryFile), data);
+    assert.equal(statSync(local.manifest.memoryFile).mode & 0o777, 0o600);
+    assert.equal(statSync(path.dirname(local.manifest.memoryFile)).mode & 0o777, 0o700);
+    assert.ok(local.manifest.memoryFile.startsWith(path.join(config().stateDir, 'fetch') + '/'));
+    assert.equal(local.manifest.store, undefined);
+    local.release();
+    assert.equal(existsSync(path.dirname(local.manifest.memoryFile)), false);
+    const plain = { ...m, store: undefined };
+    assert.equal((await localDump(plain, config(), restic)).manifest, plain, 'a dir dump is its own file');
+  });
+
+  it('repoDumps: the manifests from the repo, as scanArchive gives them (another host, no local manifests)', async () => {
+    const restic = new FakeRestic();
+    const m = await archived(restic);
+    rmSync(config().archiveDir, { recursive: true });
+    const [d] = await repoDumps(restic);
+    assert.equal(d!.manifest.id, ID);
+    assert.equal(d!.manifest.sha256, m.sha256);
+    assert.deepEqual(d!.manifest.snapshots, m.snapshots);
+    assert.equal(resticStoreOf(d!.manifest)?.snapshot, restic.snaps[0]!.id);
+    assert.deepEqual(await repoDumps(restic, { exclude: new Set([ID]) }), [], 'ids known here are left out');
+    assert.deepEqual(await repoDumps(restic, { guids: new Set(['123']) }), [], 'another snapshot guid: not read');
+    assert.equal((await repoDumps(restic, { guids: new Set(['777']) })).length, 1, 'tagged with its snapshot guid');
+  });
+
+  it('gc: restic prune, and snapshots no manifest here names are reported, never forgotten', async () => {
+    const restic = new FakeRestic();
+    await archived(restic);
+    const other = path.join(dir, 'other');
+    mkdirSync(other);
+    writeFileSync(path.join(other, 'x.save'), 'x');
+    await restic.backup(other, ['x.save'], ['virtsnap', 'virtsnap-id=elsewhere'], 'host2');
+    const dumps = scanArchive(config().archiveDir).dumps;
+    const dry = await gcRestic(restic, dumps, true);
+    assert.equal(dry.pruned, false);
+    assert.equal(dry.unknown.length, 1);
+    assert.match(dry.unknown[0]!, /virtsnap-id=elsewhere, host host2.*no manifest here names it \(left alone/);
+    const done = await gcRestic(restic, dumps, false);
+    assert.equal(done.pruned, true);
+    assert.equal(restic.snaps.length, 2, 'nothing forgotten');
+    assert.ok(restic.calls.includes('prune'));
+  });
+});
+
+describe('resticAdvice', () => {
+  const fail = (stderr: string, status = 1, timedOut = false) => resticAdvice('/r', '/etc/pw', new CommandError('restic', ['snapshots'], status, stderr, timedOut));
+  it('one line that says what to do', () => {
+    assert.equal(fail('Fatal: wrong password or no key found').message, 'restic: wrong password for /r: check VIRTSNAP_RESTIC_PASSWORD_FILE (/etc/pw)');
+    assert.equal(
+      fail('Fatal: unable to open config file: stat /r/config: no such file or directory\nIs there a repository at the following location?\n/r').message,
+      'no restic repository at /r: create it with `restic init --repository-version 2 --repo /r --password-file /etc/pw`',
+    );
+    assert.match(fail('Resolving password failed: Fatal: /etc/pw does not exist').message, /^restic cannot read the password file \/etc\/pw \(VIRTSNAP_RESTIC_PASSWORD_FILE\)/);
+    assert.match(fail('command not found', 127).message, /^restic is not installed: apt-get install restic/);
+    assert.match(fail('', -1, true).message, /^restic snapshots on \/r timed out/);
+    const e = fail('Fatal: something else');
+    assert.equal(e.message, 'restic snapshots on /r failed: something else');
+    assert.equal(e.status, 1);
+    assert.doesNotMatch(e.message, /\n/);
+  });
+});

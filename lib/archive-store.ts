@@ -12,7 +12,7 @@
 // gc, list and status read local manifests as always, without starting restic.
 import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { domainDir, readManifestValue, resticStoreOf, sha256File, stageDump, type ArchivedDump, type ArchiveInput, type Manifest, type ResticStore, type StagedDump } from './archive.js';
+import { domainDir, dumpTimes, readManifestValue, resticStoreOf, sha256File, stageDump, type ArchivedDump, type ArchiveInput, type Manifest, type ResticStore, type StagedDump } from './archive.js';
 import type { Config } from './config.js';
 import { VirtsnapError } from './errors.js';
 import { ensureDir, ensureDirBelow, PRIVATE_FILE, removeIfExists, writeJsonAtomic } from './fsutil.js';
@@ -105,14 +105,7 @@ function repoManifest(input: ArchiveInput, sha256: string, bytes: number): Omit<
     compression: null,
     metaDir: `${input.id}.meta`,
     disks: input.disks,
-    times: {
-      startedAt: input.startedAt,
-      frozenAt: input.frozenAt,
-      archivedAt: new Date().toISOString(),
-      pauseMs: input.job?.downtimeMs ?? null,
-      saveMs: input.job?.elapsedMs ?? null,
-      commitMs: input.commitMs ?? null,
-    },
+    times: dumpTimes(input),
     libvirtUri: input.libvirtUri,
     hostname: input.hostname,
   };

@@ -384,6 +384,18 @@ export interface ArchiveInput {
   compression?: Compression | null;
 }
 
+/** A manifest's times, from what the journal recorded of the freeze; archived now. */
+export function dumpTimes(t: { startedAt: string; frozenAt?: string | null; job?: CompletedJob | null; commitMs?: number | null }): Manifest['times'] {
+  return {
+    startedAt: t.startedAt,
+    frozenAt: t.frozenAt ?? null,
+    archivedAt: new Date().toISOString(),
+    pauseMs: t.job?.downtimeMs ?? null,
+    saveMs: t.job?.elapsedMs ?? null,
+    commitMs: t.commitMs ?? null,
+  };
+}
+
 /** A dump whose memory file is hashed (and compressed) into the archive, waiting for publishDump. */
 export interface StagedDump {
   dir: string;
@@ -439,14 +451,7 @@ export function publishDump(s: Pick<StagedDump, 'dir' | 'input' | 'memoryFile' |
     ...(staged.store !== undefined ? { store: staged.store } : {}),
     metaDir,
     disks: input.disks,
-    times: {
-      startedAt: input.startedAt,
-      frozenAt: input.frozenAt,
-      archivedAt: new Date().toISOString(),
-      pauseMs: input.job?.downtimeMs ?? null,
-      saveMs: input.job?.elapsedMs ?? null,
-      commitMs: input.commitMs ?? null,
-    },
+    times: dumpTimes(input),
     libvirtUri: input.libvirtUri,
     hostname: input.hostname,
   };

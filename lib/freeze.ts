@@ -23,6 +23,7 @@ import { showSaveProgress } from './progress.js';
 import { restoreDowntimeLimit, settleDomainJob, thawDomain } from './thaw.js';
 import { inParallel } from './parallel.js';
 import { datasetOfSnapshot } from './zfs.js';
+import { dumpTimes } from './archive.js';
 import { hostname } from 'node:os';
 import { assertMountpointPrivate, diskIdentity, writeInDatasetManifest } from './ram-in-dataset.js';
 
@@ -299,13 +300,7 @@ function recordRamInDataset(entry: JournalEntry, deps: Deps): void {
     bytes: statSync(entry.memoryFile).size,
     compression: null,
     disks: entry.overlays.map((o) => ({ target: o.target, source: o.original, dataset: o.dataset, format: o.format, bytes: o.bytes, identity: diskIdentity(o.original) })),
-    times: {
-      startedAt: entry.startedAt,
-      frozenAt: entry.frozenAt ?? null,
-      archivedAt: new Date().toISOString(),
-      pauseMs: entry.job?.downtimeMs ?? null,
-      saveMs: entry.job?.elapsedMs ?? null,
-    },
+    times: dumpTimes(entry),
     libvirtUri: deps.config.libvirtUri,
     hostname: hostname(),
   });

@@ -10,7 +10,7 @@
 // assumes the step before it finished.
 import { hostname } from 'node:os';
 import { rmSync } from 'node:fs';
-import { publishDump, snapshotNames, storedAt, withArchiveLock, type ArchivedDump } from './archive.js';
+import { dumpTimes, publishDump, snapshotNames, storedAt, withArchiveLock, type ArchivedDump } from './archive.js';
 import { stageForArchive } from './archive-store.js';
 import type { Deps } from './deps.js';
 import { asFsError, LibvirtError, VirtsnapError } from './errors.js';
@@ -482,7 +482,7 @@ function inSnapshots(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): Arch
       compression: null,
       metaDir: null,
       disks: entry.overlays.map((o) => ({ target: o.target, source: o.original, dataset: o.dataset, format: o.format, bytes: o.bytes })),
-      times: { startedAt: entry.startedAt, frozenAt: entry.frozenAt ?? null, archivedAt: new Date().toISOString(), pauseMs: entry.job?.downtimeMs ?? null, saveMs: entry.job?.elapsedMs ?? null, commitMs: entry.commitMs ?? null },
+      times: dumpTimes(entry),
       libvirtUri: deps.config.libvirtUri,
       hostname: hostname(),
     },

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import type { Manifest } from '../../lib/archive.js';
 import type { SnapshotRef } from '../../lib/snapshot-id.js';
-import { inRestoredDatasets, isZvolOf, planRestore, renameDomainXml, rewriteDiskPaths, type RestoreFacts, type RestoreRequest } from '../../lib/restore-plan.js';
+import { inRestoredDatasets, isZvolOf, linksDown, planRestore, renameDomainXml, rewriteDiskPaths, type RestoreFacts, type RestoreRequest } from '../../lib/restore-plan.js';
 import { splitSnapshot } from '../../lib/zfs.js';
 import { parseDomainXml, type Disk } from '../../lib/libvirt/domain-xml.js';
 
@@ -645,5 +645,33 @@ describe('planRestore: checked before anything changes', () => {
     assert.ok(inRestoredDatasets('/dev/zvol/tank/vm-part1', sources));
     assert.ok(!inRestoredDatasets('/tank/vmx/a.qcow2', sources));
     assert.ok(!inRestoredDatasets('/dev/zvol/tank/vmx', sources));
+  });
+});
+
+describe('planRestore on another host (issue 12)', () => {
+  const NEW = () => '33333333-3333-4333-8333-333333333333';
+  it("what this host lacks is a problem naming the VM, or with --ignore-host-gaps a warning", () => {
+    const dump = { manifest: manifest('web', WEB_UUID, ['tank/vm@a']), problem: null, disks: [], hostGaps: ['bridge "br0" (interface 52:54:00:00:00:01) does not exist on this host: create it'] };
+    const refused = planRestore(clone('tank/vm@a', 'tank/restore', { as: 'web2' }), facts({ dumps: [dump] }), NEW);
+    assert.equal(refused.problems.length, 1);
+    assert.match(refused.problems[0]!, /this host cannot run "web" as saved: bridge "br0".*--ignore-host-gaps/);
+    const warned = planRestore(clone('tank/vm@a', 'tank/restore', { as: 'web2', ignoreHostGaps: true }), facts({ dumps: [dump] }), NEW);
+    assert.deepEqual(warned.problems, []);
+    assert.equal(warned.warnings.length, 1);
+  });
+
+  it('a snapshot whose RAM could not be read is refused, naming why; the dumps it held are carried to be removed after the restore', () => {
+    const plan = planRestore(clone('tank/vm@a'), facts({ snapshotProblems: ['cannot read tank/vm@a: …'], ramInSnapshot: [{ dataset: 'tank/vm', dir: '.virtsnap/web', id: 'x' }] }), NEW);
+    assert.deepEqual(plan.problems, ['cannot read tank/vm@a: …']);
+    assert.deepEqual(plan.ramInSnapshot, [{ dataset: 'tank/vm', dir: '.virtsnap/web', id: 'x' }]);
+  });
+});
+
+describe('linksDown', () => {
+  it('every interface of a clone starts with its link down, one <link> each', () => {
+    const xml = `<domain><devices><interface type='network'><mac address='52:54:00:00:00:01'/><source network='default'/></interface><interface type='bridge'><link state='up'/><source bridge='br0'/></interface></devices></domain>`;
+    const out = linksDown(xml);
+    assert.equal((out.match(/<link state='down'\/>/g) ?? []).length, 2);
+    assert.doesNotMatch(out, /state='up'/);
   });
 });

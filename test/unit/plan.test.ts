@@ -432,3 +432,32 @@ describe('modes', () => {
     assert.match(strict.problems[0]!, /domain "b" cannot be quiesced: no guest agent channel .*install and start qemu-guest-agent/);
   });
 });
+
+describe('planFreeze with VIRTSNAP_RAM_STORE=dataset', () => {
+  const inDataset = (): Config => ({ ...config, ramStore: 'dataset' });
+  it('the memory file goes into the VM dataset\'s .virtsnap/<domain>/, named by the freeze tag', () => {
+    const d = dom('web', 'running', [disk('vda', '/tank/vm/a.qcow2')]);
+    const plan = planFreeze(request, inventory([d]), inDataset());
+    assert.deepEqual(plan.problems, []);
+    const p = plan.domains[0]!;
+    assert.deepEqual(p.ramInDataset, { dataset: 'tank/vm', mountpoint: '/tank/vm', dir: '/tank/vm/.virtsnap/web' });
+    assert.equal(p.memoryFile, `/tank/vm/.virtsnap/web/${p.tag}.save`);
+  });
+  it('a VM with disks in two datasets is refused, naming it; a quiesced one without a fallback to ram is not (it keeps no RAM)', () => {
+    const spread = dom('db', 'running', [disk('vda', '/tank/vm/a.qcow2'), disk('vdb', '/tank/vm/sub/d.qcow2')]);
+    const wide = { ...request, targets: ['tank/vm'] };
+    const inv = inventory([spread], { datasets: ['tank/vm', 'tank/vm/sub'] });
+    const refused = planFreeze(wide, inv, inDataset());
+    assert.equal(refused.problems.length, 1);
+    assert.match(refused.problems[0]!, /"db" has disks in tank\/vm and tank\/vm\/sub/);
+    const agent = { ...spread, agent: 'connected' as const };
+    const quiesced = planFreeze(wide, inventory([agent], { datasets: ['tank/vm', 'tank/vm/sub'] }), { ...inDataset(), mode: { fallback: 'quiesce', byType: {} }, quiesceFallback: 'fail' });
+    assert.deepEqual(quiesced.problems, []);
+  });
+  it('the archive store (the default) keeps the memory file in the overlay dir', () => {
+    const d = dom('web', 'running', [disk('vda', '/tank/vm/a.qcow2')]);
+    const p = planFreeze(request, inventory([d]), config).domains[0]!;
+    assert.equal(p.ramInDataset, null);
+    assert.ok(p.memoryFile!.startsWith(`${OVERLAY}/`));
+  });
+});

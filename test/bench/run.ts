@@ -172,7 +172,8 @@ async function main(): Promise<number> {
   let machine: Machine | null = null;
   let stoppedBy: string | null = null;
   let watcher: EventWatcher | null = null;
-  let storage: StorageSample | null = null;
+  /** The storage part for each fill: random (nothing compresses what changes) and random letters (gzip -1 keeps 0.58 of them). */
+  const storage: StorageSample[] = [];
   console.log(`bench: ${REPS} repetition(s)${QUICK ? ', quick (no 4-guest run)' : ''}, parts: ${PARTS.filter(doing).join(', ')}; results go to ${path.relative(process.cwd(), RESULTS)}`);
   try {
     await cleanup(b);
@@ -194,9 +195,12 @@ async function main(): Promise<number> {
 
     if (doing('storage')) {
       console.log('storage: the same 24 dumps in the archive dir, a gzip ZFS dataset and restic …');
-      storage = await benchStorage({ domain: 'vsbed-b-storage', dataset: `${b.vmDataset}/${ROOT}/storage`, setup: 'b-storage' });
-      console.log(renderStorage(storage));
-      checkInterrupted();
+      for (const kind of ['random', 'text'] as const) {
+        const sample = await benchStorage({ domain: 'vsbed-b-storage', dataset: `${b.vmDataset}/${ROOT}/storage`, setup: 'b-storage' }, 24, kind);
+        storage.push(sample);
+        console.log(renderStorage(sample));
+        checkInterrupted();
+      }
     }
     if (doing('stall') || doing('four')) {
       const variants = new Map<string, Variant>();

@@ -28,6 +28,10 @@ export interface StorageSample {
   zfs: { compression: string; usedBytes: number; compressratio: string };
   restic: { duBytes: number; rawDataBytes: number };
   secondsPerSnapshot: number;
+  /** What the guest's fill rewrites: random bytes, or random letters a-p (gzip -1 keeps 0.58). */
+  fillKind: 'random' | 'text';
+  /** The guest's `VSBED FILL done` line: how fast it makes new data. */
+  fillLine: string;
 }
 
 const MiB = 1024 ** 2;
@@ -43,16 +47,16 @@ function sizeOf(text: string): number {
   return Number(m[1]) * 1024 ** ' KMGT'.indexOf(m[2] || ' ');
 }
 
-export async function benchStorage(names: { domain: string; dataset: string; setup: string }, dumps = 24): Promise<StorageSample> {
+export async function benchStorage(names: { domain: string; dataset: string; setup: string }, dumps = 24, fillKind: 'random' | 'text' = 'random'): Promise<StorageSample> {
   const b = await bed();
   const zfsDs = `${names.dataset}-gz`;
   await removeDomains(names.domain);
   for (const ds of [names.dataset, zfsDs]) if (await datasetExists(ds)) await zfsRetry(['destroy', '-r', ds], 60);
   const setup = await Setup.create(names.setup, { VIRTSNAP_COMPRESS: 'no', VIRTSNAP_LOG: 'warn' });
-  const guest = await Guest.create({ name: names.domain, dataset: names.dataset, memoryMiB: 160, fillMiB: 16 });
+  const guest = await Guest.create({ name: names.domain, dataset: names.dataset, memoryMiB: 160, fillMiB: 16, fillKind });
   try {
     await guest.start();
-    await guest.waitForFill();
+    const fillLine = await guest.waitForFill(300_000);
     const started = Date.now();
     for (let i = 1; i <= dumps; i++) {
       const out = await virtsnap(setup, ['snapshot', names.dataset, '--name', `s${i}`]);
@@ -94,6 +98,8 @@ export async function benchStorage(names: { domain: string; dataset: string; set
       zfs: { compression: compression!, usedBytes: sizeOf(used!), compressratio: ratio! },
       restic: { duBytes: await duBytes(repo), rawDataBytes: await restic.rawSize() },
       secondsPerSnapshot,
+      fillKind,
+      fillLine,
     };
     return sample;
   } finally {
@@ -106,7 +112,7 @@ export async function benchStorage(names: { domain: string; dataset: string; set
 export function renderStorage(s: StorageSample): string {
   const x = (n: number) => `${(n / MiB).toFixed(1)} MiB (${(n / s.oneGzipBytes).toFixed(2)}x one gzip dump)`;
   return [
-    `storage: ${s.dumps} consecutive dumps of a 160 MiB guest (16 MiB random, rewritten), ${(s.rawBytesEach / MiB).toFixed(1)} MiB raw each, ${s.secondsPerSnapshot.toFixed(1)} s per snapshot; one gzip dump ${(s.oneGzipBytes / MiB).toFixed(1)} MiB`,
+    `storage: ${s.dumps} consecutive dumps of a 160 MiB guest (16 MiB ${s.fillKind === 'text' ? 'random letters a-p' : 'random'}, rewritten; ${s.fillLine}), ${(s.rawBytesEach / MiB).toFixed(1)} MiB raw each, ${s.secondsPerSnapshot.toFixed(1)} s per snapshot; one gzip dump ${(s.oneGzipBytes / MiB).toFixed(1)} MiB`,
     `  archive dir (gzip -1 each):      ${x(s.archiveDirBytes)}`,
     `  ZFS dataset (compression=${s.zfs.compression}): ${x(s.zfs.usedBytes)}, compressratio ${s.zfs.compressratio}`,
     `  restic repo (du -sb):            ${x(s.restic.duBytes)}; stats raw-data ${(s.restic.rawDataBytes / MiB).toFixed(1)} MiB`,
@@ -117,7 +123,8 @@ export function renderStorage(s: StorageSample): string {
 // Standalone, with names of its own (so it never touches the whole bench's).
 if (process.argv[1]?.endsWith('storage.js')) {
   const b = await bed();
-  const s = await benchStorage({ domain: 'vsbed-rst-bench', dataset: `${b.vmDataset}/rst-bench`, setup: 'rst-bench' }, Number(process.env.BENCH_DUMPS ?? 24));
+  const kind = process.env.BENCH_FILL_KIND === 'text' ? 'text' : 'random';
+  const s = await benchStorage({ domain: 'vsbed-rst-bench', dataset: `${b.vmDataset}/rst-bench`, setup: 'rst-bench' }, Number(process.env.BENCH_DUMPS ?? 24), kind);
   console.log(renderStorage(s));
   console.log(JSON.stringify(s));
 }

@@ -200,6 +200,8 @@ export interface GuestOptions {
    * The guest refuses a fill its free memory cannot hold (320 of 512 MiB fits).
    */
   fillMiB?: number;
+  /** What the fill writes: random bytes (the default), or random letters a-p (gzip -1 keeps 0.58 of it, like a real guest's changing memory). */
+  fillKind?: 'random' | 'text';
   /**
    * QEMU's guest agent: the org.qemu.guest_agent.0 channel (libvirt picks the
    * socket) and qemu-ga in the guest (test/bed/guest/agent). `start()` returns
@@ -515,7 +517,7 @@ function checkExtras(options: GuestOptions): void {
 /** The kernel command line words of the new options; none without them. */
 function extrasCmdline(options: GuestOptions): string {
   return [
-    options.fillMiB ? ` vsbed.fill=${options.fillMiB}` : '',
+    options.fillMiB ? ` vsbed.fill=${options.fillMiB}${options.fillKind === 'text' ? ':text' : ''}` : '',
     options.agent ? ' vsbed.agent=1' : '',
     options.fsDisk ? ` vsbed.fs=${FS_SERIAL}` : '',
   ].join('');

@@ -10,9 +10,9 @@
 // `virtsnap`, `virtsnap-id=<id>` and `virtsnap-domain=<name>`. The archive
 // dir keeps the manifest (with `store`) and the meta dir, no `.save`: prune,
 // gc, list and status read local manifests as always, without starting restic.
-import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, lstatSync, mkdtempSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { domainDir, dumpTimes, readManifestValue, resticStoreOf, sha256File, stageDump, type ArchivedDump, type ArchiveInput, type Manifest, type ResticStore, type StagedDump } from './archive.js';
+import { domainDir, DUMP_ID, dumpTimes, readManifestValue, resticStoreOf, resticStoreProblem, sha256File, stageDump, type ArchivedDump, type ArchiveInput, type Manifest, type ResticStore, type StagedDump } from './archive.js';
 import type { Config } from './config.js';
 import { VirtsnapError } from './errors.js';
 import { ensureDir, ensureDirBelow, PRIVATE_FILE, removeIfExists, writeJsonAtomic } from './fsutil.js';
@@ -72,6 +72,9 @@ export async function stageResticDump(archiveDir: string, input: ArchiveInput, r
     // The snapshots' guids as tags too: a restore on another host reads only the manifests of its snapshot's dumps.
     const guids = input.snapshots.flatMap((r) => (r.guid !== null ? [guidTag(r.guid)] : []));
     snapshot = await restic.backup(cwd, [save.slice(1), meta.slice(1)], [TAG, idTag(input.id), domainTag(tagSafe(input.domain.name)), ...guids], host);
+    // backup's summary may give the short id; the manifest keeps the whole one (a short one can become ambiguous, and forget then ignores it).
+    const made = (await restic.snapshots([TAG, idTag(input.id)])).find((s) => s.id.startsWith(snapshot));
+    if (made !== undefined) snapshot = made.id;
   }
   const store: ResticStore = { kind: 'restic', repo: restic.repo, snapshot, save, meta };
   const memoryFile = path.join(dir, `${input.id}.save`);
@@ -172,7 +175,10 @@ export async function localDump(m: Manifest, config: Pick<Config, 'archive' | 's
   try {
     await restic.restoreFile(store.snapshot, store.save, dir);
     const file = path.join(dir, store.save);
-    if (!existsSync(file)) throw new VirtsnapError(`restic snapshot ${store.snapshot} in ${store.repo} has no ${store.save}: it is not the dump its manifest names`);
+    // What the repository holds there is restored as it is: only a regular file is read, never what a symlink names.
+    const st = lstatSync(file, { throwIfNoEntry: false });
+    if (st === undefined) throw new VirtsnapError(`restic snapshot ${store.snapshot} in ${store.repo} has no ${store.save}: it is not the dump its manifest names`);
+    if (!st.isFile()) throw new VirtsnapError(`${store.save} in restic snapshot ${store.snapshot} of ${store.repo} is not a regular file: not reading it`);
     chmodSync(file, PRIVATE_FILE);
     const { store: _, ...rest } = m;
     return { manifest: { ...rest, memoryFile: file, compression: null }, release: () => removeFetched(dir) };
@@ -206,12 +212,18 @@ export async function repoDumps(restic: ResticClient, options: { exclude?: Reado
 }
 
 async function repoDump(restic: ResticClient, s: ResticSnapshot, id: string): Promise<ArchivedDump> {
+  // Another host sharing the password may have written anything here: the id names files, so it must be ours.
+  if (!DUMP_ID.test(id)) throw new VirtsnapError(`its tag virtsnap-id=${JSON.stringify(id)} is not a dump id of virtsnap`);
   const save = s.paths.map((p) => `/${path.basename(p)}`).find((p) => p.endsWith('.save'));
   const meta = s.paths.map((p) => `/${path.basename(p)}`).find((p) => p.endsWith('.meta'));
   if (save === undefined || meta === undefined) throw new VirtsnapError('not a virtsnap dump (no .save and .meta in it)');
+  const store: ResticStore = { kind: 'restic', repo: restic.repo, snapshot: s.id, save, meta };
+  const problem = resticStoreProblem(store);
+  if (problem !== null) throw new VirtsnapError(`not a virtsnap dump: it ${problem}`);
   const manifestFile = `${meta}/${REPO_MANIFEST}`;
   const manifest = readManifestValue(JSON.parse(await restic.dumpText(s.id, manifestFile)), `restic:${restic.repo} ${s.short_id}:${manifestFile}`, id);
-  return { manifest: { ...manifest, store: { kind: 'restic', repo: restic.repo, snapshot: s.id, save, meta } }, manifestFile: `restic:${restic.repo} ${s.short_id}` };
+  // Its meta dir is in the repository, not beside anything here: a relative name would be read from the working directory.
+  return { manifest: { ...manifest, metaDir: null, store }, manifestFile: `restic:${restic.repo} ${s.short_id}` };
 }
 
 /** `virtsnap gc` with restic: what it did and what it found there that no manifest here knows. */

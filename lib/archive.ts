@@ -97,6 +97,24 @@ export interface ResticStore {
   meta: string;
 }
 
+/**
+ * What is wrong with the `store` of a manifest read from disk or from a
+ * repository, or null. Its fields are followed (a restic argument, a path
+ * under a private dir), so they must be what virtsnap writes: a restic
+ * snapshot id in hex, `/<name>.save` and `/<name>.meta`. A `dataset` store
+ * is only ever made in memory, from inside a snapshot (lib/restore.ts).
+ */
+export function resticStoreProblem(store: unknown): string | null {
+  const s = store as Partial<ResticStore> | null;
+  if (s === null || typeof s !== 'object' || s.kind !== 'restic') return 'names a store that is not a restic snapshot';
+  if (typeof s.repo !== 'string' || s.repo === '') return 'names no restic repository';
+  if (typeof s.snapshot !== 'string' || !/^[0-9a-f]{8,64}$/.test(s.snapshot)) return `names restic snapshot ${JSON.stringify(s.snapshot)}, not a snapshot id`;
+  const file = /^\/[A-Za-z0-9._+@%=:,-]+$/;
+  if (typeof s.save !== 'string' || !file.test(s.save) || !s.save.endsWith('.save') || s.save.includes('..')) return `names ${JSON.stringify(s.save)} as its memory file in restic`;
+  if (typeof s.meta !== 'string' || !file.test(s.meta) || !s.meta.endsWith('.meta') || s.meta.includes('..')) return `names ${JSON.stringify(s.meta)} as its meta dir in restic`;
+  return null;
+}
+
 /** Where a dump's memory file is: the one question every reader of the bytes asks (lib/archive-store.ts answers it for restic). */
 export function resticStoreOf(m: Pick<Manifest, 'store'>): ResticStore | null {
   return m.store?.kind === 'restic' ? m.store : null;
@@ -518,6 +536,8 @@ export function readManifestValue(value: unknown, file: string, id: string): Man
   }
   for (const r of snapshots) r.frozenAs ??= r.name;
   if (!Array.isArray(m.disks)) throw new VirtsnapError(`manifest ${file} has no list of disks: it is damaged; restore it from a backup or remove it with its dump`);
+  const storeProblem = m.store === undefined ? null : resticStoreProblem(m.store);
+  if (storeProblem !== null) throw new VirtsnapError(`manifest ${file} ${storeProblem}: it is damaged or not ours; restore it from a backup or remove it`);
   return {
     ...(m as Manifest),
     compression: m.compression ?? null, // older manifests: stored as libvirt wrote it

@@ -21,6 +21,8 @@ import { VirtsnapError } from './errors.js';
 import { parseDomainXml } from './libvirt/domain-xml.js';
 import { readSaveImageHeader, readSaveImageXml } from './libvirt/save-image.js';
 import { withSafeDir } from './safe-dir.js';
+import { readdirSync, readFileSync } from 'node:fs';
+import { ensureDirBelow, fileSafe, writeJsonAtomic } from './fsutil.js';
 
 /** Where the RAM of one freeze goes and what is known of the dataset, in the journal entry. */
 export interface RamInDataset {
@@ -171,4 +173,34 @@ export function inDatasetProblem(m: InDatasetManifest, saveFile: string, diskNow
     }
   }
   return null;
+}
+
+/**
+ * The newest RAM dump each domain has inside snapshots, as post last saw
+ * it: `STATE_DIR/in-snapshots/<uuid>.json`. `virtsnap status` and `check`
+ * read it (with ZFS as the judge of whether its snapshots still exist):
+ * with the RAM in the dataset, the archive has nothing to tell them.
+ */
+export function recordLatestInSnapshots(stateDir: string, manifest: Manifest): void {
+  const dir = path.join(stateDir, 'in-snapshots');
+  ensureDirBelow(dir, 'VIRTSNAP_STATE_DIR');
+  writeJsonAtomic(path.join(dir, `${fileSafe(manifest.domain.uuid)}.json`), manifest);
+}
+
+export function latestInSnapshots(stateDir: string): Manifest[] {
+  const dir = path.join(stateDir, 'in-snapshots');
+  let names: string[];
+  try {
+    names = readdirSync(dir).filter((n) => n.endsWith('.json'));
+  } catch {
+    return [];
+  }
+  return names.flatMap((n) => {
+    try {
+      const m = JSON.parse(readFileSync(path.join(dir, n), 'utf8')) as Manifest;
+      return Array.isArray(m.snapshots) && typeof m.domain?.uuid === 'string' ? [m] : [];
+    } catch {
+      return [];
+    }
+  });
 }

@@ -62,8 +62,10 @@ export const guidTag = (guid: string): string => `virtsnap-guid=${guid}`;
 /** The one-line advice for what restic said. */
 export function resticAdvice(repo: string, passwordFile: string, err: CommandError): ResticError {
   const said = firstLine(err.stderr.replace(/^Fatal: /, '')) || `exit code ${err.status}`;
-  let what = `restic ${err.args[0] ?? ''} on ${repo} failed: ${said}`;
-  if (err.timedOut) what = `restic ${err.args[0] ?? ''} on ${repo} timed out: is the repository reachable?`;
+  // The subcommand: after the global flags (--repo R --password-file F) when they are there.
+  const command = (err.args[0] === '--repo' ? err.args[4] : err.args[0]) ?? '';
+  let what = `restic ${command} on ${repo} failed: ${said}`;
+  if (err.timedOut) what = `restic ${command} on ${repo} timed out: is the repository reachable?`;
   else if (err.status === 127) what = 'restic is not installed: apt-get install restic (or unset VIRTSNAP_ARCHIVE)';
   else if (/wrong password|no key found/.test(err.stderr)) what = `restic: wrong password for ${repo}: check VIRTSNAP_RESTIC_PASSWORD_FILE (${passwordFile})`;
   else if (/Resolving password failed|password-file/.test(err.stderr)) what = `restic cannot read the password file ${passwordFile} (VIRTSNAP_RESTIC_PASSWORD_FILE): ${said}`;

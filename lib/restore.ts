@@ -24,7 +24,7 @@ import type { StopSignal } from './signals.js';
 import { fileSafe, writeFileAtomic } from './fsutil.js';
 import { datasetMetaDir, readSavedFile } from './domain-files.js';
 import { stateDisks } from './disks.js';
-import { refsAt } from './snapshot-id.js';
+import { isSnapshotAt, refsAt } from './snapshot-id.js';
 import type { Disk } from './libvirt/domain-xml.js';
 import { datasetsOfDomains } from './inventory.js';
 import { parseDomainXml } from './libvirt/domain-xml.js';
@@ -81,12 +81,13 @@ async function dumpsOf(request: RestoreRequest, deps: RestoreDeps): Promise<Rest
   // None here (another host, or the manifests lost): the repository's own manifests, found by the same guids.
   if (tied.length === 0 && restic !== null) {
     // Only the dumps tagged with a guid of DS@SNAP or a child's snapshot of that name: one `restic dump` each, not one per dump in the repo.
-    const isOfRequest = (name: string): boolean => {
-      const p = splitSnapshot(name);
-      return p.snapname === snapname && isInSubtree(p.dataset, dataset);
-    };
-    const guids = new Set([...census.byGuid].filter(([, at]) => at.some((a) => isOfRequest(a.name))).map(([g]) => g));
-    tied = tiedHere(await repoDumps(restic, { exclude: new Set(local.map((d) => d.manifest.id)), guids }));
+    const guids = new Set([...census.byGuid].filter(([, at]) => at.some((a) => isSnapshotAt(a.name, dataset, snapname))).map(([g]) => g));
+    try {
+      tied = tiedHere(await repoDumps(restic, { exclude: new Set(local.map((d) => d.manifest.id)), guids }));
+    } catch (err) {
+      // The RAM may still be inside the snapshot (VIRTSNAP_RAM_STORE=dataset): looked for next, whatever the repository says.
+      log.warn(`cannot read RAM dumps from restic repository ${restic.repo}: ${(err as Error).message}`, { dataset });
+    }
   }
   const dumps: RestoreFacts['dumps'] = [];
   for (const current of tied) {

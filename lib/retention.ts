@@ -93,7 +93,13 @@ async function settle(dump: ArchivedDump, fate: Fate, result: PruneResult, resti
     log.info(`RAM dump ${m.id} kept for ${fate.snapshots.map((r) => r.name).join(', ')}`, ctx);
     return;
   }
-  await forgetStored(m, restic); // a restic dump's snapshot first: see forgetStored
+  try {
+    await forgetStored(m, restic); // a restic dump's snapshot first: see forgetStored
+  } catch (err) {
+    // Kept, and the other dumps still settled: the next prune or gc tries again.
+    log.warn(`RAM dump ${m.id} kept: ${(err as Error).message}`, ctx);
+    return;
+  }
   result.freedBytes += deleteDump(dump);
   result.deleted.push(m.id);
   log.info(`RAM dump ${m.id} deleted: none of its snapshots exists any more (${fate.gone.join(', ')})`, ctx);
@@ -196,7 +202,8 @@ export async function collectGarbage(config: Config, zfs: ZfsClient, options: { 
   const report: GcReport = { updated: [], deleted: [], removed: [], kept: [], foreign: [], freedBytes: 0 };
   // Never sweep a dir others could swap things into under our feet: checked before anything is deleted.
   if (existsSync(config.overlayDir)) assertOwnDir(config.overlayDir, 'VIRTSNAP_OVERLAY_DIR');
-  return withArchiveLock(config.stateDir, config.lockTimeoutMs, async () => {
+  let resticToPrune: ResticClient | null = null;
+  await withArchiveLock(config.stateDir, config.lockTimeoutMs, async () => {
     const scan = scanArchive(config.archiveDir);
     const restic = resticOf(config);
     for (const b of scan.broken) report.kept.push(`${b.file}: ${b.reason}`);
@@ -211,18 +218,27 @@ export async function collectGarbage(config: Config, zfs: ZfsClient, options: { 
         if (!options.dryRun) setSnapshots(dump, fate.snapshots);
         continue;
       }
-      report.deleted.push(dump.manifest.id);
-      report.freedBytes += sizeOf(dump.manifest.memoryFile);
       if (!options.dryRun) {
-        await forgetStored(dump.manifest, restic);
+        try {
+          await forgetStored(dump.manifest, restic);
+        } catch (err) {
+          report.kept.push(`${dump.manifest.id}: ${(err as Error).message}`);
+          continue;
+        }
         deleteDump(dump);
       }
+      report.deleted.push(dump.manifest.id);
+      report.freedBytes += sizeOf(dump.manifest.memoryFile);
     }
     if (restic !== null) {
       // Never forgets what no manifest here names (another host may own it, `--host` tells): only reports it.
-      const rgc = await gcRestic(restic, scan.dumps, options.dryRun);
-      report.kept.push(...rgc.unknown);
-      report.resticPruned = rgc.pruned;
+      // No `restic prune` under the archive lock: it may take hours, and post must archive meanwhile (restic locks the repo itself).
+      const rgc = await gcRestic(restic, scan.dumps, true).catch((err: Error) => {
+        report.kept.push(`restic repository ${restic.repo}: ${err.message}`);
+        return null;
+      });
+      if (rgc !== null) report.kept.push(...rgc.unknown);
+      resticToPrune = options.dryRun ? null : restic;
     }
     const overlay = sweepOverlayDir(config);
     report.foreign.push(...overlay.foreign);
@@ -234,6 +250,16 @@ export async function collectGarbage(config: Config, zfs: ZfsClient, options: { 
       report.freedBytes += sizeOf(stray);
       if (!options.dryRun) rmSync(stray, { recursive: true, force: true });
     }
-    return report;
   });
+  // After the lock: the space of the dumps forgotten comes back.
+  const prunable = resticToPrune as ResticClient | null;
+  if (prunable !== null) {
+    try {
+      await prunable.prune();
+      report.resticPruned = true;
+    } catch (err) {
+      report.kept.push(`restic prune of ${prunable.repo}: ${(err as Error).message}; run \`virtsnap gc\` again`);
+    }
+  }
+  return report;
 }

@@ -114,6 +114,12 @@ export function follow(refs: readonly SnapshotRef[], census: GuidCensus): Snapsh
   });
 }
 
+/** `name` is `dataset@snapname` or a child's snapshot of that name: what a restore of `dataset@snapname` takes. */
+export function isSnapshotAt(name: string, dataset: string, snapname: string): boolean {
+  const p = splitSnapshot(name);
+  return p.snapname === snapname && isInSubtree(p.dataset, dataset);
+}
+
 /**
  * The refs that are `dataset@snapname` or a child's snapshot of that name,
  * under those names: matched by guid, so a dump is found for a received copy
@@ -122,10 +128,7 @@ export function follow(refs: readonly SnapshotRef[], census: GuidCensus): Snapsh
  * manifest) only by its name. `census` must cover the dataset's pool.
  */
 export function refsAt(refs: readonly SnapshotRef[], census: GuidCensus, dataset: string, snapname: string): SnapshotRef[] {
-  const here = (name: string): boolean => {
-    const p = splitSnapshot(name);
-    return p.snapname === snapname && isInSubtree(p.dataset, dataset);
-  };
+  const here = (name: string): boolean => isSnapshotAt(name, dataset, snapname);
   return refs.flatMap((r) => {
     if (r.guid === null) return here(r.name) && census.names.has(r.name) ? [r] : [];
     const copy = (census.byGuid.get(r.guid) ?? []).find((f) => here(f.name));

@@ -24,7 +24,7 @@ import { sleep, waitUntil, withLock } from './lock.js';
 import { inParallel } from './parallel.js';
 import { tieSnapshots, type SnapshotRef } from './snapshot-id.js';
 import { datasetOfSnapshot } from './zfs.js';
-import { ramFiles, removeLiveRam } from './ram-in-dataset.js';
+import { ramFiles, recordLatestInSnapshots, removeLiveRam } from './ram-in-dataset.js';
 
 /** A domain that no thaw can bring back without a person: named by every later run and `virtsnap status`. */
 export class StuckError extends VirtsnapError {
@@ -416,7 +416,15 @@ export function dropDump(entry: Pick<JournalEntry, 'memoryFile' | 'metaDir' | 'r
 /** Archives the dump, tied to the snapshots that hold its instant. */
 async function keepDump(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): Promise<ArchivedDump | null> {
   const name = entry.domain.name;
-  if (entry.ramInDataset !== undefined) return inSnapshots(entry, tied, deps);
+  if (entry.ramInDataset !== undefined) {
+    const dump = inSnapshots(entry, tied, deps);
+    try {
+      recordLatestInSnapshots(deps.config.stateDir, dump.manifest);
+    } catch (err) {
+      log.warn(`cannot record the dump for \`virtsnap status\` (${(err as Error).message})`, about(name));
+    }
+    return dump;
+  }
   if (!exists(entry.memoryFile)) {
     log.error(`memory file ${entry.memoryFile} is missing: no RAM dump for this snapshot`, about(name));
     return null;

@@ -1,5 +1,7 @@
 // `virtsnap status [DATASET]`: every domain, where its disks live, whether it
 // is on one of our overlays right now, and its latest RAM dump.
+import { latestInSnapshots } from '../ram-in-dataset.js';
+import { follow, locate, poolsOf } from '../snapshot-id.js';
 import { scanArchive, snapshotNames } from '../archive.js';
 import { currentManifests } from './list.js';
 import type { Config } from '../config.js';
@@ -33,6 +35,13 @@ export async function domainStatus(config: Config, virsh: LibvirtClient, zfs: Zf
   const domains = await virsh.domains();
   const datasetsOf = datasetsOfDomains(domains);
   const dumps = (await currentManifests(scanArchive(config.archiveDir).dumps, zfs)).map((manifest) => ({ manifest }));
+  // RAM inside snapshots (VIRTSNAP_RAM_STORE=dataset): the newest post recorded, while one of its snapshots exists.
+  const inSnapshots = latestInSnapshots(config.stateDir);
+  if (inSnapshots.length > 0) {
+    const census = await zfs.guidCensus(poolsOf(inSnapshots.flatMap((m) => m.snapshots)));
+    for (const m of inSnapshots) if (m.snapshots.some((r) => !['gone', 'unknown'].includes(locate(r, census)))) dumps.push({ manifest: { ...m, snapshots: follow(m.snapshots, census) } });
+    dumps.sort((a, b) => a.manifest.times.startedAt.localeCompare(b.manifest.times.startedAt));
+  }
   const journal = new Journal(config.stateDir);
   const entries = journal.list();
   const stuckOf = (uuid: string): DomainStatus['stuck'] => {

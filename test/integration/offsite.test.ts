@@ -76,6 +76,14 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
     }
     const snaps = await snapshotsOf(dataset());
     assert.equal(snaps.filter((s) => /autosnap_.*_hourly$/.test(s)).length, 2, snaps.join(' '));
+    // status and check know the RAM inside the snapshots (the archive has none to tell them).
+    const status = await virtsnap(setup, ['status', dataset(), '--json']);
+    assert.equal(status.code, 0, status.stderr);
+    const row = (JSON.parse(status.stdout) as { name: string; latestDump: { snapshots: string[] } | null }[]).find((r) => r.name === name);
+    assert.ok(row?.latestDump?.snapshots.some((s) => s.startsWith(`${dataset()}@autosnap_`)), status.stdout);
+    const check = await virtsnap(setup, ['check', dataset()]);
+    assert.equal(check.code, 0, check.stdout + check.stderr);
+    assert.match(check.stdout, /^OK/);
   });
 
   it('both runs restore as clones under new names, running from their RAM, oracle silent; the original runs on', async () => {

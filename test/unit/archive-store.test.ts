@@ -5,7 +5,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { publishDump, resticStoreOf, scanArchive, storedAt, type ArchiveInput, type Manifest } from '../../lib/archive.js';
+import { publishDump, resticStoreOf, resticStoreProblem, scanArchive, storedAt, type ArchiveInput, type Manifest } from '../../lib/archive.js';
 import { forgetStored, gcRestic, localDump, releaseFetched, REPO_MANIFEST, repoDumps, stageForArchive } from '../../lib/archive-store.js';
 import type { Config } from '../../lib/config.js';
 import { resticAdvice, type ResticClient, type ResticSnapshot } from '../../lib/restic.js';
@@ -111,7 +111,7 @@ describe('restic store', () => {
     assert.deepEqual(snap!.files.get(`/web.${ID}.save`), data, 'raw, never gzip, whatever VIRTSNAP_COMPRESS says');
     assert.equal(m.compression, null);
     assert.equal(m.sha256, createHash('sha256').update(data).digest('hex'));
-    assert.deepEqual(m.store, { kind: 'restic', repo: '/backup/repo', snapshot: snap!.short_id, save: `/web.${ID}.save`, meta: `/web.${ID}.meta` });
+    assert.deepEqual(m.store, { kind: 'restic', repo: '/backup/repo', snapshot: snap!.id, save: `/web.${ID}.save`, meta: `/web.${ID}.meta` }); // the whole id, not the short one backup's summary gives
     const scan = scanArchive(config().archiveDir);
     assert.equal(scan.dumps.length, 1);
     assert.deepEqual([scan.strays, scan.foreign], [[], []], 'a restic manifest without .save is neither stray nor foreign');
@@ -208,5 +208,16 @@ describe('resticAdvice', () => {
     assert.equal(e.message, 'restic snapshots on /r failed: something else');
     assert.equal(e.status, 1);
     assert.doesNotMatch(e.message, /\n/);
+  });
+});
+
+describe('a manifest\'s restic store is checked before anything follows it', () => {
+  const good = { kind: 'restic', repo: '/r', snapshot: 'a'.repeat(64), save: '/web.x.save', meta: '/web.x.meta' };
+  it('what virtsnap writes passes', () => assert.equal(resticStoreProblem(good), null));
+  it('a path out of the fetch dir, an option for restic, or a dataset store from disk is refused', () => {
+    assert.match(resticStoreProblem({ ...good, save: '/../../etc/shadow.save' })!, /memory file/);
+    assert.match(resticStoreProblem({ ...good, snapshot: '--password-command=x' })!, /not a snapshot id/);
+    assert.match(resticStoreProblem({ ...good, meta: 'web.meta' })!, /meta dir/);
+    assert.match(resticStoreProblem({ kind: 'dataset', dataset: 'tank/vm', mountpoint: '/', file: '../x' })!, /not a restic snapshot/);
   });
 });

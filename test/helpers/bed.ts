@@ -147,9 +147,13 @@ export async function datasetExists(name: string): Promise<boolean> {
   }
 }
 
-export async function destroyDataset(name: string): Promise<void> {
-  // Under load (several guests, thousands of snapshots) zfs-fuse stays busy for tens of seconds.
-  if (await datasetExists(name)) await zfsRetry(['destroy', '-r', name], 120);
+/**
+ * Under load (several guests, thousands of snapshots) zfs-fuse stays busy for
+ * tens of seconds; with other guests on the bed's 2 cores, a dataset was seen
+ * "busy" for about a minute after its guest and clones were gone (`tries`: 180).
+ */
+export async function destroyDataset(name: string, tries = 120): Promise<void> {
+  if (await datasetExists(name)) await zfsRetry(['destroy', '-r', name], tries);
 }
 
 export async function mountpointOf(dataset: string): Promise<string> {

@@ -27,15 +27,6 @@ function flip(file: string, offset: number): void {
   }
 }
 
-/**
- * zfs-fuse under load (other guests on the bed's 2 cores) kept a dataset
- * "busy" for about a minute after its guest and clones were gone, well past
- * destroyDataset's 10 s: seen here, nothing of ours held it.
- */
-async function destroyPatiently(dataset: string): Promise<void> {
-  if (await datasetExists(dataset)) await zfsRetry(['destroy', '-r', dataset], 180);
-}
-
 describe('compressed RAM dumps (VIRTSNAP_COMPRESS)', () => {
   let b: Bed;
   let setup: Setup;
@@ -63,8 +54,8 @@ describe('compressed RAM dumps (VIRTSNAP_COMPRESS)', () => {
   after(async () => {
     await removeDomains('vsbed-c-gz-clone');
     await guest?.remove();
-    await destroyPatiently(clone());
-    await destroyPatiently(dataset());
+    await destroyDataset(clone(), 180);
+    await destroyDataset(dataset(), 180);
   });
 
   let gz: Manifest;
@@ -93,7 +84,7 @@ describe('compressed RAM dumps (VIRTSNAP_COMPRESS)', () => {
     assert.ok(Number(/TICK (\d+)/.exec(text)![1]) >= counterAtSnapshot);
     assert.equal(await guest.state(), 'running', 'the original is untouched');
     await removeDomains('vsbed-c-gz-clone');
-    await destroyPatiently(clone());
+    await destroyDataset(clone(), 180);
   });
 
   it("the README's commands turn it back into the raw image libvirt wrote (the manifest's raw sha256)", async () => {

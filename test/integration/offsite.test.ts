@@ -6,12 +6,8 @@ import { copyFileSync, existsSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { chmodSync } from 'node:fs';
-import { backup, bed, consoleOf, datasetExists, Guest, lastTick, mismatches, mountpointOf, removeDomains, runSyncoid, sh, snapshotsOf, zfsRetry, type Bed } from '../helpers/bed.js';
+import { backup, bed, destroyDataset, consoleOf, datasetExists, Guest, lastTick, mismatches, mountpointOf, removeDomains, runSyncoid, sh, snapshotsOf, zfsRetry, type Bed } from '../helpers/bed.js';
 import { Setup, virtsnap } from '../helpers/virtsnap.js';
-
-async function destroyPatiently(dataset: string): Promise<void> {
-  if (await datasetExists(dataset)) await zfsRetry(['destroy', '-r', dataset], 180);
-}
 
 /** The dump files (`<id>.save`, `<id>.json`) in a dataset's `.virtsnap/<domain>/`. */
 function liveDumpFiles(mountpoint: string, domain: string): string[] {
@@ -46,8 +42,8 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
   before(async () => {
     b = await bed();
     await removeDomains(name, `${name}-r1`, `${name}-r2`, `${name}-r3`, `${name}-b`);
-    for (const n of [1, 2, 3]) await destroyPatiently(clone(n));
-    await destroyPatiently(dataset());
+    for (const n of [1, 2, 3]) await destroyDataset(clone(n), 180);
+    await destroyDataset(dataset(), 180);
     setup = await Setup.create('o-dataset', { VIRTSNAP_RAM_STORE: 'dataset' });
     guest = await Guest.create({ name, dataset: dataset() });
     await guest.start();
@@ -55,11 +51,11 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
   after(async () => {
     await removeDomains(`${name}-r1`, `${name}-r2`, `${name}-r3`, `${name}-b`);
     const k = await backup();
-    await destroyPatiently(`${k.pool}/o-ds-b`);
-    await destroyPatiently(`${k.pool}/o-ds`);
+    await destroyDataset(`${k.pool}/o-ds-b`, 180);
+    await destroyDataset(`${k.pool}/o-ds`, 180);
     await guest?.remove();
-    for (const n of [1, 2, 3]) await destroyPatiently(clone(n));
-    await destroyPatiently(dataset());
+    for (const n of [1, 2, 3]) await destroyDataset(clone(n), 180);
+    await destroyDataset(dataset(), 180);
   });
 
   const conf = (options: Record<string, string> = {}) => setup.section(dataset(), { hourly: '2', daily: '1', ...options });
@@ -83,7 +79,7 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
     assert.ok(row?.latestDump?.snapshots.some((s) => s.startsWith(`${dataset()}@autosnap_`)), status.stdout);
     const check = await virtsnap(setup, ['check', dataset()]);
     assert.equal(check.code, 0, check.stdout + check.stderr);
-    assert.match(check.stdout, /^OK/);
+    assert.match(check.stdout, /^VIRTSNAP OK/);
   });
 
   it('both runs restore as clones under new names, running from their RAM, oracle silent; the original runs on', async () => {
@@ -96,7 +92,7 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
       await assertResumedSilently(`${name}-r${n}`, counters[i]!);
       assert.deepEqual(liveDumpFiles(await mountpointOf(clone(n)), name), [], 'the restore removed the RAM from the live clone');
       await removeDomains(`${name}-r${n}`);
-      await destroyPatiently(clone(n));
+      await destroyDataset(clone(n), 180);
     }
     assert.equal(await guest.state(), 'running', 'the original is untouched');
   });
@@ -111,14 +107,14 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
     assert.equal(restored.code, 0, restored.stderr + restored.stdout);
     await assertResumedSilently(`${name}-r3`, counter);
     await removeDomains(`${name}-r3`);
-    await destroyPatiently(clone(3));
+    await destroyDataset(clone(3), 180);
     await zfsRetry(['destroy', `${dataset()}@manual-pause`]);
   });
 
   it('host B: syncoid sends the snapshots to the backup pool; a config that sees only that restores the newest, running, oracle silent', async () => {
     const k = await backup();
     const copy = `${k.pool}/o-ds`;
-    await destroyPatiently(copy);
+    await destroyDataset(copy, 180);
     const sent = await runSyncoid(dataset(), copy, ['--no-sync-snap', '--quiet']);
     assert.equal(sent.code, 0, sent.stdout + sent.stderr);
     const newest = (await snapshotsOf(copy)).filter((s) => /_hourly$/.test(s)).pop()!;
@@ -130,8 +126,8 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
     await assertResumedSilently(`${name}-b`, counters[1]!);
     assert.equal(await guest.state(), 'running', 'the original on pool A runs on');
     await removeDomains(`${name}-b`);
-    await destroyPatiently(`${k.pool}/o-ds-b`);
-    await destroyPatiently(copy);
+    await destroyDataset(`${k.pool}/o-ds-b`, 180);
+    await destroyDataset(copy, 180);
   });
 
   it('a RAM dump left in the live dataset (its removal failed) and caught by a later snapshot is refused at restore: its disks moved on', async () => {
@@ -143,7 +139,7 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
     const files = readdirSync(from).filter((f) => /^\d{8}T.*\.(save|json)$/.test(f));
     assert.equal(files.length, 2, files.join(' '));
     for (const f of files) copyFileSync(path.join(from, f), path.join(live, f));
-    await destroyPatiently(look);
+    await destroyDataset(look, 180);
     await new Promise((r) => setTimeout(r, 2500)); // zfs-fuse keeps whole seconds of mtime; the guest writes every 0.2 s
     await zfsRetry(['snapshot', `${dataset()}@stale`]);
     for (const f of files) rmSync(path.join(live, f));
@@ -196,7 +192,7 @@ describe('archive dir on a replicated dataset: restore on host B from the receiv
     b = await bed();
     pool = (await backup()).pool;
     await removeDomains(name, `${name}-b`);
-    for (const ds of [`${pool}/o-ar-b`, `${pool}/o-ar`, `${pool}/o-arch`, dataset(), archive()]) await destroyPatiently(ds);
+    for (const ds of [`${pool}/o-ar-b`, `${pool}/o-ar`, `${pool}/o-arch`, dataset(), archive()]) await destroyDataset(ds, 180);
     await zfsRetry(['create', archive()]);
     // The README: the archive's mountpoint is root's alone (0700), and that travels with it.
     chmodSync(await mountpointOf(archive()), 0o700);
@@ -207,7 +203,7 @@ describe('archive dir on a replicated dataset: restore on host B from the receiv
   after(async () => {
     await removeDomains(`${name}-b`);
     await guest?.remove();
-    for (const ds of [`${pool}/o-ar-b`, `${pool}/o-ar`, `${pool}/o-arch`, dataset(), archive()]) await destroyPatiently(ds);
+    for (const ds of [`${pool}/o-ar-b`, `${pool}/o-ar`, `${pool}/o-arch`, dataset(), archive()]) await destroyDataset(ds, 180);
   });
 
   it('sanoid with the hooks, the archive in its own section; syncoid for both; host B restores running, oracle silent', async () => {

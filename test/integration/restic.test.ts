@@ -13,7 +13,7 @@ import { resticStoreOf, stageFile, type Manifest } from '../../lib/archive.js';
 import { localDump } from '../../lib/archive-store.js';
 import { loadConfig } from '../../lib/config.js';
 import { Restic, TAG } from '../../lib/restic.js';
-import { bed, consoleOf, datasetExists, Guest, mismatches, removeDomains, sh, zfsRetry, type Bed } from '../helpers/bed.js';
+import { bed, destroyDataset, consoleOf, datasetExists, Guest, mismatches, removeDomains, sh, zfsRetry, type Bed } from '../helpers/bed.js';
 import { Setup, virtsnap } from '../helpers/virtsnap.js';
 
 const DUMPS = Number(process.env.RESTIC_TEST_DUMPS ?? 24);
@@ -22,10 +22,6 @@ const CLONE_DOMAIN = 'vsbed-rst-clone';
 
 async function duBytes(dir: string): Promise<number> {
   return Number((await sh('du', ['-sb', dir])).split(/\s/)[0]);
-}
-
-async function destroyPatiently(dataset: string): Promise<void> {
-  if (await datasetExists(dataset)) await zfsRetry(['destroy', '-r', dataset], 180);
 }
 
 describe('restic archive backend (VIRTSNAP_ARCHIVE=restic:REPO)', () => {
@@ -41,8 +37,8 @@ describe('restic archive backend (VIRTSNAP_ARCHIVE=restic:REPO)', () => {
   before(async () => {
     b = await bed();
     await removeDomains(DOMAIN, CLONE_DOMAIN);
-    await destroyPatiently(clone());
-    await destroyPatiently(dataset());
+    await destroyDataset(clone(), 180);
+    await destroyDataset(dataset(), 180);
     // An overlay dir of its own: gc sweeps the overlay dir, and the bed's is shared with other tests' runs in flight.
     setup = await Setup.create('rst-restic', { VIRTSNAP_OVERLAY_DIR: path.join(b.dir, 'overlay-rst') });
     repo = path.join(setup.root, 'repo');
@@ -60,8 +56,8 @@ describe('restic archive backend (VIRTSNAP_ARCHIVE=restic:REPO)', () => {
   after(async () => {
     await removeDomains(CLONE_DOMAIN);
     await guest?.remove();
-    await destroyPatiently(clone());
-    await destroyPatiently(dataset());
+    await destroyDataset(clone(), 180);
+    await destroyDataset(dataset(), 180);
   });
 
   it(`${DUMPS} consecutive dumps go into restic; the archive dir keeps manifests only; the repo against one compressed dump`, async (t) => {
@@ -108,7 +104,7 @@ describe('restic archive backend (VIRTSNAP_ARCHIVE=restic:REPO)', () => {
       const fetchDir = path.join(setup.stateDir, 'fetch');
       assert.deepEqual(existsSync(fetchDir) ? (await sh('ls', ['-A', fetchDir])).trim() : '', '', 'no fetched memory file left');
       await removeDomains(CLONE_DOMAIN);
-      await destroyPatiently(clone());
+      await destroyDataset(clone(), 180);
     });
   }
 
@@ -127,7 +123,7 @@ describe('restic archive backend (VIRTSNAP_ARCHIVE=restic:REPO)', () => {
     assert.deepEqual(mismatches(text), []);
     assert.doesNotMatch(text, /VSBED BOOT/, 'resumed from RAM, not booted');
     await removeDomains(CLONE_DOMAIN);
-    await destroyPatiently(clone());
+    await destroyDataset(clone(), 180);
   });
 
   it('verify fetches each dump and checks it', async () => {

@@ -12,7 +12,7 @@
 // gc, list and status read local manifests as always, without starting restic.
 import { chmodSync, lstatSync, mkdtempSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { domainDir, DUMP_ID, dumpTimes, readManifestValue, resticStoreOf, resticStoreProblem, sha256File, stageDump, type ArchivedDump, type ArchiveInput, type Manifest, type ResticStore, type StagedDump } from './archive.js';
+import { deleteDump, domainDir, DUMP_ID, dumpTimes, readManifestValue, resticStoreOf, resticStoreProblem, sha256File, stageDump, type ArchivedDump, type ArchiveInput, type Manifest, type ResticStore, type StagedDump } from './archive.js';
 import type { Config } from './config.js';
 import { VirtsnapError } from './errors.js';
 import { ensureDir, ensureDirBelow, PRIVATE_FILE, removeIfExists, writeJsonAtomic } from './fsutil.js';
@@ -129,6 +129,16 @@ export async function forgetStored(m: Manifest, restic: ResticClient | null): Pr
     throw new VirtsnapError(`RAM dump ${m.id} is in restic repository ${store.repo}, and VIRTSNAP_ARCHIVE does not name it: set VIRTSNAP_ARCHIVE=restic:${store.repo} to prune it`);
   }
   await restic.forget([store.snapshot]);
+}
+
+/**
+ * Deletes a dump wherever its bytes are: its restic snapshot forgotten
+ * first (forgetStored says why), then its files in the archive dir. Throws,
+ * deleting nothing, when the forget fails. Returns the bytes freed here.
+ */
+export async function deleteStoredDump(dump: ArchivedDump, restic: ResticClient | null): Promise<number> {
+  await forgetStored(dump.manifest, restic);
+  return deleteDump(dump);
 }
 
 /** Private temp dirs holding fetched memory files: removed when done, and at exit whatever happens. */

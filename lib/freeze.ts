@@ -12,7 +12,7 @@ import type { Deps } from './deps.js';
 import { DATASET_META_DEPTH, saveDomainFiles } from './domain-files.js';
 import { LibvirtError, VirtsnapError } from './errors.js';
 import { ensureDir, freeBytes, removeIfExists } from './fsutil.js';
-import type { JournalEntry, OverlayRecord } from './journal.js';
+import { dumpDisksOf, type JournalEntry, type OverlayRecord } from './journal.js';
 import { sourceOf } from './libvirt/domain-xml.js';
 import { QemuImgMissingError } from './libvirt/qemu-img.js';
 import type { Domain } from './libvirt/virsh.js';
@@ -260,8 +260,8 @@ async function saveRam(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<Jo
   const ramInDataset = entry.ramInDataset;
   if (ramInDataset !== undefined) {
     try {
-      recordRamInDataset({ ...entry, ...frozen }, deps);
-      entry = { ...entry, ramInDataset: { ...ramInDataset, bytes: statSync(entry.memoryFile).size } };
+      const bytes = recordRamInDataset({ ...entry, ...frozen }, deps);
+      entry = { ...entry, ramInDataset: { ...ramInDataset, bytes } };
     } catch (err) {
       log.error(`cannot write the manifest of the RAM dump into ${ramInDataset.dir} (${(err as Error).message}): thawing, no RAM dump kept`, about(dp.name));
       await thawDomain({ ...entry, step: 'frozen' }, deps, { keepDump: false });
@@ -285,11 +285,13 @@ async function saveRam(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<Jo
 /**
  * VIRTSNAP_RAM_STORE=dataset: the manifest beside the RAM, written once the
  * save is complete and before sanoid's snapshot, with each disk's size and
- * mtime as they stand still now (lib/ram-in-dataset.ts says why).
+ * mtime as they stand still now (lib/ram-in-dataset.ts says why). Returns
+ * the memory file's size.
  */
-function recordRamInDataset(entry: JournalEntry, deps: Deps): void {
+function recordRamInDataset(entry: JournalEntry, deps: Deps): number {
   const where = entry.ramInDataset!;
   chmodSync(entry.memoryFile, 0o600); // guest secrets, whatever mode libvirt gave the file it made
+  const bytes = statSync(entry.memoryFile).size;
   writeInDatasetManifest(where, {
     format: 'virtsnap-dump/2',
     id: entry.tag,
@@ -297,13 +299,14 @@ function recordRamInDataset(entry: JournalEntry, deps: Deps): void {
     store: { kind: 'dataset', dataset: where.dataset, mountpoint: where.mountpoint },
     snapshotNames: entry.snapshots,
     types: entry.types,
-    bytes: statSync(entry.memoryFile).size,
+    bytes,
     compression: null,
-    disks: entry.overlays.map((o) => ({ target: o.target, source: o.original, dataset: o.dataset, format: o.format, bytes: o.bytes, identity: diskIdentity(o.original) })),
+    disks: dumpDisksOf(entry).map((d) => ({ ...d, identity: diskIdentity(d.source) })),
     times: dumpTimes(entry),
     libvirtUri: deps.config.libvirtUri,
     hostname: hostname(),
   });
+  return bytes;
 }
 
 /**

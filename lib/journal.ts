@@ -5,6 +5,7 @@
 // named in it: another run waits for it to go away (bounded), and after a
 // crash it says exactly what to undo (`virtsnap recover`). Updates of a
 // domain's journal happen under a short mutex, `STATE_DIR/locks/<uuid>.lock`.
+import type { DumpDisk } from './archive.js';
 import type { RamInDataset } from './ram-in-dataset.js';
 import { readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
@@ -26,6 +27,11 @@ export type Step =
   | 'committing'
   /** The domain is back on its own disks; the memory file still waits in the overlay dir. */
   | 'committed';
+
+/** The disks a freeze held still, as a dump's manifest names them. */
+export function dumpDisksOf(entry: Pick<JournalEntry, 'overlays'>): DumpDisk[] {
+  return entry.overlays.map((o) => ({ target: o.target, source: o.original, dataset: o.dataset, format: o.format, bytes: o.bytes }));
+}
 
 export interface OverlayRecord {
   target: string;

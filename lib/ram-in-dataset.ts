@@ -13,15 +13,13 @@
 // disk image's size and mtime right after the save (the disks stand still
 // until the commit); a restore refuses a dump whose disks differ from that
 // in the snapshot. `zfs send | zfs recv` keeps file sizes and mtimes.
-import { lstatSync, statSync } from 'node:fs';
+import { lstatSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { DUMP_ID, type DumpDisk, type Manifest } from './archive.js';
 import { datasetMetaDir, DATASET_META_DEPTH } from './domain-files.js';
 import { VirtsnapError } from './errors.js';
-import { parseDomainXml } from './libvirt/domain-xml.js';
-import { readSaveImageHeader, readSaveImageXml } from './libvirt/save-image.js';
+import { checkStructure } from './verify.js';
 import { withSafeDir } from './safe-dir.js';
-import { readdirSync, readFileSync } from 'node:fs';
 import { ensureDirBelow, fileSafe, writeJsonAtomic } from './fsutil.js';
 
 /** Where the RAM of one freeze goes and what is known of the dataset, in the journal entry. */
@@ -129,18 +127,19 @@ export function inDatasetDumps(mountpoint: string): { domainDir: string; manifes
   const found: { domainDir: string; manifest: InDatasetManifest | null; problem: string | null; id: string }[] = [];
   for (const domain of top.sort()) {
     const dir = path.join(mountpoint, '.virtsnap', domain);
-    const names = withSafeDir(dir, { ours: DATASET_META_DEPTH, create: false }, (d) => d?.list() ?? []);
-    for (const name of names.filter((n) => n.endsWith('.json') && DUMP_ID.test(n.slice(0, -'.json'.length))).sort()) {
-      const id = name.slice(0, -'.json'.length);
-      try {
-        const text = withSafeDir(dir, { ours: DATASET_META_DEPTH, create: false }, (d) => d?.readFile(name));
-        const m = JSON.parse(String(text)) as InDatasetManifest;
-        if (m.id !== id || m.store?.kind !== 'dataset' || !Array.isArray(m.disks)) throw new Error('not a virtsnap RAM manifest');
-        found.push({ domainDir: dir, manifest: m, problem: null, id });
-      } catch (err) {
-        found.push({ domainDir: dir, manifest: null, problem: `manifest ${path.join(dir, name)} is damaged (${(err as Error).message})`, id });
+    // One checked handle on the domain's dir for the listing and every manifest read.
+    withSafeDir(dir, { ours: DATASET_META_DEPTH, create: false }, (d) => {
+      for (const name of (d?.list() ?? []).filter((n) => n.endsWith('.json') && DUMP_ID.test(n.slice(0, -'.json'.length))).sort()) {
+        const id = name.slice(0, -'.json'.length);
+        try {
+          const m = JSON.parse(String(d!.readFile(name))) as InDatasetManifest;
+          if (m.id !== id || m.store?.kind !== 'dataset' || !Array.isArray(m.disks)) throw new Error('not a virtsnap RAM manifest');
+          found.push({ domainDir: dir, manifest: m, problem: null, id });
+        } catch (err) {
+          found.push({ domainDir: dir, manifest: null, problem: `manifest ${path.join(dir, name)} is damaged (${(err as Error).message})`, id });
+        }
       }
-    }
+    });
   }
   return found;
 }
@@ -152,17 +151,9 @@ export function inDatasetDumps(mountpoint: string): { domainDir: string; manifes
  * has the size and mtime it had when the RAM was saved.
  */
 export function inDatasetProblem(m: InDatasetManifest, saveFile: string, diskNow: (source: string) => string | null): string | null {
-  const header = readSaveImageHeader(saveFile);
-  if (header === null) return `${saveFile} is missing or not a libvirt save image`;
-  if (!header.complete) return `${saveFile} is incomplete (the save never finished)`;
-  let size: number;
-  try {
-    size = statSync(saveFile).size;
-    if (parseDomainXml(readSaveImageXml(saveFile).xml).uuid !== m.domain.uuid) return `${saveFile} holds another domain's RAM`;
-  } catch (err) {
-    return `${saveFile} cannot be read (${(err as Error).message})`;
-  }
-  if (size !== m.bytes) return `${saveFile} has ${size} bytes, its manifest says ${m.bytes}`;
+  // The save image as verify checks an archived one: header, complete, this domain's XML, the size its manifest says.
+  const structure = checkStructure({ memoryFile: saveFile, compression: null, domain: m.domain, bytes: m.bytes });
+  if (structure !== null) return `${saveFile}: ${structure}`;
   for (const disk of m.disks) {
     if (disk.identity === null) return `disk ${disk.target} (${disk.source}) could not be looked at when the RAM was saved, so whether the snapshot holds it as it was then is unknown`;
     const file = diskNow(disk.source);

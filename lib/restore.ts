@@ -466,10 +466,15 @@ async function undoClone(plan: RestorePlan, deps: RestoreDeps): Promise<void> {
 /** Where the memory file of a RAM dump read from inside the snapshot is, now that its dataset is cloned or rolled back. */
 function ramInRestored(dump: Manifest, plan: RestorePlan, paths: Paths): string {
   const ds = splitSnapshot(dump.snapshots[0]!.name).dataset;
-  const target = plan.cloneOf[ds] ?? ds;
-  const mount = paths.table.find((m) => m.dataset === target)?.mountpoint;
-  if (mount === undefined) throw new VirtsnapError(`${target} is not mounted: cannot read the RAM inside ${plan.snapshot}`);
+  const mount = restoredMount(ds, plan, paths);
+  if (mount === undefined) throw new VirtsnapError(`${plan.cloneOf[ds] ?? ds} is not mounted: cannot read the RAM inside ${plan.snapshot}`);
   return path.join(mount, fileInSnapshotOf(dump)!);
+}
+
+/** Where a dataset of the plan is mounted now that it is cloned (its clone) or rolled back (itself). */
+function restoredMount(dataset: string, plan: RestorePlan, paths: Paths): string | undefined {
+  const target = plan.cloneOf[dataset] ?? dataset;
+  return paths.table.find((m) => m.dataset === target)?.mountpoint;
 }
 
 /**
@@ -489,8 +494,7 @@ function dropRam(dir: string, id: string): void {
 
 function dropAllRam(plan: RestorePlan, paths: Paths): void {
   for (const r of plan.ramInSnapshot) {
-    const target = plan.cloneOf[r.dataset] ?? r.dataset;
-    const mount = paths.table.find((m) => m.dataset === target)?.mountpoint;
+    const mount = restoredMount(r.dataset, plan, paths);
     if (mount !== undefined) dropRam(path.join(mount, r.dir), r.id);
   }
 }

@@ -7,9 +7,9 @@
 // anything is deleted.
 import { existsSync, lstatSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { deleteDump, halfWrittenId, scanArchive, setSnapshots, withArchiveLock, type ArchivedDump, type Manifest } from './archive.js';
+import { DUMP_ID, halfWrittenId, scanArchive, setSnapshots, withArchiveLock, type ArchivedDump, type Manifest } from './archive.js';
 import { dumpsNaming } from './archive-index.js';
-import { forgetStored, gcRestic, resticOf } from './archive-store.js';
+import { deleteStoredDump, gcRestic, resticOf } from './archive-store.js';
 import type { Config } from './config.js';
 import { assertOwnDir } from './fsutil.js';
 import { Journal } from './journal.js';
@@ -94,13 +94,12 @@ async function settle(dump: ArchivedDump, fate: Fate, result: PruneResult, resti
     return;
   }
   try {
-    await forgetStored(m, restic); // a restic dump's snapshot first: see forgetStored
+    result.freedBytes += await deleteStoredDump(dump, restic);
   } catch (err) {
     // Kept, and the other dumps still settled: the next prune or gc tries again.
     log.warn(`RAM dump ${m.id} kept: ${(err as Error).message}`, ctx);
     return;
   }
-  result.freedBytes += deleteDump(dump);
   result.deleted.push(m.id);
   log.info(`RAM dump ${m.id} deleted: none of its snapshots exists any more (${fate.gone.join(', ')})`, ctx);
 }
@@ -179,7 +178,7 @@ function staleFetches(config: Config, now = Date.now()): string[] {
     return [];
   }
   return names
-    .filter((f) => /^\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}-/.test(f))
+    .filter((f) => DUMP_ID.test(f.replace(/-[^-]*$/, ''))) // localDump's mkdtemp: `<id>-XXXXXX`
     .map((f) => path.join(dir, f))
     .filter((p) => {
       const st = lstatSync(p, { throwIfNoEntry: false });
@@ -220,12 +219,11 @@ export async function collectGarbage(config: Config, zfs: ZfsClient, options: { 
       }
       if (!options.dryRun) {
         try {
-          await forgetStored(dump.manifest, restic);
+          await deleteStoredDump(dump, restic);
         } catch (err) {
           report.kept.push(`${dump.manifest.id}: ${(err as Error).message}`);
           continue;
         }
-        deleteDump(dump);
       }
       report.deleted.push(dump.manifest.id);
       report.freedBytes += sizeOf(dump.manifest.memoryFile);

@@ -15,7 +15,7 @@ import { stageForArchive } from './archive-store.js';
 import type { Deps } from './deps.js';
 import { asFsError, LibvirtError, VirtsnapError } from './errors.js';
 import { exists, removeIfExists } from './fsutil.js';
-import type { JournalEntry, OverlayRecord } from './journal.js';
+import { dumpDisksOf, type JournalEntry, type OverlayRecord } from './journal.js';
 import { readSaveImageHeader } from './libvirt/save-image.js';
 import { sourceOf } from './libvirt/domain-xml.js';
 import type { Domain } from './libvirt/virsh.js';
@@ -446,7 +446,7 @@ async function keepDump(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): P
       types: entry.types,
       memoryFile: entry.memoryFile,
       metaDir: entry.metaDir,
-      disks: entry.overlays.map((o) => ({ target: o.target, source: o.original, dataset: o.dataset, format: o.format, bytes: o.bytes })),
+      disks: dumpDisksOf(entry),
       startedAt: entry.startedAt,
       frozenAt: entry.frozenAt ?? null,
       job: entry.job ?? null,
@@ -489,7 +489,7 @@ function inSnapshots(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): Arch
       sha256: '',
       compression: null,
       metaDir: null,
-      disks: entry.overlays.map((o) => ({ target: o.target, source: o.original, dataset: o.dataset, format: o.format, bytes: o.bytes })),
+      disks: dumpDisksOf(entry),
       times: dumpTimes(entry),
       libvirtUri: deps.config.libvirtUri,
       hostname: hostname(),

@@ -29,7 +29,7 @@ const GZIP_MAGIC = Buffer.from([0x1f, 0x8b, 0x08]);
  * 2^32) matching the raw image the manifest recorded. Catches a cut or a
  * mix-up; damage inside the stream is verify's decompress pass.
  */
-function gzipProblem(m: Manifest, header: SaveImageHeader, size: number): string | null {
+function gzipProblem(m: SavedImage, header: SaveImageHeader, size: number): string | null {
   const offset = streamOffset(header);
   if (!readRegion(m.memoryFile, offset, GZIP_MAGIC.length).equals(GZIP_MAGIC)) return `header says gzip, but no gzip stream starts at byte ${offset}`;
   if (m.raw === undefined) return null;
@@ -39,12 +39,15 @@ function gzipProblem(m: Manifest, header: SaveImageHeader, size: number): string
   return null;
 }
 
+/** What checkStructure needs to know of a dump: its file and what its manifest says of it. */
+export type SavedImage = Pick<Manifest, 'memoryFile' | 'compression' | 'domain' | 'bytes' | 'raw' | 'store'>;
+
 /**
  * The problem with a dump's memory file that shows without reading it all
  * (header, embedded XML, size), or null: cheap enough for `virtsnap check`
  * on every monitoring tick.
  */
-export function checkStructure(m: Manifest): string | null {
+export function checkStructure(m: SavedImage): string | null {
   // A restic dump's bytes are not here to look at cheaply: verify fetches them (localDump) and checks the copy.
   if (resticStoreOf(m) !== null) return null;
   let size: number;

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { chmodSync } from 'node:fs';
 import { backup, bed, destroyDataset, consoleOf, datasetExists, Guest, lastTick, mismatches, mountpointOf, removeDomains, runSyncoid, sh, snapshotsOf, zfsRetry, type Bed } from '../helpers/bed.js';
-import { Setup, virtsnap } from '../helpers/virtsnap.js';
+import { cli, hooks, leftovers, runProgram, sanoidEnv, Setup, virtsnap } from '../helpers/virtsnap.js';
 
 /** The dump files (`<id>.save`, `<id>.json`) in a dataset's `.virtsnap/<domain>/`. */
 function liveDumpFiles(mountpoint: string, domain: string): string[] {
@@ -109,6 +109,27 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
     await removeDomains(`${name}-r3`);
     await destroyDataset(clone(3), 180);
     await zfsRetry(['destroy', `${dataset()}@manual-pause`]);
+  });
+
+  it('post never comes (sanoid died after its snapshot): `virtsnap recover` takes the RAM out of the live dataset before the commit; the VM runs on its own disks, nothing left, and the snapshot restores silently', async () => {
+    const counter = lastTick(guest.consoleSince(0));
+    const pre = await runProgram(hooks.pre, [], setup.env(sanoidEnv(dataset(), 'nopost', 'pre')));
+    assert.equal(pre.code, 0, pre.stderr);
+    assert.equal(liveDumpFiles(await mountpointOf(dataset()), name).length, 2, 'the RAM and its manifest are in the live dataset while frozen');
+    await zfsRetry(['snapshot', `${dataset()}@nopost_hourly`]);
+    const rec = await runProgram(cli, ['recover', '--force'], setup.env());
+    assert.equal(rec.code, 0, rec.stdout + rec.stderr);
+    assert.equal(await guest.state(), 'running');
+    assert.deepEqual(Object.values(await guest.sources()).filter((s) => s.startsWith(setup.overlayDir)), [], 'on its own disks');
+    assert.deepEqual(leftovers(setup.overlayDir, name), []);
+    assert.deepEqual(setup.journalFiles(), []);
+    assert.deepEqual(liveDumpFiles(await mountpointOf(dataset()), name), []);
+    const restored = await restoreAs(setup, `${dataset()}@nopost_hourly`, clone(3), `${name}-r3`);
+    assert.equal(restored.code, 0, restored.stderr + restored.stdout);
+    await assertResumedSilently(`${name}-r3`, counter);
+    await removeDomains(`${name}-r3`);
+    await destroyDataset(clone(3), 180);
+    await zfsRetry(['destroy', `${dataset()}@nopost_hourly`]);
   });
 
   it('host B: syncoid sends the snapshots to the backup pool; a config that sees only that restores the newest, running, oracle silent', async () => {

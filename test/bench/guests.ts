@@ -3,7 +3,8 @@
 // overlay or with RAM and disks that disagree (the oracle's MISMATCH) has
 // found a bug, not a slow path: it stops and says so.
 import { isDeepStrictEqual } from 'node:util';
-import { Guest, mismatches, type GuestOptions } from '../helpers/bed.js';
+import { Guest, type GuestOptions } from '../helpers/bed.js';
+import { oracleProblems } from '../helpers/oracle.js';
 
 export class BenchError extends Error {
   override name = 'BenchError';
@@ -37,8 +38,8 @@ export async function problemWith(g: BenchGuest, consoleOffset: number, leftover
   const sources = await g.guest.sources();
   if (!isDeepStrictEqual(sources, g.originals)) return `${g.guest.name} is not on its own disks: ${JSON.stringify(sources)}`;
   const text = g.guest.consoleSince(consoleOffset);
-  const bad = mismatches(text);
-  if (bad.length > 0) return `${g.guest.name}: the oracle says ${bad[0]}`;
+  const bad = oracleProblems(text);
+  if (bad.length > 0) return `${g.guest.name}: ${bad[0]}`;
   // A filler that died would leave the big guest without its live data.
   const fill = /VSBED FILL (?:failed|refused)[^\n]*/.exec(text);
   if (fill) return `${g.guest.name}: ${fill[0]}`;

@@ -4,8 +4,10 @@
 import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, chmodSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
+import assert from 'node:assert/strict';
 import { run } from '../../lib/exec.js';
 import { CommandError } from '../../lib/errors.js';
+import { DEFAULT_WATCH, enoughProgress, oracleProblems, progressOf, stalled, type Progress, type WatchRule } from './oracle.js';
 
 export interface Bed {
   dir: string;
@@ -220,7 +222,26 @@ export interface GuestOptions {
    * names in the guest. Listed in `disks` as a raw disk without counter.
    */
   fsDisk?: string;
+  /**
+   * MiB the memory oracle stamps (test/bed/memoracle/memoracle.c), 16 by
+   * default; 0 runs the guest without it. Every restore checks it (watch()).
+   */
+  memMiB?: number;
+  /** Milliseconds the memory oracle sleeps between sweeps (50 by default): less is a busier guest. */
+  memPauseMs?: number;
+  /**
+   * Seconds the disk oracle pauses after each round (0.1 by default; 0:
+   * none). Under TCG a guest that never idles takes a whole host core: with
+   * two guests the bed's two cores had nothing left for zfs-fuse, libvirt and
+   * sanoid. Its writes still come several times a second.
+   */
+  pace?: number;
 }
+
+/** The memory oracle's size and pause, and the disk oracle's pace, when a test does not say. */
+export const DEFAULT_MEM_MIB = 16;
+const DEFAULT_MEM_PAUSE_MS = 50;
+const DEFAULT_PACE = 0.1;
 
 const BOOT_TIMEOUT_MS = 90_000;
 const FILL_TIMEOUT_MS = 300_000;
@@ -302,7 +323,7 @@ export class Guest {
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type>
     <kernel>${b.kernel}</kernel><initrd>${b.initrd}</initrd>
-    <cmdline>console=ttyS0 panic=-1 quiet vsbed.disks=${counterDisks.join(',') || 'none'}${extrasCmdline(options)}</cmdline>${firmware}</os>
+    <cmdline>console=ttyS0 panic=-1 loglevel=5 vsbed.disks=${counterDisks.join(',') || 'none'}${extrasCmdline(options)}</cmdline>${firmware}</os>
   ${options.nvram ? '<features><acpi/></features>' : ''}
   <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
   <devices>
@@ -478,22 +499,109 @@ export class Guest {
     return this.waitForConsole(pattern, offset, timeoutMs);
   }
 
+  /** Whether the memory oracle runs in this guest. */
+  get memoryOracle(): boolean {
+    return (this.options.memMiB ?? DEFAULT_MEM_MIB) > 0;
+  }
+
+  /**
+   * Watches this guest's console from `offset` (taken before a restore or a
+   * thaw) through `watchConsole`: every oracle, progress, still running.
+   */
+  async watch(offset: number, rule: Partial<WatchRule> = {}): Promise<Watch> {
+    return watchConsole(this.consoleLog, offset, this.name, { ...(this.memoryOracle ? {} : { sweeps: 0 }), ...rule });
+  }
+
   async remove(): Promise<void> {
     await this.stop();
     await virsh('undefine', this.name, '--nvram').catch(() => virsh('undefine', this.name).catch(() => undefined));
   }
 }
 
-/** The console of a domain the tests did not create (a restored clone), once it shows `ticks` rounds of the oracle. */
-export async function consoleOf(name: string, ticks = 3, timeoutMs = 60_000): Promise<string> {
-  const b = await bed();
-  const log = path.join(b.consoleDir, `${name}.log`);
+/** What a watch of a restored guest saw: its console since the mark, the progress, and every problem. */
+export interface Watch {
+  text: string;
+  progress: Progress;
+  /** Empty when the restore was whole: no oracle spoke, no kernel trouble, no reboot, progress, still running. */
+  problems: string[];
+}
+
+/**
+ * Watches a restored (or thawed) guest's console from `offset` until both
+ * oracles have made `rule`'s progress, a line says it was not whole, or the
+ * time is up (test/helpers/oracle.ts has the rules); then asks libvirt that
+ * the domain still runs.
+ */
+export async function watchConsole(log: string, offset: number, domain: string, rule: Partial<WatchRule> = {}): Promise<Watch> {
+  const r: WatchRule = { ...DEFAULT_WATCH, ...rule };
+  const deadline = Date.now() + r.timeoutMs;
   let text = '';
-  for (const deadline = Date.now() + timeoutMs; Date.now() < deadline && (text.match(/TICK/g) ?? []).length < ticks; ) {
-    await sleep(200);
-    text = existsSync(log) ? readFileSync(log, 'latin1') : '';
+  for (;;) {
+    text = consoleText(log, offset);
+    const bad = oracleProblems(text);
+    if (bad.length > 0 || enoughProgress(progressOf(text), r) || Date.now() > deadline) break;
+    await sleep(250);
   }
-  return text;
+  // What the guest printed while it was being judged still counts.
+  await sleep(300);
+  text = consoleText(log, offset);
+  const progress = progressOf(text);
+  const problems = oracleProblems(text);
+  const stall = stalled(progress, r);
+  if (stall !== null) problems.push(stall);
+  const state = (await virsh('domstate', domain).catch(() => 'undefined')).trim();
+  if (state !== 'running') problems.push(`the guest is ${state}, not running (a panic reboots it, and it is defined to stop on reboot)`);
+  return { text, progress, problems };
+}
+
+function consoleText(log: string, offset: number): string {
+  try {
+    return readFileSync(log).subarray(offset).toString('latin1');
+  } catch {
+    return '';
+  }
+}
+
+/** The console log of a domain the tests did not create (a restored clone). */
+export async function consoleLogOf(name: string): Promise<string> {
+  return path.join((await bed()).consoleDir, `${name}.log`);
+}
+
+/** Where a domain's console stands now: take it before restoring `name`, watch from it after (its log is appended to). */
+export async function consoleMark(name: string): Promise<number> {
+  try {
+    return statSync(await consoleLogOf(name)).size;
+  } catch {
+    return 0;
+  }
+}
+
+/** `watchConsole` for a domain the tests did not create (a restored clone), from `mark` (consoleMark before the restore). */
+export async function watchDomain(name: string, mark: number, rule: Partial<WatchRule> = {}): Promise<Watch> {
+  return watchConsole(await consoleLogOf(name), mark, name, rule);
+}
+
+/** Waits for `pattern` in a console log after `offset`; returns the offset right after the match. */
+export async function waitForText(log: string, offset: number, pattern: RegExp, timeoutMs: number): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const buf = (() => {
+      try {
+        return readFileSync(log).subarray(offset);
+      } catch {
+        return Buffer.alloc(0);
+      }
+    })();
+    const m = pattern.exec(buf.toString('latin1'));
+    if (m !== null) return offset + m.index + m[0].length;
+    if (Date.now() > deadline) throw new Error(`no ${pattern} in ${log} within ${timeoutMs / 1000}s; last output: ${buf.toString('latin1').slice(-300)}`);
+    await sleep(200);
+  }
+}
+
+/** Fails the test, with the console's end, unless the watch found the restore whole. */
+export function assertWhole(w: Watch, what: string): void {
+  assert.deepEqual(w.problems, [], `${what} must restore whole:\n${w.text.slice(-800)}`);
 }
 
 export function mismatches(consoleText: string): string[] {
@@ -507,8 +615,9 @@ export function lastTick(consoleText: string): number {
 
 /** The new options' bad values, before anything is made. */
 function checkExtras(options: GuestOptions): void {
-  const { fillMiB, fsDisk } = options;
+  const { fillMiB, fsDisk, memMiB } = options;
   if (fillMiB !== undefined && !(Number.isInteger(fillMiB) && fillMiB > 0)) throw new Error(`fillMiB must be a whole number of MiB above 0: ${fillMiB}`);
+  if (memMiB !== undefined && !(Number.isInteger(memMiB) && memMiB >= 0)) throw new Error(`memMiB must be a whole number of MiB (0: no memory oracle): ${memMiB}`);
   if (fsDisk !== undefined) {
     if (!/^vd[a-z]+$/.test(fsDisk)) throw new Error(`fsDisk must be a virtio target like vdz: ${fsDisk}`);
     // libvirt orders disks, and so their PCI slots and guest names, by target.
@@ -520,7 +629,11 @@ function checkExtras(options: GuestOptions): void {
 
 /** The kernel command line words of the new options; none without them. */
 function extrasCmdline(options: GuestOptions): string {
+  const mem = options.memMiB ?? DEFAULT_MEM_MIB;
+  const pace = options.pace ?? DEFAULT_PACE;
   return [
+    mem > 0 ? ` vsbed.mem=${mem}:${options.memPauseMs ?? DEFAULT_MEM_PAUSE_MS}` : '',
+    pace > 0 ? ` vsbed.pace=${pace}` : '',
     options.fillMiB ? ` vsbed.fill=${options.fillMiB}${options.fillKind === 'text' ? ':text' : ''}` : '',
     options.agent ? ' vsbed.agent=1' : '',
     options.fsDisk ? ` vsbed.fs=${FS_SERIAL}` : '',
@@ -644,11 +757,10 @@ export function writeEnvLoggingHook(file: string, logFile: string): void {
 
 /**
  * Restores a RAM dump onto a clone of `snapshot` (the original dataset is
- * left as it is) and returns the console text of the restored guest after a
- * few rounds of the oracle. The guest must be stopped; it is stopped again
- * and the clone destroyed afterwards.
+ * left as it is) and watches the restored guest (Guest.watch). The guest is
+ * stopped first and again afterwards, and the clone destroyed.
  */
-export async function restoreOnClone(guest: Guest, dumpFile: string, snapshot: string, rounds = 2): Promise<string> {
+export async function restoreOnClone(guest: Guest, dumpFile: string, snapshot: string, rule: Partial<WatchRule> = {}): Promise<Watch> {
   const b = await bed();
   const [dataset] = snapshot.split('@') as [string];
   const parent = `${b.pool}/restore`;
@@ -667,7 +779,7 @@ export async function restoreOnClone(guest: Guest, dumpFile: string, snapshot: s
     await guest.stop();
     const offset = guest.consoleSize();
     await virsh('restore', dumpFile, '--xml', path.join(dir, 'domain.xml'), '--running');
-    return await guest.oracleAfter(offset, rounds);
+    return await guest.watch(offset, rule);
   } finally {
     await guest.stop();
     rmSync(dir, { recursive: true, force: true });

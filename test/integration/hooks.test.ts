@@ -8,7 +8,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { snapshotNames, sha256File, type ArchivedDump } from '../../lib/archive.js';
-import { bed, destroyDataset, removeDomains, Guest, mismatches, mountpointOf, restoreOnClone, snapshotsOf, virsh, type Bed, type SanoidVersion } from '../helpers/bed.js';
+import { assertWhole, bed, destroyDataset, Guest, mountpointOf, removeDomains, restoreOnClone, snapshotsOf, virsh, type Bed, type SanoidVersion } from '../helpers/bed.js';
 import { leftovers, Setup } from '../helpers/virtsnap.js';
 
 /** One sanoid --take-snapshots run; returns the snapshots it created under `root`. */
@@ -34,8 +34,7 @@ function dumpsOf(setup: Setup, guest: Guest): ArchivedDump[] {
 
 async function assertRestoresSilently(guest: Guest, dump: ArchivedDump, snapshots = snapshotNames(dump.manifest)): Promise<void> {
   for (const snapshot of snapshots) {
-    const text = await restoreOnClone(guest, dump.manifest.memoryFile, snapshot);
-    assert.deepEqual(mismatches(text), [], `dump ${dump.manifest.id} on ${snapshot} must restore silently`);
+    assertWhole(await restoreOnClone(guest, dump.manifest.memoryFile, snapshot), `dump ${dump.manifest.id} on ${snapshot}`);
   }
   await guest.start();
 }

@@ -6,9 +6,13 @@ import { formatGc, formatVerdicts } from '../lib/commands/archive-report.js';
 import { doctor, formatFindings } from '../lib/commands/doctor.js';
 import { check, parseDuration, UNKNOWN } from '../lib/commands/check.js';
 import { discardEntry, recover } from '../lib/recovery.js';
-import { parseStarter, watch } from '../lib/watchdog.js';
+import { parseStarter, takeSettings, watch } from '../lib/watchdog.js';
 import { stopOnSignals } from '../lib/signals.js';
 import { domainStatus, formatStatus } from '../lib/commands/status.js';
+import { heldRuns } from '../lib/commands/held.js';
+
+/** `status --held`: a VM is held (1 and 2 are virtsnap's own failures). */
+const HELD = 3;
 import { collectGarbage } from '../lib/retention.js';
 import { verifyArchive } from '../lib/verify.js';
 import { storedAt } from '../lib/archive.js';
@@ -30,9 +34,12 @@ const usage = `usage: virtsnap COMMAND [options]
                       MODE ram, pause or quiesce overrides VIRTSNAP_MODE)
   restore DATASET@SNAP (--clone NEW_DATASET | --rollback) [--domain NAME]
           [--as NEW_NAME] [--paused] [--yes] [--destroy-newer] [--ignore-host-gaps]
-          [--dry-run] [--json]
+          [--host NAME] [--trust-dump-xml] [--dry-run] [--json]
                       bring the VMs back running, as they were at the snapshot
-                      (on this host or any that received it by zfs recv)
+                      (on this host or any that received it by zfs recv;
+                      --host takes another host's dumps from a shared restic
+                      repository, --trust-dump-xml defines one whose XML
+                      reaches into this host)
   list [--json] [DATASET]
                       the RAM dumps in the archive
   gc [--dry-run] [--json]
@@ -45,6 +52,9 @@ const usage = `usage: virtsnap COMMAND [options]
                       (undefined, shut down on its overlays); names what it leaves
   status [--json] [DATASET]
                       each VM: datasets, state, on an overlay?, latest dump
+  status --held       exit 3 if a run holds a VM or left one on overlays, in
+                      any state dir this host's settings or units name (the
+                      package's prerm asks this)
   doctor [--json]     check the host and sanoid.conf, say what to fix
   check [--warn AGE] [--crit AGE] [DATASET]
                       Nagios/Icinga plugin: one line, exit 0 OK, 1 WARNING,
@@ -143,6 +153,8 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
       yes: { type: 'boolean', short: 'y' },
       'destroy-newer': { type: 'boolean' },
       'ignore-host-gaps': { type: 'boolean' },
+      host: { type: 'string' },
+      'trust-dump-xml': { type: 'boolean' },
       // Before 0.2: --force meant both. It now only skips the question, like --yes.
       force: { type: 'boolean' },
       'dry-run': { type: 'boolean', short: 'n' },
@@ -159,18 +171,21 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
     if (typeof values.clone === 'string') assertDatasetName(values.clone, '--clone');
     const config = loadConfig();
     const deps = { ...makeClients(config), config, stop: stopOnSignals() };
-    const plan = await prepareRestore(
+    const prepared = await prepareRestore(
       {
         snapshot: positionals[0]!,
         mode: typeof values.clone === 'string' ? { kind: 'clone', dataset: values.clone } : { kind: 'rollback' },
         destroyNewer: values['destroy-newer'] === true,
         paused: values.paused === true,
         ignoreHostGaps: values['ignore-host-gaps'] === true,
+        trustDumpXml: values['trust-dump-xml'] === true,
+        ...(typeof values.host === 'string' ? { repoHost: values.host } : {}),
         ...(typeof values.domain === 'string' ? { domain: values.domain } : {}),
         ...(typeof values.as === 'string' ? { as: values.as } : {}),
       },
       deps,
     );
+    const { plan } = prepared;
     if (values['dry-run']) {
       process.stdout.write(JSON.stringify(plan, null, 2) + '\n');
       return plan.problems.length > 0 ? 1 : 0;
@@ -188,7 +203,7 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
         throw new UsageError(`not confirmed: ${question.slice(0, -1)} needs a yes on a terminal, or --yes`);
       }
     }
-    const result = await executeRestore(plan, deps);
+    const result = await executeRestore(prepared, deps);
     print(result, values.json === true, () => result.messages.join('\n') + '\n');
   },
 
@@ -243,16 +258,22 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
 
   // Started by the pre hook and `virtsnap snapshot` (lib/watchdog.ts), not by people.
   async watchdog(args) {
-    const { values } = parse(args, { run: { type: 'string' }, starter: { type: 'string' } });
+    const { values } = parse(args, { run: { type: 'string' }, starter: { type: 'string' }, settings: { type: 'string' } });
     const starter = parseStarter(values.starter);
-    if (typeof values.run !== 'string' || starter === null) throw new UsageError('virtsnap watchdog needs --run RUN_ID --starter PID[:STARTTIME]');
+    if (typeof values.run !== 'string' || starter === null) throw new UsageError('virtsnap watchdog needs --run RUN_ID --starter PID[:STARTTIME] [--settings FILE]');
+    if (typeof values.settings === 'string') takeSettings(values.settings);
     return watch(values.run, starter, makeDeps(loadConfig(), { ownerPid: starter.pid }));
   },
 
   async status(args) {
-    const { values, positionals } = parse(args, { json: { type: 'boolean' } });
+    const { values, positionals } = parse(args, { json: { type: 'boolean' }, held: { type: 'boolean' } });
     if (positionals.length > 1) throw new UsageError('virtsnap status takes at most one DATASET');
     const config = loadConfig();
+    if (values.held === true) {
+      const held = heldRuns(config);
+      print(held, values.json === true, () => held.map((h) => `${h.domain}: held by run ${h.runId} (${h.step}) in ${h.stateDir}\n`).join(''));
+      return held.length > 0 ? HELD : 0;
+    }
     const rows = await domainStatus(config, new LibvirtClient({ uri: config.libvirtUri }), new ZfsClient(), positionals[0]);
     print(rows, values.json === true, () => formatStatus(rows));
   },

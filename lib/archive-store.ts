@@ -24,7 +24,7 @@ export const REPO_MANIFEST = 'virtsnap-manifest.json';
 
 /** The restic client for the configured repository, or null with the archive dir. */
 export function resticOf(config: Pick<Config, 'archive'>): ResticClient | null {
-  return config.archive.kind === 'restic' ? new Restic(config.archive.repo, config.archive.passwordFile) : null;
+  return config.archive.kind === 'restic' ? new Restic(config.archive) : null;
 }
 
 /** A restic tag cannot hold a comma (restic splits on it). */
@@ -59,7 +59,7 @@ export async function stageResticDump(archiveDir: string, input: ArchiveInput, r
   const save = `/${path.basename(input.memoryFile)}`;
   const meta = `/${path.basename(metaDir)}`;
   const { sha256, bytes } = await sha256File(input.memoryFile);
-  const existing = (await restic.snapshots([TAG, idTag(input.id)])).find((s) => s.paths.some((p) => path.basename(p) === save.slice(1)));
+  const existing = await storedAlready(restic, input, { host, sha256, bytes, save, meta });
   let snapshot: string;
   if (existing !== undefined) {
     snapshot = existing.id;
@@ -92,6 +92,42 @@ export async function stageResticDump(archiveDir: string, input: ArchiveInput, r
       commit: () => removeIfExists(input.memoryFile),
     },
   };
+}
+
+/**
+ * A snapshot of this dump that an earlier try made (post died after its
+ * backup, or the backup failed after making it): used only when it is
+ * ours and whole, its host this one, its manifest this dump's sha256 and
+ * size, its memory file that size as stored. One of ours that is not whole
+ * (restic's exit 3 leaves an incomplete snapshot) is forgotten, so it is
+ * backed up again; another host's is never touched.
+ */
+async function storedAlready(restic: ResticClient, input: ArchiveInput, want: { host: string; sha256: string; bytes: number; save: string; meta: string }): Promise<ResticSnapshot | undefined> {
+  const tagged = (await restic.snapshots([TAG, idTag(input.id)])).filter((s) => s.paths.some((p) => path.basename(p) === want.save.slice(1)));
+  for (const s of tagged) {
+    if (s.hostname !== want.host) {
+      log.warn(`restic snapshot ${s.short_id} carries RAM dump ${input.id}'s tag but was made by host ${JSON.stringify(s.hostname)}: not ours, left alone`, { domain: input.domain.name });
+      continue;
+    }
+    const problem = await wholeProblem(restic, s, want);
+    if (problem === null) return s;
+    log.warn(`restic snapshot ${s.short_id} of RAM dump ${input.id} is not whole (${problem}): forgetting it, backing up again`, { domain: input.domain.name });
+    await restic.forget([s.id]);
+  }
+  return undefined;
+}
+
+async function wholeProblem(restic: ResticClient, s: ResticSnapshot, want: { sha256: string; bytes: number; save: string; meta: string }): Promise<string | null> {
+  let manifest: { sha256?: unknown; bytes?: unknown };
+  try {
+    manifest = JSON.parse(await restic.dumpText(s.id, `${want.meta}/${REPO_MANIFEST}`)) as { sha256?: unknown; bytes?: unknown };
+  } catch (err) {
+    return `its manifest cannot be read: ${(err as Error).message}`;
+  }
+  if (manifest.sha256 !== want.sha256 || manifest.bytes !== want.bytes) return 'its manifest names another memory file';
+  const size = await restic.fileSize(s.id, want.save);
+  if (size !== want.bytes) return `it holds ${size === null ? 'no' : `${size} bytes of`} ${want.save}, not ${want.bytes}`;
+  return null;
 }
 
 /** The manifest publishDump will write, without `store` and with the archive's names (the copy in the repo). */
@@ -204,19 +240,31 @@ export async function localDump(m: Manifest, config: Pick<Config, 'archive' | 's
  * went). One `restic dump` per snapshot for its manifest: `guids` keeps
  * to the dumps tagged with one of those ZFS snapshot guids. Snapshots whose
  * manifest cannot be read are left out, with a warning.
+ *
+ * Only `host`'s dumps: anyone with the repository's password can write a
+ * snapshot tagged with any guid, and a restore defines the dump's XML as
+ * root. A user who restores another host's dumps names that host.
  */
-export async function repoDumps(restic: ResticClient, options: { exclude?: ReadonlySet<string>; guids?: ReadonlySet<string> } = {}): Promise<ArchivedDump[]> {
+export async function repoDumps(restic: ResticClient, options: { host: string; exclude?: ReadonlySet<string>; guids?: ReadonlySet<string> }): Promise<ArchivedDump[]> {
   const dumps: ArchivedDump[] = [];
   const wanted = options.guids === undefined ? null : new Set([...options.guids].map(guidTag));
+  const others = new Set<string>();
   for (const s of await restic.snapshots([TAG])) {
     const id = s.tags.find((t) => t.startsWith('virtsnap-id='))?.slice('virtsnap-id='.length);
     if (id === undefined || options.exclude?.has(id) === true) continue;
     if (wanted !== null && !s.tags.some((t) => wanted.has(t))) continue;
+    if (s.hostname !== options.host) {
+      others.add(s.hostname);
+      continue;
+    }
     try {
       dumps.push(await repoDump(restic, s, id));
     } catch (err) {
       log.warn(`restic snapshot ${s.short_id} in ${restic.repo}: ${(err as Error).message} (left out)`);
     }
+  }
+  if (others.size > 0) {
+    log.warn(`restic repository ${restic.repo} holds matching RAM dumps of other hosts (${[...others].map((h) => JSON.stringify(h)).join(', ')}): left out; name one with --host to use its dumps`);
   }
   return dumps.sort((a, b) => a.manifest.times.startedAt.localeCompare(b.manifest.times.startedAt));
 }

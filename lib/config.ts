@@ -28,8 +28,13 @@ export interface Config {
   stateDir: string;
   /** sanoid's config, read to learn whether a dataset is snapshotted with `recursive = zfs`. */
   sanoidConf: string;
-  /** Save RAM while the guest runs (pause only for the last pass), or paused for the whole write. */
-  live: boolean;
+  /**
+   * Save RAM while the guest runs (pause only for the last pass), or paused
+   * for the whole write: `auto` saves live wherever the stack keeps every
+   * page the guest writes (lib/libvirt/stack.ts), `yes` always (with a
+   * warning where it may not), `no` never.
+   */
+  live: 'auto' | 'yes' | 'no';
   /** How each snapshot type is frozen: ram, pause or quiesce (lib/mode.ts). */
   mode: ModePolicy;
   /** quiesce without a responding guest agent: freeze the VM with ram instead, or fail the run. */
@@ -60,8 +65,27 @@ export interface Config {
   configFile: string | null;
 }
 
-/** VIRTSNAP_ARCHIVE: `dir`, or `restic:REPO` with VIRTSNAP_RESTIC_PASSWORD_FILE. */
-export type ArchiveBackend = { kind: 'dir' } | { kind: 'restic'; repo: string; passwordFile: string };
+/**
+ * VIRTSNAP_ARCHIVE: `dir`, or a restic repository: `restic:REPO`, or
+ * `restic` with the repository in the env file (RESTIC_REPOSITORY or
+ * RESTIC_REPOSITORY_FILE). The password: VIRTSNAP_RESTIC_PASSWORD_FILE, or
+ * restic's own RESTIC_PASSWORD_FILE / RESTIC_PASSWORD_COMMAND / RESTIC_PASSWORD
+ * in the env file.
+ */
+export type ArchiveBackend = { kind: 'dir' } | ResticBackend;
+
+export interface ResticBackend {
+  kind: 'restic';
+  /** The repository as given (it may hold credentials: only restic's environment ever sees it), or null: restic reads the env file's. */
+  repo: string | null;
+  /** VIRTSNAP_RESTIC_PASSWORD_FILE, or null: the env file gives restic its password. */
+  passwordFile: string | null;
+  /**
+   * The env file's other variables (RESTIC_*, AWS_*, B2_*, ...): given to
+   * restic's processes, and to nothing else (not to virsh, zfs, the log).
+   */
+  env: Record<string, string>;
+}
 
 export const DEFAULT_CONFIG_FILE = '/etc/virtsnap/virtsnap.env';
 
@@ -73,7 +97,8 @@ const defaults: Record<string, string> = {
   VIRTSNAP_SANOID_CONF: '/etc/sanoid/sanoid.conf',
   // archive or dataset: RAM inside the VM's own dataset, so the snapshot carries it.
   VIRTSNAP_RAM_STORE: 'archive',
-  VIRTSNAP_LIVE: 'yes',
+  // auto: live, except where QEMU is known to lose pages in a live save (TCG before QEMU 9.0).
+  VIRTSNAP_LIVE: 'auto',
   // ram, pause or quiesce, optionally per sanoid type: ram,hourly=quiesce
   VIRTSNAP_MODE: 'ram',
   VIRTSNAP_QUIESCE_FALLBACK: 'ram',
@@ -105,6 +130,7 @@ const known = new Set([...Object.keys(defaults), 'VIRTSNAP_CONFIG']);
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const configFile = env.VIRTSNAP_CONFIG ?? DEFAULT_CONFIG_FILE;
   const fromFile = readEnvFile(configFile, env.VIRTSNAP_CONFIG !== undefined);
+  const others = Object.fromEntries(Object.entries(fromFile.values).filter(([k]) => !k.startsWith('VIRTSNAP_')));
   const merged: Record<string, string> = { ...defaults, ...fromFile.values };
   for (const [key, value] of Object.entries(env)) {
     if (key.startsWith('VIRTSNAP_') && value !== undefined) merged[key] = value;
@@ -120,7 +146,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     ramStore: oneOf(merged, 'VIRTSNAP_RAM_STORE', ['archive', 'dataset'] as const),
     stateDir: absolutePath(merged, 'VIRTSNAP_STATE_DIR'),
     sanoidConf: absolutePath(merged, 'VIRTSNAP_SANOID_CONF'),
-    live: yesNo(merged, 'VIRTSNAP_LIVE'),
+    live: autoYesNo(merged, 'VIRTSNAP_LIVE'),
     mode: parseModePolicy(nonEmpty(merged, 'VIRTSNAP_MODE')),
     quiesceFallback: oneOf(merged, 'VIRTSNAP_QUIESCE_FALLBACK', ['ram', 'fail'] as const),
     agentTimeoutMs: seconds(merged, 'VIRTSNAP_AGENT_TIMEOUT'),
@@ -133,7 +159,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     lockTimeoutMs: seconds(merged, 'VIRTSNAP_LOCK_TIMEOUT'),
     watchdog: oneOf(merged, 'VIRTSNAP_WATCHDOG', ['auto', 'detached'] as const),
     compression: compressionOf(merged, 'VIRTSNAP_COMPRESS'),
-    archive: archiveOf(merged),
+    archive: archiveOf(merged, others),
     metricsFile: (merged.VIRTSNAP_METRICS_FILE ?? '').trim() === '' ? null : absolutePath(merged, 'VIRTSNAP_METRICS_FILE'),
     configFile: fromFile.path,
   };
@@ -184,6 +210,15 @@ function yesNo(values: Record<string, string>, key: string): boolean {
   throw new ConfigError(`${key}=${value} is not yes or no`);
 }
 
+function autoYesNo(values: Record<string, string>, key: string): 'auto' | 'yes' | 'no' {
+  if (nonEmpty(values, key).toLowerCase() === 'auto') return 'auto';
+  try {
+    return yesNo(values, key) ? 'yes' : 'no';
+  } catch {
+    throw new ConfigError(`${key}=${values[key]} is not auto, yes or no`);
+  }
+}
+
 function count(values: Record<string, string>, key: string): number {
   const value = nonEmpty(values, key);
   const n = Number(value);
@@ -201,16 +236,22 @@ function compressionOf(values: Record<string, string>, key: string): Compression
   }
 }
 
-function archiveOf(values: Record<string, string>): ArchiveBackend {
+function archiveOf(values: Record<string, string>, env: Record<string, string>): ArchiveBackend {
   const value = nonEmpty(values, 'VIRTSNAP_ARCHIVE');
   if (value === 'dir') return { kind: 'dir' };
-  if (!value.startsWith('restic:') || value.length === 'restic:'.length) {
-    throw new ConfigError(`VIRTSNAP_ARCHIVE=${value} is not dir or restic:REPO (a path, sftp:, s3: or rest: repository)`);
+  if (value !== 'restic' && !value.startsWith('restic:')) {
+    // Never the value itself: a repository URL may hold a password.
+    throw new ConfigError('VIRTSNAP_ARCHIVE is not dir, restic:REPO (a path, sftp:, s3: or rest: repository), or restic (the repository in RESTIC_REPOSITORY or RESTIC_REPOSITORY_FILE of the env file)');
   }
-  if ((values.VIRTSNAP_RESTIC_PASSWORD_FILE ?? '').trim() === '') {
-    throw new ConfigError('VIRTSNAP_RESTIC_PASSWORD_FILE is not set: VIRTSNAP_ARCHIVE=restic:… needs the absolute path of a file (0600) holding the repository\'s password');
+  const repo = value === 'restic' ? null : value.slice('restic:'.length);
+  if ((repo ?? '') === '' && env.RESTIC_REPOSITORY === undefined && env.RESTIC_REPOSITORY_FILE === undefined) {
+    throw new ConfigError('VIRTSNAP_ARCHIVE=restic names no repository: give restic:REPO, or RESTIC_REPOSITORY (or RESTIC_REPOSITORY_FILE) in the env file');
   }
-  return { kind: 'restic', repo: value.slice('restic:'.length), passwordFile: absolutePath(values, 'VIRTSNAP_RESTIC_PASSWORD_FILE') };
+  const passwordFile = (values.VIRTSNAP_RESTIC_PASSWORD_FILE ?? '').trim() === '' ? null : absolutePath(values, 'VIRTSNAP_RESTIC_PASSWORD_FILE');
+  if (passwordFile === null && !['RESTIC_PASSWORD_FILE', 'RESTIC_PASSWORD_COMMAND', 'RESTIC_PASSWORD'].some((k) => env[k] !== undefined)) {
+    throw new ConfigError('VIRTSNAP_RESTIC_PASSWORD_FILE is not set: VIRTSNAP_ARCHIVE=restic needs the absolute path of a file (0600) holding the repository\'s password (or RESTIC_PASSWORD_FILE in the env file)');
+  }
+  return { kind: 'restic', repo: repo === '' ? null : repo, passwordFile, env };
 }
 
 function seconds(values: Record<string, string>, key: string): number {

@@ -12,7 +12,7 @@ import { ZfsClient } from './zfs.js';
 /** The libvirt calls of freeze, thaw, recover and the watchdog. */
 export type RunLibvirt = Pick<
   LibvirtClient,
-  | 'version'
+  | 'stack'
   | 'domains'
   | 'domain'
   | 'dumpxml'

@@ -21,6 +21,8 @@ export interface RunOptions {
   env?: Record<string, string>;
   /** Working directory (restic stores the paths it backs up as given: relative ones stay short). */
   cwd?: string;
+  /** Variables of our own environment the program must not see. */
+  unset?: readonly string[];
 }
 
 export interface RunResult {
@@ -31,8 +33,10 @@ export interface RunResult {
 export const DEFAULT_TIMEOUT_MS = 60_000;
 
 /** The environment of every program we start: C messages, the ones we match on. */
-function commandEnv(extra: Record<string, string> = {}): Record<string, string | undefined> {
-  return { ...process.env, ...extra, LC_ALL: 'C', LANG: 'C' };
+function commandEnv(extra: Record<string, string> = {}, unset: readonly string[] = []): Record<string, string | undefined> {
+  const env: Record<string, string | undefined> = { ...process.env, ...extra, LC_ALL: 'C', LANG: 'C' };
+  for (const name of unset) if (!(name in extra)) delete env[name];
+  return env;
 }
 
 /**
@@ -56,7 +60,7 @@ export async function run(command: string, args: readonly string[], options: Run
   const { spawn } = await childProcess();
   const out = await new Promise<{ stdout: string; stderr: string; status: number | null; signal: NodeJS.Signals | null; timedOut: boolean; startError: NodeJS.ErrnoException | null }>((resolve) => {
     const child = spawn(command, [...args], {
-      env: commandEnv(options.env),
+      env: commandEnv(options.env, options.unset),
       ...(options.cwd !== undefined ? { cwd: options.cwd } : {}),
       // stdin must not be a socket (node's default pipe): Debian's bash, in
       // any script we start, then believes it runs under rshd and sources
@@ -70,7 +74,7 @@ export async function run(command: string, args: readonly string[], options: Run
     let stderr = '';
     let timedOut = false;
     let startError: NodeJS.ErrnoException | null = null;
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
+    child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
     child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
     const timer = setTimeout(() => {
       timedOut = true;
@@ -117,22 +121,31 @@ export function asItself(command: string, exitCode: number | null, stderr: strin
 }
 
 /**
- * Starts a program that outlives us (the watchdog): its own session, so a
- * signal to our process group or the end of a cron job does not reach it;
- * output appended to `logFile`. Returns its pid.
+ * Starts a program that outlives us (the watchdog) as nobody's child: a
+ * shell in a session of its own starts it in the background and exits, so
+ * it is reparented to init. A supervisor or `timeout` that kills us with
+ * our process group, or walks our children and kills them, never reaches
+ * it. Its output is appended to `logFile`. The shell's script is fixed;
+ * the program and its arguments reach it as "$@", never as text.
+ * Returns its pid, once it runs.
  */
-export async function startDetached(command: string, args: readonly string[], options: { logFile: string; env?: Record<string, string>; unset?: string[] }): Promise<number> {
+export async function startOrphan(command: string, args: readonly string[], options: { logFile: string; env?: Record<string, string>; unset?: string[] }): Promise<number> {
   const { spawn } = await childProcess();
   const fd = openSync(options.logFile, 'a', 0o600);
   try {
-    const env = commandEnv(options.env);
-    for (const name of options.unset ?? []) delete env[name];
-    const child = spawn(command, [...args], { detached: true, stdio: ['ignore', fd, fd], env });
-    const pid = await new Promise<number>((resolve, reject) => {
-      child.once('spawn', () => resolve(child.pid ?? -1));
-      child.once('error', reject);
+    const child = spawn('/bin/sh', ['-c', '"$@" >&2 & echo $!', 'sh', command, ...args], {
+      detached: true,
+      stdio: ['ignore', 'pipe', fd],
+      env: commandEnv(options.env, options.unset),
     });
-    child.unref();
+    let out = '';
+    child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
+    const status = await new Promise<number | null>((resolve, reject) => {
+      child.once('error', reject);
+      child.once('close', (code) => resolve(code));
+    });
+    const pid = Number(out.trim());
+    if (status !== 0 || !Number.isInteger(pid) || pid <= 0) throw new CommandError('/bin/sh', ['-c', `start ${command}`], status ?? -1, `could not start ${command} in the background`);
     return pid;
   } finally {
     closeSync(fd);

@@ -14,6 +14,7 @@ import { LibvirtError, VirtsnapError } from './errors.js';
 import { ensureDir, freeBytes, removeIfExists } from './fsutil.js';
 import { dumpDisksOf, type JournalEntry, type OverlayRecord } from './journal.js';
 import { sourceOf } from './libvirt/domain-xml.js';
+import { setWasRunning } from './libvirt/save-image.js';
 import { QemuImgMissingError } from './libvirt/qemu-img.js';
 import type { Domain } from './libvirt/virsh.js';
 import { about, log } from './log.js';
@@ -247,6 +248,14 @@ async function saveRam(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<Jo
   }
   // The journal keeps the old limit until the 'frozen' update below, which drops it once it is set back.
   if (await restoreDowntimeLimit(entry, deps)) entry = withoutDowntimeLimit(entry);
+  // Pause mode: libvirt wrote was_running 0 (snapshot='manual' leaves the guest paused); the dump says what the VM was.
+  if (dp.mode === 'pause' && dp.state === 'running') {
+    try {
+      setWasRunning(dp.memoryFile as string, true);
+    } catch (err) {
+      log.warn(`cannot mark the RAM dump as of a running guest (${(err as Error).message}): a plain \`virsh restore\` of it needs --running`, about(dp.name));
+    }
+  }
   const job = await virsh.completedJob(dp.uuid).catch(() => null);
   let existedAtFreeze: Record<string, string>;
   try {
@@ -513,6 +522,18 @@ function assertStateDirSpace(deps: Deps): void {
   }
 }
 
+/** Why RAM is saved with the guest paused (or live against the advice): one line per run and reason, naming the VMs. */
+function logLiveNotes(plan: FreezePlan): void {
+  const byNote = new Map<string, { level: 'info' | 'warn'; names: string[] }>();
+  for (const dp of plan.domains) {
+    if (dp.liveNote === null) continue;
+    const seen = byNote.get(dp.liveNote.text) ?? { level: dp.liveNote.level, names: [] };
+    seen.names.push(JSON.stringify(dp.name));
+    byNote.set(dp.liveNote.text, seen);
+  }
+  for (const [text, { level, names }] of byNote) log[level](`${names.join(', ')}: ${text}`, { dataset: plan.targets.join(',') });
+}
+
 export async function freeze(plan: FreezePlan, deps: Deps): Promise<FreezeResult> {
   if (plan.problems.length > 0) {
     for (const p of plan.problems) log.error(p);
@@ -520,6 +541,7 @@ export async function freeze(plan: FreezePlan, deps: Deps): Promise<FreezeResult
     throw new VirtsnapError(`${plan.problems[0]}${more}`);
   }
   assertStateDirSpace(deps);
+  logLiveNotes(plan);
   const frozen: JournalEntry[] = [];
   try {
     // VIRTSNAP_PARALLEL at a time, so that the datasets stand still for the

@@ -5,8 +5,10 @@ import { existsSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import type { Config } from './config.js';
 import { UsageError } from './errors.js';
-import { assertOwnDir } from './fsutil.js';
+import { assertOwnDir, freeBytes } from './fsutil.js';
 import type { Domain, LibvirtClient } from './libvirt/virsh.js';
+import { UNKNOWN_STACK, type Stack } from './libvirt/stack.js';
+import type { Journal } from './journal.js';
 import { log } from './log.js';
 import { readSanoidConf, recursionOf } from './sanoid/conf.js';
 import { datasetOfFile, datasetOfZvolPath, readMounts, zvolDeviceMap, type Mount, type ZfsClient } from './zfs.js';
@@ -23,11 +25,21 @@ export interface Inventory {
   mountpointOf: Map<string, string>;
   /** The dataset VIRTSNAP_OVERLAY_DIR lives in, if it is on ZFS. */
   datasetOfOverlayDir: string | null;
+  /**
+   * libvirt's and QEMU's versions (lib/libvirt/stack.ts), asked for only
+   * when a domain here may have its RAM saved; unknown otherwise.
+   */
+  stack: Stack;
+  /** Domains whose journal entry is damaged (UUID -> why): nobody knows what was done to them, so no run touches them. */
+  damagedEntries: Map<string, string>;
+  /** Free bytes (statfs) in VIRTSNAP_OVERLAY_DIR and at each mountpoint of the run's datasets, where RAM dumps are written. */
+  freeBytes: Map<string, number | null>;
   problems: string[];
 }
 
 export interface Clients {
-  virsh: Pick<LibvirtClient, 'domains'>;
+  journal: Pick<Journal, 'damaged'>;
+  virsh: Pick<LibvirtClient, 'domains' | 'stack'>;
   zfs: Pick<ZfsClient, 'exists' | 'subtree'>;
 }
 
@@ -125,15 +137,37 @@ function privateDirProblems(config: Config): string[] {
   return problems;
 }
 
+/**
+ * The stack, where a domain with a disk in `datasets` runs (only a running
+ * domain's save can be live): one `virsh version` more, and none for a run
+ * with nothing to freeze. Unknown when libvirt does not answer it (the plan
+ * then trusts no live save under TCG).
+ */
+async function stackIfSaving(domains: Domain[], datasets: readonly string[], datasetOfSource: Map<string, string>, virsh: Clients['virsh']): Promise<Stack> {
+  const here = new Set(datasets);
+  const saving = domains.some((d) => d.state === 'running' && d.disks.some((k) => k.source !== null && here.has(datasetOfSource.get(k.source) ?? '')));
+  if (!saving) return UNKNOWN_STACK;
+  try {
+    return await virsh.stack();
+  } catch (err) {
+    log.warn(`cannot ask libvirt for its and QEMU's versions (${(err as Error).message}): live RAM saves of TCG guests are not trusted this run`);
+    return UNKNOWN_STACK;
+  }
+}
+
 export async function takeInventory(targets: string[], config: Config, clients: Clients, options: { recursive?: boolean; now?: Date } = {}): Promise<Inventory> {
   const mounts = readMounts();
   const datasets = await snapshottedDatasets(targets, config, clients.zfs, options.recursive, mounts);
   const domains = await clients.virsh.domains();
+  const datasetOfSource = resolveSources(domains, mounts, zvolDeviceMap());
   return {
     stamp: stampOf(options.now ?? new Date()),
     datasets,
     domains,
-    datasetOfSource: resolveSources(domains, mounts, zvolDeviceMap()),
+    stack: await stackIfSaving(domains, datasets, datasetOfSource, clients.virsh),
+    damagedEntries: new Map(clients.journal.damaged().map((d) => [d.uuid, d.reason])),
+    freeBytes: new Map([config.overlayDir, ...mounts.filter((m) => datasets.includes(m.dataset)).map((m) => m.mountpoint)].map((dir) => [dir, freeBytes(dir)])),
+    datasetOfSource,
     mountpointOf: new Map(mounts.map((m) => [m.dataset, m.mountpoint])),
     datasetOfOverlayDir: datasetOfDir(config.overlayDir, mounts),
     problems: privateDirProblems(config),

@@ -26,7 +26,13 @@ export type Step =
   /** Block commits are running or about to. */
   | 'committing'
   /** The domain is back on its own disks; the memory file still waits in the overlay dir. */
-  | 'committed';
+  | 'committed'
+  /**
+   * A restore holds the domain (it stops, rolls back or restores it): no run
+   * freezes it meanwhile. Nothing of a run to undo; the restore removes the
+   * entry when done, `recover` one whose restore died.
+   */
+  | 'restoring';
 
 /** The disks a freeze held still, as a dump's manifest names them. */
 export function dumpDisksOf(entry: Pick<JournalEntry, 'overlays'>): DumpDisk[] {
@@ -100,6 +106,35 @@ export interface JournalEntry {
   updatedAt: string;
 }
 
+/** A journal file that is not an entry: named by status, check and doctor; it blocks nothing but its own domain. */
+export interface DamagedEntry {
+  file: string;
+  /** The domain's UUID, from the file's name. */
+  uuid: string;
+  reason: string;
+}
+
+/** A journal file that cannot be read as an entry: what its domain's freeze refuses on (nobody knows what state it is in). */
+export class DamagedJournalError extends VirtsnapError {
+  override name = 'DamagedJournalError';
+}
+
+/** What is wrong with a journal file's text as an entry, or null. */
+export function entryProblem(text: string): string | null {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return 'not JSON';
+  }
+  const e = value as Partial<JournalEntry> | null;
+  if (e === null || typeof e !== 'object' || e.format !== 'virtsnap-journal/1') return 'not a virtsnap journal entry';
+  if (typeof e.domain?.uuid !== 'string' || typeof e.runId !== 'string' || typeof e.step !== 'string' || !Array.isArray(e.overlays) || typeof e.owner?.pid !== 'number') {
+    return 'fields missing';
+  }
+  return null;
+}
+
 export class Journal {
   readonly dir: string;
   readonly lockDir: string;
@@ -121,11 +156,9 @@ export class Journal {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw err;
     }
-    try {
-      return JSON.parse(text) as JournalEntry;
-    } catch {
-      throw new VirtsnapError(`journal ${this.file(uuid)} is damaged (not JSON): inspect the domain by hand, then delete the file`);
-    }
+    const problem = entryProblem(text);
+    if (problem !== null) throw new DamagedJournalError(`journal entry ${this.file(uuid)} is damaged (${problem}): its domain is left alone; check it with \`virsh domblklist\` (on an overlay? \`virtsnap recover\` cannot tell), then delete the file`);
+    return JSON.parse(text) as JournalEntry;
   }
 
   write(entry: JournalEntry): void {
@@ -164,21 +197,40 @@ export class Journal {
     removeIfExists(this.file(uuid));
   }
 
+  /**
+   * Every entry that can be read. A damaged one (a torn write, a disk
+   * error, a hand edit) is left out: one domain's entry must never stop
+   * another's thaw. `damaged()` names them.
+   */
   list(): JournalEntry[] {
+    return this.scan().entries;
+  }
+
+  /** Journal files that are not entries. */
+  damaged(): DamagedEntry[] {
+    return this.scan().damaged;
+  }
+
+  scan(): { entries: JournalEntry[]; damaged: DamagedEntry[] } {
+    const result: { entries: JournalEntry[]; damaged: DamagedEntry[] } = { entries: [], damaged: [] };
     let names: string[];
     try {
       names = readdirSync(this.dir);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return result;
       throw err;
     }
-    const entries: JournalEntry[] = [];
     for (const name of names.sort()) {
       if (!name.endsWith('.json') || name.startsWith('.')) continue;
-      const entry = this.read(name.slice(0, -'.json'.length));
-      if (entry) entries.push(entry);
+      const uuid = name.slice(0, -'.json'.length);
+      try {
+        const entry = this.read(uuid);
+        if (entry) result.entries.push(entry);
+      } catch (err) {
+        result.damaged.push({ file: this.file(uuid), uuid, reason: (err as Error).message });
+      }
     }
-    return entries;
+    return result;
   }
 
   /**

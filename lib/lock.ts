@@ -1,7 +1,8 @@
 // Short-lived mutexes between virtsnap processes: `LOCK_DIR/<name>.lock`,
 // created with O_EXCL and naming its holder. A lock whose holder died
-// is taken over. (Node has no flock(2); this is what the journal and the
-// archive use to serialise their read-modify-write steps.)
+// is taken over, by one waiter only (takeOver). (Node has no flock(2); this
+// is what the journal and the archive use to serialise their
+// read-modify-write steps.)
 import { closeSync, fstatSync, openSync, readFileSync, statSync, unlinkSync, utimesSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { LockTimeoutError } from './errors.js';
@@ -30,6 +31,34 @@ function holderIsDead(lock: string): boolean {
 /** A lock file still empty after this long names no holder: its holder died before it could write itself in. */
 const UNWRITTEN_LOCK_MS = 30_000;
 
+/**
+ * Removes a lock whose holder died, so that exactly one waiter takes it
+ * over. Checking and unlinking are two steps: two waiters that both found
+ * the holder dead would both unlink, and the second would remove the lock
+ * the first had just made. So the removal happens under a second lock
+ * (`<lock>.takeover`, held for microseconds), and only after looking again
+ * there: the file judged dead may be the new holder's by then.
+ */
+function takeOver(lock: string): void {
+  const guard = `${lock}.takeover`;
+  let fd: number;
+  try {
+    fd = openSync(guard, 'wx', 0o600);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    // Another waiter is taking over; only a guard whose holder died inside it (and long ago) goes.
+    if (holderIsDead(guard) && Date.now() - (statSync(guard, { throwIfNoEntry: false })?.mtimeMs ?? Date.now()) > UNWRITTEN_LOCK_MS) removeIfExists(guard);
+    return;
+  }
+  try {
+    writeSync(fd, JSON.stringify(ownerOf(process.pid)));
+    closeSync(fd);
+    if (holderIsDead(lock)) removeIfExists(lock);
+  } finally {
+    removeIfExists(guard);
+  }
+}
+
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
@@ -56,7 +85,7 @@ export async function withLock<T>(lockDir: string, name: string, deadline: numbe
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       if (holderIsDead(lock)) {
-        removeIfExists(lock);
+        takeOver(lock);
         continue;
       }
       if (Date.now() >= deadline) {

@@ -21,6 +21,10 @@ export interface RestoreRequest {
   as?: string;
   /** What this host lacks for a VM (lib/host-fit.ts) is a warning, not a reason to refuse. */
   ignoreHostGaps?: boolean;
+  /** The host whose dumps a restore may take from a shared restic repository (default: this one). */
+  repoHost?: string;
+  /** Define a repository dump's XML even where it reaches into the host (domain-xml.ts hostAccessOf). */
+  trustDumpXml?: boolean;
 }
 
 export interface RestoreFacts {
@@ -31,7 +35,7 @@ export interface RestoreFacts {
    * name, their snapshot refs under their current names, with what is wrong
    * with each, if anything, and the disks of the domain XML inside the dump.
    */
-  dumps: { manifest: Manifest; problem: string | null; disks?: Disk[]; hostGaps?: string[] }[];
+  dumps: { manifest: Manifest; problem: string | null; disks?: Disk[]; hostGaps?: string[]; hostAccess?: string[] }[];
   /** Domains defined now: name, uuid, state, and the datasets their disks live in. */
   domains: { name: string; uuid: string; state: string; datasets: string[] }[];
   /** Why the RAM inside the snapshot could not be read (VIRTSNAP_RAM_STORE=dataset). */
@@ -128,6 +132,11 @@ export function planRestore(request: RestoreRequest, facts: RestoreFacts, newUui
   problems.push(...(facts.snapshotProblems ?? []));
   for (const d of dumps) if (d.problem !== null) problems.push(`RAM dump ${d.manifest.id} of ${JSON.stringify(d.manifest.domain.name)} is bad (${d.problem}): refusing to restore it`);
   for (const d of dumps) {
+    if ((d.hostAccess ?? []).length > 0 && !request.trustDumpXml) {
+      problems.push(
+        `RAM dump ${d.manifest.id} of ${JSON.stringify(d.manifest.domain.name)} comes from the restic repository (host ${JSON.stringify(d.manifest.hostname)}) and its domain XML reaches into this host: ${d.hostAccess!.join(', ')}; refusing to define it as root (read it with \`restic dump\`, then --trust-dump-xml if it is yours)`,
+      );
+    }
     const gaps = (d.hostGaps ?? []).map((g) => `this host cannot run ${JSON.stringify(d.manifest.domain.name)} as saved: ${g}${request.ignoreHostGaps ? '' : ' (or --ignore-host-gaps to try anyway)'}`);
     (request.ignoreHostGaps ? plan.warnings : problems).push(...gaps);
   }

@@ -13,7 +13,7 @@
 // and its XML region, uncompressed, is rewritten for --as as a raw one's.
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync, readFileSync, realpathSync, renameSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
-import { tmpdir } from 'node:os';
+import { hostname } from 'node:os';
 import path from 'node:path';
 import { fileInSnapshotOf, resticStoreOf, scanArchive, type ArchivedDump, type Manifest } from './archive.js';
 import { localDump, releaseFetched, repoDumps, resticOf } from './archive-store.js';
@@ -21,13 +21,14 @@ import { inDatasetDumps, inDatasetProblem, ramFileName, removeLiveRam } from './
 import type { Config } from './config.js';
 import { LibvirtError, VirtsnapError, ZfsError } from './errors.js';
 import type { StopSignal } from './signals.js';
-import { fileSafe, writeFileAtomic } from './fsutil.js';
+import { ensureDirBelow, fileSafe, writeFileAtomic } from './fsutil.js';
+import { ownerOf } from './owner.js';
 import { datasetMetaDir, readSavedFile } from './domain-files.js';
 import { stateDisks } from './disks.js';
 import { isSnapshotAt, refsAt } from './snapshot-id.js';
 import type { Disk } from './libvirt/domain-xml.js';
 import { datasetsOfDomains } from './inventory.js';
-import { parseDomainXml } from './libvirt/domain-xml.js';
+import { hostAccessOf, parseDomainXml } from './libvirt/domain-xml.js';
 import { readSaveImageXml, rewriteSaveImageXml } from './libvirt/save-image.js';
 import type { LibvirtClient } from './libvirt/virsh.js';
 import { sleep, waitUntil } from './lock.js';
@@ -78,12 +79,14 @@ async function dumpsOf(request: RestoreRequest, deps: RestoreDeps): Promise<Rest
       return [{ ...manifest, snapshots: here }];
     });
   let tied = tiedHere(local);
+  let fromRepo = false;
   // None here (another host, or the manifests lost): the repository's own manifests, found by the same guids.
   if (tied.length === 0 && restic !== null) {
     // Only the dumps tagged with a guid of DS@SNAP or a child's snapshot of that name: one `restic dump` each, not one per dump in the repo.
     const guids = new Set([...census.byGuid].filter(([, at]) => at.some((a) => isSnapshotAt(a.name, dataset, snapname))).map(([g]) => g));
     try {
-      tied = tiedHere(await repoDumps(restic, { exclude: new Set(local.map((d) => d.manifest.id)), guids }));
+      tied = tiedHere(await repoDumps(restic, { host: request.repoHost ?? hostname(), exclude: new Set(local.map((d) => d.manifest.id)), guids }));
+      fromRepo = true;
     } catch (err) {
       // The RAM may still be inside the snapshot (VIRTSNAP_RAM_STORE=dataset): looked for next, whatever the repository says.
       log.warn(`cannot read RAM dumps from restic repository ${restic.repo}: ${(err as Error).message}`, { dataset });
@@ -101,7 +104,13 @@ async function dumpsOf(request: RestoreRequest, deps: RestoreDeps): Promise<Rest
       if (resticStoreOf(current) === null) throw err;
       problem = (err as Error).message;
     }
-    dumps.push({ manifest: fetchedManifest, problem, ...(problem === null ? await whatTheXmlNeeds(readSaveImageXml(fetchedManifest.memoryFile).xml, fetchedManifest, deps) : {}) });
+    if (problem !== null) {
+      dumps.push({ manifest: fetchedManifest, problem });
+      continue;
+    }
+    const xml = readSaveImageXml(fetchedManifest.memoryFile).xml;
+    // A manifest read from the repository is what whoever writes there says: its XML is checked before it is defined as root.
+    dumps.push({ manifest: fetchedManifest, problem, ...(await whatTheXmlNeeds(xml, fetchedManifest, deps)), ...(fromRepo ? { hostAccess: hostAccessOf(xml) } : {}) });
   }
   return dumps;
 }
@@ -191,13 +200,13 @@ async function whatTheXmlNeeds(xml: string, manifest: Manifest, deps: RestoreDep
   return { disks: parseDomainXml(xml).disks, hostGaps: hostGaps(xml, await gatherHostFacts(deps.virsh, xml), (p) => inRestoredDatasets(p, restored)) };
 }
 
-async function gatherFacts(request: RestoreRequest, deps: RestoreDeps): Promise<RestoreFacts> {
+/** The facts that can change while a person reads the plan: snapshots, domains and their states, what runs hold, the clone target. */
+type LiveFacts = Pick<RestoreFacts, 'snapshots' | 'domains' | 'mounts' | 'frozen' | 'cloneTargetExists' | 'asNameTaken'>;
+
+/** `ownRun`: this restore's own holds, which are not another run's. */
+async function liveFacts(request: RestoreRequest, deps: RestoreDeps, ownRun: string | null = null): Promise<LiveFacts> {
   const { dataset } = splitSnapshot(request.snapshot);
   const snapshots = await deps.zfs.listSnapshotsByCreation(dataset);
-  let dumps = snapshots.includes(request.snapshot) ? await dumpsOf(request, deps) : [];
-  let snapshotProblems: string[] = [];
-  let ramInSnapshot: InSnapshot['seen'] = [];
-  if (dumps.length === 0 && snapshots.includes(request.snapshot)) ({ dumps, problems: snapshotProblems, seen: ramInSnapshot } = await dumpsInSnapshot(request, deps));
   const all = await deps.virsh.domains();
   const datasetsOf = datasetsOfDomains(all);
   const domains = all.map((d) => ({
@@ -206,12 +215,9 @@ async function gatherFacts(request: RestoreRequest, deps: RestoreDeps): Promise<
     state: d.state,
     datasets: datasetsOf.get(d.uuid) ?? [],
   }));
-  const inJournal = new Set(new Journal(deps.config.stateDir).list().map((e) => e.domain.uuid));
+  const inJournal = new Set(new Journal(deps.config.stateDir).list().filter((e) => e.runId !== ownRun).map((e) => e.domain.uuid));
   return {
     snapshots,
-    dumps,
-    snapshotProblems,
-    ramInSnapshot,
     domains,
     mounts: Object.fromEntries(readMounts().map((m) => [m.dataset, m.mountpoint])),
     frozen: domains.filter((d) => inJournal.has(d.uuid)).map((d) => ({ name: d.name, datasets: d.datasets })),
@@ -220,8 +226,65 @@ async function gatherFacts(request: RestoreRequest, deps: RestoreDeps): Promise<
   };
 }
 
-export async function prepareRestore(request: RestoreRequest, deps: RestoreDeps): Promise<RestorePlan> {
-  return planRestore(request, await gatherFacts(request, deps), randomUUID);
+async function gatherFacts(request: RestoreRequest, deps: RestoreDeps): Promise<RestoreFacts> {
+  const live = await liveFacts(request, deps);
+  let dumps = live.snapshots.includes(request.snapshot) ? await dumpsOf(request, deps) : [];
+  let snapshotProblems: string[] = [];
+  let ramInSnapshot: InSnapshot['seen'] = [];
+  if (dumps.length === 0 && live.snapshots.includes(request.snapshot)) ({ dumps, problems: snapshotProblems, seen: ramInSnapshot } = await dumpsInSnapshot(request, deps));
+  return { ...live, dumps, snapshotProblems, ramInSnapshot };
+}
+
+/** A plan, with the request and facts it was made from: executeRestore looks at the facts again before it acts. */
+export interface PreparedRestore {
+  request: RestoreRequest;
+  plan: RestorePlan;
+  facts: RestoreFacts;
+}
+
+export async function prepareRestore(request: RestoreRequest, deps: RestoreDeps): Promise<PreparedRestore> {
+  const facts = await gatherFacts(request, deps);
+  return { request, facts, plan: planRestore(request, facts, randomUUID) };
+}
+
+/**
+ * The domains a restore must hold against snapshot runs (and other
+ * restores) while it acts: for a rollback every domain it stops or
+ * restores; for a clone the domains restored under their own name and UUID
+ * (the original, shut off). A clone under a new name touches no one else.
+ */
+export function domainsToHold(plan: RestorePlan, facts: Pick<RestoreFacts, 'domains'>): { name: string; uuid: string }[] {
+  const held = new Map<string, string>();
+  for (const d of plan.domains) if (plan.mode.kind === 'rollback' || d.newUuid === d.uuid) held.set(d.uuid, d.name);
+  for (const name of plan.stop) {
+    const d = facts.domains.find((x) => x.name === name);
+    if (d !== undefined) held.set(d.uuid, d.name);
+  }
+  return [...held].map(([uuid, name]) => ({ uuid, name })).sort((a, b) => a.uuid.localeCompare(b.uuid));
+}
+
+/** What differs between the plan a person saw and one made now: any of it, and the restore refuses. Pure. */
+export function planChanges(before: RestorePlan, now: RestorePlan): string[] {
+  const changes: string[] = [];
+  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+  if (!same(before.newer, now.newer)) changes.push(`the snapshots newer than ${before.snapshot} are now ${now.newer.join(', ') || 'none'} (were ${before.newer.join(', ') || 'none'})`);
+  if (!same(before.stop, now.stop)) changes.push(`the VMs to stop are now ${now.stop.join(', ') || 'none'} (were ${before.stop.join(', ') || 'none'})`);
+  if (!same(before.datasets, now.datasets) || !same(before.cloneOf, now.cloneOf)) changes.push(`the datasets to restore are now ${now.datasets.join(', ')}`);
+  const domains = (p: RestorePlan) => p.domains.map((d) => `${d.newName}:${d.dump?.id ?? '-'}`);
+  if (!same(domains(before), domains(now))) changes.push(`the VMs to restore are now ${domains(now).join(', ') || 'none'}`);
+  changes.push(...now.problems.filter((p) => !before.problems.includes(p)));
+  return changes;
+}
+
+/**
+ * A private dir for the restore's copies (XML, a save image under a new
+ * name) under the state dir: libvirt opens a save image by path, so it must
+ * be where the daemon sees it (not a private /tmp of ours or of libvirtd's).
+ */
+function privateWorkDir(config: Config): string {
+  const parent = path.join(config.stateDir, 'restore');
+  ensureDirBelow(parent, 'VIRTSNAP_STATE_DIR');
+  return mkdtempSync(path.join(parent, 'work-'));
 }
 
 /** zfs-fuse says "dataset is busy" for a moment after QEMU lets go of a file. */
@@ -334,10 +397,10 @@ interface Undo {
  * clone (the original's state must stay as it was); after a rollback the
  * snapshot's NVRAM stays with the rolled-back disks and the old one is named.
  */
-async function restoreDomain(d: DomainRestore, plan: RestorePlan, deps: RestoreDeps, paths: Paths, work: string): Promise<string> {
+async function restoreDomain(d: DomainRestore, plan: RestorePlan, deps: RestoreDeps, paths: Paths, work: string, created: Created): Promise<string> {
   const undo: Undo = { nvram: [] };
   try {
-    return await restoreDomainOnce(d, plan, deps, paths, work, undo);
+    return await restoreDomainOnce(d, plan, deps, paths, work, undo, created);
   } catch (err) {
     if (plan.mode.kind === 'clone') undoNvram(undo);
     else if (undo.nvram.some((n) => n.aside !== null)) {
@@ -347,7 +410,7 @@ async function restoreDomain(d: DomainRestore, plan: RestorePlan, deps: RestoreD
   }
 }
 
-async function restoreDomainOnce(d: DomainRestore, plan: RestorePlan, deps: RestoreDeps, paths: Paths, work: string, undo: Undo): Promise<string> {
+async function restoreDomainOnce(d: DomainRestore, plan: RestorePlan, deps: RestoreDeps, paths: Paths, work: string, undo: Undo, created: Created): Promise<string> {
   const ctx = { domain: d.newName, dataset: splitSnapshot(plan.snapshot).dataset };
   const inactive = savedFile(d, paths, 'domain-inactive.xml')?.toString('utf8') ?? null;
   const renamed = d.newName !== d.name;
@@ -365,6 +428,7 @@ async function restoreDomainOnce(d: DomainRestore, plan: RestorePlan, deps: Rest
       deps.config.defineTimeoutMs,
       { domain: d.newName },
     );
+    if (renamed) created.defined.push(d.newUuid);
     log.info(`defined ${JSON.stringify(d.newName)} from the snapshot's saved XML`, ctx);
   }
   const nvramCopy = savedFile(d, paths, 'nvram.fd');
@@ -386,6 +450,7 @@ async function restoreDomainOnce(d: DomainRestore, plan: RestorePlan, deps: Rest
     copyFileSync(memoryFile, copy);
     rewriteSaveImageXml(copy, live.xml);
     await settled(deps.virsh.restore(copy, { paused }, deps.config.restoreTimeoutMs), () => isUp(d.newUuid, deps), 'the restore', deps.config.restoreTimeoutMs, { domain: d.newName });
+    created.started.push(d.newUuid);
     rmSync(copy, { force: true });
   } else {
     const xmlFile = path.join(work, `${fileSafe(d.newName)}.xml`);
@@ -397,6 +462,7 @@ async function restoreDomainOnce(d: DomainRestore, plan: RestorePlan, deps: Rest
       deps.config.restoreTimeoutMs,
       { domain: d.newName },
     );
+    created.started.push(d.newUuid);
   }
   if (inSnapshot) {
     dropRam(path.dirname(memoryFile), d.dump.id);
@@ -443,16 +509,16 @@ function undoNvram(undo: Undo): void {
   }
 }
 
-/** A clone restore failed: take back the domains it defined and the clones it made; the originals were never touched. */
-async function undoClone(plan: RestorePlan, deps: RestoreDeps): Promise<void> {
-  for (const d of plan.domains) {
-    // Whatever runs on the clone is ours to stop; only a renamed domain was defined by us.
-    await deps.virsh.destroy(d.newUuid).catch(() => undefined);
-    if (d.newName !== d.name) await deps.virsh.undefine(d.newUuid).catch(() => undefined);
-  }
+/**
+ * A clone restore failed: take back what it made (created, recorded as it
+ * went) and nothing else: a dataset at the clone target or a domain started
+ * by someone else meanwhile is not ours.
+ */
+async function undoClone(plan: RestorePlan, deps: RestoreDeps, created: Created): Promise<void> {
+  for (const uuid of created.started) await deps.virsh.destroy(uuid).catch(() => undefined);
+  for (const uuid of created.defined) await deps.virsh.undefine(uuid).catch(() => undefined);
   const removed: string[] = [];
-  for (const ds of [...plan.datasets].reverse()) {
-    const clone = plan.cloneOf[ds]!;
+  for (const clone of [...created.clones].reverse()) {
     // Cleanup goes on past a zfs that cannot answer: the restore's own error is the one to report.
     if (!(await deps.zfs.exists(clone).catch(() => true))) continue;
     await retryBusy(() => deps.zfs.destroy(clone)).then(
@@ -504,9 +570,88 @@ export interface RestoreResult {
   messages: string[];
 }
 
-/** Carries out a checked plan. Call prepareRestore first and refuse on plan.problems. */
-export async function executeRestore(plan: RestorePlan, deps: RestoreDeps): Promise<RestoreResult> {
+/**
+ * Holds `domains` for this restore as a snapshot run holds what it
+ * freezes: a journal entry each (step `restoring`), claimed in UUID order
+ * and waiting at most VIRTSNAP_LOCK_TIMEOUT for a run that holds one. A
+ * sanoid run that comes meanwhile waits for the restore; a restore that
+ * dies leaves entries `recover` releases (lib/thaw.ts).
+ */
+async function holdDomains(domains: { name: string; uuid: string }[], plan: RestorePlan, config: Config): Promise<{ runId: string; release(): void }> {
+  const journal = new Journal(config.stateDir);
+  const runId = `restore of ${plan.snapshot} (pid ${process.pid})`;
+  const me = ownerOf(process.pid);
+  const held: string[] = [];
+  const release = (): void => {
+    for (const uuid of held.splice(0)) if (journal.read(uuid)?.runId === runId) journal.remove(uuid);
+  };
+  const now = new Date().toISOString();
+  const { dataset } = splitSnapshot(plan.snapshot);
+  try {
+    for (const d of domains) {
+      await journal.claim(
+        {
+          format: 'virtsnap-journal/1',
+          runId,
+          targets: [dataset],
+          snapnames: [plan.snapname],
+          types: [],
+          domain: d,
+          step: 'restoring',
+          tag: `restore-${process.pid}-${d.uuid.slice(0, 8)}`,
+          memoryFile: '',
+          metaDir: '',
+          overlays: [],
+          snapshots: [],
+          owner: me,
+          worker: me,
+          startedAt: now,
+          updatedAt: now,
+        },
+        config.lockTimeoutMs,
+      );
+      held.push(d.uuid);
+    }
+  } catch (err) {
+    release();
+    throw new VirtsnapError(`${(err as Error).message} (nothing was changed)`);
+  }
+  return { runId, release };
+}
+
+/** What this restore made, recorded as it goes: a failed clone restore undoes exactly this, nothing it found. */
+export interface Created {
+  /** Clones made (`zfs clone` succeeded). */
+  clones: string[];
+  /** Domains defined under a new name and UUID. */
+  defined: string[];
+  /** Domains this restore started (restored from RAM). */
+  started: string[];
+}
+
+/**
+ * Carries out a checked plan (refused on its problems). First it holds the
+ * domains it touches against snapshot runs, then looks again at what may
+ * have changed since the plan was made (snapshots, domains, holds, the
+ * clone target) and refuses on any difference: nothing was changed then.
+ */
+export async function executeRestore(prepared: PreparedRestore, deps: RestoreDeps): Promise<RestoreResult> {
+  const { plan, request, facts } = prepared;
   if (plan.problems.length > 0) throw new VirtsnapError(plan.problems[0]!);
+  const hold = await holdDomains(domainsToHold(plan, facts), plan, deps.config);
+  try {
+    // The same UUIDs for clones under new names: only what changed outside counts.
+    const newUuids = plan.domains.map((d) => d.newUuid);
+    const now = planRestore(request, { ...facts, ...(await liveFacts(request, deps, hold.runId)) }, () => newUuids.shift() ?? randomUUID());
+    const changes = planChanges(plan, now);
+    if (changes.length > 0) throw new VirtsnapError(`${plan.snapshot}: what the restore would do changed since its plan was made: ${changes.join('; ')}; nothing was changed, look at the plan again (--dry-run)`);
+    return await carryOut(plan, deps);
+  } finally {
+    hold.release();
+  }
+}
+
+async function carryOut(plan: RestorePlan, deps: RestoreDeps): Promise<RestoreResult> {
   const messages: string[] = [];
   const ctx = { dataset: splitSnapshot(plan.snapshot).dataset };
   const domains = await deps.virsh.domains();
@@ -517,17 +662,24 @@ export async function executeRestore(plan: RestorePlan, deps: RestoreDeps): Prom
     await deps.virsh.destroy(d.uuid);
   }
   if (plan.mode.kind === 'rollback') {
+    // The newer snapshots the plan showed, by name, then a plain rollback: one that appeared since is never destroyed (the rollback fails).
+    for (const s of plan.newer) {
+      await retryBusy(() => deps.zfs.destroySnapshot(s));
+      log.info(`destroyed ${s}, newer than ${plan.snapname} (--destroy-newer)`, { dataset: splitSnapshot(s).dataset });
+    }
     for (const ds of plan.datasets) {
       const snap = `${ds}@${plan.snapname}`;
-      await retryBusy(() => deps.zfs.rollback(snap, plan.newer.length > 0));
+      await retryBusy(() => deps.zfs.rollback(snap, false));
       log.info(`rolled back to ${snap}`, { dataset: ds });
     }
   }
-  const work = mkdtempSync(path.join(tmpdir(), 'virtsnap-restore-'));
+  const work = privateWorkDir(deps.config);
+  const created: Created = { clones: [], defined: [], started: [] };
   try {
     if (plan.mode.kind === 'clone') {
       for (const ds of plan.datasets) {
         await deps.zfs.clone(`${ds}@${plan.snapname}`, plan.cloneOf[ds]!);
+        created.clones.push(plan.cloneOf[ds]!);
         log.info(`cloned ${ds}@${plan.snapname} to ${plan.cloneOf[ds]}`, { dataset: ds });
       }
     }
@@ -535,13 +687,13 @@ export async function executeRestore(plan: RestorePlan, deps: RestoreDeps): Prom
     try {
       for (const d of plan.domains) {
         if (plan.mode.kind === 'clone') deps.stop?.check(`before restoring ${JSON.stringify(d.newName)}`);
-        messages.push(await restoreDomain(d, plan, deps, paths, work));
+        messages.push(await restoreDomain(d, plan, deps, paths, work, created));
       }
     } finally {
       dropAllRam(plan, paths);
     }
   } catch (err) {
-    if (plan.mode.kind === 'clone') await undoClone(plan, deps);
+    if (plan.mode.kind === 'clone') await undoClone(plan, deps, created);
     throw err;
   } finally {
     rmSync(work, { recursive: true, force: true });

@@ -7,7 +7,7 @@
 // anything is deleted.
 import { existsSync, lstatSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { DUMP_ID, halfWrittenId, scanArchive, setSnapshots, withArchiveLock, type ArchivedDump, type Manifest } from './archive.js';
+import { DUMP_ID, halfWrittenId, scanArchive, setSnapshots, snapshotNames, withArchiveLock, type ArchivedDump, type Manifest } from './archive.js';
 import { dumpsNaming } from './archive-index.js';
 import { deleteStoredDump, gcRestic, resticOf } from './archive-store.js';
 import type { Config } from './config.js';
@@ -16,7 +16,7 @@ import { Journal } from './journal.js';
 import { log } from './log.js';
 import type { ResticClient } from './restic.js';
 import type { PruneEvent } from './sanoid/env.js';
-import { locate, poolsOf, type SnapshotRef } from './snapshot-id.js';
+import { locate, type SnapshotRef } from './snapshot-id.js';
 import { datasetOfSnapshot, type GuidCensus, type ZfsClient } from './zfs.js';
 
 /** What becomes of a dump: nothing, its snapshots renamed or fewer, or deleted. */
@@ -25,9 +25,11 @@ export type Fate = { kind: 'keep' } | { kind: 'update'; snapshots: SnapshotRef[]
 /**
  * The one rule for when a RAM dump may be deleted: when none of its
  * snapshots exists any more, found by guid (so `zfs rename` and `zfs
- * promote` never orphan it). A snapshot of a pool ZFS does not know right
- * now (not imported) counts as existing. Snapshots that moved get their
- * current name.
+ * promote` never orphan it) in any imported pool (a copy received with
+ * `zfs send | zfs recv` keeps the guid: a restore of it needs the RAM). A
+ * snapshot of a pool ZFS does not know right now (not imported) counts as
+ * existing. Snapshots that moved get their current name. The census must
+ * cover every imported pool (ZfsClient.censusFor).
  */
 export function fateOf(manifest: Pick<Manifest, 'snapshots'>, census: GuidCensus): Fate {
   const kept: SnapshotRef[] = [];
@@ -59,7 +61,23 @@ function warnUnknownPools(census: GuidCensus, report: (line: string) => void): v
   for (const pool of census.unknownPools) report(`pool ${pool} is not imported: the snapshots of its dumps count as kept, nothing of it is deleted`);
 }
 
-/** pruning_script: sanoid destroyed `dataset@snapname`. */
+/**
+ * Whether one of a dump's snapshots still has its recorded name and guid
+ * (`guids`: what ZFS says each recorded name's guid is now): then the dump
+ * is kept, and nothing needs looking for. A ref of an old manifest (no
+ * guid) holds by its name.
+ */
+export function stillHeld(manifest: Pick<Manifest, 'snapshots'>, guids: ReadonlyMap<string, string>): boolean {
+  return manifest.snapshots.some((r) => (r.guid === null ? guids.has(r.name) : guids.get(r.name) === r.guid));
+}
+
+/**
+ * pruning_script: sanoid destroyed `dataset@snapname`. A dump another of
+ * whose snapshots still stands where it was recorded is kept as it is: one
+ * `zfs get guid` of the recorded names says so. Only a dump none of whose
+ * names holds its guid any more is judged on a census of every imported
+ * pool (fateOf): deleted, or followed where its snapshots went.
+ */
 export async function pruneSnapshot(event: PruneEvent, config: Config, zfs: ZfsClient): Promise<PruneResult> {
   const snapshot = `${event.dataset}@${event.snapname}`;
   const result: PruneResult = { updated: [], deleted: [], freedBytes: 0 };
@@ -71,13 +89,18 @@ export async function pruneSnapshot(event: PruneEvent, config: Config, zfs: ZfsC
       log.debug(`no RAM dump belongs to ${snapshot}: nothing to do`, { dataset: event.dataset });
       return result;
     }
-    const census = await zfs.guidCensus(poolsOf(dumps.flatMap((d) => d.manifest.snapshots)));
-    warnUnknownPools(census, (line) => log.warn(line, { dataset: event.dataset }));
-    if (census.names.has(snapshot)) {
-      log.warn(`sanoid says ${snapshot} was pruned, but ZFS still has it: its RAM dump stays`, { dataset: event.dataset });
+    const guids = await zfs.guidsOf(dumps.flatMap((d) => snapshotNames(d.manifest)));
+    if (guids.has(snapshot)) log.warn(`sanoid says ${snapshot} was pruned, but ZFS still has it: its RAM dump stays`, { dataset: event.dataset });
+    const open: ArchivedDump[] = [];
+    for (const dump of dumps) {
+      if (stillHeld(dump.manifest, guids)) log.debug(`RAM dump ${dump.manifest.id} kept: another of its snapshots stands`, { domain: dump.manifest.domain.name, dataset: event.dataset });
+      else open.push(dump);
     }
+    if (open.length === 0) return result;
+    const census = await zfs.censusFor(open.flatMap((d) => d.manifest.snapshots));
+    warnUnknownPools(census, (line) => log.warn(line, { dataset: event.dataset }));
     const restic = resticOf(config);
-    for (const dump of dumps) await settle(dump, fateOf(dump.manifest, census), result, restic);
+    for (const dump of open) await settle(dump, fateOf(dump.manifest, census), result, restic);
     return result;
   });
 }
@@ -130,7 +153,7 @@ function sizeOf(p: string): number {
 }
 
 /** What virtsnap names files in the overlay dir: `<domain>.<stamp>-<uuid8>.save|.meta` in flight, `….<disk>.qcow2` overlays (plan.ts). */
-const IN_FLIGHT = /\.\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}\.(save|meta)$/;
+const IN_FLIGHT = /\.\d{8}T\d{6}\.\d{3}Z-([0-9a-f]{8})\.(save|meta)$/;
 const OVERLAY = /\.\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}\.[^/]+\.qcow2$/;
 
 /**
@@ -149,13 +172,18 @@ function sweepOverlayDir(config: Config): { strays: string[]; foreign: GcReport[
   } catch {
     return result;
   }
-  const claimed = new Set(new Journal(config.stateDir).list().flatMap((e) => [e.memoryFile, e.metaDir]));
+  const { entries, damaged } = new Journal(config.stateDir).scan();
+  const claimed = new Set(entries.flatMap((e) => [e.memoryFile, e.metaDir]));
+  // A damaged entry names no files: what its domain's freezes made (their tag ends in its UUID's first 8) may be what it claims.
+  const unknownClaims = damaged.map((d) => d.uuid.slice(0, 8));
   for (const f of files.sort()) {
     const p = path.join(config.overlayDir, f);
     const st = lstatSync(p, { throwIfNoEntry: false });
     if (st === undefined || OVERLAY.test(f)) continue;
-    const ours = IN_FLIGHT.test(f) && (f.endsWith('.save') ? st.isFile() : st.isDirectory());
+    const m = IN_FLIGHT.exec(f);
+    const ours = m !== null && (f.endsWith('.save') ? st.isFile() : st.isDirectory());
     if (!ours) result.foreign.push({ path: p, reason: 'not written by virtsnap (left alone)' });
+    else if (unknownClaims.includes(m[1]!)) result.foreign.push({ path: p, reason: 'its domain\'s journal entry is damaged: left alone (virtsnap status)' });
     else if (!claimed.has(p)) result.strays.push(p);
   }
   return result;
@@ -191,8 +219,8 @@ function staleFetches(config: Config, now = Date.now()): string[] {
  * without the archive lock: for `virtsnap check`, which must not wait on a
  * prune. Never a dump of a pool that is not imported.
  */
-export async function unneededDumps(dumps: ArchivedDump[], zfs: Pick<ZfsClient, 'guidCensus'>): Promise<ArchivedDump[]> {
-  const census = await zfs.guidCensus(poolsOf(dumps.flatMap((d) => d.manifest.snapshots)));
+export async function unneededDumps(dumps: ArchivedDump[], zfs: Pick<ZfsClient, 'censusFor'>): Promise<ArchivedDump[]> {
+  const census = await zfs.censusFor(dumps.flatMap((d) => d.manifest.snapshots));
   return dumps.filter((d) => fateOf(d.manifest, census).kind === 'delete');
 }
 
@@ -207,7 +235,7 @@ export async function collectGarbage(config: Config, zfs: ZfsClient, options: { 
     const restic = resticOf(config);
     for (const b of scan.broken) report.kept.push(`${b.file}: ${b.reason}`);
     report.foreign.push(...scan.foreign);
-    const census = await zfs.guidCensus(poolsOf(scan.dumps.flatMap((d) => d.manifest.snapshots)));
+    const census = await zfs.censusFor(scan.dumps.flatMap((d) => d.manifest.snapshots));
     warnUnknownPools(census, (line) => report.kept.push(line));
     for (const dump of scan.dumps) {
       const fate = fateOf(dump.manifest, census);

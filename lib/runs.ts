@@ -64,6 +64,9 @@ export async function runPre(request: RunRequest, deps: Deps, options: PreOption
   // Loud, but not a reason to leave the other VMs unfrozen: the pre hook still
   // exits 0, so sanoid snapshots them (even with no_inconsistent_snapshot).
   for (const s of stuckDomains(plan.datasets, plan.onOverlays, deps)) log.error(s.message, { domain: s.name, dataset });
+  for (const d of plan.notFrozen) log.error(d.reason, { domain: d.name, dataset });
+  // Each counts as a failure in the metrics: its snapshot has no RAM, and nothing else would say so there.
+  if (plan.notFrozen.length > 0) await recordRun(deps.config, { dumps: [], failed: plan.notFrozen.map(({ name, uuid }) => ({ name, uuid })) });
   if (plan.domains.length === 0 && plan.problems.length === 0) {
     log.debug('no domain to freeze here', { dataset });
     return plan;

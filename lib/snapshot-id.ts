@@ -101,11 +101,6 @@ export function locate(ref: SnapshotRef, census: GuidCensus): string | 'gone' | 
   return census.datasets.has(dataset) ? 'gone' : 'unknown';
 }
 
-/** The pools a census must cover for these refs. */
-export function poolsOf(refs: readonly SnapshotRef[]): string[] {
-  return [...new Set(refs.map((r) => poolOf(splitSnapshot(r.name).dataset)))];
-}
-
 /** The refs under their current names (gone or unknown ones keep the name they had). */
 export function follow(refs: readonly SnapshotRef[], census: GuidCensus): SnapshotRef[] {
   return refs.map((r) => {

@@ -242,6 +242,12 @@ export async function thawDomain(entry: JournalEntry, deps: Deps, options: ThawO
       log.info('already thawed by another virtsnap process', about(entry.domain.name));
       return THAWED_ELSEWHERE;
     }
+    if (current.step === 'restoring') {
+      // A restore's hold, left by a restore that died: there is nothing of a snapshot run to undo.
+      log.warn(`a restore (${current.runId}) that ended without letting go held this domain: released; look at it (\`virsh domstate\`, \`virtsnap status\`) before restoring again`, about(entry.domain.name));
+      deps.journal.remove(entry.domain.uuid);
+      return THAWED_ELSEWHERE;
+    }
     // What is on disk is newer than what the caller read (a step it missed), unless the caller could not write it.
     const newest = stepOrder(current.step) >= stepOrder(entry.step) ? { ...entry, ...current } : entry;
     return newest.mode === 'quiesce' ? thawFilesystems(newest, deps) : thawHeld(newest, deps, options);

@@ -15,15 +15,25 @@
 // service through `systemd-run`, so it is outside sanoid.service's cgroup,
 // which systemd kills as a whole when sanoid dies or is stopped; its log goes
 // to the journal with error priority. Elsewhere (cron, a shell, the test
-// bed), as a detached process in its own session, logging to
-// STATE_DIR/watchdog.log and, for errors, to syslog through logger(1).
-import { existsSync } from 'node:fs';
+// bed), as nobody's child in a session of its own (exec.ts startOrphan): a
+// supervisor or a `timeout` wrapper that kills the pre hook with its
+// children never reaches it. It logs to STATE_DIR/watchdog.log and, for
+// errors, to syslog through logger(1).
+//
+// It sees the settings the run sees: VIRTSNAP_* of the starter's
+// environment, through a private file (0600 in the state dir) that it reads
+// and removes, never `systemd-run --setenv` (any user reads a unit's
+// environment over D-Bus, and a restic URL may hold a password).
+import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Config } from './config.js';
 import type { Deps } from './deps.js';
-import { run, startDetached } from './exec.js';
-import { ensureDir, PRIVATE_DIR } from './fsutil.js';
+import { run, startOrphan } from './exec.js';
+import { ensureDir, ensureDirBelow, PRIVATE_DIR, writeFileAtomic } from './fsutil.js';
+import { VirtsnapError } from './errors.js';
 import { sleep } from './lock.js';
 import { log, toJournal } from './log.js';
 import { ownerIsAlive, ownerOf, type Owner } from './owner.js';
@@ -150,11 +160,30 @@ async function alarm(message: string, ctx: { dataset: string }, level: 'error' |
 
 const virtsnapJs = path.join(path.dirname(fileURLToPath(import.meta.url)), '../bin/virtsnap.js');
 
-/** The settings the watchdog must see as we do: the env file and every VIRTSNAP_ variable. */
-function settingsEnv(): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) if (k.startsWith('VIRTSNAP_') && v !== undefined) env[k] = v;
-  return env;
+/**
+ * The settings the watchdog must see as we do (the env file's path and
+ * every VIRTSNAP_ variable), in a private file of the state dir: its path
+ * is all that goes on the watchdog's command line.
+ */
+function writeSettings(stateDir: string): string {
+  const dir = path.join(stateDir, 'watchdog');
+  ensureDirBelow(dir, 'VIRTSNAP_STATE_DIR');
+  const file = path.join(dir, `${randomUUID()}.env`);
+  const lines = Object.entries(process.env).filter(([k, v]) => k.startsWith('VIRTSNAP_') && v !== undefined).map(([k, v]) => `${k}=${JSON.stringify(v)}`);
+  writeFileAtomic(file, Buffer.from(lines.join('\n') + '\n'));
+  return file;
+}
+
+/**
+ * The watchdog's side: takes the settings from the file the starter wrote
+ * (only VIRTSNAP_ variables), then removes it. Before loadConfig.
+ */
+export function takeSettings(file: string): void {
+  if (!/\/watchdog\/[0-9a-f-]{36}\.env$/.test(file)) throw new VirtsnapError(`--settings ${file} is not a settings file of a virtsnap run`);
+  const dotenv = createRequire(import.meta.url)('dotenv') as typeof import('dotenv');
+  const values = dotenv.parse(readFileSync(file, 'utf8'));
+  for (const [k, v] of Object.entries(values)) if (k.startsWith('VIRTSNAP_')) process.env[k] = v;
+  rmSync(file, { force: true });
 }
 
 /**
@@ -164,26 +193,30 @@ function settingsEnv(): Record<string, string> {
  */
 export async function startWatchdog(runId: string, config: Config, starterPid = process.pid): Promise<void> {
   const starter = ownerOf(starterPid);
-  const args = [virtsnapJs, 'watchdog', '--run', runId, '--starter', `${starter.pid}:${starter.startTime}`];
-  const env = settingsEnv();
-  if (config.watchdog === 'auto' && existsSync('/run/systemd/system')) {
-    // Type=exec: systemd-run returns once the watchdog really runs, or fails.
-    await run('systemd-run', [
-      '--quiet',
-      '--collect',
-      '--property=Type=exec',
-      `--unit=virtsnap-watchdog-${starter.pid}-${Date.now()}`,
-      '--description=virtsnap watchdog: thaws VMs if a snapshot run dies',
-      ...Object.entries(env).map(([k, v]) => `--setenv=${k}=${v}`),
-      '--',
-      process.execPath,
-      ...args,
-    ]);
-    return;
-  }
   ensureDir(config.stateDir, PRIVATE_DIR, 'VIRTSNAP_STATE_DIR');
-  // Its stderr is a file: it must not believe it writes to the journal.
-  await startDetached(process.execPath, args, { logFile: path.join(config.stateDir, 'watchdog.log'), env, unset: ['JOURNAL_STREAM'] });
+  const settings = writeSettings(config.stateDir);
+  const args = [virtsnapJs, 'watchdog', '--run', runId, '--starter', `${starter.pid}:${starter.startTime}`, '--settings', settings];
+  try {
+    if (config.watchdog === 'auto' && existsSync('/run/systemd/system')) {
+      // Type=exec: systemd-run returns once the watchdog really runs, or fails.
+      await run('systemd-run', [
+        '--quiet',
+        '--collect',
+        '--property=Type=exec',
+        `--unit=virtsnap-watchdog-${starter.pid}-${Date.now()}`,
+        '--description=virtsnap watchdog: thaws VMs if a snapshot run dies',
+        '--',
+        process.execPath,
+        ...args,
+      ]);
+      return;
+    }
+    // Its stderr is a file: it must not believe it writes to the journal.
+    await startOrphan(process.execPath, args, { logFile: path.join(config.stateDir, 'watchdog.log'), unset: ['JOURNAL_STREAM'] });
+  } catch (err) {
+    rmSync(settings, { force: true });
+    throw err;
+  }
 }
 
 /** `PID:STARTTIME` from the command line: the starter, so that a reused pid is never taken for it. */

@@ -221,6 +221,12 @@ export class ZfsClient {
     await this.zfs(['rollback', ...(destroyNewer ? ['-r'] : []), snapshot], `cannot roll back to ${snapshot}`);
   }
 
+  /** Destroys one snapshot, by its name (never -r: only what was asked for). */
+  async destroySnapshot(snapshot: string): Promise<void> {
+    if (!snapshot.includes('@')) throw new UsageError(`${snapshot} is not a snapshot`);
+    await this.zfs(['destroy', snapshot], `cannot destroy ${snapshot}`);
+  }
+
   /** Destroys one dataset (no -r: a clone we just made has no children of its own). */
   async destroy(dataset: string): Promise<void> {
     await this.zfs(['destroy', dataset], `cannot destroy ${dataset}`);
@@ -280,6 +286,51 @@ export class ZfsClient {
       }
     }
     return census;
+  }
+
+  /** The pools ZFS has imported now. */
+  async importedPools(): Promise<string[]> {
+    try {
+      return (await run('zpool', ['list', '-H', '-o', 'name'], { timeoutMs: this.timeoutMs })).stdout.split('\n').filter((l) => l !== '');
+    } catch (err) {
+      if (err instanceof CommandError) throw new ZfsError(`cannot list the imported pools: ${err.stderr || err.message}`, err.stderr);
+      throw err;
+    }
+  }
+
+  /**
+   * The census a dump's fate is decided on: every imported pool (a snapshot
+   * received into another pool of this host keeps its guid: the dump is
+   * still needed there), and the pools `refs` name, so that one not
+   * imported counts as unknown, never as gone.
+   */
+  async censusFor(refs: readonly { name: string }[]): Promise<GuidCensus> {
+    return this.guidCensus([...new Set([...(await this.importedPools()), ...refs.map((r) => poolOf(splitSnapshot(r.name).dataset))])]);
+  }
+
+  /**
+   * The guid each of these snapshots has now, in one `zfs get`; a name that
+   * no longer exists is left out (zfs says so for it and goes on with the
+   * others). Anything else zfs says is an error.
+   */
+  async guidsOf(names: readonly string[]): Promise<Map<string, string>> {
+    const result = new Map<string, string>();
+    if (names.length === 0) return result;
+    let out: string;
+    try {
+      out = (await run('zfs', ['get', '-H', '-p', '-o', 'name,value', 'guid', ...new Set(names)], { timeoutMs: this.timeoutMs })).stdout;
+    } catch (err) {
+      if (!(err instanceof CommandError) || err.timedOut) throw err;
+      // Its complaints come on one line (lib/exec.ts): only those about names that do not exist are expected.
+      const other = err.stderr.replace(/cannot open '[^']*': (?:dataset|snapshot) does not exist/g, '').trim();
+      if (other !== '' || err.status === 127) throw new ZfsError(`cannot read the guids of ${names.length} snapshot(s): ${err.stderr || err.message}`, err.stderr);
+      out = err.stdout;
+    }
+    for (const line of out.split('\n')) {
+      const [name, guid] = line.split('\t');
+      if (name !== undefined && guid !== undefined && name.includes('@')) result.set(name, guid.trim());
+    }
+    return result;
   }
 
   /**

@@ -100,6 +100,10 @@ export function judge(rows: DomainStatus[], sections: Section[], archive: Archiv
   for (const r of rows) {
     const limits = r.datasets.map((ds) => nearestSection(ds, sections)?.limits ?? null).filter((l): l is Thresholds => l !== null);
     const w = limits.length === 0 ? undefined : limits.reduce((a, b) => (a.critSeconds <= b.critSeconds ? a : b));
+    if (r.damagedEntry !== null) {
+      critical.push(`${r.name}: its journal entry is damaged (virtsnap status)`);
+      continue;
+    }
     if (r.stuck !== null) {
       critical.push(`${r.name} stuck since ${r.stuck.since}`);
       continue;

@@ -5,6 +5,8 @@ import path from 'node:path';
 import type { Config } from '../config.js';
 import { Journal } from '../journal.js';
 import type { Domain, LibvirtClient } from '../libvirt/virsh.js';
+import { can, FEATURES, stackLines, type Stack } from '../libvirt/stack.js';
+import { liveSaveOf } from '../plan.js';
 import { ancestry, firstUnsearchable, qemuIdentity, type DirStat, type Identity, type QemuConf } from '../libvirt/qemu-user.js';
 import { autosnaps, isYes, nearestSection, readSanoidConf, recursionOf, runsKept, runsOurHooks, settingOf, type Ini } from '../sanoid/conf.js';
 import { scanArchive, type ArchivedDump } from '../archive.js';
@@ -25,22 +27,33 @@ const ok = (check: string, detail: string): Finding => ({ severity: 'ok', check,
 const warn = (check: string, detail: string): Finding => ({ severity: 'warn', check, detail });
 const fail = (check: string, detail: string): Finding => ({ severity: 'fail', check, detail });
 
-function versionAtLeast(version: string, min: [number, number]): boolean {
-  const [major = 0, minor = 0] = version.split('.').map(Number);
-  return major > min[0] || (major === min[0] && minor >= min[1]);
+/** libvirt answers, and what its stack can do (lib/libvirt/stack.ts). */
+export function judgeStack(uri: string, stack: Stack): Finding[] {
+  const [versions, ...features] = stackLines(stack);
+  const findings = [ok('libvirt', `reachable at ${uri}: ${versions}`), ...features.map((f) => ok('libvirt', f))];
+  if (!can(stack, 'manualSnapshot')) findings.push(warn('libvirt', `external memory snapshots work, but libvirt >= ${FEATURES.manualSnapshot.libvirt.join('.')} is needed for pause-mode snapshots (snapshot=manual)`));
+  return findings;
 }
 
-async function checkLibvirt(virsh: LibvirtClient): Promise<Finding[]> {
-  let version: string;
-  try {
-    version = await virsh.version();
-  } catch (err) {
-    return [fail('libvirt', `${(err as Error).message}: start libvirtd (or virtqemud), or fix VIRTSNAP_LIBVIRT_URI`)];
+/**
+ * Whose RAM is saved with the guest paused because a live save may lose
+ * pages on this stack, or saved live against that (VIRTSNAP_LIVE=yes): the
+ * plan's own rule (lib/plan.ts liveSaveOf), for the running VMs. Pure.
+ */
+export function judgeLiveSaves(stack: Stack, running: Pick<Domain, 'name' | 'state' | 'virtType'>[], setting: Config['live']): Finding[] {
+  const byNote = new Map<string, { level: 'info' | 'warn'; names: string[] }>();
+  for (const d of running) {
+    const { note } = liveSaveOf(d, stack, setting);
+    if (note === null) continue;
+    const seen = byNote.get(note.text) ?? { level: note.level, names: [] };
+    seen.names.push(d.name);
+    byNote.set(note.text, seen);
   }
-  if (!versionAtLeast(version, [8, 2])) {
-    return [warn('libvirt', `version ${version}: external memory snapshots work, but libvirt >= 8.2 is needed for pause-mode snapshots (snapshot=manual)`)];
+  if (byNote.size === 0) {
+    const how = setting === 'no' ? 'with the guest paused (VIRTSNAP_LIVE=no)' : 'live';
+    return [ok('live saves', `RAM of running VMs is saved ${how}`)];
   }
-  return [ok('libvirt', `reachable at ${virsh.uri}, version ${version}`)];
+  return [...byNote].map(([text, { level, names }]) => (level === 'warn' ? warn : ok)('live saves', `${names.join(', ')}: ${text}`));
 }
 
 
@@ -180,26 +193,30 @@ function checkQemuAccess(config: Config): Finding[] {
   return judgeQemuAccess(config.overlayDir, conf, identity, ancestry(config.overlayDir));
 }
 
-async function checkSpace(config: Config, virsh: LibvirtClient, ini: Ini | null): Promise<Finding[]> {
-  let running: Domain[];
-  try {
-    running = (await virsh.domains()).filter((d) => d.state === 'running' || d.state === 'paused');
-  } catch {
-    return [];
-  }
+function checkSpace(config: Config, running: Domain[], ini: Ini | null): Finding[] {
   // With restic the archive dir holds manifests only; the repository's space is restic's to tell (checkRestic).
   const archived = ini === null || config.archive.kind === 'restic';
   return [...checkOverlaySpace(config, running), ...(archived ? [] : judgeArchiveSpace(config.archiveDir, freeBytes(config.archiveDir) ?? 0, archiveNeeds(config, ini, running)))];
 }
 
-/** VIRTSNAP_ARCHIVE=restic:REPO: the password file is private and the repository answers with it. */
+/**
+ * VIRTSNAP_ARCHIVE=restic: the password file and the env file (which may
+ * hold the repository's credentials) are private, and the repository
+ * answers.
+ */
 export async function checkRestic(config: Config, restic: ResticClient | null = resticOf(config)): Promise<Finding[]> {
   if (config.archive.kind !== 'restic' || restic === null) return [];
-  const pw = config.archive.passwordFile;
-  const st = statSync(pw, { throwIfNoEntry: false });
-  if (st === undefined) return [fail('restic', `password file ${pw} (VIRTSNAP_RESTIC_PASSWORD_FILE) does not exist: post cannot archive into ${restic.repo}`)];
   const findings: Finding[] = [];
-  if ((st.mode & 0o077) !== 0) findings.push(fail('restic', `password file ${pw} is mode ${(st.mode & 0o777).toString(8)}: it opens every RAM dump in ${restic.repo}; chmod 0600`));
+  const secrets: [string, string][] = [];
+  const pw = config.archive.passwordFile ?? config.archive.env.RESTIC_PASSWORD_FILE ?? null;
+  if (pw !== null) secrets.push([pw, `password file ${pw}`]);
+  if (config.configFile !== null && Object.keys(config.archive.env).length > 0) secrets.push([config.configFile, `env file ${config.configFile} (it gives restic ${Object.keys(config.archive.env).join(', ')})`]);
+  for (const [file, what] of secrets) {
+    const st = statSync(file, { throwIfNoEntry: false });
+    if (st === undefined) findings.push(fail('restic', `${what} does not exist: nothing can be archived into ${restic.repo}`));
+    else if ((st.mode & 0o077) !== 0) findings.push(fail('restic', `${what} is mode ${(st.mode & 0o777).toString(8)}: it opens every RAM dump in ${restic.repo}; chmod 0600`));
+  }
+  if (findings.length > 0) return findings;
   try {
     const snaps = await restic.snapshots([TAG]);
     findings.push(ok('restic', `repository ${restic.repo} answers: ${snaps.length} virtsnap snapshot(s)`));
@@ -220,9 +237,12 @@ function checkAppArmor(config: Config): Finding[] {
 }
 
 function checkJournal(config: Config): Finding[] {
-  const entries = new Journal(config.stateDir).list();
-  if (entries.length === 0) return [ok('journal', 'no run in progress or left behind')];
-  return entries.map((e) => warn('journal', `${JSON.stringify(e.domain.name)} held by run ${e.runId} since ${e.startedAt} (step ${e.step}): if no sanoid is running, \`virtsnap recover\``));
+  const { entries, damaged } = new Journal(config.stateDir).scan();
+  if (entries.length === 0 && damaged.length === 0) return [ok('journal', 'no run in progress or left behind')];
+  return [
+    ...damaged.map((d) => fail('journal', d.reason)),
+    ...entries.map((e) => warn('journal', `${JSON.stringify(e.domain.name)} held by run ${e.runId} since ${e.startedAt} (step ${e.step}): if no sanoid is running, \`virtsnap recover\``)),
+  ];
 }
 
 function isExecutableFile(file: string): boolean {
@@ -258,13 +278,27 @@ export function checkHookPaths(ini: Ini, canRun: (file: string) => boolean = isE
 
 export async function doctor(config: Config, virsh: LibvirtClient): Promise<Finding[]> {
   const ini = readSanoidConf(config.sanoidConf);
+  let stack: Stack;
+  try {
+    stack = await virsh.stack();
+  } catch (err) {
+    return [fail('libvirt', `${(err as Error).message}: start libvirtd (or virtqemud), or fix VIRTSNAP_LIBVIRT_URI`), ...(await doctorOffline(config, ini))];
+  }
+  const running = await virsh.domains().then(
+    (all) => all.filter((d) => d.state === 'running' || d.state === 'paused'),
+    () => [] as Domain[],
+  );
+  return [...judgeStack(virsh.uri, stack), ...judgeLiveSaves(stack, running, config.live), ...(await doctorOffline(config, ini, running))];
+}
+
+/** What doctor checks beside libvirt itself; `running`: the VMs libvirt runs, when it answers. */
+async function doctorOffline(config: Config, ini: Ini | null, running: Domain[] | null = null): Promise<Finding[]> {
   return [
-    ...(await checkLibvirt(virsh)),
     ...(ini === null ? [warn('sanoid.conf', `${config.sanoidConf} not found (VIRTSNAP_SANOID_CONF): recursion cannot be learnt, and the hook settings cannot be checked`)] : checkSanoidConf(ini, config.sanoidConf)),
     ...(ini === null ? [] : checkHookPaths(ini)),
     ...checkDirs(config, ini),
     ...checkQemuAccess(config),
-    ...(await checkSpace(config, virsh, ini)),
+    ...(running === null ? [] : checkSpace(config, running, ini)),
     ...(await checkRestic(config)),
     ...checkAppArmor(config),
     ...checkJournal(config),

@@ -1,8 +1,9 @@
 // `virtsnap list [--json] [DATASET]`: the RAM dumps in the archive.
 import { repoDumps, resticOf } from '../archive-store.js';
 import { listDumps, snapshotNames, storedAt, type ArchivedDump, type Manifest } from '../archive.js';
+import { hostname } from 'node:os';
 import { log } from '../log.js';
-import { follow, poolsOf } from '../snapshot-id.js';
+import { follow, locate } from '../snapshot-id.js';
 import type { Config } from '../config.js';
 import { assertDatasetName, datasetOfSnapshot, isInSubtree, type ZfsClient } from '../zfs.js';
 import { table } from '../format.js';
@@ -25,7 +26,7 @@ export async function listArchived(config: Config, zfs: ZfsClient, dataset?: str
   let dumps = listDumps(config.archiveDir);
   // No manifest here (another host that shares the restic repository): the repository's own.
   const restic = resticOf(config);
-  if (dumps.length === 0 && restic !== null) dumps = await repoDumps(restic);
+  if (dumps.length === 0 && restic !== null) dumps = await repoDumps(restic, { host: hostname() });
   const manifests = await currentManifests(dumps, zfs);
   return manifests
     .filter((m) => dataset === undefined || snapshotNames(m).some((s) => isInSubtree(datasetOfSnapshot(s), dataset)))
@@ -37,8 +38,9 @@ export async function currentManifests(dumps: ArchivedDump[], zfs: ZfsClient): P
   const manifests = dumps.map((d) => d.manifest);
   if (manifests.length === 0) return manifests;
   try {
-    const census = await zfs.guidCensus(poolsOf(manifests.flatMap((m) => m.snapshots)));
-    return manifests.map((m) => ({ ...m, snapshots: follow(m.snapshots, census) }));
+    const census = await zfs.censusFor(manifests.flatMap((m) => m.snapshots));
+    // Under their current names; a snapshot gone for good (its dump kept for another) is not one of its snapshots any more.
+    return manifests.map((m) => ({ ...m, snapshots: follow(m.snapshots.filter((r) => locate(r, census) !== 'gone'), census) }));
   } catch (err) {
     log.warn(`cannot ask ZFS where the snapshots are now (${(err as Error).message}): showing the names recorded in the manifests`);
     return manifests;

@@ -1,7 +1,7 @@
 // `virtsnap status [DATASET]`: every domain, where its disks live, whether it
 // is on one of our overlays right now, and its latest RAM dump.
 import { latestInSnapshots } from '../ram-in-dataset.js';
-import { follow, locate, poolsOf } from '../snapshot-id.js';
+import { follow, locate } from '../snapshot-id.js';
 import { scanArchive, snapshotNames } from '../archive.js';
 import { currentManifests } from './list.js';
 import type { Config } from '../config.js';
@@ -27,6 +27,8 @@ export interface DomainStatus {
    * happened, and the snapshots taken since, which hold its disk from before.
    */
   stuck: { since: string; step: string; staleSnapshots: string[] } | null;
+  /** Its journal entry cannot be read (what was done to it is unknown): no run touches it until a person looks. */
+  damagedEntry: string | null;
   latestDump: { id: string; snapshots: string[]; takenAt: string; ageSeconds: number } | null;
 }
 
@@ -38,12 +40,13 @@ export async function domainStatus(config: Config, virsh: LibvirtClient, zfs: Zf
   // RAM inside snapshots (VIRTSNAP_RAM_STORE=dataset): the newest post recorded, while one of its snapshots exists.
   const inSnapshots = latestInSnapshots(config.stateDir);
   if (inSnapshots.length > 0) {
-    const census = await zfs.guidCensus(poolsOf(inSnapshots.flatMap((m) => m.snapshots)));
+    const census = await zfs.censusFor(inSnapshots.flatMap((m) => m.snapshots));
     for (const m of inSnapshots) if (m.snapshots.some((r) => !['gone', 'unknown'].includes(locate(r, census)))) dumps.push({ manifest: { ...m, snapshots: follow(m.snapshots, census) } });
     dumps.sort((a, b) => a.manifest.times.startedAt.localeCompare(b.manifest.times.startedAt));
   }
   const journal = new Journal(config.stateDir);
-  const entries = journal.list();
+  const { entries, damaged } = journal.scan();
+  const damageOf = (uuid: string): string | null => damaged.find((x) => x.uuid === uuid)?.reason ?? null;
   const stuckOf = (uuid: string): DomainStatus['stuck'] => {
     const e = entries.find((x) => x.domain.uuid === uuid);
     return e !== undefined && abandoned(e) ? { since: e.frozenAt ?? e.startedAt, step: e.step, staleSnapshots: e.staleSnapshots ?? [] } : null;
@@ -61,8 +64,13 @@ export async function domainStatus(config: Config, virsh: LibvirtClient, zfs: Zf
       onOverlay: e.overlays.filter((o) => o.overlay !== null).map((o) => o.target),
       heldBy: e.runId,
       stuck: stuckOf(e.domain.uuid),
+      damagedEntry: null,
       latestDump: null,
     });
+  }
+  // A damaged entry of a domain libvirt does not know: named, whatever the DATASET asked for (its datasets are unknown).
+  for (const x of damaged.filter((x) => !domains.some((d) => d.uuid === x.uuid))) {
+    result.push({ name: x.uuid, uuid: x.uuid, state: 'undefined', datasets: [], onOverlay: [], heldBy: null, stuck: null, damagedEntry: x.reason, latestDump: null });
   }
   for (const d of [...domains].sort((a, b) => a.name.localeCompare(b.name))) {
     const datasets = datasetsOf.get(d.uuid) ?? [];
@@ -78,6 +86,7 @@ export async function domainStatus(config: Config, virsh: LibvirtClient, zfs: Zf
       onOverlay: d.disks.filter((k) => k.source !== null && isInsideDir(k.source, config.overlayDir)).map((k) => k.target),
       heldBy: entries.find((x) => x.domain.uuid === d.uuid)?.runId ?? null,
       stuck: stuckOf(d.uuid),
+      damagedEntry: damageOf(d.uuid),
       latestDump:
         latest && takenAt
           ? { id: latest.id, snapshots: snapshotNames(latest), takenAt, ageSeconds: Math.round((now.getTime() - Date.parse(takenAt)) / 1000) }
@@ -95,7 +104,9 @@ export function formatStatus(rows: DomainStatus[]): string {
       r.name,
       r.state,
       r.datasets.join(',') || '-',
-      r.stuck !== null
+      r.damagedEntry !== null
+        ? 'JOURNAL DAMAGED'
+        : r.stuck !== null
         ? `STUCK ${r.onOverlay.join(',') || '-'} since ${r.stuck.since} (step ${r.stuck.step})`
         : r.onOverlay.length > 0
           ? `ON ${r.onOverlay.join(',')}${r.heldBy ? ` (run ${r.heldBy})` : ' (leftover: virtsnap recover)'}`
@@ -104,8 +115,11 @@ export function formatStatus(rows: DomainStatus[]): string {
     ]),
   );
   const stuck = rows.filter((r) => r.stuck !== null);
+  const damaged = rows.filter((r) => r.damagedEntry !== null);
   return (
     text +
+    damaged.map((r) => `\n${r.name}: ${r.damagedEntry}`).join('') +
+    (damaged.length > 0 && stuck.length === 0 ? '\n' : '') +
     stuck
       .map(
         (r) =>

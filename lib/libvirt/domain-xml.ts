@@ -27,6 +27,8 @@ export interface Disk {
 export interface DomainDef {
   name: string;
   uuid: string;
+  /** <domain type=...>: kvm, or qemu (TCG, QEMU's own emulation), ... */
+  virtType: string;
   memoryKiB: number;
   disks: Disk[];
   /** UEFI variable store, if the domain has one. */
@@ -48,6 +50,20 @@ function agentOf(channels: unknown[]): DomainDef['agent'] {
   if (target === undefined) return 'none';
   const state = attr(target, 'state');
   return state === 'connected' || state === 'disconnected' ? state : 'unknown';
+}
+
+/**
+ * What in a domain XML reaches past the guest into the host itself: QEMU
+ * arguments of its own (`<qemu:commandline>`, `<qemu:override>`), run as
+ * libvirt's QEMU user, and host directories passed through
+ * (`<filesystem>`: 9p, virtiofs). A restore defines the XML as root: from a
+ * dump it did not write (a shared repository), only when the user says so.
+ */
+export function hostAccessOf(xml: string): string[] {
+  const found: string[] = [];
+  if (/<qemu:(?:commandline|override)\b/.test(xml)) found.push('<qemu:commandline> or <qemu:override> (QEMU arguments of its own)');
+  if (/<filesystem\b/.test(xml)) found.push('<filesystem> (a host directory passed through)');
+  return found;
 }
 
 /** The image disk `target` is on now (null: no source, undefined: no such disk). */
@@ -129,6 +145,7 @@ export function parseDomainXml(xml: string): DomainDef {
   return {
     name,
     uuid,
+    virtType: attr(domain, 'type') ?? 'qemu',
     memoryKiB: memoryKiB(domain.memory),
     disks,
     nvram: text(node(domain.os)?.nvram),

@@ -145,3 +145,29 @@ export function rewriteSaveImageXml(file: string, xml: string): void {
     closeSync(fd);
   }
 }
+
+/** Offset of the was_running word: whether a plain `virsh restore` (no --running/--paused) starts the guest. */
+export const WAS_RUNNING_OFFSET = 24;
+
+/**
+ * Sets a complete image's was_running word, in place. libvirt writes 0 for
+ * a snapshot whose disks are `snapshot='manual'` (it leaves the guest
+ * paused on purpose, for the storage snapshot), so a pause-mode dump of a
+ * running guest would come back paused from a plain `virsh restore FILE`,
+ * where a ram-mode dump comes back running. Only a complete image is touched:
+ * libvirt rewrites the header of one it is still writing.
+ */
+export function setWasRunning(file: string, running: boolean): void {
+  const header = readSaveImageHeader(file);
+  if (header === null || !header.complete || header.wasRunning === running) return;
+  const word = Buffer.alloc(4);
+  if (header.bigEndian) word.writeUInt32BE(running ? 1 : 0);
+  else word.writeUInt32LE(running ? 1 : 0);
+  const fd = openSync(file, 'r+');
+  try {
+    writeSync(fd, word, 0, 4, WAS_RUNNING_OFFSET);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}

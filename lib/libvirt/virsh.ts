@@ -10,6 +10,7 @@ import path from 'node:path';
 import { CommandError, LibvirtError } from '../errors.js';
 import { run } from '../exec.js';
 import type { DomainDef } from './domain-xml.js';
+import { parseVirshVersion, type Stack } from './stack.js';
 
 /**
  * The XML parser, loaded on first use: fast-xml-parser costs ~40 ms of CPU
@@ -162,9 +163,9 @@ export class LibvirtClient {
     }
   }
 
-  async version(): Promise<string> {
-    const out = await this.virsh(['version', '--daemon'], `cannot reach libvirt at ${this.uri} (is libvirtd running?)`);
-    return /Running against daemon: (\S+)/.exec(out)?.[1] ?? /Running hypervisor: \S+ (\S+)/.exec(out)?.[1] ?? 'unknown';
+  /** The daemon's libvirt and the hypervisor's QEMU: what lib/libvirt/stack.ts judges. */
+  async stack(): Promise<Stack> {
+    return parseVirshVersion(await this.virsh(['version', '--daemon'], `cannot reach libvirt at ${this.uri} (is libvirtd running?)`));
   }
 
   /** UUIDs of every domain, running or not. */

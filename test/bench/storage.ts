@@ -88,7 +88,7 @@ export async function benchStorage(names: { domain: string; dataset: string; set
     const pw = path.join(setup.root, 'restic.pw');
     writeFileSync(pw, 'bench\n', { mode: 0o600 });
     await sh('restic', ['init', '--repository-version', '2', '--repo', repo, '--password-file', pw]);
-    const restic = new Restic(repo, pw);
+    const restic = new Restic({ repo, passwordFile: pw, env: {} });
     for (const f of files) await restic.backup(path.dirname(f), [path.basename(f)], ['virtsnap', 'bench'], 'bench');
     const sample: StorageSample = {
       dumps,

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { publishDump, resticStoreOf, resticStoreProblem, scanArchive, storedAt, type ArchiveInput, type Manifest } from '../../lib/archive.js';
 import { forgetStored, gcRestic, localDump, releaseFetched, REPO_MANIFEST, repoDumps, stageForArchive } from '../../lib/archive-store.js';
 import type { Config } from '../../lib/config.js';
-import { resticAdvice, type ResticClient, type ResticSnapshot } from '../../lib/restic.js';
+import { redactRepo, resticAdvice, resticEnv, shownRepo, type ResticClient, type ResticSnapshot } from '../../lib/restic.js';
 import { CommandError } from '../../lib/errors.js';
 import { legacyRef } from '../../lib/snapshot-id.js';
 
@@ -48,6 +48,9 @@ class FakeRestic implements ResticClient {
   }
   async dumpText(snapshot: string, file: string): Promise<string> {
     return this.snaps.find((s) => s.id.startsWith(snapshot))!.files.get(file)!.toString();
+  }
+  async fileSize(snapshot: string, file: string): Promise<number | null> {
+    return this.snaps.find((s) => s.id.startsWith(snapshot))?.files.get(file)?.length ?? null;
   }
   async restoreFile(snapshot: string, file: string, targetDir: string): Promise<void> {
     this.calls.push(`restore ${file}`);
@@ -91,7 +94,7 @@ function inputs(): ArchiveInput {
 }
 
 function config(): Pick<Config, 'archive' | 'archiveDir' | 'stateDir'> {
-  return { archive: { kind: 'restic', repo: '/backup/repo', passwordFile: '/etc/pw' }, archiveDir: path.join(dir, 'archive'), stateDir: path.join(dir, 'state') };
+  return { archive: { kind: 'restic', repo: '/backup/repo', passwordFile: '/etc/pw', env: {} }, archiveDir: path.join(dir, 'archive'), stateDir: path.join(dir, 'state') };
 }
 
 async function archived(restic: FakeRestic): Promise<Manifest> {
@@ -164,14 +167,44 @@ describe('restic store', () => {
     const restic = new FakeRestic();
     const m = await archived(restic);
     rmSync(config().archiveDir, { recursive: true });
-    const [d] = await repoDumps(restic);
+    const [d] = await repoDumps(restic, { host: 'host1' });
     assert.equal(d!.manifest.id, ID);
     assert.equal(d!.manifest.sha256, m.sha256);
     assert.deepEqual(d!.manifest.snapshots, m.snapshots);
     assert.equal(resticStoreOf(d!.manifest)?.snapshot, restic.snaps[0]!.id);
-    assert.deepEqual(await repoDumps(restic, { exclude: new Set([ID]) }), [], 'ids known here are left out');
-    assert.deepEqual(await repoDumps(restic, { guids: new Set(['123']) }), [], 'another snapshot guid: not read');
-    assert.equal((await repoDumps(restic, { guids: new Set(['777']) })).length, 1, 'tagged with its snapshot guid');
+    assert.deepEqual(await repoDumps(restic, { host: 'host1', exclude: new Set([ID]) }), [], 'ids known here are left out');
+    assert.deepEqual(await repoDumps(restic, { host: 'host1', guids: new Set(['123']) }), [], 'another snapshot guid: not read');
+    assert.equal((await repoDumps(restic, { host: 'host1', guids: new Set(['777']) })).length, 1, 'tagged with its snapshot guid');
+  });
+
+  it('repoDumps takes one host\'s dumps only: another host may tag a dump with your snapshot\'s guid', async () => {
+    const restic = new FakeRestic();
+    await archived(restic);
+    rmSync(config().archiveDir, { recursive: true });
+    assert.deepEqual(await repoDumps(restic, { host: 'host2', guids: new Set(['777']) }), [], 'host1\'s dump is not host2\'s');
+    assert.equal((await repoDumps(restic, { host: 'host1', guids: new Set(['777']) })).length, 1, 'named by the user (--host host1)');
+  });
+
+  it('a retry takes a snapshot of this dump only when it is whole and this host\'s: an incomplete one is forgotten and backed up again, another host\'s left alone', async () => {
+    const restic = new FakeRestic();
+    await stageForArchive(config(), inputs(), 'host1', restic); // a backup that got this far, then post died
+    // restic's exit 3: the snapshot exists, but holds only part of the memory file.
+    const first = restic.snaps[0]!;
+    first.files.set(`/web.${ID}.save`, data.subarray(0, 10));
+    // Another host wrote a snapshot with this dump's tag (the password is shared).
+    const other = path.join(dir, 'forged');
+    mkdirSync(other, { recursive: true });
+    writeFileSync(path.join(other, `web.${ID}.save`), 'not the RAM');
+    await restic.backup(other, [`web.${ID}.save`], ['virtsnap', `virtsnap-id=${ID}`], 'host2');
+    const again = inputs();
+    const m = publishDump(await stageForArchive(config(), again, 'host1', restic)).manifest;
+    const stored = restic.snaps.find((s) => s.id === resticStoreOf(m)!.snapshot)!;
+    assert.notEqual(stored.id, first.id, 'the incomplete snapshot is not used');
+    assert.equal(stored.hostname, 'host1');
+    assert.deepEqual(stored.files.get(`/web.${ID}.save`), data, 'backed up again, whole');
+    assert.ok(restic.calls.includes(`forget ${first.id}`), 'the incomplete one is forgotten');
+    assert.ok(restic.snaps.some((s) => s.hostname === 'host2'), 'another host\'s snapshot is never forgotten');
+    assert.equal(existsSync(again.memoryFile), false);
   });
 
   it('gc: restic prune, and snapshots no manifest here names are reported, never forgotten', async () => {
@@ -199,9 +232,10 @@ describe('resticAdvice', () => {
     assert.equal(fail('Fatal: wrong password or no key found').message, 'restic: wrong password for /r: check VIRTSNAP_RESTIC_PASSWORD_FILE (/etc/pw)');
     assert.equal(
       fail('Fatal: unable to open config file: stat /r/config: no such file or directory\nIs there a repository at the following location?\n/r').message,
-      'no restic repository at /r: create it with `restic init --repository-version 2 --repo /r --password-file /etc/pw`',
+      'no restic repository at /r: create it with `restic init --repository-version 2`, with the repository and VIRTSNAP_RESTIC_PASSWORD_FILE (/etc/pw) as virtsnap gives them',
     );
-    assert.match(fail('Resolving password failed: Fatal: /etc/pw does not exist').message, /^restic cannot read the password file \/etc\/pw \(VIRTSNAP_RESTIC_PASSWORD_FILE\)/);
+    assert.match(fail('Resolving password failed: Fatal: /etc/pw does not exist').message, /^restic cannot read its password \(VIRTSNAP_RESTIC_PASSWORD_FILE \(\/etc\/pw\)\)/);
+    assert.match(fail('Warning: at least one source file could not be read', 3).message, /could not read all of its input \(exit 3: the snapshot it made is incomplete\)/);
     assert.match(fail('command not found', 127).message, /^restic is not installed: apt-get install restic/);
     assert.match(fail('', -1, true).message, /^restic snapshots on \/r timed out/);
     const e = fail('Fatal: something else');
@@ -219,5 +253,31 @@ describe('a manifest\'s restic store is checked before anything follows it', () 
     assert.match(resticStoreProblem({ ...good, snapshot: '--password-command=x' })!, /not a snapshot id/);
     assert.match(resticStoreProblem({ ...good, meta: 'web.meta' })!, /meta dir/);
     assert.match(resticStoreProblem({ kind: 'dataset', dataset: 'tank/vm', mountpoint: '/', file: '../x' })!, /not a restic snapshot/);
+  });
+});
+
+describe('repository credentials', () => {
+  it('a URL\'s password is masked wherever the repository is shown', () => {
+    assert.equal(redactRepo('rest:https://user:s3cr3t@backup.example:8000/virtsnap/'), 'rest:https://user:***@backup.example:8000/virtsnap/');
+    assert.equal(redactRepo('rest:http://:tok@h/'), 'rest:http://:***@h/');
+    assert.equal(redactRepo('sftp:user@host:/srv/restic'), 'sftp:user@host:/srv/restic', 'no password: as it is');
+    assert.equal(redactRepo('/backup/virtsnap'), '/backup/virtsnap');
+    assert.equal(shownRepo({ repo: 'rest:https://u:p@h/', env: {} }), 'rest:https://u:***@h/');
+    assert.equal(shownRepo({ repo: null, env: { RESTIC_REPOSITORY: 's3:https://k:v@s3/b' } }), 's3:https://k:***@s3/b');
+  });
+
+  it('restic gets repository and password through its environment, never its command line; the env file\'s variables go with them', () => {
+    const e = resticEnv({ repo: 'rest:https://u:p@h/', passwordFile: '/etc/pw', env: { AWS_ACCESS_KEY_ID: 'k', RESTIC_REPOSITORY_FILE: '/x', RESTIC_PASSWORD_COMMAND: 'pass show' } });
+    assert.deepEqual(e.env, { AWS_ACCESS_KEY_ID: 'k', RESTIC_REPOSITORY: 'rest:https://u:p@h/', RESTIC_PASSWORD_FILE: '/etc/pw' });
+    assert.deepEqual(e.unset.sort(), ['RESTIC_PASSWORD', 'RESTIC_PASSWORD_COMMAND', 'RESTIC_REPOSITORY_FILE']);
+    // Nothing named by virtsnap: restic reads the env file's own.
+    assert.deepEqual(resticEnv({ repo: null, passwordFile: null, env: { RESTIC_REPOSITORY_FILE: '/r', RESTIC_PASSWORD_FILE: '/p' } }), { env: { RESTIC_REPOSITORY_FILE: '/r', RESTIC_PASSWORD_FILE: '/p' }, unset: [] });
+  });
+
+  it('restic\'s own words are masked too', () => {
+    const e = resticAdvice('rest:https://u:***@h/', null, new CommandError('restic', ['snapshots'], 1, 'Fatal: unable to open repository at rest:https://u:p4ss@h/: 401 Unauthorized'), ['rest:https://u:p4ss@h/']);
+    assert.doesNotMatch(e.message, /p4ss/);
+    assert.doesNotMatch(e.resticMessage, /p4ss/);
+    assert.match(e.message, /^restic snapshots on rest:https:\/\/u:\*\*\*@h\/ failed: unable to open repository at rest:https:\/\/u:\*\*\*@h\/: 401 Unauthorized$/);
   });
 });

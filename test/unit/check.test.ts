@@ -25,7 +25,7 @@ const conf = parseIni(`
 `);
 
 function row(name: string, s: Partial<DomainStatus>): DomainStatus {
-  return { name, uuid: name, state: 'running', datasets: ['tank/vm/a'], onOverlay: [], heldBy: null, stuck: null, latestDump: null, ...s };
+  return { name, uuid: name, state: 'running', datasets: ['tank/vm/a'], onOverlay: [], heldBy: null, stuck: null, damagedEntry: null, latestDump: null, ...s };
 }
 const dump = (ageSeconds: number) => ({ id: 'x', snapshots: ['tank/vm@s'], takenAt: '', ageSeconds });
 

@@ -48,7 +48,7 @@ describe('loadConfig', () => {
       ramStore: 'archive',
       stateDir: '/var/lib/virtsnap/state',
       sanoidConf: '/etc/sanoid/sanoid.conf',
-      live: true,
+      live: 'auto',
       mode: { fallback: 'ram', byType: {} },
       quiesceFallback: 'ram',
       agentTimeoutMs: 10_000,
@@ -74,11 +74,26 @@ describe('loadConfig', () => {
       kind: 'restic',
       repo: 'sftp:h:/r',
       passwordFile: '/etc/virtsnap/restic.pw',
+      env: {},
     });
     assert.throws(() => c({ VIRTSNAP_ARCHIVE: 'restic:/r' }), /^ConfigError: VIRTSNAP_RESTIC_PASSWORD_FILE is not set: [^\n]*$/);
     assert.throws(() => c({ VIRTSNAP_ARCHIVE: 'restic:/r', VIRTSNAP_RESTIC_PASSWORD_FILE: 'pw' }), /VIRTSNAP_RESTIC_PASSWORD_FILE=pw is not an absolute path/);
-    assert.throws(() => c({ VIRTSNAP_ARCHIVE: 'borg:/r' }), /VIRTSNAP_ARCHIVE=borg:\/r is not dir or restic:REPO/);
-    assert.throws(() => c({ VIRTSNAP_ARCHIVE: 'restic:' }), /is not dir or restic:REPO/);
+    assert.throws(() => c({ VIRTSNAP_ARCHIVE: 'borg:/r' }), /^ConfigError: VIRTSNAP_ARCHIVE is not dir, restic:REPO/);
+    assert.throws(() => c({ VIRTSNAP_ARCHIVE: 'restic:' }), /VIRTSNAP_ARCHIVE=restic names no repository/);
+    // A URL with a password is never echoed.
+    assert.throws(() => c({ VIRTSNAP_ARCHIVE: 'rest:https://u:secret@h/' }), (err: Error) => !err.message.includes('secret'));
+  });
+
+  it('restic from the env file alone: its repository, password and the rest reach restic, and only restic', () => {
+    const file = envFile(
+      'restic.env',
+      ['VIRTSNAP_ARCHIVE=restic', 'export RESTIC_REPOSITORY_FILE=/etc/virtsnap/repo # the URL holds a password', 'RESTIC_PASSWORD_FILE=/etc/virtsnap/pw', 'AWS_ACCESS_KEY_ID=AKIA', ''].join('\n'),
+    );
+    const c = loadConfig({ VIRTSNAP_CONFIG: file });
+    assert.deepEqual(c.archive, { kind: 'restic', repo: null, passwordFile: null, env: { RESTIC_REPOSITORY_FILE: '/etc/virtsnap/repo', RESTIC_PASSWORD_FILE: '/etc/virtsnap/pw', AWS_ACCESS_KEY_ID: 'AKIA' } });
+    assert.equal(process.env.AWS_ACCESS_KEY_ID, undefined, 'not in virtsnap\'s own environment (every other program it runs would see it)');
+    assert.throws(() => loadConfig({ VIRTSNAP_CONFIG: envFile('norepo.env', 'VIRTSNAP_ARCHIVE=restic\nRESTIC_PASSWORD_FILE=/p\n') }), /names no repository/);
+    assert.throws(() => loadConfig({ VIRTSNAP_CONFIG: envFile('nopw.env', 'VIRTSNAP_ARCHIVE=restic\nRESTIC_REPOSITORY=/r\n') }), /VIRTSNAP_RESTIC_PASSWORD_FILE is not set/);
   });
 
   it('VIRTSNAP_COMPRESS: gzip or yes compress, no stores raw, anything else is one line', () => {
@@ -111,7 +126,7 @@ describe('loadConfig', () => {
     assert.equal(c.archiveDir, '/srv/archive');
     assert.equal(c.stateDir, '/srv/state');
     assert.equal(c.sanoidConf, '/opt/sanoid/sanoid.conf');
-    assert.equal(c.live, false);
+    assert.equal(c.live, 'no');
     assert.equal(c.saveTimeoutMs, 1500);
     assert.equal(c.commitTimeoutMs, 10_000);
     assert.equal(c.lockTimeoutMs, 2000);
@@ -122,7 +137,7 @@ describe('loadConfig', () => {
     const file = envFile('wins.env', 'VIRTSNAP_OVERLAY_DIR=/from/file\nVIRTSNAP_LIVE=no\nVIRTSNAP_LOCK_TIMEOUT=5\n');
     const c = loadConfig({ VIRTSNAP_CONFIG: file, VIRTSNAP_OVERLAY_DIR: '/from/env', VIRTSNAP_LIVE: 'yes' });
     assert.equal(c.overlayDir, '/from/env');
-    assert.equal(c.live, true);
+    assert.equal(c.live, 'yes');
     assert.equal(c.lockTimeoutMs, 5000);
   });
 
@@ -155,8 +170,9 @@ describe('loadConfig', () => {
 
   it('bad VIRTSNAP_LIVE -> ConfigError; all yes/no spellings are accepted', () => {
     assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_LIVE: 'maybe' }), /VIRTSNAP_LIVE=maybe/);
-    for (const v of ['1', 'yes', 'TRUE', 'on']) assert.equal(loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_LIVE: v }).live, true, v);
-    for (const v of ['0', 'no', 'False', 'OFF']) assert.equal(loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_LIVE: v }).live, false, v);
+    for (const v of ['1', 'yes', 'TRUE', 'on']) assert.equal(loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_LIVE: v }).live, 'yes', v);
+    for (const v of ['0', 'no', 'False', 'OFF']) assert.equal(loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_LIVE: v }).live, 'no', v);
+    for (const v of ['auto', 'AUTO']) assert.equal(loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_LIVE: v }).live, 'auto', v);
   });
 
   it('bad timeouts and empty values -> ConfigError', () => {

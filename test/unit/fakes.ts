@@ -11,6 +11,7 @@ import { LibvirtError, VirtsnapError } from '../../lib/errors.js';
 import { QemuImgMissingError, type OverlaySpec } from '../../lib/libvirt/qemu-img.js';
 import { Journal, type JournalEntry } from '../../lib/journal.js';
 import type { Disk } from '../../lib/libvirt/domain-xml.js';
+import { parseVersion, type Stack } from '../../lib/libvirt/stack.js';
 import type { CompletedJob, Domain, DomainState } from '../../lib/libvirt/virsh.js';
 import { ownerOf } from '../../lib/owner.js';
 import { noStop } from '../../lib/signals.js';
@@ -33,6 +34,8 @@ export interface FakeDomain {
   fsFrozen: boolean;
   /** QEMU's migration downtime limit (ms). */
   downtimeLimit: number;
+  /** <domain type=...>: kvm unless a test says qemu (TCG). */
+  virtType: string;
 }
 
 type Method = keyof RunLibvirt;
@@ -57,6 +60,7 @@ export class FakeLibvirt implements RunLibvirt {
       agent: 'none',
       fsFrozen: false,
       downtimeLimit: 300,
+      virtType: 'kvm',
     };
     this.domainsByUuid.set(uuid, d);
     return d;
@@ -84,9 +88,12 @@ export class FakeLibvirt implements RunLibvirt {
     return d;
   }
 
-  async version(): Promise<string> {
-    this.enter('version');
-    return '9.0.0';
+  /** What `stack()` says: Debian 12's by default. */
+  stackIs: Stack = { libvirt: parseVersion('9.0.0'), qemu: parseVersion('7.2.22') };
+
+  async stack(): Promise<Stack> {
+    this.enter('stack');
+    return this.stackIs;
   }
 
   async domains(): Promise<Domain[]> {
@@ -105,7 +112,7 @@ export class FakeLibvirt implements RunLibvirt {
       shareable: false,
       backing: x.backing,
     }));
-    return { name: d.name, uuid: d.uuid, memoryKiB: 1024, disks, nvram: null, tpmEmulator: false, agent: d.agent, state: d.state, xml: '<domain/>' };
+    return { name: d.name, uuid: d.uuid, virtType: d.virtType, memoryKiB: 1024, disks, nvram: null, tpmEmulator: false, agent: d.agent, state: d.state, xml: '<domain/>' };
   }
 
   async domain(uuid: string): Promise<Domain> {
@@ -325,7 +332,7 @@ export function fakeConfig(root: string): Config {
     ramStore: 'archive',
     stateDir: path.join(root, 'state'),
     sanoidConf: path.join(root, 'sanoid.conf'),
-    live: true,
+    live: 'auto',
     mode: { fallback: 'ram', byType: {} },
     quiesceFallback: 'ram',
     agentTimeoutMs: 1000,

@@ -27,6 +27,7 @@ function planFor(deps: ReturnType<typeof fakeDeps>, domains: FakeDomain[], mode:
       fallback,
       modeNote: null,
       live: true,
+    liveNote: null,
       tag: `${d.name}.tag`,
       disks: [...d.disks].map(([target, x]) => ({
         target,
@@ -53,7 +54,8 @@ function planFor(deps: ReturnType<typeof fakeDeps>, domains: FakeDomain[], mode:
     };
   });
   mkdirSync(path.join(deps.root, 'dataset'), { recursive: true, mode: 0o700 });
-  return { runId: 'tank/vm@snap', targets: ['tank/vm'], snapnames: ['snap'], types: ['hourly'], mode, modeWhy: `hourly=${mode}`, datasets: ['tank/vm'], domains: plans, onOverlays: [], problems: [] };
+  return { runId: 'tank/vm@snap', targets: ['tank/vm'], snapnames: ['snap'], types: ['hourly'], mode, modeWhy: `hourly=${mode}`, datasets: ['tank/vm'], domains: plans, onOverlays: [],
+    notFrozen: [], problems: [] };
 }
 
 function twoDomains() {

@@ -8,6 +8,7 @@ import { loadConfig, type Config } from '../../lib/config.js';
 import type { Inventory } from '../../lib/inventory.js';
 import { parseDomainXml, type Disk } from '../../lib/libvirt/domain-xml.js';
 import type { Domain, DomainState } from '../../lib/libvirt/virsh.js';
+import { parseVersion, UNKNOWN_STACK, type Stack } from '../../lib/libvirt/stack.js';
 import { modeOfRun } from '../../lib/mode.js';
 import { SAVE_DOWNTIME_LIMIT_MS, planFreeze, runIdOf, type RunRequest } from '../../lib/plan.js';
 
@@ -44,8 +45,11 @@ let uuidCounter = 0;
 function dom(name: string, state: DomainState, disks: Disk[], more: Partial<Domain> = {}): Domain {
   uuidCounter++;
   const uuid = `${uuidCounter.toString(16).padStart(8, '0')}-0000-4000-8000-000000000000`;
-  return { name, uuid, memoryKiB: 1024, disks, nvram: null, tpmEmulator: false, agent: 'none', state, xml: '<domain/>', ...more };
+  return { name, uuid, virtType: 'kvm', memoryKiB: 1024, disks, nvram: null, tpmEmulator: false, agent: 'none', state, xml: '<domain/>', ...more };
 }
+
+const DEBIAN12: Stack = { libvirt: parseVersion('9.0.0'), qemu: parseVersion('7.2.22') };
+const DEBIAN13: Stack = { libvirt: parseVersion('11.3.0'), qemu: parseVersion('10.0.3') };
 
 function inventory(domains: Domain[], more: Partial<Inventory> = {}): Inventory {
   return {
@@ -69,6 +73,9 @@ function inventory(domains: Domain[], more: Partial<Inventory> = {}): Inventory 
       ['tank/other', '/tank/other'],
     ]),
     datasetOfOverlayDir: null,
+    stack: DEBIAN12,
+    damagedEntries: new Map(),
+    freeBytes: new Map(),
     problems: [],
     ...more,
   };
@@ -290,12 +297,79 @@ describe('planFreeze', () => {
     assert.equal(planFreeze(request, inventory([dom('r', 'running', disks)]), config).domains[0]!.syncDumpWhileSaving, true);
     assert.equal(planFreeze(request, inventory([dom('p', 'paused', disks)]), config).domains[0]!.syncDumpWhileSaving, false);
     assert.equal(planFreeze(request, inventory([dom('p', 'paused', disks)]), config).domains[0]!.downtimeLimitMs, null);
-    assert.equal(planFreeze(request, inventory([dom('n', 'running', disks)]), { ...config, live: false }).domains[0]!.downtimeLimitMs, null);
+    assert.equal(planFreeze(request, inventory([dom('n', 'running', disks)]), { ...config, live: 'no' }).domains[0]!.downtimeLimitMs, null);
     assert.equal(planFreeze({ ...request, types: ['monthly'] }, inventory([dom('m', 'running', disks)]), { ...config, mode: { fallback: 'ram' as const, byType: { monthly: 'pause' as const } } }).domains[0]!.downtimeLimitMs, null);
   });
 
+  it('a TCG guest on QEMU < 9.0 is saved with the guest paused by default, saying why; KVM guests and QEMU 10 stay live', () => {
+    const disks = [disk('vda', '/tank/vm/a.qcow2')];
+    const tcg = planFreeze(request, inventory([dom('t', 'running', disks, { virtType: 'qemu' })]), config).domains[0]!;
+    assert.equal(tcg.live, false);
+    assert.equal(tcg.liveNote?.level, 'info');
+    assert.match(tcg.liveNote!.text, /^QEMU 7\.2\.22 under TCG .* can lose guest writes during a live RAM save \(fixed in QEMU 9\.0\): its RAM is saved with the guest paused \(VIRTSNAP_LIVE=yes forces/);
+    assert.equal(tcg.downtimeLimitMs, null, 'no downtime limit without a live save');
+    assert.equal(tcg.syncDumpWhileSaving, true, 'the memory file is still flushed while it is written');
+    assert.match(tcg.snapshotXml!, /<memory snapshot='external'/);
+
+    const kvm = planFreeze(request, inventory([dom('k', 'running', disks, { virtType: 'kvm' })]), config).domains[0]!;
+    assert.deepEqual([kvm.live, kvm.liveNote], [true, null]);
+    const fixed = planFreeze(request, inventory([dom('t', 'running', disks, { virtType: 'qemu' })], { stack: DEBIAN13 }), config).domains[0]!;
+    assert.deepEqual([fixed.live, fixed.liveNote, fixed.downtimeLimitMs], [true, null, SAVE_DOWNTIME_LIMIT_MS]);
+    // libvirt would not say its QEMU: not trusted under TCG.
+    const unknown = planFreeze(request, inventory([dom('t', 'running', disks, { virtType: 'qemu' })], { stack: UNKNOWN_STACK }), config).domains[0]!;
+    assert.equal(unknown.live, false);
+    assert.match(unknown.liveNote!.text, /^a QEMU of unknown version under TCG/);
+  });
+
+  it('VIRTSNAP_LIVE=yes forces a live save where it is not trusted, with a warning; no never saves live', () => {
+    const disks = [disk('vda', '/tank/vm/a.qcow2')];
+    const forced = planFreeze(request, inventory([dom('t', 'running', disks, { virtType: 'qemu' })]), { ...config, live: 'yes' }).domains[0]!;
+    assert.equal(forced.live, true);
+    assert.equal(forced.liveNote?.level, 'warn');
+    assert.match(forced.liveNote!.text, /saved live all the same \(VIRTSNAP_LIVE=yes\), its RAM dump may miss pages$/);
+    assert.equal(forced.downtimeLimitMs, SAVE_DOWNTIME_LIMIT_MS);
+    const kvmYes = planFreeze(request, inventory([dom('k', 'running', disks)]), { ...config, live: 'yes' }).domains[0]!;
+    assert.deepEqual([kvmYes.live, kvmYes.liveNote], [true, null]);
+    const never = planFreeze(request, inventory([dom('k', 'running', disks)]), { ...config, live: 'no' }).domains[0]!;
+    assert.deepEqual([never.live, never.liveNote], [false, null]);
+    // A paused domain is never saved live and needs no note; pause mode follows the same rule as ram.
+    const paused = planFreeze(request, inventory([dom('p', 'paused', disks, { virtType: 'qemu' })]), config).domains[0]!;
+    assert.deepEqual([paused.live, paused.liveNote], [false, null]);
+    const pauseMode = planFreeze(request, inventory([dom('t', 'running', disks, { virtType: 'qemu' })]), { ...config, mode: { fallback: 'pause' as const, byType: {} } }).domains[0]!;
+    assert.equal(pauseMode.live, false);
+    assert.equal(pauseMode.liveNote?.level, 'info');
+  });
+
+  it('a domain whose journal entry is damaged is left alone and named; the others are frozen', () => {
+    const a = dom('a', 'running', [disk('vda', '/tank/vm/a.qcow2')]);
+    const c = dom('c', 'running', [disk('vda', '/tank/vm/c.qcow2')]);
+    const plan = planFreeze(request, inventory([a, c], { damagedEntries: new Map([[a.uuid, 'journal entry /s/journal/x.json is damaged (not JSON)']]) }), config);
+    assert.deepEqual(plan.domains.map((d) => d.name), ['c']);
+    assert.deepEqual(plan.problems, []);
+    assert.equal(plan.notFrozen.length, 1);
+    assert.match(plan.notFrozen[0]!.reason, /^domain "a" is not frozen: journal entry .* is damaged/);
+  });
+
+  it('a VM whose RAM dump would not fit where it is written gets no RAM this run, named; those that fit are frozen (plan order)', () => {
+    // 96 MiB guests; a live save may write twice that, plus the margin: 256 MiB each.
+    const guest = (name: string, source: string) => dom(name, 'running', [disk('vda', source)], { memoryKiB: 96 * 1024 });
+    const two = [guest('a', '/tank/vm/a.qcow2'), guest('c', '/tank/vm/c.qcow2')];
+    const roomy = planFreeze(request, inventory(two, { freeBytes: new Map([[config.overlayDir, 600 * 1024 ** 2]]) }), config);
+    assert.deepEqual([roomy.domains.map((d) => d.name), roomy.notFrozen], [['a', 'c'], []]);
+    const tight = planFreeze(request, inventory(two, { freeBytes: new Map([[config.overlayDir, 300 * 1024 ** 2]]) }), config);
+    assert.deepEqual(tight.domains.map((d) => d.name), ['a']);
+    assert.match(tight.notFrozen[0]!.reason, new RegExp(`^domain "c" gets no RAM this run: its dump may take 256 MiB and ${config.overlayDir} has 44 MiB left for it; its snapshot is only crash-consistent`));
+    // RAM inside the dataset: the pool's space counts, and a save with the guest paused needs the RAM once.
+    const ds = { ...config, ramStore: 'dataset' as const, live: 'no' as const };
+    const inPool = planFreeze(request, inventory(two, { freeBytes: new Map([['/tank/vm', 200 * 1024 ** 2], [config.overlayDir, 10 ** 12]]) }), ds);
+    assert.deepEqual(inPool.domains.map((d) => d.name), ['a']);
+    assert.match(inPool.notFrozen[0]!.reason, /^domain "c" gets no RAM this run: its dump may take 160 MiB and \/tank\/vm has 40 MiB left/);
+    // Unknown free space (statfs failed): as before, frozen.
+    assert.deepEqual(planFreeze(request, inventory(two), config).domains.length, 2);
+  });
+
   it('VIRTSNAP_LIVE=no -> running domain not live', () => {
-    const noLive = { ...config, live: false };
+    const noLive = { ...config, live: 'no' as const };
     const plan = planFreeze(request, inventory([dom('r', 'running', [disk('vda', '/tank/vm/a.qcow2')])]), noLive);
     assert.equal(plan.domains[0]!.live, false);
   });

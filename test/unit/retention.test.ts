@@ -15,6 +15,8 @@ import { FakeLibvirt, frozenEntry } from './fakes.js';
 function fakeZfs(pools: string[], snapshots: Record<string, string>): ZfsClient {
   return Object.assign(Object.create(ZfsClient.prototype) as ZfsClient, {
     exists: async (ds: string) => pools.includes(poolOf(ds)),
+    importedPools: async () => pools,
+    guidsOf: async (names: string[]) => new Map(names.filter((n) => snapshots[n] !== undefined).map((n) => [n, snapshots[n]!])),
     zfs: async (args: string[]) => {
       const pool = args[args.length - 1]!;
       const lines = [`${pool}\tguid\t1`, ...Object.entries(snapshots).filter(([n]) => poolOf(n) === pool).flatMap(([n, g]) => [`${n}\tguid\t${g}`, `${n}\tcreatetxg\t1`])];
@@ -101,14 +103,27 @@ describe('retention against ZFS', () => {
     });
   }
 
-  it('prune keeps a dump while another of its snapshots exists, deletes it with the last', async () => {
+  it('prune keeps a dump while another of its snapshots stands where it was recorded (no census), deletes it with the last', async () => {
     const d = await dump('a', [ref('tank/vm@h1', 'g1'), ref('tank/vm@d1', 'g2')]);
     let r = await pruneSnapshot({ script: 'prune', dataset: 'tank/vm', snapname: 'h1' }, config, fakeZfs(['tank'], { 'tank/vm@d1': 'g2' }));
-    assert.deepEqual(r.updated, ['a']);
-    assert.deepEqual(snapshotNames(listDumps(config.archiveDir)[0]!.manifest), ['tank/vm@d1']);
+    assert.deepEqual([r.updated, r.deleted], [[], []], 'kept as it is: tank/vm@d1 still holds its guid');
     r = await pruneSnapshot({ script: 'prune', dataset: 'tank/vm', snapname: 'd1' }, config, fakeZfs(['tank'], {}));
     assert.deepEqual(r.deleted, ['a']);
     assert.equal(existsSync(d.manifest.memoryFile), false);
+  });
+
+  it('a copy received into another pool of this host keeps the dump through prune and gc, under the copy\'s name', async () => {
+    const d = await dump('rep', [ref('tank/vm@r', 'gr1')]);
+    // tank/vm@r was sent to backup/vm and then pruned on tank: the guid lives on in the other pool.
+    const zfs = fakeZfs(['tank', 'backup'], { 'backup/vm@r': 'gr1' });
+    const r = await pruneSnapshot({ script: 'prune', dataset: 'tank/vm', snapname: 'r' }, config, zfs);
+    assert.deepEqual(r.deleted, []);
+    assert.deepEqual(r.updated, ['rep']);
+    assert.deepEqual(snapshotNames(listDumps(config.archiveDir).find((x) => x.manifest.id === 'rep')!.manifest), ['backup/vm@r']);
+    assert.deepEqual((await collectGarbage(config, zfs, { dryRun: false })).deleted, []);
+    assert.ok(existsSync(d.manifest.memoryFile));
+    // Once the copy goes too, the dump goes.
+    assert.deepEqual((await collectGarbage(config, fakeZfs(['tank', 'backup'], {}), { dryRun: false })).deleted, ['rep']);
   });
 
   it('a promoted snapshot keeps its dump through prune and gc, under its new name', async () => {

@@ -39,7 +39,7 @@ describe('table', () => {
 });
 
 function row(s: Partial<DomainStatus> & { name: string }): DomainStatus {
-  return { uuid: 'u', state: 'running', datasets: [], onOverlay: [], heldBy: null, stuck: null, latestDump: null, ...s };
+  return { uuid: 'u', state: 'running', datasets: [], onOverlay: [], heldBy: null, stuck: null, damagedEntry: null, latestDump: null, ...s };
 }
 
 describe('formatStatus', () => {

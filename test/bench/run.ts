@@ -29,6 +29,7 @@ import { BIG, render, sections, SMALL, targets, type Samples } from './report.js
 import { snapshotRun } from './snapshot-run.js';
 import { benchStartup } from './startup.js';
 import { benchStorage, renderStorage, type StorageSample } from './storage.js';
+import { benchStress, renderStress, type StressSample } from './stress.js';
 import { BYTES_VARIANTS, RUN_VARIANTS, STALL_VARIANTS, Variant, type VariantSpec } from './variants.js';
 
 const URI = 'qemu:///system';
@@ -36,7 +37,9 @@ const QUICK = process.env.BENCH_QUICK === '1';
 const REPS = QUICK ? 1 : positiveInt(process.env.BENCH_REPS ?? '3', 'BENCH_REPS');
 const STARTUP_REPS = 10;
 const SETTLE_MS = 10_000;
-const PARTS = ['startup', 'prune', 'stall', 'four', 'storage'] as const;
+const PARTS = ['startup', 'prune', 'stall', 'four', 'storage', 'stress'] as const;
+/** Saves per variant in the stress part (the issue's floor is 30). */
+const STRESS_ROUNDS = positiveInt(process.env.BENCH_STRESS_ROUNDS ?? '30', 'BENCH_STRESS_ROUNDS');
 type Part = (typeof PARTS)[number];
 /** BENCH_ONLY=stall,prune runs only those parts (for working on one of them); the 4-guest run is `four`. */
 const ONLY = onlyParts(process.env.BENCH_ONLY);
@@ -85,8 +88,8 @@ function checkInterrupted(): void {
   if (interrupted) throw new BenchError('interrupted');
 }
 
-const allDomains = (): string[] => [DOMAINS[SMALL], DOMAINS[BIG], ...DOMAINS.four];
-const SETUPS = ['b-bench-startup', 'b-bench-prune', ...[...STALL_VARIANTS, ...BYTES_VARIANTS].map((v) => `b-bench-${v.name}`)];
+const allDomains = (): string[] => [DOMAINS[SMALL], DOMAINS[BIG], ...DOMAINS.four, 'vsbed-b-stress'];
+const SETUPS = ['b-bench-startup', 'b-bench-prune', 'b-stress', ...[...STALL_VARIANTS, ...BYTES_VARIANTS].map((v) => `b-bench-${v.name}`)];
 
 /** Removes all the bench makes (and only that): its domains, datasets, setups and files in the overlay dir. */
 async function cleanup(b: Bed): Promise<void> {
@@ -174,6 +177,7 @@ async function main(): Promise<number> {
   let watcher: EventWatcher | null = null;
   /** The storage part for each fill: random (nothing compresses what changes) and random letters (gzip -1 keeps 0.58 of them). */
   const storage: StorageSample[] = [];
+  let stress: StressSample | null = null;
   console.log(`bench: ${REPS} repetition(s)${QUICK ? ', quick (no 4-guest run)' : ''}, parts: ${PARTS.filter(doing).join(', ')}; results go to ${path.relative(process.cwd(), RESULTS)}`);
   try {
     await cleanup(b);
@@ -202,6 +206,12 @@ async function main(): Promise<number> {
         checkInterrupted();
       }
     }
+    if (doing('stress')) {
+      console.log(`restore stress: ${STRESS_ROUNDS} saves per variant, each restored in place, on a starved host …`);
+      stress = await benchStress(b, `${b.vmDataset}/${ROOT}/stress`, STRESS_ROUNDS, URI);
+      console.log(renderStress(stress));
+      checkInterrupted();
+    }
     if (doing('stall') || doing('four')) {
       const variants = new Map<string, Variant>();
       for (const spec of [...STALL_VARIANTS, ...BYTES_VARIANTS]) variants.set(spec.name, await Variant.create(spec));
@@ -219,6 +229,7 @@ async function main(): Promise<number> {
   try {
     const finished = new Date();
     console.log(`\n${render(samples)}`);
+    if (stress !== null) console.log(`\n${renderStress(stress)}`);
     const results = {
       format: 'virtsnap-bench/1',
       startedAt: started.toISOString(),
@@ -232,6 +243,7 @@ async function main(): Promise<number> {
       targets: targets(samples),
       samples,
       storage,
+      stress,
     };
     mkdirSync(path.dirname(RESULTS), { recursive: true });
     writeFileSync(RESULTS, JSON.stringify(results, null, 2) + '\n');

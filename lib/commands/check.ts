@@ -20,6 +20,9 @@ import type { LibvirtClient } from '../libvirt/virsh.js';
 import { autosnaps, countOf, nearestSection, readSanoidConf, recursionOf, runsOurHooks, type Ini } from '../sanoid/conf.js';
 import { isInSubtree, type ZfsClient } from '../zfs.js';
 import { domainStatus, type DomainStatus } from './status.js';
+import { spaceReport } from './space.js';
+import type { SpaceVerdict } from '../space.js';
+import { latestInSnapshots } from '../ram-in-dataset.js';
 
 export const OK = 0;
 export const WARNING = 1;
@@ -91,7 +94,8 @@ export interface ArchiveFindings {
 export const CLEAN_ARCHIVE: ArchiveFindings = { brokenManifests: 0, failingVerify: 0, unneeded: 0 };
 
 /** The plugin's verdict from what `virtsnap status` knows. Pure. */
-export function judge(rows: DomainStatus[], sections: Section[], archive: ArchiveFindings): Verdict {
+/** `space`: where the dumps go and whether they fit (lib/commands/space.ts): the next run's (CRITICAL), what retention keeps (WARNING). */
+export function judge(rows: DomainStatus[], sections: Section[], archive: ArchiveFindings, space: readonly SpaceVerdict[] = []): Verdict {
   const watched = sections.filter((s) => s.limits !== null);
   const critical: string[] = [];
   const warning: string[] = [];
@@ -123,6 +127,7 @@ export function judge(rows: DomainStatus[], sections: Section[], archive: Archiv
   if (archive.brokenManifests > 0) warning.push(`${archive.brokenManifests} unreadable manifest(s) in the archive (virtsnap verify)`);
   if (archive.failingVerify > 0) warning.push(`${archive.failingVerify} RAM dump(s) fail verify (virtsnap verify)`);
   if (archive.unneeded > 0) warning.push(`${archive.unneeded} RAM dump(s) whose snapshots are all gone (virtsnap gc)`);
+  for (const s of space) (s.level === 'fail' ? critical : s.level === 'warn' ? warning : []).push(s.text);
   const tail = perf.length > 0 ? ` | ${perf.join(' ')}` : '';
   if (critical.length > 0) return { status: CRITICAL, line: `CRITICAL: ${[...critical, ...warning].join(', ')}${tail}` };
   if (warning.length > 0) return { status: WARNING, line: `WARNING: ${warning.join(', ')}${tail}` };
@@ -147,11 +152,18 @@ export async function check(config: Config, virsh: LibvirtClient, zfs: ZfsClient
     await sleep(2000);
     failing = failing.filter((d) => existsSync(d.manifestFile) && checkStructure(d.manifest) !== null);
   }
-  return judge(rows, sections, {
-    brokenManifests: scan.broken.length,
-    failingVerify: failing.length,
-    unneeded: (await unneededDumps(scan.dumps, zfs)).length,
-  });
+  const running = (await virsh.domains()).filter((d) => d.state === 'running' || d.state === 'paused');
+  const space = running.length === 0 ? [] : spaceReport({ config, ini, running, stack: await virsh.stack(), archived: scan.dumps, inSnapshots: latestInSnapshots(config.stateDir) });
+  return judge(
+    rows,
+    sections,
+    {
+      brokenManifests: scan.broken.length,
+      failingVerify: failing.length,
+      unneeded: (await unneededDumps(scan.dumps, zfs)).length,
+    },
+    space,
+  );
 }
 
 /** `90m`, `2h`, `1d`, `300` (seconds). */

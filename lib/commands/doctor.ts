@@ -1,6 +1,5 @@
 // `virtsnap doctor`: checks the host and says what to fix.
 import { accessSync, constants, existsSync, statSync } from 'node:fs';
-import { freeBytes } from '../fsutil.js';
 import path from 'node:path';
 import type { Config } from '../config.js';
 import { Journal } from '../journal.js';
@@ -8,11 +7,12 @@ import type { Domain, LibvirtClient } from '../libvirt/virsh.js';
 import { can, FEATURES, stackLines, type Stack } from '../libvirt/stack.js';
 import { liveSaveOf } from '../plan.js';
 import { ancestry, firstUnsearchable, qemuIdentity, type DirStat, type Identity, type QemuConf } from '../libvirt/qemu-user.js';
-import { autosnaps, isYes, nearestSection, readSanoidConf, recursionOf, runsKept, runsOurHooks, settingOf, type Ini } from '../sanoid/conf.js';
+import { autosnaps, isYes, readSanoidConf, runsOurHooks, settingOf, type Ini } from '../sanoid/conf.js';
 import { scanArchive, type ArchivedDump } from '../archive.js';
+import { latestInSnapshots } from '../ram-in-dataset.js';
+import { spaceReport } from './space.js';
 import { resticOf } from '../archive-store.js';
 import { TAG, type ResticClient } from '../restic.js';
-import { datasetsOfDomains } from '../inventory.js';
 import { datasetOfFile, isInSubtree, readMounts } from '../zfs.js';
 
 export type Severity = 'ok' | 'warn' | 'fail';
@@ -102,69 +102,6 @@ function checkDirs(config: Config, ini: Ini | null): Finding[] {
   return findings;
 }
 
-const gib = (n: number) => `${(n / 1024 ** 3).toFixed(1)} GiB`;
-
-function checkOverlaySpace(config: Config, running: Domain[]): Finding[] {
-  const free = freeBytes(config.overlayDir) ?? 0;
-  const ram = running.reduce((sum, d) => sum + d.memoryKiB * 1024, 0);
-  if (free < ram) return [warn('overlay space', `${gib(free)} free in ${config.overlayDir}, running VMs have ${gib(ram)} of RAM: a freeze of all of them at once may not fit`)];
-  return [ok('overlay space', `${gib(free)} free for ${gib(ram)} of RAM in running VMs`)];
-}
-
-/** A running VM the hooks snapshot: how big its dumps are, how many sanoid's retention keeps, how much it has now. */
-export interface ArchiveNeed {
-  domain: string;
-  /** Its newest dump's size, else its RAM size. */
-  dumpBytes: number;
-  /** Runs kept at once by its dataset's section (an upper bound, lib/sanoid/conf.ts runsKept). */
-  kept: number;
-  archivedBytes: number;
-}
-
-/**
- * The archive must take the next run's dumps (else that run's post fails
- * and the dumps wait in the overlay dir), and should take what sanoid's
- * retention will keep. Pure.
- */
-export function judgeArchiveSpace(archiveDir: string, free: number, needs: ArchiveNeed[]): Finding[] {
-  if (needs.length === 0) return [ok('archive space', `${gib(free)} free in ${archiveDir}; no running VM on a dataset that runs our hooks`)];
-  const next = needs.reduce((sum, n) => sum + n.dumpBytes, 0);
-  const growth = needs.reduce((sum, n) => sum + Math.max(0, n.dumpBytes * n.kept - n.archivedBytes), 0);
-  const kept = Math.max(...needs.map((n) => n.kept));
-  if (free < next) {
-    return [fail('archive space', `${gib(free)} free in ${archiveDir}, the next run's dumps of ${needs.length} VM(s) take ${gib(next)}: post would fail to archive them; free space or move VIRTSNAP_ARCHIVE_DIR`)];
-  }
-  if (free < growth) {
-    return [warn('archive space', `${gib(free)} free in ${archiveDir}; sanoid's retention keeps up to ${kept} dumps per VM, ${gib(growth)} more than the archive holds now for ${needs.map((n) => n.domain).join(', ')}: free space, move VIRTSNAP_ARCHIVE_DIR, or keep fewer snapshots`)];
-  }
-  return [ok('archive space', `${gib(free)} free in ${archiveDir}, enough for up to ${kept} dumps per VM of ${needs.length} VM(s) (${gib(growth)} more)`)];
-}
-
-function archiveNeeds(config: Config, ini: Ini, running: Domain[]): ArchiveNeed[] {
-  const sections = [...ini.keys()].filter((s) => autosnaps(ini, s)).map((s) => ({ dataset: s, subtree: recursionOf(ini, s) !== 'no', kept: runsOurHooks(ini, s) ? runsKept(ini, s) : 0 }));
-  const datasets = datasetsOfDomains(running);
-  let dumps: ArchivedDump[];
-  try {
-    dumps = scanArchive(config.archiveDir).dumps;
-  } catch {
-    dumps = []; // an archive it cannot read is the archive dir check's finding
-  }
-  const needs: ArchiveNeed[] = [];
-  for (const d of running) {
-    const kept = Math.max(0, ...(datasets.get(d.uuid) ?? []).map((ds) => nearestSection(ds, sections)?.kept ?? 0));
-    if (kept === 0) continue;
-    // scanArchive lists dumps oldest first, as status reads them.
-    const own = dumps.filter((x) => x.manifest.domain.uuid === d.uuid);
-    needs.push({
-      domain: d.name,
-      dumpBytes: own.at(-1)?.manifest.bytes ?? d.memoryKiB * 1024,
-      kept,
-      archivedBytes: own.reduce((sum, x) => sum + x.manifest.bytes, 0),
-    });
-  }
-  return needs;
-}
-
 /**
  * QEMU's user reaches the overlays. libvirt hands QEMU each overlay file
  * (DAC, dynamic_ownership) but not the directories above it: a 0700
@@ -193,10 +130,17 @@ function checkQemuAccess(config: Config): Finding[] {
   return judgeQemuAccess(config.overlayDir, conf, identity, ancestry(config.overlayDir));
 }
 
-function checkSpace(config: Config, running: Domain[], ini: Ini | null): Finding[] {
-  // With restic the archive dir holds manifests only; the repository's space is restic's to tell (checkRestic).
-  const archived = ini === null || config.archive.kind === 'restic';
-  return [...checkOverlaySpace(config, running), ...(archived ? [] : judgeArchiveSpace(config.archiveDir, freeBytes(config.archiveDir) ?? 0, archiveNeeds(config, ini, running)))];
+/** Where the dumps go and whether they fit (lib/commands/space.ts): the overlay dir, the archive dir, the pools with RAM inside snapshots. */
+function checkSpace(config: Config, running: Domain[], ini: Ini | null, stack: Stack): Finding[] {
+  if (ini === null) return [];
+  let archived: ArchivedDump[] = [];
+  try {
+    archived = scanArchive(config.archiveDir).dumps;
+  } catch {
+    // an archive it cannot read is the archive dir check's finding
+  }
+  const verdicts = spaceReport({ config, ini, running, stack, archived, inSnapshots: latestInSnapshots(config.stateDir) });
+  return verdicts.map((v) => ({ severity: v.level, check: 'space', detail: v.text }));
 }
 
 /**
@@ -288,17 +232,16 @@ export async function doctor(config: Config, virsh: LibvirtClient): Promise<Find
     (all) => all.filter((d) => d.state === 'running' || d.state === 'paused'),
     () => [] as Domain[],
   );
-  return [...judgeStack(virsh.uri, stack), ...judgeLiveSaves(stack, running, config.live), ...(await doctorOffline(config, ini, running))];
+  return [...judgeStack(virsh.uri, stack), ...judgeLiveSaves(stack, running, config.live), ...(await doctorOffline(config, ini)), ...checkSpace(config, running, ini, stack)];
 }
 
-/** What doctor checks beside libvirt itself; `running`: the VMs libvirt runs, when it answers. */
-async function doctorOffline(config: Config, ini: Ini | null, running: Domain[] | null = null): Promise<Finding[]> {
+/** What doctor checks beside libvirt itself. */
+async function doctorOffline(config: Config, ini: Ini | null): Promise<Finding[]> {
   return [
     ...(ini === null ? [warn('sanoid.conf', `${config.sanoidConf} not found (VIRTSNAP_SANOID_CONF): recursion cannot be learnt, and the hook settings cannot be checked`)] : checkSanoidConf(ini, config.sanoidConf)),
     ...(ini === null ? [] : checkHookPaths(ini)),
     ...checkDirs(config, ini),
     ...checkQemuAccess(config),
-    ...(running === null ? [] : checkSpace(config, running, ini)),
     ...(await checkRestic(config)),
     ...checkAppArmor(config),
     ...checkJournal(config),

@@ -760,7 +760,7 @@ export function writeEnvLoggingHook(file: string, logFile: string): void {
  * left as it is) and watches the restored guest (Guest.watch). The guest is
  * stopped first and again afterwards, and the clone destroyed.
  */
-export async function restoreOnClone(guest: Guest, dumpFile: string, snapshot: string, rule: Partial<WatchRule> = {}): Promise<Watch> {
+export async function restoreOnClone(guest: Guest, dumpFile: string, snapshot: string, rule: Partial<WatchRule> = {}, how: string[] = ['--running']): Promise<Watch> {
   const b = await bed();
   const [dataset] = snapshot.split('@') as [string];
   const parent = `${b.pool}/restore`;
@@ -778,7 +778,7 @@ export async function restoreOnClone(guest: Guest, dumpFile: string, snapshot: s
     writeFileSync(path.join(dir, 'domain.xml'), xml);
     await guest.stop();
     const offset = guest.consoleSize();
-    await virsh('restore', dumpFile, '--xml', path.join(dir, 'domain.xml'), '--running');
+    await virsh('restore', dumpFile, '--xml', path.join(dir, 'domain.xml'), ...how);
     return await guest.watch(offset, rule);
   } finally {
     await guest.stop();

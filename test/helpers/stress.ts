@@ -100,7 +100,8 @@ export async function stressRestores(o: StressOptions): Promise<StressResult> {
   for (let n = 1; n <= o.rounds; n++) {
     if ((await o.guest.state()) !== 'running') await o.guest.start();
     await sleep(o.runMs ?? 3000);
-    const snap = `stress-${o.variant}-${n}`;
+    // Unique: the bench runs one round at a time, variant after variant.
+    const snap = `stress-${o.variant}-${Date.now()}`;
     let dump: string;
     try {
       dump = o.variant === 'shell-live' ? await shellLiveSave(o.guest, o.dataset, snap, o.setup.overlayDir) : await virtsnapSave(o, snap, env);
@@ -117,6 +118,8 @@ export async function stressRestores(o: StressOptions): Promise<StressResult> {
     if (outcome.kind !== 'whole') await o.guest.stop();
   }
   for (const s of await snapshotsNamed(o.dataset, `stress-${o.variant}-`)) await zfsRetry(['destroy', s]).catch(() => undefined);
+  // The dumps' manifests go with their snapshots.
+  if (o.variant !== 'shell-live') await runProgram(cli, ['gc'], o.setup.env(env));
   if ((await o.guest.state()) !== 'running') await o.guest.start();
   return { variant: o.variant, rounds, live };
 }

@@ -1,5 +1,5 @@
 // virtsnap as sanoid and users run it, pointed at the test bed.
-import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { listDumps, type ArchivedDump } from '../../lib/archive.js';
@@ -53,7 +53,9 @@ export class Setup {
       VIRTSNAP_SANOID_CONF: path.join(this.sanoidDir, 'sanoid.conf'),
       ...settings,
     };
-    writeFileSync(this.envFile, Object.entries(values).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join('\n') + '\n');
+    // 0600, as the package installs it: it may give restic its credentials.
+    writeFileSync(this.envFile, Object.entries(values).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join('\n') + '\n', { mode: 0o600 });
+    chmodSync(this.envFile, 0o600);
   }
 
   /** Environment for running a hook or the CLI directly. */

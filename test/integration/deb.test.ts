@@ -180,15 +180,41 @@ describe('the Debian package', () => {
     await removeDomains('vsbed-deb-clone');
   });
 
-  it('refuses removal while a run holds a VM; purge keeps the RAM dumps', async () => {
+  it('refuses removal while a run holds a VM, wherever the settings put its state dir; purge keeps the RAM dumps', async () => {
     assert.ok(await installed(), 'installed by the test before');
+    const refusedWhile = async (what: string): Promise<void> => {
+      const refused = await runProgram('dpkg', ['-r', 'virtsnap'], {}, 120_000);
+      assert.notEqual(refused.code, 0, what);
+      assert.match(refused.stderr, /virtsnap: VMs are held by a snapshot run or were left on overlays: run 'virtsnap status', then 'virtsnap recover'/, what);
+      assert.ok(await installed(), `still installed (${what})`);
+    };
+    // The default state dir.
     mkdirSync(path.dirname(HELD), { recursive: true, mode: 0o700 });
     writeFileSync(HELD, '{}', { mode: 0o600 });
-    const refused = await runProgram('dpkg', ['-r', 'virtsnap'], {}, 120_000);
-    assert.notEqual(refused.code, 0);
-    assert.match(refused.stderr, /virtsnap: VMs are held by a snapshot run or were left on overlays .*run 'virtsnap status', then 'virtsnap recover'/);
-    assert.ok(await installed(), 'still installed');
+    await refusedWhile('the default state dir');
     rmSync(HELD);
+    // An `export` line with an inline comment in the env file, as users write them (the old prerm's sed missed it).
+    const envFile = '/etc/virtsnap/virtsnap.env';
+    const conffile = readFileSync(envFile, 'utf8');
+    const elsewhere = `${VAR}/state-elsewhere`;
+    mkdirSync(path.join(elsewhere, 'journal'), { recursive: true, mode: 0o700 });
+    writeFileSync(path.join(elsewhere, 'journal', path.basename(HELD)), '{}', { mode: 0o600 });
+    writeFileSync(envFile, `${conffile}export VIRTSNAP_STATE_DIR=${elsewhere} # moved\n`, { mode: 0o600 });
+    try {
+      await refusedWhile('a state dir the env file names with export');
+    } finally {
+      writeFileSync(envFile, conffile, { mode: 0o600 });
+    }
+    // A state dir only a unit names (sanoid.service's drop-in), systemd running or not.
+    const dropIn = '/etc/systemd/system/sanoid.service.d/vsbed-test.conf';
+    mkdirSync(path.dirname(dropIn), { recursive: true });
+    writeFileSync(dropIn, `[Service]\nEnvironment="VIRTSNAP_STATE_DIR=${elsewhere}" TZ=UTC\n`);
+    try {
+      await refusedWhile("a state dir a unit's Environment= names");
+    } finally {
+      rmSync(dropIn, { force: true });
+      rmSync(elsewhere, { recursive: true, force: true });
+    }
     const purged = await runProgram('dpkg', ['--purge', 'virtsnap'], {}, 120_000);
     assert.equal(purged.code, 0, purged.stderr);
     assert.match(purged.stdout, /\/var\/lib\/virtsnap is kept/);

@@ -36,6 +36,20 @@ interface Fault {
   drop?: string;
 }
 
+/**
+ * Kills sanoid and every process below it, as a supervisor that walks the
+ * tree does: nothing that is still a child of the pre hook survives.
+ */
+const KILL_SANOID_TREE = [
+  // One line: it goes into sanoid.conf with the hook's command.
+  'root=$PPID',
+  // By its name: the shell sanoid starts the hook with has this very script on its command line.
+  'while [ "$root" -gt 1 ] && [ "$(cat /proc/$root/comm)" != sanoid ]; do root=$(awk \'{print $4}\' /proc/$root/stat); done',
+  '[ "$root" -gt 1 ] || exit 1',
+  'tree() { echo "$1"; for c in $(pgrep -P "$1"); do tree "$c"; done; }',
+  'kill -9 $(tree "$root" | grep -vx -e $$ -e "$BASHPID")',
+].join('; ');
+
 const RESTART_LIBVIRTD =
   'pkill -x libvirtd; for i in $(seq 100); do pgrep -x libvirtd >/dev/null || break; sleep 0.1; done; libvirtd -d; for i in $(seq 100); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.2; done';
 
@@ -251,6 +265,13 @@ describe('fault suite', () => {
       assert.notEqual(out.code, 0, `sanoid dies by SIGTERM: ${out.stderr}`);
       assert.deepEqual(taken, [], 'no snapshot');
       await settled(75_000);
+    });
+
+    it("24. sanoid and the pre hook killed with every child of theirs during the save (a supervisor, a `timeout` wrapper): the watchdog is nobody's child, and brings the VMs back", async () => {
+      const { out } = await sanoid({ pre: { on: 'snapshot-create', match: a.uuid, when: 'during', sleep: 0.3, do: 'run', cmd: KILL_SANOID_TREE } });
+      assert.notEqual(out.code, 0, `sanoid is killed: ${out.stderr}`);
+      const took = await settled(90_000);
+      assert.ok(took < 65_000, `back in ${took} ms`);
     });
   });
 

@@ -1,6 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { checkHookPaths, checkSanoidConf, formatFindings, judgeArchiveSpace, judgeQemuAccess, type Finding } from '../../lib/commands/doctor.js';
+import { checkHookPaths, checkSanoidConf, formatFindings, judgeQemuAccess, type Finding } from '../../lib/commands/doctor.js';
+import { judgeSpace } from '../../lib/space.js';
 import { firstUnsearchable, parseQemuConf, resolveIdentity, type DirStat } from '../../lib/libvirt/qemu-user.js';
 import { parseIni } from '../../lib/sanoid/conf.js';
 
@@ -294,21 +295,21 @@ describe("QEMU's user and the overlay dir", () => {
   });
 });
 
-describe('archive space against the expected dumps', () => {
+describe('space where the dumps go, against the next run and what retention keeps (lib/space.ts)', () => {
   const GiB = 1024 ** 3;
   it('no VM to dump: ok', () => {
-    assert.equal(judgeArchiveSpace('/a', GiB, [])[0]?.severity, 'ok');
+    assert.equal(judgeSpace('/a', GiB, []).level, 'ok');
   });
   it("fails when the next run's dumps do not fit, naming the sizes", () => {
-    const [f] = judgeArchiveSpace('/a', 1 * GiB, [{ domain: 'web', dumpBytes: 2 * GiB, kept: 55, archivedBytes: 0 }]);
-    assert.equal(f?.severity, 'fail');
-    assert.match(f!.detail, /^1\.0 GiB free in \/a, the next run's dumps of 1 VM\(s\) take 2\.0 GiB/);
+    const f = judgeSpace('/a', 1 * GiB, [{ domain: 'web', dumpBytes: 2 * GiB, kept: 55, heldBytes: 0 }]);
+    assert.equal(f.level, 'fail');
+    assert.match(f.text, /^1\.0 GiB free in \/a, the next run's dumps of 1 VM\(s\) take 2\.0 GiB: they would get no RAM/);
   });
-  it("warns when sanoid's retention will outgrow it, counting what the archive already holds", () => {
-    const needs = [{ domain: 'web', dumpBytes: 1 * GiB, kept: 10, archivedBytes: 4 * GiB }];
-    const [w] = judgeArchiveSpace('/a', 5 * GiB, needs);
-    assert.equal(w?.severity, 'warn');
-    assert.match(w!.detail, /keeps up to 10 dumps per VM, 6\.0 GiB more than the archive holds now for web/);
-    assert.equal(judgeArchiveSpace('/a', 6 * GiB, needs)[0]?.severity, 'ok');
+  it("warns when sanoid's retention will outgrow it, counting what is held there already", () => {
+    const needs = [{ domain: 'web', dumpBytes: 1 * GiB, kept: 10, heldBytes: 4 * GiB }];
+    const w = judgeSpace('/a', 5 * GiB, needs);
+    assert.equal(w.level, 'warn');
+    assert.match(w.text, /keeps up to 10 dumps per VM, 6\.0 GiB more than \/a holds now for web/);
+    assert.equal(judgeSpace('/a', 6 * GiB, needs).level, 'ok');
   });
 });

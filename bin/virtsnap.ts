@@ -6,7 +6,8 @@ import { formatGc, formatVerdicts } from '../lib/commands/archive-report.js';
 import { doctor, formatFindings } from '../lib/commands/doctor.js';
 import { check, parseDuration, UNKNOWN } from '../lib/commands/check.js';
 import { discardEntry, recover } from '../lib/recovery.js';
-import { parseStarter, takeSettings, watch } from '../lib/watchdog.js';
+import { parseStarter, watch } from '../lib/watchdog.js';
+import { takeSettings } from '../lib/detached.js';
 import { stopOnSignals } from '../lib/signals.js';
 import { domainStatus, formatStatus } from '../lib/commands/status.js';
 import { heldRuns } from '../lib/commands/held.js';
@@ -14,8 +15,10 @@ import { heldRuns } from '../lib/commands/held.js';
 /** `status --held`: a VM is held (1 and 2 are virtsnap's own failures). */
 const HELD = 3;
 import { collectGarbage } from '../lib/retention.js';
-import { verifyArchive } from '../lib/verify.js';
-import { storedAt } from '../lib/archive.js';
+import { verifyDumps } from '../lib/commands/verify.js';
+import { ARCHIVER_DEFAULTS, runArchiver } from '../lib/archiver.js';
+import { storeFor } from '../lib/stores/index.js';
+import { isWaiting, storedAt } from '../lib/manifest.js';
 import { assertDatasetName, assertSnapshotName, ZfsClient } from '../lib/zfs.js';
 import { oneOffSnapshot } from '../lib/commands/snapshot.js';
 import { loadConfig } from '../lib/config.js';
@@ -41,7 +44,11 @@ const usage = `usage: virtsnap COMMAND [options]
                       repository, --trust-dump-xml defines one whose XML
                       reaches into this host)
   list [--json] [DATASET]
-                      the RAM dumps in the archive
+                      the RAM dumps: stored, or waiting in the spool
+  archive [--wait] [--json]
+                      store the dumps waiting in the spool now (post starts
+                      an archiver that does this on its own); --wait retries
+                      while the store is away, as that archiver does
   gc [--dry-run] [--json]
                       drop what no snapshot needs any more (dumps, half-written files)
   verify [--json] [--deep] [DATASET|DOMAIN]
@@ -139,7 +146,7 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
       return;
     }
     print(result.dumps.map((d) => d.manifest), values.json === true, () =>
-      `${result.snapshots.join(' ')} (${result.plan.mode} mode): ${result.dumps.length} RAM dump(s)\n${result.dumps.map((d) => `  ${d.manifest.domain.name}: ${storedAt(d.manifest)}\n`).join('')}`,
+      `${result.snapshots.join(' ')} (${result.plan.mode} mode): ${result.dumps.length} RAM dump(s)\n${result.dumps.map((d) => `  ${d.manifest.domain.name}: ${storedAt(d.manifest)}${isWaiting(d.manifest) ? ' (waiting for the archiver)' : ''}\n`).join('')}`,
     );
   },
 
@@ -187,6 +194,7 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
     );
     const { plan } = prepared;
     if (values['dry-run']) {
+      prepared.release();
       process.stdout.write(JSON.stringify(plan, null, 2) + '\n');
       return plan.problems.length > 0 ? 1 : 0;
     }
@@ -210,21 +218,24 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
   async list(args) {
     const { values, positionals } = parse(args, { json: { type: 'boolean' } });
     if (positionals.length > 1) throw new UsageError('virtsnap list takes at most one DATASET');
-    const dumps = await listArchived(loadConfig(), new ZfsClient(), positionals[0]);
+    const config = loadConfig();
+    const dumps = await listArchived(config, storeFor(config), new ZfsClient(), positionals[0]);
     print(dumps, values.json === true, () => formatList(dumps));
   },
 
   async gc(args) {
     const { values, positionals } = parse(args, { 'dry-run': { type: 'boolean', short: 'n' }, json: { type: 'boolean' } });
     if (positionals.length > 0) throw new UsageError('virtsnap gc takes no DATASET: it sweeps the whole archive');
-    const report = await collectGarbage(loadConfig(), new ZfsClient(), { dryRun: values['dry-run'] === true });
+    const config = loadConfig();
+    const report = await collectGarbage(config, new ZfsClient(), storeFor(config), { dryRun: values['dry-run'] === true });
     print(report, values.json === true, () => formatGc(report, values['dry-run'] === true));
   },
 
   async verify(args) {
     const { values, positionals } = parse(args, { json: { type: 'boolean' }, deep: { type: 'boolean' } });
     if (positionals.length > 1) throw new UsageError('virtsnap verify takes at most one DATASET or DOMAIN');
-    const verdicts = await verifyArchive(loadConfig(), positionals[0], { deep: values.deep === true });
+    const config = loadConfig();
+    const verdicts = await verifyDumps(config, storeFor(config), positionals[0], { deep: values.deep === true });
     if (positionals[0] !== undefined && verdicts.length === 0) {
       throw new VirtsnapError(`no RAM dump of a domain or dataset ${JSON.stringify(positionals[0])} in the archive: see \`virtsnap list\``);
     }
@@ -256,6 +267,23 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
     return result.failed.length > 0 ? 1 : 0;
   },
 
+  // Started detached by post, recover, the watchdog and the pre hook (lib/archiver.ts) with --wait --settings; by people to drain now.
+  async archive(args) {
+    const { values, positionals } = parse(args, { wait: { type: 'boolean' }, json: { type: 'boolean' }, settings: { type: 'string' } });
+    if (positionals.length > 0) throw new UsageError('virtsnap archive takes no arguments besides --wait and --json');
+    if (typeof values.settings === 'string') takeSettings(values.settings);
+    const config = loadConfig();
+    const outcome = await runArchiver({ config, store: storeFor(config) }, values.wait === true ? ARCHIVER_DEFAULTS : { ...ARCHIVER_DEFAULTS, patienceMs: 0 });
+    const stored = outcome.kind === 'busy' ? [] : outcome.archived.map((d) => d.manifest);
+    print({ outcome: outcome.kind, stored, ...(outcome.kind === 'gave-up' ? { waiting: outcome.waiting, reason: outcome.reason } : {}) }, values.json === true, () =>
+      outcome.kind === 'busy'
+        ? 'another archiver is at work: it stores what waits\n'
+        : stored.map((m) => `stored ${m.domain.name} ${m.id}: ${storedAt(m)}\n`).join('') +
+          (outcome.kind === 'gave-up' ? `${outcome.waiting} RAM dump(s) still wait in the spool: ${outcome.reason}\n` : stored.length === 0 ? 'nothing waits in the spool\n' : ''),
+    );
+    return outcome.kind === 'gave-up' ? 1 : 0;
+  },
+
   // Started by the pre hook and `virtsnap snapshot` (lib/watchdog.ts), not by people.
   async watchdog(args) {
     const { values } = parse(args, { run: { type: 'string' }, starter: { type: 'string' }, settings: { type: 'string' } });
@@ -274,7 +302,8 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
       print(held, values.json === true, () => held.map((h) => `${h.domain}: held by run ${h.runId} (${h.step}) in ${h.stateDir}\n`).join(''));
       return held.length > 0 ? HELD : 0;
     }
-    const rows = await domainStatus(config, new LibvirtClient({ uri: config.libvirtUri }), new ZfsClient(), positionals[0]);
+    const { virsh, zfs, store } = makeClients(config);
+    const rows = await domainStatus(config, virsh, zfs, store, positionals[0]);
     print(rows, values.json === true, () => formatStatus(rows));
   },
 
@@ -303,7 +332,7 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
       }
       assertRoot();
       const config = loadConfig();
-      const verdict = await check(config, new LibvirtClient({ uri: config.libvirtUri }), new ZfsClient(), override, positionals[0]);
+      const verdict = await check(config, makeClients(config), override, positionals[0]);
       process.stdout.write(`VIRTSNAP ${verdict.line}\n`);
       return verdict.status;
     } catch (err) {

@@ -5,6 +5,7 @@ import { log } from '../lib/log.js';
 import { hookFlags, main } from '../lib/main.js';
 import { pruneSnapshot } from '../lib/retention.js';
 import { parsePruneEnv } from '../lib/sanoid/env.js';
+import { storeFor } from '../lib/stores/index.js';
 import { ZfsClient } from '../lib/zfs.js';
 
 main(async () => {
@@ -16,5 +17,6 @@ main(async () => {
     log.info(`run as pre_pruning_script: nothing to do before ${event.dataset}@${event.snapname} is destroyed (use pruning_script)`, { dataset: event.dataset });
     return;
   }
-  await pruneSnapshot(event, loadConfig(), new ZfsClient());
+  const config = loadConfig();
+  await pruneSnapshot(event, config, new ZfsClient(), storeFor(config));
 });

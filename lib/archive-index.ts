@@ -16,7 +16,8 @@
 // `virtsnap gc`, which read the manifests): it costs time, never data.
 import { lstatSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { archiveDomainDirs, looksLikeManifest, readManifest, snapshotNames, type ArchivedDump } from './archive.js';
+import { archiveDomainDirs, looksLikeManifest } from './archive.js';
+import { readManifest, snapshotNames, type ArchivedDump } from './manifest.js';
 import { privacyProblem, PRIVATE_FILE } from './fsutil.js';
 import { log } from './log.js';
 

@@ -1,9 +1,9 @@
-// The RAM archive: `ARCHIVE_DIR/<domain>/<id>.save` (a libvirt save image,
+// The archive dir: `ARCHIVE_DIR/<domain>/<id>.save` (a libvirt save image,
 // restorable with `virsh restore`, its stream gzip-compressed unless
-// VIRTSNAP_COMPRESS=no), `<id>.json` (its manifest) and
-// `<id>.meta/` (domain XML, NVRAM, TPM state). The manifest names every ZFS
-// snapshot the dump belongs to; a dump is only useful together with one of
-// them.
+// VIRTSNAP_COMPRESS=no), `<id>.json` (its manifest, lib/manifest.ts) and
+// `<id>.meta/` (domain XML, NVRAM, TPM state): how dumps are hashed,
+// compressed, put in place, found and deleted there. The dir store
+// (lib/stores/dir.ts) keeps dumps here; the restic store its manifests.
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, lstatSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, chmodSync, fsyncSync, openSync, closeSync, cpSync, rmSync, type Stats } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
@@ -14,139 +14,12 @@ import { VirtsnapError } from './errors.js';
 import { FORMAT_GZIP, FORMAT_RAW, readRegion, readSaveImageHeader, streamOffset, withFormat, type SaveImageHeader } from './libvirt/save-image.js';
 import { assertOwnDir, ensureDirBelow, exists, fileSafe, fsyncDir, openExclusive, privacyProblem, PRIVATE_FILE, removeIfExists, writeJsonAtomic } from './fsutil.js';
 import { withLock } from './lock.js';
-import type { CompletedJob } from './libvirt/virsh.js';
-import { legacyRef, type SnapshotRef } from './snapshot-id.js';
-
-export interface DumpDisk {
-  target: string;
-  /** The disk's own image (in the snapshot), as the domain uses it. */
-  source: string;
-  dataset: string;
-  format: string | null;
-  bytes: number | null;
-}
-
-export interface Manifest {
-  format: 'virtsnap-dump/2';
-  id: string;
-  domain: { name: string; uuid: string };
-  /**
-   * Every ZFS snapshot the dump belongs to, by guid. Only snapshots taken
-   * while the disks stood still at the RAM's instant (lib/snapshot-id.ts).
-   */
-  snapshots: SnapshotRef[];
-  types: string[];
-  /**
-   * The memory file: always `<id>.save` beside the manifest. What a manifest
-   * on disk says here is never followed (see readManifest).
-   */
-  memoryFile: string;
-  /** The memory file as stored (compressed or not). */
-  bytes: number;
-  sha256: string;
-  /**
-   * How the stream after header and XML is stored: gzip (compressed in post,
-   * the header's format word says so too), or null, as libvirt wrote it.
-   * Absent in dumps from before 0.3: null.
-   */
-  compression?: Compression | null;
-  /** The image as libvirt wrote it, before compression: what QEMU reads on restore. Only for compressed dumps. */
-  raw?: { bytes: number; sha256: string };
-  /** Directory with domain XML, NVRAM and TPM state copies: `<id>.meta` beside the manifest, or null. */
-  metaDir: string | null;
-  disks: DumpDisk[];
-  times: {
-    startedAt: string;
-    frozenAt: string | null;
-    archivedAt: string;
-    /** How long the guest's vCPUs were stopped, as libvirt reports it. */
-    pauseMs: number | null;
-    /** How long the RAM save took. */
-    saveMs: number | null;
-    /** How long committing the overlays back took (absent in dumps from before 0.2). */
-    commitMs?: number | null;
-  };
-  libvirtUri: string;
-  hostname: string;
-  /**
-   * Where the memory file's bytes are when not in `<id>.save` beside the
-   * manifest: a restic snapshot (lib/archive-store.ts), or inside a ZFS
-   * snapshot of the VM's dataset (VIRTSNAP_RAM_STORE=dataset; only in
-   * manifests read from a snapshot, lib/ram-in-dataset.ts). Absent: the archive dir.
-   */
-  store?: ResticStore | DatasetStore;
-}
-
-/** A dump inside a snapshot of the VM's dataset: the dataset and mountpoint it was saved in, and its file relative to the dataset. */
-export interface DatasetStore {
-  kind: 'dataset';
-  dataset: string;
-  mountpoint: string;
-  file?: string;
-}
-
-/** A dump kept in a restic repository: the snapshot, and the names of its files at the top of that snapshot's tree. */
-export interface ResticStore {
-  kind: 'restic';
-  repo: string;
-  /** The restic snapshot's id. */
-  snapshot: string;
-  /** The raw save image, e.g. `/web.20261123T….save`. */
-  save: string;
-  /** The meta dir in the snapshot (holding the manifest as `virtsnap-manifest.json`, for hosts without this one). */
-  meta: string;
-}
-
-/**
- * What is wrong with the `store` of a manifest read from disk or from a
- * repository, or null. Its fields are followed (a restic argument, a path
- * under a private dir), so they must be what virtsnap writes: a restic
- * snapshot id in hex, `/<name>.save` and `/<name>.meta`. A `dataset` store
- * is only ever made in memory, from inside a snapshot (lib/restore.ts).
- */
-export function resticStoreProblem(store: unknown): string | null {
-  const s = store as Partial<ResticStore> | null;
-  if (s === null || typeof s !== 'object' || s.kind !== 'restic') return 'names a store that is not a restic snapshot';
-  if (typeof s.repo !== 'string' || s.repo === '') return 'names no restic repository';
-  if (typeof s.snapshot !== 'string' || !/^[0-9a-f]{8,64}$/.test(s.snapshot)) return `names restic snapshot ${JSON.stringify(s.snapshot)}, not a snapshot id`;
-  const file = /^\/[A-Za-z0-9._+@%=:,-]+$/;
-  if (typeof s.save !== 'string' || !file.test(s.save) || !s.save.endsWith('.save') || s.save.includes('..')) return `names ${JSON.stringify(s.save)} as its memory file in restic`;
-  if (typeof s.meta !== 'string' || !file.test(s.meta) || !s.meta.endsWith('.meta') || s.meta.includes('..')) return `names ${JSON.stringify(s.meta)} as its meta dir in restic`;
-  return null;
-}
-
-/** Where a dump's memory file is: the one question every reader of the bytes asks (lib/archive-store.ts answers it for restic). */
-export function resticStoreOf(m: Pick<Manifest, 'store'>): ResticStore | null {
-  return m.store?.kind === 'restic' ? m.store : null;
-}
-
-/** The memory file's place inside a ZFS snapshot (relative to its dataset), for a dump read from one; else null. */
-export function fileInSnapshotOf(m: Pick<Manifest, 'store'>): string | null {
-  return m.store?.kind === 'dataset' ? (m.store.file ?? null) : null;
-}
-
-/** Where a dump's bytes are, for people: the memory file, or `restic:REPO SNAPSHOT:/file`. */
-export function storedAt(m: Pick<Manifest, 'store' | 'memoryFile'>): string {
-  const store = resticStoreOf(m);
-  return store === null ? m.memoryFile : `restic:${store.repo} ${store.snapshot.slice(0, 8)}:${store.save}`;
-}
-
-/** The current names of a dump's snapshots (dataset@snapname). */
-export function snapshotNames(m: Pick<Manifest, 'snapshots'>): string[] {
-  return m.snapshots.map((r) => r.name);
-}
-
-export interface ArchivedDump {
-  manifest: Manifest;
-  manifestFile: string;
-}
+import { buildManifest, DUMP_ID, readManifest, type ArchivedDump, type Compression, type DumpFacts, type Manifest, type ResticStore } from './manifest.js';
+import type { SnapshotRef } from './snapshot-id.js';
 
 export function domainDir(archiveDir: string, domainName: string): string {
   return path.join(archiveDir, fileSafe(domainName));
 }
-
-/** How virtsnap compresses a dump (VIRTSNAP_COMPRESS). */
-export type Compression = 'gzip';
 
 /**
  * gzip level 1. Measured on the bed (96 MiB guest, 2 cores, TCG): level 1
@@ -254,6 +127,11 @@ export interface Staged {
   compression: Compression | null;
   /** The source as it was, when it was compressed. */
   raw?: { sha256: string; bytes: number };
+  /**
+   * The copy that `commit` puts in place, read back: null when it holds what
+   * was hashed on the way in. Before the source goes, its copy is checked.
+   */
+  check(): Promise<string | null>;
   /** Puts the file at its destination and removes the source. */
   commit(): void;
   /** Where the bytes went instead of the archive dir (a restic snapshot): `commit` then only removes the source. */
@@ -327,13 +205,21 @@ async function stageGzip(src: string, dest: string, { header, head }: { header: 
     removeIfExists(tmp);
     throw err;
   }
+  const sha256 = stored.hash.digest('hex');
   return {
-    sha256: stored.hash.digest('hex'),
+    sha256,
     bytes: stored.bytes,
     compression: 'gzip',
     raw: { sha256: raw.hash.digest('hex'), bytes: head.length + raw.bytes },
+    check: () => partProblem(tmp, sha256, stored.bytes),
     commit: () => commitPart(src, tmp, dest),
   };
+}
+
+/** What is wrong with a written copy (`<dest>.part`), read back, against what was hashed as it was written. */
+async function partProblem(tmp: string, sha256: string, bytes: number): Promise<string | null> {
+  const back = await sha256File(tmp);
+  return back.sha256 === sha256 && back.bytes === bytes ? null : `the stored copy ${tmp} reads back as ${back.bytes} bytes, sha256 ${back.sha256}, not the ${bytes} bytes written`;
 }
 
 /**
@@ -357,6 +243,8 @@ export async function stageFile(src: string, dest: string, compression: Compress
       sha256,
       bytes,
       compression: null,
+      // A rename: the stored copy is the file that was hashed.
+      check: async () => null,
       commit() {
         renameSync(src, dest);
         fsyncDir(dir);
@@ -369,10 +257,12 @@ export async function stageFile(src: string, dest: string, compression: Compress
   const fd = openExclusive(tmp);
   await pipeline(createReadStream(src), counter, createWriteStream(tmp, { fd }));
   fsyncFile(tmp);
+  const sha256 = counter.hash.digest('hex');
   return {
-    sha256: counter.hash.digest('hex'),
+    sha256,
     bytes: counter.bytes,
     compression: null,
+    check: () => partProblem(tmp, sha256, counter.bytes),
     commit: () => commitPart(src, tmp, dest),
   };
 }
@@ -384,34 +274,12 @@ export async function moveAndHash(src: string, dest: string): Promise<{ sha256: 
   return { sha256: staged.sha256, bytes: staged.bytes };
 }
 
-export interface ArchiveInput {
-  id: string;
-  domain: { name: string; uuid: string };
-  snapshots: SnapshotRef[];
-  types: string[];
+/** A dump to archive: what it is, and its files as they are now (in the spool). */
+export interface ArchiveInput extends DumpFacts {
   memoryFile: string;
   metaDir: string | null;
-  disks: DumpDisk[];
-  startedAt: string;
-  frozenAt: string | null;
-  job: CompletedJob | null;
-  commitMs?: number | null;
-  libvirtUri: string;
-  hostname: string;
   /** VIRTSNAP_COMPRESS: how to store a raw save image (absent: as it is). */
   compression?: Compression | null;
-}
-
-/** A manifest's times, from what the journal recorded of the freeze; archived now. */
-export function dumpTimes(t: { startedAt: string; frozenAt?: string | null; job?: CompletedJob | null; commitMs?: number | null }): Manifest['times'] {
-  return {
-    startedAt: t.startedAt,
-    frozenAt: t.frozenAt ?? null,
-    archivedAt: new Date().toISOString(),
-    pauseMs: t.job?.downtimeMs ?? null,
-    saveMs: t.job?.elapsedMs ?? null,
-    commitMs: t.commitMs ?? null,
-  };
 }
 
 /** A dump whose memory file is hashed (and compressed) into the archive, waiting for publishDump. */
@@ -455,12 +323,7 @@ export function publishDump(s: Pick<StagedDump, 'dir' | 'input' | 'memoryFile' |
     cpSync(input.metaDir, metaDir, { recursive: true });
     chmodSync(metaDir, 0o700);
   }
-  const manifest: Manifest = {
-    format: 'virtsnap-dump/2',
-    id: input.id,
-    domain: input.domain,
-    snapshots: input.snapshots,
-    types: input.types,
+  const manifest = buildManifest(input, {
     memoryFile,
     bytes,
     sha256,
@@ -468,11 +331,7 @@ export function publishDump(s: Pick<StagedDump, 'dir' | 'input' | 'memoryFile' |
     ...(staged.raw !== undefined ? { raw: staged.raw } : {}),
     ...(staged.store !== undefined ? { store: staged.store } : {}),
     metaDir,
-    disks: input.disks,
-    times: dumpTimes(input),
-    libvirtUri: input.libvirtUri,
-    hostname: input.hostname,
-  };
+  });
   const manifestFile = path.join(dir, `${input.id}.json`);
   writeJsonAtomic(manifestFile, manifest);
   staged.commit();
@@ -485,9 +344,6 @@ export async function archiveDump(archiveDir: string, input: ArchiveInput): Prom
   return publishDump(await stageDump(archiveDir, input));
 }
 
-/** The names virtsnap gives a dump's files: `<stamp>-<uuid8>` (see plan.ts). */
-export const DUMP_ID = /^\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}$/;
-
 /** The dump id of a half-written file of ours (path or name), or null. */
 export function halfWrittenId(file: string): string | null {
   file = path.basename(file);
@@ -496,55 +352,6 @@ export function halfWrittenId(file: string): string | null {
   const tmp = /^\.(.+)\.json\.\d+\.tmp$/.exec(file); // writeFileAtomic's temp manifest
   if (tmp && DUMP_ID.test(tmp[1]!)) return tmp[1]!;
   return null;
-}
-
-/**
- * Reads a manifest. Its own `memoryFile` and `metaDir` fields are never
- * followed: the files are always `<id>.save` and `<id>.meta` beside it, so a
- * tampered manifest cannot point gc, prune or restore anywhere else.
- */
-export function readManifest(file: string): Manifest {
-  let value: unknown;
-  try {
-    value = JSON.parse(readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new VirtsnapError(`manifest ${file} is not readable JSON (${(err as Error).message}): run \`virtsnap gc\` or remove it`);
-  }
-  const m = readManifestValue(value, file, path.basename(file).replace(/\.json$/, ''));
-  const dir = path.dirname(file);
-  return {
-    ...m,
-    memoryFile: path.join(dir, `${m.id}.save`),
-    metaDir: m.metaDir === null ? null : path.join(dir, `${m.id}.meta`),
-  };
-}
-
-/**
- * A manifest's content checked (`file` names where it came from, `id` the
- * id its place gives it); its file names are the caller's to set.
- */
-export function readManifestValue(value: unknown, file: string, id: string): Manifest {
-  const m = value as Omit<Partial<Manifest>, 'format' | 'snapshots'> & { format?: string; snapshots?: unknown[] };
-  const ours = (m.format === 'virtsnap-dump/1' || m.format === 'virtsnap-dump/2') && Array.isArray(m.snapshots) && typeof m.id === 'string';
-  if (!ours || m.id !== id) {
-    throw new VirtsnapError(`manifest ${file} is not a virtsnap dump manifest: remove it or move it out of the archive`);
-  }
-  // virtsnap-dump/1 named snapshots only; their refs have no guid and are found by name.
-  const snapshots = m.snapshots!.map((r) => (typeof r === 'string' ? legacyRef(r) : (r as SnapshotRef)));
-  if (snapshots.some((r) => r === null || typeof r !== 'object' || typeof r.name !== 'string' || !r.name.includes('@'))) {
-    throw new VirtsnapError(`manifest ${file} lists a snapshot without a dataset@name: it is damaged; restore it from a backup or remove it with its dump`);
-  }
-  for (const r of snapshots) r.frozenAs ??= r.name;
-  if (!Array.isArray(m.disks)) throw new VirtsnapError(`manifest ${file} has no list of disks: it is damaged; restore it from a backup or remove it with its dump`);
-  const storeProblem = m.store === undefined ? null : resticStoreProblem(m.store);
-  if (storeProblem !== null) throw new VirtsnapError(`manifest ${file} ${storeProblem}: it is damaged or not ours; restore it from a backup or remove it`);
-  return {
-    ...(m as Manifest),
-    compression: m.compression ?? null, // older manifests: stored as libvirt wrote it
-    format: 'virtsnap-dump/2',
-    snapshots,
-    metaDir: m.metaDir === null || m.metaDir === undefined ? null : (m.metaDir as string),
-  };
 }
 
 export interface ArchiveScan {

@@ -5,7 +5,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
-import type { Compression } from './archive.js';
+import type { Compression } from './manifest.js';
 import { ConfigError } from './errors.js';
 import { parseModePolicy, type ModePolicy } from './mode.js';
 
@@ -19,11 +19,6 @@ export interface Config {
   overlayDir: string;
   /** Where RAM dumps and their manifests are kept. */
   archiveDir: string;
-  /**
-   * Where the RAM of a freeze goes: the archive (post moves it there), or the
-   * VM's own dataset, inside the snapshot (lib/ram-in-dataset.ts).
-   */
-  ramStore: 'archive' | 'dataset';
   /** Journal and locks. */
   stateDir: string;
   /** sanoid's config, read to learn whether a dataset is snapshotted with `recursive = zfs`. */
@@ -57,8 +52,12 @@ export interface Config {
   metricsFile: string | null;
   /** How post stores RAM dumps in the archive: gzip-compressed (lib/archive.ts), or null, as libvirt wrote them. */
   compression: Compression | null;
-  /** Where dumps' bytes go: the archive dir, or a restic repository (lib/archive-store.ts). The manifests stay in the archive dir either way. */
-  archive: ArchiveBackend;
+  /**
+   * Where RAM dumps live (VIRTSNAP_STORE): the archive dir, a restic
+   * repository (the manifests stay in the archive dir), or inside the
+   * snapshots of the VM's own dataset. lib/stores/ has one DumpStore each.
+   */
+  store: StoreSetting;
   /** How the watchdog is started (lib/watchdog.ts): `auto` uses systemd-run where systemd runs. */
   watchdog: 'auto' | 'detached';
   /** The env file that was read, if any. */
@@ -66,13 +65,16 @@ export interface Config {
 }
 
 /**
- * VIRTSNAP_ARCHIVE: `dir`, or a restic repository: `restic:REPO`, or
- * `restic` with the repository in the env file (RESTIC_REPOSITORY or
- * RESTIC_REPOSITORY_FILE). The password: VIRTSNAP_RESTIC_PASSWORD_FILE, or
- * restic's own RESTIC_PASSWORD_FILE / RESTIC_PASSWORD_COMMAND / RESTIC_PASSWORD
- * in the env file.
+ * VIRTSNAP_STORE: `dir` (the archive dir); a restic repository,
+ * `restic:REPO`, or `restic` with the repository in the env file
+ * (RESTIC_REPOSITORY or RESTIC_REPOSITORY_FILE), the password in
+ * VIRTSNAP_RESTIC_PASSWORD_FILE or restic's own RESTIC_PASSWORD_FILE /
+ * RESTIC_PASSWORD_COMMAND / RESTIC_PASSWORD in the env file; or `dataset`:
+ * inside the snapshots of the VM's own dataset. Before 0.2 two settings said
+ * this: VIRTSNAP_ARCHIVE (dir, restic:REPO) and VIRTSNAP_RAM_STORE
+ * (archive, dataset); both are still read.
  */
-export type ArchiveBackend = { kind: 'dir' } | ResticBackend;
+export type StoreSetting = { kind: 'dir' } | ResticBackend | { kind: 'dataset' };
 
 export interface ResticBackend {
   kind: 'restic';
@@ -95,8 +97,6 @@ const defaults: Record<string, string> = {
   VIRTSNAP_ARCHIVE_DIR: '/var/lib/virtsnap/archive',
   VIRTSNAP_STATE_DIR: '/var/lib/virtsnap/state',
   VIRTSNAP_SANOID_CONF: '/etc/sanoid/sanoid.conf',
-  // archive or dataset: RAM inside the VM's own dataset, so the snapshot carries it.
-  VIRTSNAP_RAM_STORE: 'archive',
   // auto: live, except where QEMU is known to lose pages in a live save (TCG before QEMU 9.0).
   VIRTSNAP_LIVE: 'auto',
   // ram, pause or quiesce, optionally per sanoid type: ram,hourly=quiesce
@@ -118,13 +118,16 @@ const defaults: Record<string, string> = {
   // gzip (yes) or no. On by default: about a third of the raw bytes on the
   // bed, compressed in post once the VMs are back on their own disks.
   VIRTSNAP_COMPRESS: 'gzip',
-  // dir (the archive dir) or restic:REPO (a path, sftp:, s3:, rest:, as restic takes it).
-  VIRTSNAP_ARCHIVE: 'dir',
+  // dir (the archive dir), restic:REPO (a path, sftp:, s3:, rest:, as restic takes it), or dataset (inside the snapshots).
+  VIRTSNAP_STORE: 'dir',
   // The restic repository's password, one line, in a file (0600): required with restic:REPO.
   VIRTSNAP_RESTIC_PASSWORD_FILE: '',
 };
 
-const known = new Set([...Object.keys(defaults), 'VIRTSNAP_CONFIG']);
+/** Settings of earlier versions, still read (storeOf). */
+const LEGACY = ['VIRTSNAP_ARCHIVE', 'VIRTSNAP_RAM_STORE'];
+
+const known = new Set([...Object.keys(defaults), ...LEGACY, 'VIRTSNAP_CONFIG']);
 
 /** Reads the env file (if any) under the real environment and returns the settings. */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -135,6 +138,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   for (const [key, value] of Object.entries(env)) {
     if (key.startsWith('VIRTSNAP_') && value !== undefined) merged[key] = value;
   }
+  // What was set, in the file or the environment, as opposed to a default.
+  const explicit = new Set([...Object.keys(fromFile.values), ...Object.keys(env).filter((k) => k.startsWith('VIRTSNAP_') && env[k] !== undefined)]);
   // Logging is read from process.env by lib/log; let the file set it too.
   if (process.env.VIRTSNAP_LOG === undefined && merged.VIRTSNAP_LOG !== undefined) {
     process.env.VIRTSNAP_LOG = merged.VIRTSNAP_LOG;
@@ -143,7 +148,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     libvirtUri: nonEmpty(merged, 'VIRTSNAP_LIBVIRT_URI'),
     overlayDir: absolutePath(merged, 'VIRTSNAP_OVERLAY_DIR'),
     archiveDir: absolutePath(merged, 'VIRTSNAP_ARCHIVE_DIR'),
-    ramStore: oneOf(merged, 'VIRTSNAP_RAM_STORE', ['archive', 'dataset'] as const),
     stateDir: absolutePath(merged, 'VIRTSNAP_STATE_DIR'),
     sanoidConf: absolutePath(merged, 'VIRTSNAP_SANOID_CONF'),
     live: autoYesNo(merged, 'VIRTSNAP_LIVE'),
@@ -159,7 +163,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     lockTimeoutMs: seconds(merged, 'VIRTSNAP_LOCK_TIMEOUT'),
     watchdog: oneOf(merged, 'VIRTSNAP_WATCHDOG', ['auto', 'detached'] as const),
     compression: compressionOf(merged, 'VIRTSNAP_COMPRESS'),
-    archive: archiveOf(merged, others),
+    store: storeOf(merged, others, explicit),
     metricsFile: (merged.VIRTSNAP_METRICS_FILE ?? '').trim() === '' ? null : absolutePath(merged, 'VIRTSNAP_METRICS_FILE'),
     configFile: fromFile.path,
   };
@@ -236,20 +240,44 @@ function compressionOf(values: Record<string, string>, key: string): Compression
   }
 }
 
-function archiveOf(values: Record<string, string>, env: Record<string, string>): ArchiveBackend {
-  const value = nonEmpty(values, 'VIRTSNAP_ARCHIVE');
+/**
+ * VIRTSNAP_STORE, or what the two settings of earlier versions said of it:
+ * VIRTSNAP_RAM_STORE=dataset, or VIRTSNAP_ARCHIVE=dir|restic:REPO. Two that
+ * disagree are refused, naming both.
+ */
+function storeSettingOf(values: Record<string, string>, fromEnv: Set<string>): { key: string; value: string } {
+  const given = (k: string) => fromEnv.has(k) && (values[k] ?? '').trim() !== '';
+  const legacy: { key: string; value: string }[] = [];
+  if (given('VIRTSNAP_RAM_STORE')) {
+    const v = oneOf(values, 'VIRTSNAP_RAM_STORE', ['archive', 'dataset'] as const);
+    if (v === 'dataset') legacy.push({ key: 'VIRTSNAP_RAM_STORE', value: 'dataset' });
+  }
+  if (given('VIRTSNAP_ARCHIVE')) legacy.push({ key: 'VIRTSNAP_ARCHIVE', value: nonEmpty(values, 'VIRTSNAP_ARCHIVE') });
+  const store = given('VIRTSNAP_STORE') ? [{ key: 'VIRTSNAP_STORE', value: nonEmpty(values, 'VIRTSNAP_STORE') }] : [];
+  const all = [...store, ...legacy];
+  const kind = (v: string) => (v.startsWith('restic') ? 'restic' : v);
+  const first = all[0];
+  if (first === undefined) return { key: 'VIRTSNAP_STORE', value: 'dir' };
+  const other = all.find((x) => kind(x.value) !== kind(first.value));
+  // Never the values themselves: a repository URL may hold a password.
+  if (other !== undefined) throw new ConfigError(`${first.key} and ${other.key} name two places for the RAM dumps: set VIRTSNAP_STORE alone (dir, restic:REPO or dataset)`);
+  return first;
+}
+
+function storeOf(values: Record<string, string>, env: Record<string, string>, fromEnv: Set<string>): StoreSetting {
+  const { key, value } = storeSettingOf(values, fromEnv);
   if (value === 'dir') return { kind: 'dir' };
+  if (value === 'dataset') return { kind: 'dataset' };
   if (value !== 'restic' && !value.startsWith('restic:')) {
-    // Never the value itself: a repository URL may hold a password.
-    throw new ConfigError('VIRTSNAP_ARCHIVE is not dir, restic:REPO (a path, sftp:, s3: or rest: repository), or restic (the repository in RESTIC_REPOSITORY or RESTIC_REPOSITORY_FILE of the env file)');
+    throw new ConfigError(`${key} is not dir, restic:REPO (a path, sftp:, s3: or rest: repository), restic (the repository in RESTIC_REPOSITORY or RESTIC_REPOSITORY_FILE of the env file) or dataset`);
   }
   const repo = value === 'restic' ? null : value.slice('restic:'.length);
   if ((repo ?? '') === '' && env.RESTIC_REPOSITORY === undefined && env.RESTIC_REPOSITORY_FILE === undefined) {
-    throw new ConfigError('VIRTSNAP_ARCHIVE=restic names no repository: give restic:REPO, or RESTIC_REPOSITORY (or RESTIC_REPOSITORY_FILE) in the env file');
+    throw new ConfigError(`${key}=restic names no repository: give restic:REPO, or RESTIC_REPOSITORY (or RESTIC_REPOSITORY_FILE) in the env file`);
   }
   const passwordFile = (values.VIRTSNAP_RESTIC_PASSWORD_FILE ?? '').trim() === '' ? null : absolutePath(values, 'VIRTSNAP_RESTIC_PASSWORD_FILE');
   if (passwordFile === null && !['RESTIC_PASSWORD_FILE', 'RESTIC_PASSWORD_COMMAND', 'RESTIC_PASSWORD'].some((k) => env[k] !== undefined)) {
-    throw new ConfigError('VIRTSNAP_RESTIC_PASSWORD_FILE is not set: VIRTSNAP_ARCHIVE=restic needs the absolute path of a file (0600) holding the repository\'s password (or RESTIC_PASSWORD_FILE in the env file)');
+    throw new ConfigError(`VIRTSNAP_RESTIC_PASSWORD_FILE is not set: ${key}=restic needs the absolute path of a file (0600) holding the repository's password (or RESTIC_PASSWORD_FILE in the env file)`);
   }
   return { kind: 'restic', repo: repo === '' ? null : repo, passwordFile, env };
 }

@@ -7,6 +7,7 @@ import { QemuImgClient } from './libvirt/qemu-img.js';
 import { LibvirtClient } from './libvirt/virsh.js';
 import { hookOwnerPid, ownerOf, type Owner } from './owner.js';
 import { noStop, stopOnSignals, type StopSignal } from './signals.js';
+import { storeFor, type DumpStore } from './stores/index.js';
 import { ZfsClient } from './zfs.js';
 
 /** The libvirt calls of freeze, thaw, recover and the watchdog. */
@@ -52,15 +53,18 @@ export interface Deps {
   worker: Owner;
   /** SIGINT/SIGTERM/SIGHUP received: freeze stops and undoes, thaw goes on (lib/signals.ts). */
   stop: StopSignal;
+  /** Where RAM dumps go (VIRTSNAP_STORE): chosen here, once; nothing else asks which store it is. */
+  store: DumpStore;
 }
 
 export interface Clients {
   virsh: LibvirtClient;
   zfs: ZfsClient;
+  store: DumpStore;
 }
 
 export function makeClients(config: Config): Clients {
-  return { virsh: new LibvirtClient({ uri: config.libvirtUri }), zfs: new ZfsClient() };
+  return { virsh: new LibvirtClient({ uri: config.libvirtUri }), zfs: new ZfsClient(), store: storeFor(config) };
 }
 
 /**

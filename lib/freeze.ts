@@ -12,7 +12,7 @@ import type { Deps } from './deps.js';
 import { DATASET_META_DEPTH, saveDomainFiles } from './domain-files.js';
 import { LibvirtError, VirtsnapError } from './errors.js';
 import { ensureDir, freeBytes, removeIfExists } from './fsutil.js';
-import { dumpDisksOf, type JournalEntry, type OverlayRecord } from './journal.js';
+import { factsOfEntry, type JournalEntry, type OverlayRecord } from './journal.js';
 import { sourceOf } from './libvirt/domain-xml.js';
 import { setWasRunning } from './libvirt/save-image.js';
 import { QemuImgMissingError } from './libvirt/qemu-img.js';
@@ -24,7 +24,7 @@ import { showSaveProgress } from './progress.js';
 import { restoreDowntimeLimit, settleDomainJob, thawDomain } from './thaw.js';
 import { inParallel } from './parallel.js';
 import { datasetOfSnapshot } from './zfs.js';
-import { dumpTimes } from './archive.js';
+import { buildManifest } from './manifest.js';
 import { hostname } from 'node:os';
 import { assertMountpointPrivate, diskIdentity, writeInDatasetManifest } from './ram-in-dataset.js';
 
@@ -292,7 +292,7 @@ async function saveRam(dp: DomainPlan, plan: FreezePlan, deps: Deps): Promise<Jo
 }
 
 /**
- * VIRTSNAP_RAM_STORE=dataset: the manifest beside the RAM, written once the
+ * VIRTSNAP_STORE=dataset: the manifest beside the RAM, written once the
  * save is complete and before sanoid's snapshot, with each disk's size and
  * mtime as they stand still now (lib/ram-in-dataset.ts says why). Returns
  * the memory file's size.
@@ -301,19 +301,19 @@ function recordRamInDataset(entry: JournalEntry, deps: Deps): number {
   const where = entry.ramInDataset!;
   chmodSync(entry.memoryFile, 0o600); // guest secrets, whatever mode libvirt gave the file it made
   const bytes = statSync(entry.memoryFile).size;
+  // Built as every manifest is; inside the dataset it names the snapshots to be taken, not yet their guids.
+  const { snapshots: _, sha256: _s, memoryFile: _m, metaDir: _d, ...m } = buildManifest(factsOfEntry(entry, [], { libvirtUri: deps.config.libvirtUri, hostname: hostname() }), {
+    memoryFile: entry.memoryFile,
+    bytes,
+    sha256: '',
+    compression: null,
+    metaDir: null,
+  });
   writeInDatasetManifest(where, {
-    format: 'virtsnap-dump/2',
-    id: entry.tag,
-    domain: entry.domain,
+    ...m,
     store: { kind: 'dataset', dataset: where.dataset, mountpoint: where.mountpoint },
     snapshotNames: entry.snapshots,
-    types: entry.types,
-    bytes,
-    compression: null,
-    disks: dumpDisksOf(entry).map((d) => ({ ...d, identity: diskIdentity(d.source) })),
-    times: dumpTimes(entry),
-    libvirtUri: deps.config.libvirtUri,
-    hostname: hostname(),
+    disks: m.disks.map((d) => ({ ...d, identity: diskIdentity(d.source) })),
   });
   return bytes;
 }

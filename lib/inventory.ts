@@ -9,9 +9,10 @@ import { assertOwnDir, freeBytes } from './fsutil.js';
 import type { Domain, LibvirtClient } from './libvirt/virsh.js';
 import { UNKNOWN_STACK, type Stack } from './libvirt/stack.js';
 import type { Journal } from './journal.js';
+import { abandoned } from './stuck.js';
 import { log } from './log.js';
 import { readSanoidConf, recursionOf } from './sanoid/conf.js';
-import { datasetOfFile, datasetOfZvolPath, readMounts, zvolDeviceMap, type Mount, type ZfsClient } from './zfs.js';
+import { datasetOfFile, datasetOfZvolPath, mountpointsOf, readMounts, zvolDeviceMap, type Mount, type ZfsClient } from './zfs.js';
 
 export interface Inventory {
   /** UTC time of this run, compact, used in file names: 20261122T002717.123Z */
@@ -30,17 +31,32 @@ export interface Inventory {
    * when a domain here may have its RAM saved; unknown otherwise.
    */
   stack: Stack;
-  /** Domains whose journal entry is damaged (UUID -> why): nobody knows what was done to them, so no run touches them. */
-  damagedEntries: Map<string, string>;
+  /**
+   * Domains no run may freeze now (UUID -> why): a damaged journal entry
+   * (nobody knows what was done to them), or a dump of an earlier run that
+   * could not be sealed into the spool (the VM is back; its entry keeps the
+   * dump until `virtsnap recover` seals it).
+   */
+  blockedEntries: Map<string, string>;
   /** Free bytes (statfs) in VIRTSNAP_OVERLAY_DIR and at each mountpoint of the run's datasets, where RAM dumps are written. */
   freeBytes: Map<string, number | null>;
   problems: string[];
 }
 
 export interface Clients {
-  journal: Pick<Journal, 'damaged'>;
+  journal: Pick<Journal, 'scan'>;
   virsh: Pick<LibvirtClient, 'domains' | 'stack'>;
   zfs: Pick<ZfsClient, 'exists' | 'subtree'>;
+}
+
+function blockedEntries(journal: Pick<Journal, 'scan'>): Map<string, string> {
+  const { entries, damaged } = journal.scan();
+  const blocked = new Map(damaged.map((d) => [d.uuid, d.reason]));
+  for (const e of entries) {
+    if (e.step !== 'committed' || !abandoned(e)) continue;
+    blocked.set(e.domain.uuid, `its RAM dump of run ${e.runId} could not be sealed into the spool (it waits in ${e.memoryFile}): \`virtsnap status\` and the log say why; \`virtsnap recover\` seals it once that is fixed`);
+  }
+  return blocked;
 }
 
 export function stampOf(date: Date): string {
@@ -165,10 +181,10 @@ export async function takeInventory(targets: string[], config: Config, clients: 
     datasets,
     domains,
     stack: await stackIfSaving(domains, datasets, datasetOfSource, clients.virsh),
-    damagedEntries: new Map(clients.journal.damaged().map((d) => [d.uuid, d.reason])),
+    blockedEntries: blockedEntries(clients.journal),
     freeBytes: new Map([config.overlayDir, ...mounts.filter((m) => datasets.includes(m.dataset)).map((m) => m.mountpoint)].map((dir) => [dir, freeBytes(dir)])),
     datasetOfSource,
-    mountpointOf: new Map(mounts.map((m) => [m.dataset, m.mountpoint])),
+    mountpointOf: mountpointsOf(mounts),
     datasetOfOverlayDir: datasetOfDir(config.overlayDir, mounts),
     problems: privateDirProblems(config),
   };

@@ -5,7 +5,7 @@
 // named in it: another run waits for it to go away (bounded), and after a
 // crash it says exactly what to undo (`virtsnap recover`). Updates of a
 // domain's journal happen under a short mutex, `STATE_DIR/locks/<uuid>.lock`.
-import type { DumpDisk } from './archive.js';
+import type { DumpDisk, DumpFacts } from './manifest.js';
 import type { RamInDataset } from './ram-in-dataset.js';
 import { readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
@@ -35,8 +35,25 @@ export type Step =
   | 'restoring';
 
 /** The disks a freeze held still, as a dump's manifest names them. */
-export function dumpDisksOf(entry: Pick<JournalEntry, 'overlays'>): DumpDisk[] {
+function dumpDisksOf(entry: Pick<JournalEntry, 'overlays'>): DumpDisk[] {
   return entry.overlays.map((o) => ({ target: o.target, source: o.original, dataset: o.dataset, format: o.format, bytes: o.bytes }));
+}
+
+/** What a frozen domain's dump is, from its journal entry, tied to `tied`: what every manifest of it is built from (buildManifest). */
+export function factsOfEntry(entry: JournalEntry, tied: SnapshotRef[], where: { libvirtUri: string; hostname: string }): DumpFacts {
+  return {
+    id: entry.tag,
+    domain: entry.domain,
+    snapshots: tied,
+    types: entry.types,
+    disks: dumpDisksOf(entry),
+    startedAt: entry.startedAt,
+    frozenAt: entry.frozenAt ?? null,
+    job: entry.job ?? null,
+    commitMs: entry.commitMs ?? null,
+    libvirtUri: where.libvirtUri,
+    hostname: where.hostname,
+  };
 }
 
 export interface OverlayRecord {
@@ -65,7 +82,7 @@ export interface JournalEntry {
   /** Unique tag of this freeze, used in every file name it makes. */
   tag: string;
   memoryFile: string;
-  /** VIRTSNAP_RAM_STORE=dataset: the memory file is in this dataset, removed from it before the disks move on. */
+  /** VIRTSNAP_STORE=dataset: the memory file is in this dataset, removed from it before the disks move on. */
   ramInDataset?: RamInDataset;
   /** Domain XML, NVRAM and TPM copies waiting to go into the archive with the dump. */
   metaDir: string;

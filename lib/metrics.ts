@@ -1,24 +1,27 @@
 // Metrics for Prometheus' node_exporter textfile collector: after every run
-// (post, `virtsnap snapshot`, recover, the watchdog), VIRTSNAP_METRICS_FILE is
-// rewritten atomically. The counters and last values live in
+// (post, `virtsnap snapshot`, recover, the watchdog) and every dump the
+// archiver stores, VIRTSNAP_METRICS_FILE is rewritten atomically. The counters and last values live in
 // STATE_DIR/metrics.json, so each run adds to what the runs before it saw.
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import type { Manifest } from './archive.js';
+import type { Manifest } from './manifest.js';
 import type { Config } from './config.js';
 import { ensureDir, PRIVATE_DIR, writeFileAtomic, writeJsonAtomic } from './fsutil.js';
 import { withLock } from './lock.js';
 import { log } from './log.js';
+import { spoolStats, type SpoolStats } from './spool.js';
 
 export interface DomainMetrics {
   name: string;
-  /** Seconds since the epoch of the newest archived dump. */
+  /** Seconds since the epoch of the newest dump kept (the RAM's instant: when it was frozen). */
   lastSuccess: number | null;
   pauseMs: number | null;
   saveSeconds: number | null;
   dumpBytes: number | null;
   commitSeconds: number | null;
   dumps: number;
+  /** Dumps the archiver stored (absent in state from before the spool). */
+  archived?: number;
   failures: number;
 }
 
@@ -29,10 +32,13 @@ export interface MetricsState {
 }
 
 export interface RunOutcome {
+  /** Dumps kept (sealed into the spool, or inside their snapshots). */
   dumps: Manifest[];
   /** Domains thawed without a dump kept, or not thawed at all. */
   failed: { name: string; uuid: string }[];
   runFailed?: boolean;
+  /** Dumps the archiver stored. */
+  archived?: Manifest[];
 }
 
 function empty(name: string): DomainMetrics {
@@ -44,7 +50,7 @@ export function addOutcome(state: MetricsState, outcome: RunOutcome): MetricsSta
   const domains = { ...state.domains };
   for (const m of outcome.dumps) {
     const d = { ...(domains[m.domain.uuid] ?? empty(m.domain.name)), name: m.domain.name };
-    d.lastSuccess = Math.round(Date.parse(m.times.archivedAt) / 1000);
+    d.lastSuccess = Math.round(Date.parse(m.times.frozenAt ?? m.times.startedAt) / 1000);
     d.pauseMs = m.times.pauseMs;
     d.saveSeconds = m.times.saveMs === null ? null : m.times.saveMs / 1000;
     d.dumpBytes = m.bytes;
@@ -57,6 +63,11 @@ export function addOutcome(state: MetricsState, outcome: RunOutcome): MetricsSta
     d.failures++;
     domains[f.uuid] = d;
   }
+  for (const m of outcome.archived ?? []) {
+    const d = { ...(domains[m.domain.uuid] ?? empty(m.domain.name)), name: m.domain.name };
+    d.archived = (d.archived ?? 0) + 1;
+    domains[m.domain.uuid] = d;
+  }
   return { domains, runFailures: state.runFailures + (outcome.runFailed ? 1 : 0) };
 }
 
@@ -65,17 +76,18 @@ function label(value: string): string {
 }
 
 const SERIES: { name: string; type: 'gauge' | 'counter'; help: string; value: (d: DomainMetrics) => number | null }[] = [
-  { name: 'virtsnap_last_success_timestamp_seconds', type: 'gauge', help: 'When the newest RAM dump of the domain was archived.', value: (d) => d.lastSuccess },
+  { name: 'virtsnap_last_success_timestamp_seconds', type: 'gauge', help: 'The instant of the newest RAM dump kept for the domain (when it was frozen).', value: (d) => d.lastSuccess },
   { name: 'virtsnap_guest_pause_milliseconds', type: 'gauge', help: "How long the guest's vCPUs were stopped for its newest dump.", value: (d) => d.pauseMs },
   { name: 'virtsnap_save_seconds', type: 'gauge', help: 'How long the RAM save of the newest dump took.', value: (d) => d.saveSeconds },
   { name: 'virtsnap_dump_bytes', type: 'gauge', help: 'Size of the newest RAM dump.', value: (d) => d.dumpBytes },
   { name: 'virtsnap_commit_seconds', type: 'gauge', help: 'How long committing the overlays back took for the newest dump.', value: (d) => d.commitSeconds },
-  { name: 'virtsnap_dumps_total', type: 'counter', help: 'RAM dumps archived.', value: (d) => d.dumps },
+  { name: 'virtsnap_dumps_total', type: 'counter', help: 'RAM dumps kept (sealed into the spool, or inside their snapshots).', value: (d) => d.dumps },
+  { name: 'virtsnap_archived_total', type: 'counter', help: 'RAM dumps the archiver moved from the spool into the store.', value: (d) => d.archived ?? 0 },
   { name: 'virtsnap_failures_total', type: 'counter', help: 'Runs that thawed the domain without a dump, or could not thaw it.', value: (d) => d.failures },
 ];
 
-/** The textfile collector's format. Pure. */
-export function renderMetrics(state: MetricsState): string {
+/** The textfile collector's format. Pure. `spool`: what waits for the archiver as the file is written. */
+export function renderMetrics(state: MetricsState, spool: SpoolStats | null = null): string {
   const lines: string[] = [];
   const domains = Object.entries(state.domains).sort(([, a], [, b]) => a.name.localeCompare(b.name));
   for (const s of SERIES) {
@@ -89,6 +101,18 @@ export function renderMetrics(state: MetricsState): string {
   lines.push('# HELP virtsnap_run_failures_total Snapshot runs that failed before freezing (pre hook, virtsnap snapshot).');
   lines.push('# TYPE virtsnap_run_failures_total counter');
   lines.push(`virtsnap_run_failures_total ${state.runFailures}`);
+  if (spool !== null) {
+    lines.push('# HELP virtsnap_spool_dumps RAM dumps waiting in the spool for the archiver.', '# TYPE virtsnap_spool_dumps gauge', `virtsnap_spool_dumps ${spool.count}`);
+    lines.push('# HELP virtsnap_spool_bytes Bytes of the RAM dumps waiting in the spool.', '# TYPE virtsnap_spool_bytes gauge', `virtsnap_spool_bytes ${spool.bytes}`);
+    // A timestamp, not an age: the file is written only when something happens, and time() minus this stays true between writes.
+    if (spool.oldestSealedAt !== null) {
+      lines.push(
+        '# HELP virtsnap_spool_oldest_timestamp_seconds When the oldest dump waiting in the spool was sealed (its age: time() minus this).',
+        '# TYPE virtsnap_spool_oldest_timestamp_seconds gauge',
+        `virtsnap_spool_oldest_timestamp_seconds ${Math.round(spool.oldestSealedAt / 1000)}`,
+      );
+    }
+  }
   return lines.join('\n') + '\n';
 }
 
@@ -97,6 +121,15 @@ export function renderMetrics(state: MetricsState): string {
  * are for watching, the VMs and the dumps come first.
  */
 export async function recordRun(config: Config, outcome: RunOutcome): Promise<void> {
+  await update(config, outcome);
+}
+
+/** The archiver stored a dump: counted, and the spool's gauges written as they are now. */
+export async function recordArchived(config: Config, m: Manifest): Promise<void> {
+  await update(config, { dumps: [], failed: [], archived: [m] });
+}
+
+async function update(config: Config, outcome: RunOutcome): Promise<void> {
   if (config.metricsFile === null) return;
   const stateFile = path.join(config.stateDir, 'metrics.json');
   try {
@@ -112,7 +145,7 @@ export async function recordRun(config: Config, outcome: RunOutcome): Promise<vo
       ensureDir(config.stateDir, PRIVATE_DIR, 'VIRTSNAP_STATE_DIR');
       writeJsonAtomic(stateFile, state);
       // Read by node_exporter, which does not run as root; it holds no secret.
-      writeFileAtomic(config.metricsFile!, renderMetrics(state), 0o644);
+      writeFileAtomic(config.metricsFile!, renderMetrics(state, spoolStats(config)), 0o644);
     });
   } catch (err) {
     log.warn(`cannot write the metrics file ${config.metricsFile} (VIRTSNAP_METRICS_FILE): ${(err as Error).message}`);

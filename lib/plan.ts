@@ -76,7 +76,7 @@ export interface DomainPlan {
   disks: DiskPlan[];
   /** In-flight memory file for action freeze: in the overlay dir, or in the dataset (ramInDataset). */
   memoryFile: string | null;
-  /** VIRTSNAP_RAM_STORE=dataset: the RAM goes into this dataset, inside the snapshot. */
+  /** VIRTSNAP_STORE=dataset: the RAM goes into this dataset, inside the snapshot. */
   ramInDataset: RamInDataset | null;
   /** Staging dir for XML/NVRAM copies that go into the archive with the dump. */
   metaDir: string;
@@ -133,7 +133,8 @@ export interface FreezePlan {
   /**
    * Domains with disks here that this run leaves alone, each named in an
    * ERROR line (not a reason to leave the others unfrozen): its journal
-   * entry is damaged (nobody knows what was done to it), or its RAM dump
+   * entry is damaged (nobody knows what was done to it) or keeps an earlier
+   * dump the spool could not take, or its RAM dump
    * would not fit where it is written (lib/space.ts). Their snapshots are
    * only crash-consistent.
    */
@@ -243,7 +244,7 @@ function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config:
   // Disks stay where they are when the guest stays paused until the ZFS snapshot (a paused domain, pause mode).
   const stays = domain.state === 'paused' || how.mode === 'pause';
   const planned = action === 'record' ? disks.map(keep) : stays ? disks.map(manual) : disks;
-  const ramDataset = action === 'freeze' && config.ramStore === 'dataset' && holding.length === 1 && inv.mountpointOf.has(holding[0]!) ? holding[0]! : null;
+  const ramDataset = action === 'freeze' && config.store.kind === 'dataset' && holding.length === 1 && inv.mountpointOf.has(holding[0]!) ? holding[0]! : null;
   const ramInDataset = ramDataset === null ? null : ramInDatasetOf(ramDataset, inv.mountpointOf.get(ramDataset)!, domain.name);
   const memoryFile = action !== 'freeze' ? null : ramInDataset !== null ? path.join(ramInDataset.dir, `${tag}.save`) : `${base}.save`;
   const switching = planned.filter((d) => d.overlay !== null);
@@ -302,10 +303,10 @@ function volumeProblems(domain: Domain): string[] {
     );
 }
 
-/** VIRTSNAP_RAM_STORE=dataset, for a VM whose RAM may be saved (not one quiesced without a fallback to ram). */
+/** VIRTSNAP_STORE=dataset, for a VM whose RAM may be saved (not one quiesced without a fallback to ram). */
 function ramStoreProblems(domain: Domain, plan: DomainPlan, inv: Inventory, config: Config): string[] {
   const mayKeepRam = plan.action === 'freeze' && (plan.mode !== 'quiesce' || plan.fallback === 'ram');
-  if (!mayKeepRam || config.ramStore !== 'dataset' || plan.ramInDataset !== null) return [];
+  if (!mayKeepRam || config.store.kind !== 'dataset' || plan.ramInDataset !== null) return [];
   const datasets = [...new Set(plan.disks.filter((d) => d.skip === null).map((d) => d.dataset as string))].sort();
   const problem = ramInDatasetProblem(domain.name, datasets, datasets.length === 1 ? inv.mountpointOf.get(datasets[0]!) : undefined);
   return problem === null ? [] : [problem];
@@ -383,7 +384,7 @@ export function planFreeze(request: RunRequest, inv: Inventory, config: Config):
     }
     const plan = planDomain(domain, request, inv, config, datasets, runMode.mode);
     if (plan === null) continue;
-    const damage = inv.damagedEntries.get(domain.uuid);
+    const damage = inv.blockedEntries.get(domain.uuid);
     if (damage !== undefined) {
       // Not a reason to leave the other VMs unfrozen: this one is named, they are dumped.
       notFrozen.push({ name: domain.name, uuid: domain.uuid, reason: `domain ${JSON.stringify(domain.name)} is not frozen: ${damage}` });

@@ -1,4 +1,4 @@
-// RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset): the pre hook has
+// RAM inside the snapshot (VIRTSNAP_STORE=dataset): the pre hook has
 // libvirt write the RAM dump into the VM's own dataset, at
 // `<mountpoint>/.virtsnap/<domain>/<id>.save`, beside the XML and NVRAM
 // copies, and writes `<id>.json` (its manifest) once the save is complete.
@@ -15,10 +15,10 @@
 // in the snapshot. `zfs send | zfs recv` keeps file sizes and mtimes.
 import { lstatSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { DUMP_ID, type DumpDisk, type Manifest } from './archive.js';
+import { DUMP_ID, type DumpDisk, type Manifest } from './manifest.js';
 import { datasetMetaDir, DATASET_META_DEPTH } from './domain-files.js';
 import { VirtsnapError } from './errors.js';
-import { checkStructure } from './verify.js';
+import { checkStructure } from './dump-check.js';
 import { withSafeDir } from './safe-dir.js';
 import { ensureDirBelow, fileSafe, writeJsonAtomic } from './fsutil.js';
 
@@ -70,10 +70,10 @@ export function ramInDatasetOf(dataset: string, mountpoint: string, domainName: 
  */
 export function ramInDatasetProblem(domainName: string, datasets: string[], mountpoint: string | undefined): string | null {
   if (datasets.length !== 1) {
-    return `domain ${JSON.stringify(domainName)} has disks in ${datasets.join(' and ')}: VIRTSNAP_RAM_STORE=dataset needs every disk of a VM in one dataset, so that one snapshot holds disks and RAM; move the disks, or use VIRTSNAP_RAM_STORE=archive`;
+    return `domain ${JSON.stringify(domainName)} has disks in ${datasets.join(' and ')}: VIRTSNAP_STORE=dataset needs every disk of a VM in one dataset, so that one snapshot holds disks and RAM; move the disks, or use VIRTSNAP_STORE=dir`;
   }
   if (mountpoint === undefined) {
-    return `dataset ${datasets[0]} of domain ${JSON.stringify(domainName)} is not mounted: VIRTSNAP_RAM_STORE=dataset writes the RAM into it; mount it, or use VIRTSNAP_RAM_STORE=archive`;
+    return `dataset ${datasets[0]} of domain ${JSON.stringify(domainName)} is not mounted: VIRTSNAP_STORE=dataset writes the RAM into it; mount it, or use VIRTSNAP_STORE=dir`;
   }
   return null;
 }
@@ -89,7 +89,7 @@ export function assertMountpointPrivate(mountpoint: string): void {
   const othersWrite = (st.mode & 0o022) !== 0 && (st.mode & 0o1000) === 0;
   if (st.uid !== 0 || othersWrite) {
     throw new VirtsnapError(
-      `mountpoint ${mountpoint} can be changed by users other than root: libvirt would write RAM (guest secrets) through it; chown root and chmod go-w it, or use VIRTSNAP_RAM_STORE=archive`,
+      `mountpoint ${mountpoint} can be changed by users other than root: libvirt would write RAM (guest secrets) through it; chown root and chmod go-w it, or use VIRTSNAP_STORE=dir`,
     );
   }
 }

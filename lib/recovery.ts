@@ -1,7 +1,7 @@
 // Finishing what an interrupted run left behind (`virtsnap recover`, the
 // watchdog, and the pre hook before every freeze): every domain still in the
 // journal whose run is over is committed back onto its own disks; its RAM
-// dump is archived if it is complete and its snapshots exist.
+// dump is sealed if it is complete and its snapshots exist.
 //
 // A domain that cannot be brought back (undefined, shut down on its
 // overlays, a commit that keeps failing) is *stuck*: every later run names
@@ -11,23 +11,15 @@ import type { Deps } from './deps.js';
 import { UsageError, VirtsnapError } from './errors.js';
 import type { JournalEntry } from './journal.js';
 import { log } from './log.js';
-import { ownerIsAlive } from './owner.js';
+import { abandoned } from './stuck.js';
+import { startArchiver } from './archiver.js';
 // thaw.js (and the archive, save-image and XML code under it) loads only when
 // there is something to recover: every pre hook calls recover, and the
 // hooks' start-up is most of what a run with nothing to do costs.
 import { exists, isInsideDir } from './fsutil.js';
 import { withLock } from './lock.js';
 import { recordRun } from './metrics.js';
-import type { ArchivedDump } from './archive.js';
-
-/**
- * The one rule for taking over a domain's journal entry: neither the run's
- * owner (sanoid, or `virtsnap snapshot`) nor the process that froze it (the
- * pre hook, which sanoid's script_timeout can orphan) is alive.
- */
-export function abandoned(entry: Pick<JournalEntry, 'owner' | 'worker'>): boolean {
-  return !ownerIsAlive(entry.owner) && !(entry.worker !== undefined && ownerIsAlive(entry.worker));
-}
+import type { ArchivedDump } from './manifest.js';
 
 export interface RecoverResult {
   recovered: string[];
@@ -35,7 +27,8 @@ export interface RecoverResult {
   failed: string[];
   /** Failed for a reason no retry fixes (see StuckError): a person must act. */
   stuck: string[];
-  dumps: ArchivedDump[];
+  /** Dumps sealed (waiting for the archiver, or inside their snapshots). */
+  sealed: ArchivedDump[];
 }
 
 export interface RecoverOptions {
@@ -47,11 +40,11 @@ export interface RecoverOptions {
 }
 
 export async function recover(deps: Deps, options: RecoverOptions): Promise<RecoverResult> {
-  const result: RecoverResult = { recovered: [], skipped: [], failed: [], stuck: [], dumps: [] };
+  const result: RecoverResult = { recovered: [], skipped: [], failed: [], stuck: [], sealed: [] };
   const withoutDump: { name: string; uuid: string }[] = [];
   const entries = deps.journal.list();
   if (entries.length === 0) return result;
-  const { isDeferred, QUIESCED, StuckError, thawDomain, THAWED_ELSEWHERE } = await import('./thaw.js');
+  const { StuckError, thawDomain } = await import('./thaw.js');
   for (const entry of entries) {
     if (options.runId !== undefined && entry.runId !== options.runId) continue;
     const ctx = { domain: entry.domain.name };
@@ -62,12 +55,11 @@ export async function recover(deps: Deps, options: RecoverOptions): Promise<Reco
     }
     try {
       log.info(`recovering from run ${entry.runId}, left at step ${entry.step}`, ctx);
-      const dump = await thawDomain(entry, deps, { keepDump: true });
-      if (dump === THAWED_ELSEWHERE) continue;
+      const { back, dump } = await thawDomain(entry, deps, { keepDump: true });
+      if (back.kind === 'elsewhere') continue;
       result.recovered.push(entry.domain.name);
-      if (dump === QUIESCED) continue; // filesystems thawed: a quiesce run keeps no dump
-      if (dump !== null && !isDeferred(dump)) result.dumps.push(dump);
-      else withoutDump.push(entry.domain);
+      if (dump.kind === 'sealed') result.sealed.push(dump.dump);
+      else if (dump.kind === 'discarded') withoutDump.push(entry.domain);
     } catch (err) {
       log.error((err as Error).message, ctx);
       result.failed.push(entry.domain.name);
@@ -75,7 +67,8 @@ export async function recover(deps: Deps, options: RecoverOptions): Promise<Reco
       if (err instanceof StuckError) result.stuck.push(entry.domain.name);
     }
   }
-  if (result.dumps.length + withoutDump.length > 0) await recordRun(deps.config, { dumps: result.dumps.map((d) => d.manifest), failed: withoutDump });
+  if (result.sealed.length + withoutDump.length > 0) await recordRun(deps.config, { dumps: result.sealed.map((d) => d.manifest), failed: withoutDump });
+  if (result.sealed.some((d) => d.manifest.store?.kind === 'spool')) await startArchiver(deps.config);
   return result;
 }
 
@@ -105,7 +98,7 @@ export async function discardEntry(deps: Deps, domain: string): Promise<DiscardR
     }
     if (entry.step === 'committed') {
       throw new VirtsnapError(
-        `domain ${JSON.stringify(entry.domain.name)} is back on its own disks; its entry only keeps the RAM dump of ${entry.snapshots.join(', ')} until the archive takes it: fix the archive dir and run \`virtsnap recover\``,
+        `domain ${JSON.stringify(entry.domain.name)} is back on its own disks; its entry only keeps the RAM dump of ${entry.snapshots.join(', ')} until it is sealed into the spool: see why in \`virtsnap status\`, fix it and run \`virtsnap recover\``,
       );
     }
     if (await deps.virsh.exists(entry.domain.uuid)) {

@@ -1,4 +1,4 @@
-// restic: the few commands the restic archive backend runs (VIRTSNAP_ARCHIVE=restic:REPO).
+// restic: the few commands the restic archive backend runs (VIRTSNAP_STORE=restic:REPO).
 //
 // Like lib/zfs.ts for zfs: argument arrays through lib/exec.ts, a timeout on
 // every call, typed errors with one line that says what to do.
@@ -117,7 +117,7 @@ export function resticAdvice(repo: string, passwordFile: string | null, err: Com
   const password = passwordFile === null ? 'the password the env file gives restic (RESTIC_PASSWORD_FILE, RESTIC_PASSWORD_COMMAND)' : `VIRTSNAP_RESTIC_PASSWORD_FILE (${passwordFile})`;
   let what = `restic ${command} on ${repo} failed: ${said}`;
   if (err.timedOut) what = `restic ${command} on ${repo} timed out: is the repository reachable?`;
-  else if (err.status === 127) what = 'restic is not installed: apt-get install restic (or unset VIRTSNAP_ARCHIVE)';
+  else if (err.status === 127) what = 'restic is not installed: apt-get install restic (or set VIRTSNAP_STORE=dir)';
   else if (/wrong password|no key found/.test(stderr)) what = `restic: wrong password for ${repo}: check ${password}`;
   else if (/Resolving password failed|password-file/.test(stderr)) what = `restic cannot read its password (${password}): ${said}`;
   else if (/unable to open config file|Is there a repository/.test(stderr)) {

@@ -1,7 +1,7 @@
 // Planning a restore: which datasets to clone or roll back, which RAM dumps
 // to restore, and the domain XML each one gets. Pure: lib/restore.ts
 // gathers the facts and carries the plan out.
-import type { Manifest } from './archive.js';
+import type { Manifest } from './manifest.js';
 import { stateDisks } from './disks.js';
 import type { Disk } from './libvirt/domain-xml.js';
 import { escapeXml } from './libvirt/snapshot-xml.js';
@@ -38,7 +38,7 @@ export interface RestoreFacts {
   dumps: { manifest: Manifest; problem: string | null; disks?: Disk[]; hostGaps?: string[]; hostAccess?: string[] }[];
   /** Domains defined now: name, uuid, state, and the datasets their disks live in. */
   domains: { name: string; uuid: string; state: string; datasets: string[] }[];
-  /** Why the RAM inside the snapshot could not be read (VIRTSNAP_RAM_STORE=dataset). */
+  /** Why the RAM inside the snapshot could not be read (VIRTSNAP_STORE=dataset). */
   snapshotProblems?: string[];
   /** The RAM dumps inside the snapshot (dir relative to their dataset): gone from the restored dataset once the restore is done. */
   ramInSnapshot?: { dataset: string; dir: string; id: string }[];

@@ -15,8 +15,10 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import path from 'node:path';
-import { fileInSnapshotOf, resticStoreOf, scanArchive, type ArchivedDump, type Manifest } from './archive.js';
-import { localDump, releaseFetched, repoDumps, resticOf } from './archive-store.js';
+import { buildManifest, fileInSnapshotOf, isWaiting, type ArchivedDump, type Manifest } from './manifest.js';
+import { withWaitingDump } from './archiver.js';
+import { scanSpool } from './spool.js';
+import type { DumpStore, LocalDump } from './stores/store.js';
 import { inDatasetDumps, inDatasetProblem, ramFileName, removeLiveRam } from './ram-in-dataset.js';
 import type { Config } from './config.js';
 import { LibvirtError, VirtsnapError, ZfsError } from './errors.js';
@@ -34,14 +36,16 @@ import type { LibvirtClient } from './libvirt/virsh.js';
 import { sleep, waitUntil } from './lock.js';
 import { log } from './log.js';
 import { inRestoredDatasets, isZvolOf, linksDown, planRestore, renameDomainXml, rewriteDiskPaths, setNvramPath, type DomainRestore, type RestoreFacts, type RestorePlan, type RestoreRequest } from './restore-plan.js';
-import { checkDump } from './verify.js';
+import { checkDump } from './dump-check.js';
 import { Journal } from './journal.js';
-import { datasetOfFile, isInSubtree, poolOf, readMounts, splitSnapshot, type Mount, type ZfsClient } from './zfs.js';
+import { datasetOfFile, isInSubtree, mountpointsOf, poolOf, readMounts, splitSnapshot, type Mount, type ZfsClient } from './zfs.js';
 
 export interface RestoreDeps {
   virsh: LibvirtClient;
   zfs: ZfsClient;
   config: Config;
+  /** Where the dumps are (VIRTSNAP_STORE), besides those waiting in the spool. */
+  store: DumpStore;
   /** A signal stops a clone restore between domains (the clone is then removed); a rollback restore finishes. */
   stop?: StopSignal;
 }
@@ -67,10 +71,10 @@ async function settled(call: Promise<void>, done: () => Promise<boolean>, what: 
  * of the same name, whatever name the dump knew them by (renamed, promoted,
  * or received on another host by `zfs recv`).
  */
-async function dumpsOf(request: RestoreRequest, deps: RestoreDeps): Promise<RestoreFacts['dumps']> {
+async function dumpsOf(request: RestoreRequest, deps: RestoreDeps, fetched: LocalDump[]): Promise<RestoreFacts['dumps']> {
   const { dataset, snapname } = splitSnapshot(request.snapshot);
-  const local = scanArchive(deps.config.archiveDir).dumps;
-  const restic = resticOf(deps.config);
+  // Stored, or waiting in the spool for the archiver: a restore takes either.
+  const local = [...deps.store.scan().dumps, ...scanSpool(deps.config).dumps];
   const census = await deps.zfs.guidCensus([poolOf(dataset)]);
   const tiedHere = (dumps: ArchivedDump[]): Manifest[] =>
     dumps.flatMap(({ manifest }) => {
@@ -80,16 +84,16 @@ async function dumpsOf(request: RestoreRequest, deps: RestoreDeps): Promise<Rest
     });
   let tied = tiedHere(local);
   let fromRepo = false;
-  // None here (another host, or the manifests lost): the repository's own manifests, found by the same guids.
-  if (tied.length === 0 && restic !== null) {
+  // None here (another host, or the manifests lost): the store's own manifests (a restic repository's), found by the same guids.
+  if (tied.length === 0) {
     // Only the dumps tagged with a guid of DS@SNAP or a child's snapshot of that name: one `restic dump` each, not one per dump in the repo.
     const guids = new Set([...census.byGuid].filter(([, at]) => at.some((a) => isSnapshotAt(a.name, dataset, snapname))).map(([g]) => g));
     try {
-      tied = tiedHere(await repoDumps(restic, { host: request.repoHost ?? hostname(), exclude: new Set(local.map((d) => d.manifest.id)), guids }));
-      fromRepo = true;
+      tied = tiedHere(await deps.store.remote({ host: request.repoHost ?? hostname(), exclude: new Set(local.map((d) => d.manifest.id)), guids }));
+      fromRepo = tied.length > 0;
     } catch (err) {
-      // The RAM may still be inside the snapshot (VIRTSNAP_RAM_STORE=dataset): looked for next, whatever the repository says.
-      log.warn(`cannot read RAM dumps from restic repository ${restic.repo}: ${(err as Error).message}`, { dataset });
+      // The RAM may still be inside the snapshot (VIRTSNAP_STORE=dataset): looked for next, whatever the repository says.
+      log.warn(`cannot read RAM dumps from ${deps.store.where}: ${(err as Error).message}`, { dataset });
     }
   }
   const dumps: RestoreFacts['dumps'] = [];
@@ -97,11 +101,12 @@ async function dumpsOf(request: RestoreRequest, deps: RestoreDeps): Promise<Rest
     let problem: string | null;
     let fetchedManifest = current;
     try {
-      // A restic dump is fetched once, to a private temp file that the restore then reads (removed after it: releaseFetched).
-      fetchedManifest = (await localDump(current, deps.config, restic)).manifest;
+      // A dump whose bytes are elsewhere (restic) is fetched once, to a private temp file that the restore then reads (released after it).
+      const local = await deps.store.fetch(current);
+      fetched.push(local);
+      fetchedManifest = local.manifest;
       problem = await checkDump(fetchedManifest);
     } catch (err) {
-      if (resticStoreOf(current) === null) throw err;
       problem = (err as Error).message;
     }
     if (problem !== null) {
@@ -124,7 +129,7 @@ interface InSnapshot {
 }
 
 /**
- * The RAM dumps inside the snapshot itself (VIRTSNAP_RAM_STORE=dataset).
+ * The RAM dumps inside the snapshot itself (VIRTSNAP_STORE=dataset).
  * zfs-fuse has no `.zfs` dir, so the snapshot is cloned to be read: a clone
  * of our own name, mounted read-only on a private dir in the state dir (not
  * in anybody's tree), destroyed again before planning goes on. Each dump's
@@ -160,21 +165,21 @@ async function dumpsInSnapshot(request: RestoreRequest, deps: RestoreDeps): Prom
       const from = m.store.mountpoint;
       const problem = inDatasetProblem(m, path.join(probeMount, file), (source) => (source.startsWith(`${from}/`) ? path.join(probeMount, source.slice(from.length)) : null));
       const manifest: Manifest = {
-        format: 'virtsnap-dump/2',
-        id: m.id,
-        domain: m.domain,
-        snapshots: [{ name: request.snapshot, frozenAs: `${m.store.dataset}@${snapname}`, guid: props?.guid ?? null, createtxg: props?.createtxg ?? null, creation: props?.creation ?? null, mountpoint: from }],
-        types: m.types,
-        memoryFile: `${request.snapshot}:/${file}`, // resolved once cloned or rolled back (restoreDomainOnce)
-        bytes: m.bytes,
-        sha256: '',
-        compression: null,
-        store: { ...m.store, file },
-        metaDir: null,
-        disks: m.disks,
-        times: m.times,
-        libvirtUri: m.libvirtUri,
-        hostname: m.hostname,
+        ...buildManifest(
+          {
+            id: m.id,
+            domain: m.domain,
+            snapshots: [{ name: request.snapshot, frozenAs: `${m.store.dataset}@${snapname}`, guid: props?.guid ?? null, createtxg: props?.createtxg ?? null, creation: props?.creation ?? null, mountpoint: from }],
+            types: m.types,
+            disks: m.disks,
+            startedAt: m.times.startedAt,
+            libvirtUri: m.libvirtUri,
+            hostname: m.hostname,
+          },
+          // resolved once cloned or rolled back (restoreDomainOnce)
+          { memoryFile: `${request.snapshot}:/${file}`, bytes: m.bytes, sha256: '', compression: null, store: { ...m.store, file }, metaDir: null },
+        ),
+        times: m.times, // as the manifest inside the snapshot recorded them
       };
       const shown = problem === null ? null : `${problem.split(probeMount).join(`${request.snapshot}:`)}`;
       result.dumps.push({ manifest, problem: shown, ...(problem === null ? await whatTheXmlNeeds(readSaveImageXml(path.join(probeMount, file)).xml, manifest, deps) : {}) });
@@ -219,16 +224,16 @@ async function liveFacts(request: RestoreRequest, deps: RestoreDeps, ownRun: str
   return {
     snapshots,
     domains,
-    mounts: Object.fromEntries(readMounts().map((m) => [m.dataset, m.mountpoint])),
+    mounts: Object.fromEntries(mountpointsOf(readMounts())),
     frozen: domains.filter((d) => inJournal.has(d.uuid)).map((d) => ({ name: d.name, datasets: d.datasets })),
     cloneTargetExists: request.mode.kind === 'clone' ? await deps.zfs.exists(request.mode.dataset) : false,
     asNameTaken: request.as !== undefined && all.some((d) => d.name === request.as),
   };
 }
 
-async function gatherFacts(request: RestoreRequest, deps: RestoreDeps): Promise<RestoreFacts> {
+async function gatherFacts(request: RestoreRequest, deps: RestoreDeps, fetched: LocalDump[]): Promise<RestoreFacts> {
   const live = await liveFacts(request, deps);
-  let dumps = live.snapshots.includes(request.snapshot) ? await dumpsOf(request, deps) : [];
+  let dumps = live.snapshots.includes(request.snapshot) ? await dumpsOf(request, deps, fetched) : [];
   let snapshotProblems: string[] = [];
   let ramInSnapshot: InSnapshot['seen'] = [];
   if (dumps.length === 0 && live.snapshots.includes(request.snapshot)) ({ dumps, problems: snapshotProblems, seen: ramInSnapshot } = await dumpsInSnapshot(request, deps));
@@ -240,11 +245,20 @@ export interface PreparedRestore {
   request: RestoreRequest;
   plan: RestorePlan;
   facts: RestoreFacts;
+  /** Lets go of the memory files fetched for it (restic's temp copies): executeRestore does, or the caller of a dry run. */
+  release(): void;
 }
 
 export async function prepareRestore(request: RestoreRequest, deps: RestoreDeps): Promise<PreparedRestore> {
-  const facts = await gatherFacts(request, deps);
-  return { request, facts, plan: planRestore(request, facts, randomUUID) };
+  const fetched: LocalDump[] = [];
+  const release = () => fetched.splice(0).forEach((f) => f.release());
+  try {
+    const facts = await gatherFacts(request, deps, fetched);
+    return { request, facts, plan: planRestore(request, facts, randomUUID), release };
+  } catch (err) {
+    release();
+    throw err;
+  }
 }
 
 /**
@@ -544,7 +558,7 @@ function restoredMount(dataset: string, plan: RestorePlan, paths: Paths): string
 }
 
 /**
- * A RAM dump inside a snapshot (VIRTSNAP_RAM_STORE=dataset) is live again
+ * A RAM dump inside a snapshot (VIRTSNAP_STORE=dataset) is live again
  * in the clone or the rolled-back dataset: a snapshot of it must never pair
  * it with what the VM writes. Removed while the VM is still paused, and for
  * every dump the snapshot held (those of domains not restored too) once the
@@ -645,10 +659,37 @@ export async function executeRestore(prepared: PreparedRestore, deps: RestoreDep
     const now = planRestore(request, { ...facts, ...(await liveFacts(request, deps, hold.runId)) }, () => newUuids.shift() ?? randomUUID());
     const changes = planChanges(plan, now);
     if (changes.length > 0) throw new VirtsnapError(`${plan.snapshot}: what the restore would do changed since its plan was made: ${changes.join('; ')}; nothing was changed, look at the plan again (--dry-run)`);
-    return await carryOut(plan, deps);
+    return await withWaitingDumps(plan, deps, (pinned) => carryOut(pinned, deps));
   } finally {
     hold.release();
+    prepared.release();
   }
+}
+
+/**
+ * A dump of the plan that waits in the spool is held under its own lock
+ * for the whole restore, so the archiver does not move it away under
+ * `virsh restore`. One stored meanwhile (the archiver was at it when the
+ * plan was made) is read from the store instead: the same dump, checked by
+ * the archiver as it stored it.
+ */
+async function withWaitingDumps<T>(plan: RestorePlan, deps: RestoreDeps, fn: (plan: RestorePlan) => Promise<T>): Promise<T> {
+  const waiting = plan.domains.flatMap((d) => (d.dump !== null && isWaiting(d.dump) ? [d.dump.id] : []));
+  const hold = async (i: number): Promise<T> => {
+    if (i < waiting.length) return withWaitingDump(deps.config, waiting[i]!, () => hold(i + 1), deps.config.lockTimeoutMs);
+    const stored = new Map(deps.store.scan().dumps.map((d) => [d.manifest.id, d.manifest]));
+    const domains = await Promise.all(
+      plan.domains.map(async (d) => {
+        if (d.dump === null || !isWaiting(d.dump) || existsSync(d.dump.memoryFile)) return d;
+        const now = stored.get(d.dump.id);
+        if (now === undefined) throw new VirtsnapError(`RAM dump ${d.dump.id} of ${JSON.stringify(d.name)} left the spool since the plan was made and is not in ${deps.store.where}: nothing was changed; see \`virtsnap list\``);
+        const local = await deps.store.fetch({ ...now, snapshots: d.dump.snapshots });
+        return { ...d, dump: local.manifest };
+      }),
+    );
+    return fn({ ...plan, domains });
+  };
+  return hold(0);
 }
 
 async function carryOut(plan: RestorePlan, deps: RestoreDeps): Promise<RestoreResult> {
@@ -697,7 +738,6 @@ async function carryOut(plan: RestorePlan, deps: RestoreDeps): Promise<RestoreRe
     throw err;
   } finally {
     rmSync(work, { recursive: true, force: true });
-    releaseFetched(); // memory files fetched from restic for this restore
   }
   const restored = new Set(plan.domains.map((d) => d.name));
   for (const name of plan.stop.filter((n) => !restored.has(n))) {

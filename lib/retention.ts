@@ -4,18 +4,23 @@
 // in one run share one instant). sanoid's pruning_script tells us about one
 // destroyed snapshot at a time; the dump goes only when no snapshot it names
 // exists any more. The manifest is a cache: ZFS is the truth, asked before
-// anything is deleted.
+// anything is deleted. The same rule holds for a dump in the store and one
+// still waiting in the spool; a waiting dump is only touched under its own
+// lock (the archiver's while it stores it: then it is left for later).
 import { existsSync, lstatSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { DUMP_ID, halfWrittenId, scanArchive, setSnapshots, snapshotNames, withArchiveLock, type ArchivedDump, type Manifest } from './archive.js';
+import { halfWrittenId, setSnapshots, withArchiveLock } from './archive.js';
+import { withWaitingDump } from './archiver.js';
+import { DUMP_ID, isWaiting, snapshotNames, type ArchivedDump, type Manifest } from './manifest.js';
 import { dumpsNaming } from './archive-index.js';
-import { deleteStoredDump, gcRestic, resticOf } from './archive-store.js';
 import type { Config } from './config.js';
+import { LockTimeoutError } from './errors.js';
 import { assertOwnDir } from './fsutil.js';
 import { Journal } from './journal.js';
 import { log } from './log.js';
-import type { ResticClient } from './restic.js';
 import type { PruneEvent } from './sanoid/env.js';
+import { dropWaiting, scanSpool, SPOOL_NAME } from './spool.js';
+import type { DumpStore } from './stores/store.js';
 import { locate, type SnapshotRef } from './snapshot-id.js';
 import { datasetOfSnapshot, type GuidCensus, type ZfsClient } from './zfs.js';
 
@@ -62,69 +67,100 @@ function warnUnknownPools(census: GuidCensus, report: (line: string) => void): v
 }
 
 /**
- * Whether one of a dump's snapshots still has its recorded name and guid
- * (`guids`: what ZFS says each recorded name's guid is now): then the dump
- * is kept, and nothing needs looking for. A ref of an old manifest (no
- * guid) holds by its name.
+ * A dump's fate after sanoid destroyed `pruned`, from one `zfs get guid` of
+ * its recorded names (`guids`: each name's guid now), or null when that
+ * cannot tell and the census must (fateOf). The pruned name no longer
+ * holding its guid is gone; every other name still holding its own is
+ * where it was recorded: the dump is kept for those. A name that lost its
+ * guid may have been renamed, promoted or received elsewhere: only a census
+ * of every pool tells. A ref of an old manifest (no guid) holds by its name.
  */
-export function stillHeld(manifest: Pick<Manifest, 'snapshots'>, guids: ReadonlyMap<string, string>): boolean {
-  return manifest.snapshots.some((r) => (r.guid === null ? guids.has(r.name) : guids.get(r.name) === r.guid));
+export function fateByNames(manifest: Pick<Manifest, 'snapshots'>, pruned: string, guids: ReadonlyMap<string, string>): Fate | null {
+  const holds = (r: SnapshotRef) => (r.guid === null ? guids.has(r.name) : guids.get(r.name) === r.guid);
+  const mine = manifest.snapshots.filter((r) => r.name === pruned);
+  const others = manifest.snapshots.filter((r) => r.name !== pruned);
+  if (mine.length === 0 || mine.some(holds)) return { kind: 'keep' }; // sanoid says so, ZFS still has it
+  if (others.length === 0 || !others.every(holds)) return null;
+  return { kind: 'update', snapshots: others, gone: [pruned] };
 }
 
 /**
- * pruning_script: sanoid destroyed `dataset@snapname`. A dump another of
- * whose snapshots still stands where it was recorded is kept as it is: one
- * `zfs get guid` of the recorded names says so. Only a dump none of whose
- * names holds its guid any more is judged on a census of every imported
- * pool (fateOf): deleted, or followed where its snapshots went.
+ * pruning_script: sanoid destroyed `dataset@snapname`. The dumps that name
+ * it are judged on one `zfs get guid` of their recorded names
+ * (fateByNames): those whose other snapshots all stand where they were
+ * recorded just drop the pruned name. Only a dump with a name that lost its
+ * guid is judged on a census of every imported pool (fateOf): deleted, or
+ * followed where its snapshots went.
  */
-export async function pruneSnapshot(event: PruneEvent, config: Config, zfs: ZfsClient): Promise<PruneResult> {
+export async function pruneSnapshot(event: PruneEvent, config: Config, zfs: Pick<ZfsClient, 'guidsOf' | 'censusFor'>, store: DumpStore): Promise<PruneResult> {
   const snapshot = `${event.dataset}@${event.snapname}`;
   const result: PruneResult = { updated: [], deleted: [], freedBytes: 0 };
   return withArchiveLock(config.stateDir, config.lockTimeoutMs, async () => {
     // Through the index: a prune call reads only the manifests that name the snapshot (lib/archive-index.ts).
-    const { dumps, broken } = dumpsNaming(config.archiveDir, config.stateDir, snapshot);
-    for (const b of broken) log.warn(`${b.reason} (left alone)`);
+    const stored = dumpsNaming(config.archiveDir, config.stateDir, snapshot);
+    const spool = scanSpool(config);
+    const dumps = [...stored.dumps, ...spool.dumps.filter((d) => snapshotNames(d.manifest).includes(snapshot))];
+    for (const b of [...stored.broken, ...spool.broken]) log.warn(`${b.reason} (left alone)`);
     if (dumps.length === 0) {
       log.debug(`no RAM dump belongs to ${snapshot}: nothing to do`, { dataset: event.dataset });
       return result;
     }
     const guids = await zfs.guidsOf(dumps.flatMap((d) => snapshotNames(d.manifest)));
     if (guids.has(snapshot)) log.warn(`sanoid says ${snapshot} was pruned, but ZFS still has it: its RAM dump stays`, { dataset: event.dataset });
-    const open: ArchivedDump[] = [];
-    for (const dump of dumps) {
-      if (stillHeld(dump.manifest, guids)) log.debug(`RAM dump ${dump.manifest.id} kept: another of its snapshots stands`, { domain: dump.manifest.domain.name, dataset: event.dataset });
-      else open.push(dump);
+    const fates = new Map(dumps.map((d) => [d, fateByNames(d.manifest, snapshot, guids)]));
+    const open = dumps.filter((d) => fates.get(d) === null);
+    if (open.length > 0) {
+      const census = await zfs.censusFor(open.flatMap((d) => d.manifest.snapshots));
+      warnUnknownPools(census, (line) => log.warn(line, { dataset: event.dataset }));
+      for (const d of open) fates.set(d, fateOf(d.manifest, census));
     }
-    if (open.length === 0) return result;
-    const census = await zfs.censusFor(open.flatMap((d) => d.manifest.snapshots));
-    warnUnknownPools(census, (line) => log.warn(line, { dataset: event.dataset }));
-    const restic = resticOf(config);
-    for (const dump of open) await settle(dump, fateOf(dump.manifest, census), result, restic);
+    for (const [dump, fate] of fates) {
+      const m = dump.manifest;
+      const ctx = { domain: m.domain.name, dataset: event.dataset };
+      const done = await settle(dump, fate!, config, store, false);
+      if (done.kind === 'updated') {
+        result.updated.push(m.id);
+        log.info(`RAM dump ${m.id} kept for ${done.snapshots.join(', ')}`, ctx);
+      } else if (done.kind === 'deleted') {
+        result.deleted.push(m.id);
+        result.freedBytes += done.freedBytes;
+        log.info(`RAM dump ${m.id}${isWaiting(m) ? ' (waiting in the spool)' : ''} deleted: none of its snapshots exists any more (${done.gone.join(', ')})`, ctx);
+      } else if (done.kind === 'kept') log.warn(`RAM dump ${m.id} kept: ${done.reason}`, ctx);
+    }
     return result;
   });
 }
 
-/** Carries out a dump's fate. */
-async function settle(dump: ArchivedDump, fate: Fate, result: PruneResult, restic: ResticClient | null): Promise<void> {
-  const m = dump.manifest;
-  const ctx = { domain: m.domain.name, dataset: datasetOfSnapshot(m.snapshots[0]?.name ?? '@') };
-  if (fate.kind === 'keep') return;
-  if (fate.kind === 'update') {
-    setSnapshots(dump, fate.snapshots);
-    result.updated.push(m.id);
-    log.info(`RAM dump ${m.id} kept for ${fate.snapshots.map((r) => r.name).join(', ')}`, ctx);
-    return;
-  }
+/** What settle did with a dump. */
+type Settled =
+  | { kind: 'unchanged' }
+  | { kind: 'updated'; snapshots: string[] }
+  | { kind: 'deleted'; gone: string[]; freedBytes: number }
+  /** Its fate could not be carried out now: the next prune or gc tries again. */
+  | { kind: 'kept'; reason: string };
+
+/**
+ * Carries out a dump's fate: a stored dump through its store, a waiting one
+ * in the spool under its own lock (never while the archiver stores it).
+ */
+async function settle(dump: ArchivedDump, fate: Fate, config: Config, store: DumpStore, dryRun: boolean): Promise<Settled> {
+  if (fate.kind === 'keep') return { kind: 'unchanged' };
+  const waiting = isWaiting(dump.manifest);
+  const act = async (): Promise<Settled> => {
+    if (fate.kind === 'update') {
+      if (!dryRun) setSnapshots(dump, fate.snapshots);
+      return { kind: 'updated', snapshots: fate.snapshots.map((r) => r.name) };
+    }
+    const freedBytes = dryRun ? sizeOf(dump.manifest.memoryFile) : waiting ? dropWaiting(dump) : await store.drop(dump);
+    return { kind: 'deleted', gone: fate.gone, freedBytes };
+  };
   try {
-    result.freedBytes += await deleteStoredDump(dump, restic);
+    return waiting && !dryRun ? await withWaitingDump(config, dump.manifest.id, act) : await act();
   } catch (err) {
+    if (err instanceof LockTimeoutError) return { kind: 'kept', reason: 'the archiver is storing it right now: the next prune or gc takes it from the store' };
     // Kept, and the other dumps still settled: the next prune or gc tries again.
-    log.warn(`RAM dump ${m.id} kept: ${(err as Error).message}`, ctx);
-    return;
+    return { kind: 'kept', reason: (err as Error).message };
   }
-  result.deleted.push(m.id);
-  log.info(`RAM dump ${m.id} deleted: none of its snapshots exists any more (${fate.gone.join(', ')})`, ctx);
 }
 
 export interface GcReport {
@@ -138,7 +174,7 @@ export interface GcReport {
   /** Files and dirs that virtsnap did not write, found in the archive or overlay dir: never deleted. */
   foreign: { path: string; reason: string }[];
   freedBytes: number;
-  /** With VIRTSNAP_ARCHIVE=restic:REPO: whether `restic prune` ran (the space of forgotten dumps comes back then). */
+  /** With VIRTSNAP_STORE=restic:REPO: whether `restic prune` ran (the space of forgotten dumps comes back then). */
   resticPruned?: boolean;
 }
 
@@ -179,7 +215,7 @@ function sweepOverlayDir(config: Config): { strays: string[]; foreign: GcReport[
   for (const f of files.sort()) {
     const p = path.join(config.overlayDir, f);
     const st = lstatSync(p, { throwIfNoEntry: false });
-    if (st === undefined || OVERLAY.test(f)) continue;
+    if (st === undefined || OVERLAY.test(f) || (f === SPOOL_NAME && st.isDirectory())) continue;
     const m = IN_FLIGHT.exec(f);
     const ours = m !== null && (f.endsWith('.save') ? st.isFile() : st.isDirectory());
     if (!ours) result.foreign.push({ path: p, reason: 'not written by virtsnap (left alone)' });
@@ -189,16 +225,11 @@ function sweepOverlayDir(config: Config): { strays: string[]; foreign: GcReport[
   return result;
 }
 
-/** How old a fetched memory file must be before gc takes it for left behind: no verify or restore reads one for a day. */
-const FETCH_STALE_MS = 24 * 3600_000;
-
 /**
- * Memory files fetched from restic (`STATE_DIR/fetch/<id>-XXXXXX`) by a
- * verify or restore that was killed outright (SIGKILL: no exit handler
- * removed them). Secrets lying around: gc removes them once a day old.
+ * Leftovers of ours in a dir of the state dir: entries named as we name
+ * them (`ours`), of the kind we make, untouched for `maxAgeMs`.
  */
-function staleFetches(config: Config, now = Date.now()): string[] {
-  const dir = path.join(config.stateDir, 'fetch');
+function stale(dir: string, ours: RegExp, kind: 'file' | 'dir', maxAgeMs: number, now = Date.now()): string[] {
   let names: string[];
   try {
     names = readdirSync(dir);
@@ -206,12 +237,27 @@ function staleFetches(config: Config, now = Date.now()): string[] {
     return [];
   }
   return names
-    .filter((f) => DUMP_ID.test(f.replace(/-[^-]*$/, ''))) // localDump's mkdtemp: `<id>-XXXXXX`
+    .filter((f) => ours.test(f))
     .map((f) => path.join(dir, f))
     .filter((p) => {
       const st = lstatSync(p, { throwIfNoEntry: false });
-      return st !== undefined && st.isDirectory() && now - st.mtimeMs > FETCH_STALE_MS;
+      return st !== undefined && (kind === 'dir' ? st.isDirectory() : st.isFile()) && now - st.mtimeMs > maxAgeMs;
     });
+}
+
+/**
+ * Memory files fetched from restic (`STATE_DIR/fetch/<id>-XXXXXX`, localDump's
+ * mkdtemp) by a verify or restore that was killed outright (SIGKILL: no exit
+ * handler removed them). Secrets lying around: gc removes them once a day
+ * old (no verify or restore reads one for a day).
+ */
+function staleFetches(config: Config): string[] {
+  return stale(path.join(config.stateDir, 'fetch'), new RegExp(`^${DUMP_ID.source.slice(1, -1)}-[^-]+$`), 'dir', 24 * 3600_000);
+}
+
+/** Settings files (STATE_DIR/settings/) whose helper never started or died before it read them: a helper takes its own within a second. */
+function staleSettings(config: Config): string[] {
+  return stale(path.join(config.stateDir, 'settings'), /^[0-9a-f-]{36}\.env$/, 'file', 3600_000);
 }
 
 /**
@@ -224,68 +270,48 @@ export async function unneededDumps(dumps: ArchivedDump[], zfs: Pick<ZfsClient, 
   return dumps.filter((d) => fateOf(d.manifest, census).kind === 'delete');
 }
 
-/** `virtsnap gc`: sweep the whole archive against ZFS. */
-export async function collectGarbage(config: Config, zfs: ZfsClient, options: { dryRun: boolean }): Promise<GcReport> {
+/** `virtsnap gc`: sweep the store and the spool against ZFS. */
+export async function collectGarbage(config: Config, zfs: Pick<ZfsClient, 'censusFor'>, store: DumpStore, options: { dryRun: boolean }): Promise<GcReport> {
   const report: GcReport = { updated: [], deleted: [], removed: [], kept: [], foreign: [], freedBytes: 0 };
   // Never sweep a dir others could swap things into under our feet: checked before anything is deleted.
   if (existsSync(config.overlayDir)) assertOwnDir(config.overlayDir, 'VIRTSNAP_OVERLAY_DIR');
-  let resticToPrune: ResticClient | null = null;
   await withArchiveLock(config.stateDir, config.lockTimeoutMs, async () => {
-    const scan = scanArchive(config.archiveDir);
-    const restic = resticOf(config);
-    for (const b of scan.broken) report.kept.push(`${b.file}: ${b.reason}`);
-    report.foreign.push(...scan.foreign);
-    const census = await zfs.censusFor(scan.dumps.flatMap((d) => d.manifest.snapshots));
+    const scan = store.scan();
+    const spool = scanSpool(config);
+    for (const b of [...scan.broken, ...spool.broken]) report.kept.push(`${b.file}: ${b.reason}`);
+    report.foreign.push(...scan.foreign, ...spool.foreign);
+    const dumps = [...scan.dumps, ...spool.dumps];
+    const census = await zfs.censusFor(dumps.flatMap((d) => d.manifest.snapshots));
     warnUnknownPools(census, (line) => report.kept.push(line));
-    for (const dump of scan.dumps) {
-      const fate = fateOf(dump.manifest, census);
-      if (fate.kind === 'keep') continue;
-      if (fate.kind === 'update') {
-        report.updated.push(dump.manifest.id);
-        if (!options.dryRun) setSnapshots(dump, fate.snapshots);
-        continue;
+    for (const dump of dumps) {
+      const done = await settle(dump, fateOf(dump.manifest, census), config, store, options.dryRun);
+      if (done.kind === 'updated') report.updated.push(dump.manifest.id);
+      else if (done.kind === 'kept') report.kept.push(`${dump.manifest.id}: ${done.reason}`);
+      else if (done.kind === 'deleted') {
+        report.deleted.push(dump.manifest.id);
+        report.freedBytes += done.freedBytes;
       }
-      if (!options.dryRun) {
-        try {
-          await deleteStoredDump(dump, restic);
-        } catch (err) {
-          report.kept.push(`${dump.manifest.id}: ${(err as Error).message}`);
-          continue;
-        }
-      }
-      report.deleted.push(dump.manifest.id);
-      report.freedBytes += sizeOf(dump.manifest.memoryFile);
-    }
-    if (restic !== null) {
-      // Never forgets what no manifest here names (another host may own it, `--host` tells): only reports it.
-      // No `restic prune` under the archive lock: it may take hours, and post must archive meanwhile (restic locks the repo itself).
-      const rgc = await gcRestic(restic, scan.dumps, true).catch((err: Error) => {
-        report.kept.push(`restic repository ${restic.repo}: ${err.message}`);
-        return null;
-      });
-      if (rgc !== null) report.kept.push(...rgc.unknown);
-      resticToPrune = options.dryRun ? null : restic;
     }
     const overlay = sweepOverlayDir(config);
     report.foreign.push(...overlay.foreign);
-    // A .part whose dump a thaw is staging right now (its id is a journal entry's tag) is not a stray.
-    const inFlight = new Set(new Journal(config.stateDir).list().map((e) => e.tag));
-    const strays = scan.strays.filter((f) => !inFlight.has(halfWrittenId(f) ?? ''));
-    for (const stray of [...strays, ...overlay.strays, ...staleFetches(config)]) {
+    // A .part or a seal cut short whose dump a thaw or the archiver is at right now (its id in the journal or the spool) is not a stray.
+    const journal = new Journal(config.stateDir).scan();
+    const inFlight = new Set([...journal.entries.map((e) => e.tag), ...spool.dumps.map((d) => d.manifest.id)]);
+    const damagedClaims = journal.damaged.map((d) => d.uuid.slice(0, 8));
+    const strays = [
+      ...scan.strays.filter((f) => !inFlight.has(halfWrittenId(f) ?? '')),
+      ...spool.unsealed.filter((u) => !inFlight.has(u.id) && !damagedClaims.some((c) => u.id.endsWith(`-${c}`))).map((u) => u.path),
+    ];
+    for (const stray of [...strays, ...overlay.strays, ...staleFetches(config), ...staleSettings(config)]) {
       report.removed.push(stray);
       report.freedBytes += sizeOf(stray);
       if (!options.dryRun) rmSync(stray, { recursive: true, force: true });
     }
   });
-  // After the lock: the space of the dumps forgotten comes back.
-  const prunable = resticToPrune as ResticClient | null;
-  if (prunable !== null) {
-    try {
-      await prunable.prune();
-      report.resticPruned = true;
-    } catch (err) {
-      report.kept.push(`restic prune of ${prunable.repo}: ${(err as Error).message}; run \`virtsnap gc\` again`);
-    }
-  }
+  // After the lock: the store's own step (restic: prune, which may take hours) never holds up post or prune.
+  const collected = await store.collect(options.dryRun);
+  report.kept.push(...collected.kept);
+  if (collected.pruned) report.resticPruned = true;
   return report;
 }
+

@@ -3,16 +3,16 @@
 import type { Deps } from './deps.js';
 import { LockTimeoutError, VirtsnapError } from './errors.js';
 import { takeInventory } from './inventory.js';
-import type { JournalEntry } from './journal.js';
 import { sleep } from './lock.js';
 import { log } from './log.js';
 import { planFreeze, runIdOf, type FreezePlan, type RunRequest } from './plan.js';
-import { abandoned, recover } from './recovery.js';
+import { recover } from './recovery.js';
+import { abandoned, stuckDomains } from './stuck.js';
+import { spoolHasDumps, startArchiver } from './archiver.js';
 // freeze.js and thaw.js load when a run has a domain to freeze or thaw (see recovery.ts).
 import type { ThawResult } from './thaw.js';
 import { startWatchdog } from './watchdog.js';
 import { recordRun } from './metrics.js';
-import { isInSubtree } from './zfs.js';
 
 export { makeDeps } from './deps.js';
 
@@ -59,11 +59,13 @@ export async function runPre(request: RunRequest, deps: Deps, options: PreOption
   // A run that died (sanoid killed, host crashed) left its domains in the
   // journal, maybe on overlays: finish it first, or they would block this run.
   await recover(deps, { force: false, quietIfLive: true });
+  // Dumps left waiting (an archiver that gave up, a reboot): an archiver for them, outside this run.
+  if (spoolHasDumps(deps.config)) await startArchiver(deps.config);
   const plan = await planWhenFree(request, deps, options);
   const dataset = request.targets.join(',');
   // Loud, but not a reason to leave the other VMs unfrozen: the pre hook still
   // exits 0, so sanoid snapshots them (even with no_inconsistent_snapshot).
-  for (const s of stuckDomains(plan.datasets, plan.onOverlays, deps)) log.error(s.message, { domain: s.name, dataset });
+  for (const s of stuckDomains(plan.datasets, plan.onOverlays, deps.journal)) log.error(s.message, { domain: s.name, dataset });
   for (const d of plan.notFrozen) log.error(d.reason, { domain: d.name, dataset });
   // Each counts as a failure in the metrics: its snapshot has no RAM, and nothing else would say so there.
   if (plan.notFrozen.length > 0) await recordRun(deps.config, { dumps: [], failed: plan.notFrozen.map(({ name, uuid }) => ({ name, uuid })) });
@@ -83,75 +85,19 @@ export async function runPre(request: RunRequest, deps: Deps, options: PreOption
   return plan;
 }
 
-export interface Stuck {
-  name: string;
-  uuid: string;
-  message: string;
-  entry: JournalEntry | null;
-}
-
-function touches(entry: JournalEntry, datasets: readonly string[]): boolean {
-  return entry.overlays.some((o) => datasets.some((ds) => isInSubtree(o.dataset, ds)));
-}
-
-/**
- * Domains with disks in `datasets` that no thaw could bring back: still on
- * an overlay of ours with no live run holding them, or an abandoned journal
- * entry (undefined, shut down on overlays, a commit that keeps failing).
- * Every snapshot of these datasets holds such a domain's disk as it was when
- * it was frozen.
- */
-export function stuckDomains(datasets: readonly string[], onOverlays: FreezePlan['onOverlays'], deps: Pick<Deps, 'journal'>): Stuck[] {
-  const result: Stuck[] = [];
-  const seen = new Set<string>();
-  for (const entry of deps.journal.list()) {
-    // At step committed the VM is back; only its dump waits for the archive (recover retries that).
-    if (!abandoned(entry) || entry.step === 'committed' || !touches(entry, datasets)) continue;
-    seen.add(entry.domain.uuid);
-    result.push({
-      name: entry.domain.name,
-      uuid: entry.domain.uuid,
-      entry,
-      message:
-        entry.mode === 'quiesce'
-          ? `domain ${JSON.stringify(entry.domain.name)} may still have its filesystems frozen since ${entry.frozenAt ?? entry.startedAt} (run ${entry.runId}): its guest agent did not confirm a thaw; \`virsh domfsthaw ${entry.domain.name}\`, then \`virtsnap recover\``
-          : `domain ${JSON.stringify(entry.domain.name)} is stuck since ${entry.frozenAt ?? entry.startedAt} (run ${entry.runId}, step ${entry.step}): ` +
-            `snapshots hold its disk as it was then, not its newest writes; \`virtsnap status\` says why, \`virtsnap recover\` retries, \`virtsnap recover --discard\` ends it`,
-    });
-  }
-  for (const d of onOverlays) {
-    if (seen.has(d.uuid) || deps.journal.read(d.uuid) !== null) continue;
-    result.push({ name: d.name, uuid: d.uuid, entry: null, message: d.reason });
-  }
-  return result;
-}
-
-/** post: thaw what pre froze and archive the RAM dumps. Throws when any domain could not be thawed. */
+/** post: thaw what pre froze and seal the RAM dumps. Throws when any domain could not be thawed or kept no dump. */
 export async function runPost(request: RunRequest, deps: Deps): Promise<ThawResult> {
-  const result = await (await import('./thaw.js')).thawRun(runIdOf(request), deps);
-  await recordRun(deps.config, { dumps: result.dumps.map((d) => d.manifest), failed: result.withoutDump });
-  // The run's snapshots that hold a stuck domain's old disk are recorded as such (`virtsnap status`).
-  const stuck = stuckDomains(request.targets, [], deps);
-  for (const s of stuck) {
-    // A quiesced VM's disks never moved: its snapshots are current, only its filesystems may be frozen.
-    if (s.entry === null || s.entry.mode === 'quiesce') continue;
-    const mine = request.targets.filter((t) => touches(s.entry!, [t])).flatMap((t) => request.snapnames.map((n) => `${t}@${n}`));
-    // Under the domain's mutex, on the entry as it is now: never one a thaw removed or a new run claimed meanwhile.
-    await deps.journal
-      .withMutex(s.uuid, Date.now() + deps.config.lockTimeoutMs, () => {
-        const current = deps.journal.read(s.uuid);
-        if (current === null || current.tag !== s.entry!.tag) return;
-        deps.journal.tryUpdate(current, { staleSnapshots: [...new Set([...(current.staleSnapshots ?? []), ...mine])] });
-      })
-      .catch((err: Error) => log.warn(`cannot record which snapshots hold its old disk: ${err.message}`, { domain: s.name }));
-  }
-  if (stuck.length > 0) result.failures.push(...stuck.map((s) => s.message));
-  if (result.failures.length > 0) {
-    throw new VirtsnapError(result.failures.length === 1 ? result.failures[0]! : `${result.failures.length} domains could not be thawed (see above)`);
+  const { thawRun, withoutDump } = await import('./thaw.js');
+  const result = await thawRun(runIdOf(request), deps, { keepDump: true }, { datasets: request.targets, snapnames: request.snapnames });
+  await recordRun(deps.config, { dumps: result.sealed.map((d) => d.manifest), failed: withoutDump(result) });
+  if (result.sealed.some((d) => d.manifest.store?.kind === 'spool')) await startArchiver(deps.config);
+  const failures = [...result.failures.map((f) => f.message), ...stuckDomains(request.targets, [], deps.journal).map((s) => s.message)];
+  if (failures.length > 0) {
+    throw new VirtsnapError(failures.length === 1 ? failures[0]! : `${failures.length} domains could not be thawed (see above)`);
   }
   if (result.discarded.length > 0) {
     throw new VirtsnapError(
-      `no RAM dump kept for ${result.discarded.map((n) => JSON.stringify(n)).join(', ')} (back on its own disks; see above why): ${request.targets.join(',')}@${request.snapnames[0] ?? ''} holds their disks without RAM`,
+      `no RAM dump kept for ${result.discarded.map((d) => JSON.stringify(d.name)).join(', ')} (back on its own disks; see above why): ${request.targets.join(',')}@${request.snapnames[0] ?? ''} holds their disks without RAM`,
     );
   }
   return result;

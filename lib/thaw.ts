@@ -3,28 +3,27 @@
 // which snapshots hold the RAM's instant (before the disks move again),
 // active block commit of each overlay into its own image and pivot, check,
 // resume what a pause of ours or an I/O error left paused, delete the
-// overlays, then archive the dump or drop it.
+// overlays, then seal the dump (its store's: lib/stores/) or drop it.
 //
 // The same code serves post, `virtsnap recover`, the watchdog and a freeze
 // undoing itself: it starts from whatever step the journal says and never
 // assumes the step before it finished.
-import { hostname } from 'node:os';
 import { rmSync } from 'node:fs';
-import { dumpTimes, publishDump, snapshotNames, storedAt, withArchiveLock, type ArchivedDump } from './archive.js';
-import { stageForArchive } from './archive-store.js';
+import type { ArchivedDump } from './manifest.js';
 import type { Deps } from './deps.js';
 import { asFsError, LibvirtError, VirtsnapError } from './errors.js';
-import { exists, removeIfExists } from './fsutil.js';
-import { dumpDisksOf, type JournalEntry, type OverlayRecord } from './journal.js';
-import { readSaveImageHeader } from './libvirt/save-image.js';
+import { removeIfExists } from './fsutil.js';
+import type { JournalEntry, OverlayRecord } from './journal.js';
 import { sourceOf } from './libvirt/domain-xml.js';
 import type { Domain } from './libvirt/virsh.js';
 import { about, log } from './log.js';
 import { sleep, waitUntil, withLock } from './lock.js';
 import { inParallel } from './parallel.js';
 import { tieSnapshots, type SnapshotRef } from './snapshot-id.js';
+import { NothingToSealError } from './spool.js';
 import { datasetOfSnapshot } from './zfs.js';
-import { ramFiles, recordLatestInSnapshots, removeLiveRam } from './ram-in-dataset.js';
+import { isStuck, touches } from './stuck.js';
+import { removeLiveRam } from './ram-in-dataset.js';
 
 /** A domain that no thaw can bring back without a person: named by every later run and `virtsnap status`. */
 export class StuckError extends VirtsnapError {
@@ -197,31 +196,34 @@ export async function restoreDowntimeLimit(entry: JournalEntry, deps: Deps): Pro
 }
 
 export interface ThawOptions {
-  /** Archive the RAM dump (post, recover), or throw it away (undoing a failed freeze). */
+  /** Seal the RAM dump (post, recover, the watchdog), or throw it away (undoing a failed freeze). */
   keepDump: boolean;
-  /**
-   * Stop once the VM runs on its own disks again, leaving the dump to a
-   * second call: post brings every VM back before it archives any (copying,
-   * hashing and compressing a dump takes seconds).
-   */
-  deferArchive?: boolean;
 }
 
-/** The domain was thawed by another process (post and `recover --force` racing) while this one waited its turn. */
-export const THAWED_ELSEWHERE = 'thawed-elsewhere';
-/** A quiesce freeze: the filesystems are thawed, and there is no RAM dump to keep. */
-export const QUIESCED = 'quiesced';
+/** How the VM came out of the thaw. */
+export type Back =
+  /** On its own disks, as it ran (or stayed paused) before the freeze. */
+  | { kind: 'committed' }
+  /** Its filesystems thawed (quiesce: its disks never moved). */
+  | { kind: 'quiesced' }
+  /** Another virtsnap process thawed it meanwhile (post and `recover --force` racing), or a dead restore's hold was let go. */
+  | { kind: 'elsewhere' };
 
-/** The VM is back; its dump waits (step committed) for a thawDomain of this entry without deferArchive. */
-export interface Deferred {
-  deferred: JournalEntry;
+/** What became of its RAM dump. */
+export type DumpFate =
+  /** Sealed: waiting in the spool for the archiver, or inside its snapshots already (lib/stores/). */
+  | { kind: 'sealed'; dump: ArchivedDump }
+  /** Thrown away, and why: tied to no snapshot, the run died too early, cut short, an undone freeze. */
+  | { kind: 'discarded'; reason: string }
+  /** There is none here: a quiesce keeps no RAM, or the thaw was someone else's. */
+  | { kind: 'none' };
+
+export interface Thawed {
+  back: Back;
+  dump: DumpFate;
 }
 
-export type ThawOutcome = ArchivedDump | null | Deferred | typeof THAWED_ELSEWHERE | typeof QUIESCED;
-
-export function isDeferred(outcome: ThawOutcome): outcome is Deferred {
-  return outcome !== null && typeof outcome === 'object' && 'deferred' in outcome;
-}
+const ELSEWHERE: Thawed = { back: { kind: 'elsewhere' }, dump: { kind: 'none' } };
 
 /**
  * Brings one domain back onto its own disks and deals with its RAM dump.
@@ -229,7 +231,7 @@ export function isDeferred(outcome: ThawOutcome): outcome is Deferred {
  * journal's removal: post, `recover`, `recover --force` and the watchdog
  * serialise here, so one never aborts the block job of another.
  */
-export async function thawDomain(entry: JournalEntry, deps: Deps, options: ThawOptions): Promise<ThawOutcome> {
+export async function thawDomain(entry: JournalEntry, deps: Deps, options: ThawOptions): Promise<Thawed> {
   const patience = deps.config.lockTimeoutMs + deps.config.commitTimeoutMs * Math.max(1, entry.overlays.length);
   return withLock(deps.journal.lockDir, `thaw-${entry.domain.uuid}`, Date.now() + patience, async () => {
     let current: JournalEntry | null;
@@ -240,17 +242,21 @@ export async function thawDomain(entry: JournalEntry, deps: Deps, options: ThawO
     }
     if (current === null || current.tag !== entry.tag) {
       log.info('already thawed by another virtsnap process', about(entry.domain.name));
-      return THAWED_ELSEWHERE;
+      return ELSEWHERE;
     }
     if (current.step === 'restoring') {
       // A restore's hold, left by a restore that died: there is nothing of a snapshot run to undo.
       log.warn(`a restore (${current.runId}) that ended without letting go held this domain: released; look at it (\`virsh domstate\`, \`virtsnap status\`) before restoring again`, about(entry.domain.name));
       deps.journal.remove(entry.domain.uuid);
-      return THAWED_ELSEWHERE;
+      return ELSEWHERE;
     }
     // What is on disk is newer than what the caller read (a step it missed), unless the caller could not write it.
     const newest = stepOrder(current.step) >= stepOrder(entry.step) ? { ...entry, ...current } : entry;
-    return newest.mode === 'quiesce' ? thawFilesystems(newest, deps) : thawHeld(newest, deps, options);
+    if (newest.mode === 'quiesce') {
+      await thawFilesystems(newest, deps);
+      return { back: { kind: 'quiesced' }, dump: { kind: 'none' } };
+    }
+    return thawHeld(newest, deps, options);
   });
 }
 
@@ -266,7 +272,7 @@ const FSTHAW_ATTEMPTS = 3;
  * step the run reached (a thaw of filesystems that are not frozen is
  * harmless). A guest that is gone or shut off has nothing frozen.
  */
-async function thawFilesystems(entry: JournalEntry, deps: Deps): Promise<typeof QUIESCED> {
+async function thawFilesystems(entry: JournalEntry, deps: Deps): Promise<void> {
   const { uuid, name } = entry.domain;
   const { virsh, journal } = deps;
   let reason = '';
@@ -274,13 +280,13 @@ async function thawFilesystems(entry: JournalEntry, deps: Deps): Promise<typeof 
     if (!(await virsh.exists(uuid)) || (await virsh.state(uuid)) === 'shut off') {
       log.warn('the domain stopped while its filesystems were frozen: nothing to thaw', about(name));
       journal.remove(uuid);
-      return QUIESCED;
+      return;
     }
     try {
       const thawed = await virsh.fsThaw(uuid, deps.config.agentTimeoutMs);
       log.info(`thawed ${thawed} filesystem(s) through the guest agent${sinceFrozen(entry)}`, about(name));
       journal.remove(uuid);
-      return QUIESCED;
+      return;
     } catch (err) {
       reason = libvirtReason(err);
       log.warn(`the guest agent did not thaw the filesystems (${reason})${attempt < FSTHAW_ATTEMPTS ? ': trying again' : ''}`, about(name));
@@ -292,10 +298,11 @@ async function thawFilesystems(entry: JournalEntry, deps: Deps): Promise<typeof 
   );
 }
 
-async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): Promise<ArchivedDump | null | Deferred> {
+async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): Promise<Thawed> {
   const { virsh, journal } = deps;
   const name = entry.domain.name;
-  let keep = options.keepDump;
+  // Why the dump is thrown away, once that is decided: null while it is to be kept.
+  let discard: string | null = options.keepDump ? null : 'its freeze was undone';
   // RAM inside the dataset: gone from the live dataset first, whatever comes
   // next (a commit, a resume, a person booting the VM by hand after a stuck
   // thaw), so no later snapshot pairs it with newer disks. The snapshots
@@ -319,33 +326,36 @@ async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): 
       );
     }
     const manual = entry.overlays.length > 0 && entry.overlays.every((o) => o.overlay === null);
-    if (manual && before.state !== 'paused' && keep) {
-      log.error('the domain was frozen paused (no overlays) but has been resumed since: its disks moved on, the RAM dump is discarded', about(name));
-      keep = false;
+    if (manual && before.state !== 'paused' && discard === null) {
+      discard = 'the domain was frozen paused (no overlays) but has been resumed since: its disks moved on';
+      log.error(`${discard}, the RAM dump is discarded`, about(name));
     }
     // Pause mode: our snapshot leaves no reason (`unknown`); `user` means
     // someone resumed and paused it again meanwhile, and its disks moved on.
-    if (manual && entry.mode === 'pause' && entry.stateBefore !== 'paused' && before.state === 'paused' && keep) {
+    if (manual && entry.mode === 'pause' && entry.stateBefore !== 'paused' && before.state === 'paused' && discard === null) {
       const { reason } = await virsh.stateReason(entry.domain.uuid);
       if (PAUSED_BY_USER.test(reason)) {
-        log.error('the domain was paused again by a user after a resume while frozen: its disks moved on, the RAM dump is discarded', about(name));
-        keep = false;
+        discard = 'the domain was paused again by a user after a resume while frozen: its disks moved on';
+        log.error(`${discard}, the RAM dump is discarded`, about(name));
       }
     }
     // Which snapshots hold the disks of the RAM's instant is decided now, while
     // they still stand still, and written down before the first commit: after
     // a crash half-way through the commits, recover must not look again.
     let tied = entry.tied;
-    if (keep && tied === undefined) {
+    if (discard === null && tied === undefined) {
       if (entry.step === 'frozen') tied = await tieDump(entry, deps);
-      else log.error(`the run died at step ${entry.step}, before it recorded which snapshots hold the RAM's instant: the RAM dump is discarded`, about(name));
+      else {
+        discard = `the run died at step ${entry.step}, before it recorded which snapshots hold the RAM's instant`;
+        log.error(`${discard}: the RAM dump is discarded`, about(name));
+      }
     }
     const committing = journal.tryUpdate(entry, { step: 'committing', ...(tied !== undefined ? { tied } : {}) });
     entry = committing.entry;
-    if (!committing.written && entry.tied !== undefined && entry.tied.length > 0 && keep) {
+    if (!committing.written && entry.tied !== undefined && entry.tied.length > 0 && discard === null) {
       // Unrecorded, the tie could be made again after a crash, once the disks moved on.
-      log.error('the journal cannot record which snapshots hold the RAM dump: it is discarded', about(name));
-      keep = false;
+      discard = 'the journal cannot record which snapshots hold the RAM dump';
+      log.error(`${discard}: it is discarded`, about(name));
     }
     const commitStarted = Date.now();
     for (const o of entry.overlays) if (o.overlay !== null) await commitDisk(entry, o, before, deps);
@@ -356,12 +366,42 @@ async function thawHeld(entry: JournalEntry, deps: Deps, options: ThawOptions): 
     for (const o of entry.overlays) if (o.overlay !== null) removeIfExists(o.overlay);
     entry = journal.tryUpdate(entry, { step: 'committed', commitMs }).entry;
   }
-  if (options.deferArchive && keep && (entry.tied ?? []).length > 0) return { deferred: entry };
+  const back: Back = { kind: 'committed' };
   const tied = entry.tied ?? [];
-  const dump = keep && tied.length > 0 ? await keepDump(entry, tied, deps) : null;
-  if (dump === null) dropDump(entry);
+  if (discard === null && tied.length === 0) discard = 'no snapshot of this run holds the disks as they were when the RAM was saved';
+  if (discard === null) {
+    const sealed = sealDump(entry, tied, deps);
+    if (sealed.kind === 'sealed') {
+      journal.remove(entry.domain.uuid);
+      return { back, dump: sealed };
+    }
+    discard = sealed.reason;
+  }
+  dropDump(entry);
   journal.remove(entry.domain.uuid);
-  return dump;
+  return { back, dump: { kind: 'discarded', reason: discard } };
+}
+
+/**
+ * The dump of a VM back on its own disks into its store's hands
+ * (DumpStore.seal: the spool, or where it already is). Renames only: post,
+ * and the next run, never wait for hashing, compression or the store.
+ * Nothing complete to seal: discarded. Anything else (the spool's
+ * filesystem full or read-only) keeps the journal entry at step committed,
+ * with the dump where it is, for `virtsnap recover`.
+ */
+function sealDump(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): Extract<DumpFate, { kind: 'sealed' | 'discarded' }> {
+  try {
+    return { kind: 'sealed', dump: deps.store.seal(entry, tied) };
+  } catch (err) {
+    if (err instanceof NothingToSealError) {
+      log.error(err.message, about(entry.domain.name));
+      return { kind: 'discarded', reason: err.message };
+    }
+    const fsError = asFsError(err);
+    const why = fsError !== null ? fsError.message : (err as Error).message;
+    throw new VirtsnapError(`the VM is back on its own disks, but its RAM dump cannot be sealed (${why}): it waits in ${entry.memoryFile}; fix that, then run \`virtsnap recover\``);
+  }
 }
 
 /** The snapshots of the run that hold this domain's disks as they were when its RAM was saved (see lib/snapshot-id.ts). */
@@ -419,137 +459,68 @@ export function dropDump(entry: Pick<JournalEntry, 'memoryFile' | 'metaDir' | 'r
   rmSync(entry.metaDir, { recursive: true, force: true });
 }
 
-/** Archives the dump, tied to the snapshots that hold its instant. */
-async function keepDump(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): Promise<ArchivedDump | null> {
-  const name = entry.domain.name;
-  if (entry.ramInDataset !== undefined) {
-    const dump = inSnapshots(entry, tied, deps);
-    try {
-      recordLatestInSnapshots(deps.config.stateDir, dump.manifest);
-    } catch (err) {
-      log.warn(`cannot record the dump for \`virtsnap status\` (${(err as Error).message})`, about(name));
-    }
-    return dump;
-  }
-  if (!exists(entry.memoryFile)) {
-    log.error(`memory file ${entry.memoryFile} is missing: no RAM dump for this snapshot`, about(name));
-    return null;
-  }
-  const header = readSaveImageHeader(entry.memoryFile);
-  if (header === null || !header.complete) {
-    log.error(`memory file ${entry.memoryFile} is incomplete: no RAM dump for this snapshot`, about(name));
-    return null;
-  }
-  try {
-    // Hashing and compressing without the archive lock, so a run's dumps are
-    // staged in parallel (gc leaves a .part alone while the journal names it);
-    // the manifest and the file's move into place under it.
-    // With VIRTSNAP_ARCHIVE=restic:REPO the bytes go to a restic snapshot (raw: restic dedups and compresses).
-    const staged = await stageForArchive(deps.config, {
-      id: entry.tag,
-      domain: entry.domain,
-      snapshots: tied,
-      types: entry.types,
-      memoryFile: entry.memoryFile,
-      metaDir: entry.metaDir,
-      disks: dumpDisksOf(entry),
-      startedAt: entry.startedAt,
-      frozenAt: entry.frozenAt ?? null,
-      job: entry.job ?? null,
-      commitMs: entry.commitMs ?? null,
-      libvirtUri: deps.config.libvirtUri,
-      hostname: hostname(),
-      compression: deps.config.compression,
-    }, hostname());
-    const dump = await withArchiveLock(deps.config.stateDir, deps.config.lockTimeoutMs, () => publishDump(staged));
-    log.info(`archived RAM dump ${storedAt(dump.manifest)} (${dump.manifest.bytes} bytes) for ${snapshotNames(dump.manifest).join(', ')}`, about(name));
-    return dump;
-  } catch (err) {
-    // The VM is back on its own disks; the dump waits in the overlay dir and
-    // the journal (step committed) until the archive takes it.
-    const fsError = asFsError(err);
-    const why = fsError !== null ? fsError.message : (err as Error).message;
-    throw new VirtsnapError(`the VM is back on its own disks, but its RAM dump cannot be archived (${why}): it waits in ${entry.memoryFile}; fix that, then run \`virtsnap recover\``);
-  }
-}
-
-/**
- * RAM inside the dataset: nothing to archive, the snapshots carry it. What
- * post reports (and the metrics count) is the dump as the snapshots hold it.
- */
-function inSnapshots(entry: JournalEntry, tied: SnapshotRef[], deps: Deps): ArchivedDump {
-  rmSync(entry.metaDir, { recursive: true, force: true });
-  const where = entry.ramInDataset!;
-  const inside = ramFiles(where.dir, entry.tag);
-  log.info(`RAM dump ${entry.tag} is inside ${tied.map((t) => t.name).join(', ')} (${inside.save.slice(where.mountpoint.length + 1)})`, about(entry.domain.name));
-  return {
-    manifestFile: `${tied[0]!.name}:${inside.manifest.slice(where.mountpoint.length)}`,
-    manifest: {
-      format: 'virtsnap-dump/2',
-      id: entry.tag,
-      domain: entry.domain,
-      snapshots: tied,
-      types: entry.types,
-      memoryFile: `${tied[0]!.name}:${inside.save.slice(where.mountpoint.length)}`,
-      bytes: where.bytes ?? entry.job?.memoryBytes ?? 0,
-      sha256: '',
-      compression: null,
-      metaDir: null,
-      disks: dumpDisksOf(entry),
-      times: dumpTimes(entry),
-      libvirtUri: deps.config.libvirtUri,
-      hostname: hostname(),
-    },
-  };
+/** A domain of a run and what happened to it, for post's report and the metrics. */
+export interface DomainOutcome {
+  name: string;
+  uuid: string;
 }
 
 export interface ThawResult {
-  dumps: ArchivedDump[];
-  failures: string[];
-  /** The domains behind `failures` and `discarded`. */
-  withoutDump: { name: string; uuid: string }[];
-  /** Domains thawed without a RAM dump kept (not tied to any snapshot, or incomplete): see the log. */
-  discarded: string[];
+  /** Dumps sealed: waiting in the spool for the archiver, or inside their snapshots. */
+  sealed: ArchivedDump[];
+  /** Domains that could not be brought back (or only partly): the message says what to do. */
+  failures: (DomainOutcome & { message: string })[];
+  /** Domains back on their own disks without a RAM dump, and why. */
+  discarded: (DomainOutcome & { reason: string })[];
+}
+
+/** The domains of `result` whose snapshot has no RAM (the metrics count them as failures). */
+export function withoutDump(result: Pick<ThawResult, 'failures' | 'discarded'>): DomainOutcome[] {
+  return [...result.failures, ...result.discarded].map(({ name, uuid }) => ({ name, uuid }));
 }
 
 /**
- * post: thaw every domain the run froze, VIRTSNAP_PARALLEL at a time. Every
- * VM is back on its own disks and running before the first dump is archived:
- * a dump's copy, hash and compression take seconds, and no VM waits for
- * another's. One domain's failure does not stop the others.
+ * post: thaw every domain the run froze, VIRTSNAP_PARALLEL at a time. A
+ * dump is only sealed (renames), so no VM and no sanoid waits for hashing,
+ * compression or the store: the archiver does that afterwards. One domain's
+ * failure does not stop the others. `datasets`, `snapnames`: the run's, to
+ * record which of its snapshots hold the old disk of a domain left stuck.
  */
-export async function thawRun(runId: string, deps: Deps, options: ThawOptions = { keepDump: true }): Promise<ThawResult> {
-  const result: ThawResult = { dumps: [], failures: [], discarded: [], withoutDump: [] };
-  const settle = (entry: JournalEntry, outcome: ThawOutcome): void => {
-    if (outcome === THAWED_ELSEWHERE || outcome === QUIESCED || isDeferred(outcome)) return;
-    if (outcome !== null) result.dumps.push(outcome);
-    else {
-      result.discarded.push(entry.domain.name);
-      result.withoutDump.push(entry.domain);
-    }
-  };
-  const fail = (entry: JournalEntry, err: unknown): void => {
-    log.error((err as Error).message, about(entry.domain.name));
-    result.failures.push((err as Error).message);
-    result.withoutDump.push(entry.domain);
-  };
-  const deferred: JournalEntry[] = [];
+export async function thawRun(runId: string, deps: Deps, options: ThawOptions = { keepDump: true }, run?: { datasets: readonly string[]; snapnames: readonly string[] }): Promise<ThawResult> {
+  const result: ThawResult = { sealed: [], failures: [], discarded: [] };
   const entries = deps.journal.list().filter((e) => e.runId === runId);
   await inParallel(entries, deps.config.parallel, async (entry) => {
+    const domain = { name: entry.domain.name, uuid: entry.domain.uuid };
     try {
-      const outcome = await thawDomain(entry, deps, { ...options, deferArchive: true });
-      if (isDeferred(outcome)) deferred.push(outcome.deferred);
-      else settle(entry, outcome);
+      const { dump } = await thawDomain(entry, deps, options);
+      if (dump.kind === 'sealed') result.sealed.push(dump.dump);
+      else if (dump.kind === 'discarded' && options.keepDump) result.discarded.push({ ...domain, reason: dump.reason });
     } catch (err) {
-      fail(entry, err);
+      log.error((err as Error).message, about(entry.domain.name));
+      result.failures.push({ ...domain, message: (err as Error).message });
     }
   });
-  await inParallel(deferred, deps.config.parallel, async (entry) => {
-    try {
-      settle(entry, await thawDomain(entry, deps, { ...options, deferArchive: false }));
-    } catch (err) {
-      fail(entry, err);
-    }
-  });
+  if (run !== undefined) await markStale({ runId, ...run }, deps);
   return result;
+}
+
+/**
+ * The run's snapshots that hold the old disk of a domain stuck since an
+ * earlier run are recorded as such (`virtsnap status`, restore's warning).
+ * A quiesced domain's disks never moved: its snapshots are current.
+ */
+async function markStale(run: { runId: string; datasets: readonly string[]; snapnames: readonly string[] }, deps: Deps): Promise<void> {
+  for (const entry of deps.journal.list()) {
+    if (entry.runId === run.runId || entry.mode === 'quiesce' || !isStuck(entry)) continue;
+    const mine = run.datasets.filter((t) => touches(entry, [t])).flatMap((t) => run.snapnames.map((n) => `${t}@${n}`));
+    if (mine.length === 0) continue;
+    // Under the domain's mutex, on the entry as it is now: never one a thaw removed or a new run claimed meanwhile.
+    await deps.journal
+      .withMutex(entry.domain.uuid, Date.now() + deps.config.lockTimeoutMs, () => {
+        const current = deps.journal.read(entry.domain.uuid);
+        if (current === null || current.tag !== entry.tag) return;
+        deps.journal.tryUpdate(current, { staleSnapshots: [...new Set([...(current.staleSnapshots ?? []), ...mine])] });
+      })
+      .catch((err: Error) => log.warn(`cannot record which snapshots hold its old disk: ${err.message}`, about(entry.domain.name)));
+  }
 }

@@ -11,35 +11,17 @@
 // stood still (lib/snapshot-id.ts); otherwise it belongs to no snapshot and
 // is discarded.
 //
-// How it is started: under systemd (PID 1 is systemd), as a transient
-// service through `systemd-run`, so it is outside sanoid.service's cgroup,
-// which systemd kills as a whole when sanoid dies or is stopped; its log goes
-// to the journal with error priority. Elsewhere (cron, a shell, the test
-// bed), as nobody's child in a session of its own (exec.ts startOrphan): a
-// supervisor or a `timeout` wrapper that kills the pre hook with its
-// children never reaches it. It logs to STATE_DIR/watchdog.log and, for
-// errors, to syslog through logger(1).
-//
-// It sees the settings the run sees: VIRTSNAP_* of the starter's
-// environment, through a private file (0600 in the state dir) that it reads
-// and removes, never `systemd-run --setenv` (any user reads a unit's
-// environment over D-Bus, and a restic URL may hold a password).
-import { existsSync, readFileSync, rmSync } from 'node:fs';
-import { randomUUID } from 'node:crypto';
-import { createRequire } from 'node:module';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+// How it is started, and how it sees the run's settings: lib/detached.ts.
 import type { Config } from './config.js';
 import type { Deps } from './deps.js';
-import { run, startOrphan } from './exec.js';
-import { ensureDir, ensureDirBelow, PRIVATE_DIR, writeFileAtomic } from './fsutil.js';
-import { VirtsnapError } from './errors.js';
+import { alarm, startHelper } from './detached.js';
 import { sleep } from './lock.js';
-import { log, toJournal } from './log.js';
 import { ownerIsAlive, ownerOf, type Owner } from './owner.js';
-import { abandoned, recover } from './recovery.js';
+import { recover } from './recovery.js';
+import { abandoned } from './stuck.js';
 import type { JournalEntry } from './journal.js';
-import { isDeferred, thawDomain, THAWED_ELSEWHERE } from './thaw.js';
+import { thawDomain } from './thaw.js';
+import { startArchiver } from './archiver.js';
 
 /** How often the watchdog looks: with a thaw of a few seconds, VMs are back well within a minute. */
 export const WATCH_INTERVAL_MS = 2_000;
@@ -84,16 +66,16 @@ export async function watch(runId: string, starter: Owner, deps: Deps, intervalM
       );
       if (next === 'done') return 0;
       if (next === 'give-up') {
-        await alarm(`run ${runId}: ${entries.map((e) => JSON.stringify(e.domain.name)).join(', ')} could not be brought back (see above): \`virtsnap status\` names them, \`virtsnap recover\` retries`, ctx);
+        await alarm('watchdog', `run ${runId}: ${entries.map((e) => JSON.stringify(e.domain.name)).join(', ')} could not be brought back (see above): \`virtsnap status\` names them, \`virtsnap recover\` retries`, ctx);
         return 1;
       }
       // Stopped (host shutdown, systemctl stop): nothing of ours is abandoned now, and the run's own hooks handle their signals.
       if (next === 'wait' && deps.stop.requested !== null) return 0;
       if (next === 'thaw') {
         const names = entries.filter((e) => abandoned(e)).map((e) => JSON.stringify(e.domain.name));
-        await alarm(`run ${runId} ended without its post hook (its owner, pid ${entries[0]!.owner.pid}, is gone) while ${names.join(', ')} were frozen: committing them back`, ctx);
+        await alarm('watchdog', `run ${runId} ended without its post hook (its owner, pid ${entries[0]!.owner.pid}, is gone) while ${names.join(', ')} were frozen: committing them back`, ctx);
         const result = await recover(deps, { force: false, quietIfLive: true, runId });
-        if (result.recovered.length > 0) await alarm(`run ${runId}: ${result.recovered.map((n) => JSON.stringify(n)).join(', ')} back on their own disks`, ctx, 'warn');
+        if (result.recovered.length > 0) await alarm('watchdog', `run ${runId}: ${result.recovered.map((n) => JSON.stringify(n)).join(', ')} back on their own disks`, ctx, 'warn');
         if (result.failed.length === 0) continue;
         // libvirtd restarting, a commit that timed out: try again a few times before giving up.
         for (const e of deps.journal.list().filter((x) => x.runId === runId && result.failed.includes(x.domain.name))) {
@@ -103,7 +85,7 @@ export async function watch(runId: string, starter: Owner, deps: Deps, intervalM
         }
       }
     } catch (err) {
-      await alarm(`run ${runId}: ${(err as Error).message}: looking again`, ctx);
+      await alarm('watchdog', `run ${runId}: ${(err as Error).message}: looking again`, ctx);
     }
     await sleep(intervalMs);
   }
@@ -130,7 +112,7 @@ export function overdue(
   return entries.filter((e) => e.mode === 'pause' && e.step === 'frozen' && e.stateBefore !== 'paused').map((e) => e.tag);
 }
 
-/** Thaws overdue pause entries (resume and tie, then archive), each at most MAX_TRIES times. */
+/** Thaws overdue pause entries (resume, tie and seal), each at most MAX_TRIES times. */
 async function resumeOverdue(entries: JournalEntry[], deps: Deps, ctx: { dataset: string }, tries: Map<string, number>): Promise<void> {
   const limit = Math.round(deps.config.pauseMaxMs / 1000);
   for (const e of entries) {
@@ -138,52 +120,15 @@ async function resumeOverdue(entries: JournalEntry[], deps: Deps, ctx: { dataset
     if (n > MAX_TRIES) continue; // said three times already; status and the run's own post name it
     tries.set(`pause:${e.tag}`, n);
     try {
-      // Resumed first, archived after, as post does: the thaw lock is let go in
-      // between, so a post that comes now waits only for the archiving.
-      const outcome = await thawDomain(e, deps, { keepDump: true, deferArchive: true });
-      if (outcome === THAWED_ELSEWHERE) continue; // post came meanwhile
-      const dump = isDeferred(outcome) ? 'its RAM dump is kept for the snapshot taken meanwhile' : 'no snapshot of the run was taken while it was paused, so no RAM dump is kept';
-      await alarm(`${JSON.stringify(e.domain.name)} was still paused ${limit}s (VIRTSNAP_PAUSE_MAX) after the run froze it, waiting for post: resumed it; ${dump}`, ctx);
-      if (isDeferred(outcome)) await thawDomain(outcome.deferred, deps, { keepDump: true });
+      const { back, dump } = await thawDomain(e, deps, { keepDump: true });
+      if (back.kind === 'elsewhere') continue; // post came meanwhile
+      const kept = dump.kind === 'sealed' ? 'its RAM dump is kept for the snapshot taken meanwhile' : 'no snapshot of the run was taken while it was paused, so no RAM dump is kept';
+      await alarm('watchdog', `${JSON.stringify(e.domain.name)} was still paused ${limit}s (VIRTSNAP_PAUSE_MAX) after the run froze it, waiting for post: resumed it; ${kept}`, ctx);
+      if (dump.kind === 'sealed' && dump.dump.manifest.store?.kind === 'spool') await startArchiver(deps.config);
     } catch (err) {
-      await alarm(`${JSON.stringify(e.domain.name)} has been paused for more than VIRTSNAP_PAUSE_MAX (${limit}s) and could not be resumed: ${(err as Error).message}`, ctx);
+      await alarm('watchdog', `${JSON.stringify(e.domain.name)} has been paused for more than VIRTSNAP_PAUSE_MAX (${limit}s) and could not be resumed: ${(err as Error).message}`, ctx);
     }
   }
-}
-
-/** An event a person must hear of: the log at error priority, and syslog where there is no journal. */
-async function alarm(message: string, ctx: { dataset: string }, level: 'error' | 'warn' = 'error'): Promise<void> {
-  log[level](`watchdog: ${message}`, ctx);
-  if (toJournal()) return;
-  await run('logger', ['-t', 'virtsnap', '-p', `daemon.${level === 'error' ? 'err' : 'warning'}`, '--', `watchdog: ${message}`], { timeoutMs: 5_000 }).catch(() => undefined);
-}
-
-const virtsnapJs = path.join(path.dirname(fileURLToPath(import.meta.url)), '../bin/virtsnap.js');
-
-/**
- * The settings the watchdog must see as we do (the env file's path and
- * every VIRTSNAP_ variable), in a private file of the state dir: its path
- * is all that goes on the watchdog's command line.
- */
-function writeSettings(stateDir: string): string {
-  const dir = path.join(stateDir, 'watchdog');
-  ensureDirBelow(dir, 'VIRTSNAP_STATE_DIR');
-  const file = path.join(dir, `${randomUUID()}.env`);
-  const lines = Object.entries(process.env).filter(([k, v]) => k.startsWith('VIRTSNAP_') && v !== undefined).map(([k, v]) => `${k}=${JSON.stringify(v)}`);
-  writeFileAtomic(file, Buffer.from(lines.join('\n') + '\n'));
-  return file;
-}
-
-/**
- * The watchdog's side: takes the settings from the file the starter wrote
- * (only VIRTSNAP_ variables), then removes it. Before loadConfig.
- */
-export function takeSettings(file: string): void {
-  if (!/\/watchdog\/[0-9a-f-]{36}\.env$/.test(file)) throw new VirtsnapError(`--settings ${file} is not a settings file of a virtsnap run`);
-  const dotenv = createRequire(import.meta.url)('dotenv') as typeof import('dotenv');
-  const values = dotenv.parse(readFileSync(file, 'utf8'));
-  for (const [k, v] of Object.entries(values)) if (k.startsWith('VIRTSNAP_')) process.env[k] = v;
-  rmSync(file, { force: true });
 }
 
 /**
@@ -193,30 +138,7 @@ export function takeSettings(file: string): void {
  */
 export async function startWatchdog(runId: string, config: Config, starterPid = process.pid): Promise<void> {
   const starter = ownerOf(starterPid);
-  ensureDir(config.stateDir, PRIVATE_DIR, 'VIRTSNAP_STATE_DIR');
-  const settings = writeSettings(config.stateDir);
-  const args = [virtsnapJs, 'watchdog', '--run', runId, '--starter', `${starter.pid}:${starter.startTime}`, '--settings', settings];
-  try {
-    if (config.watchdog === 'auto' && existsSync('/run/systemd/system')) {
-      // Type=exec: systemd-run returns once the watchdog really runs, or fails.
-      await run('systemd-run', [
-        '--quiet',
-        '--collect',
-        '--property=Type=exec',
-        `--unit=virtsnap-watchdog-${starter.pid}-${Date.now()}`,
-        '--description=virtsnap watchdog: thaws VMs if a snapshot run dies',
-        '--',
-        process.execPath,
-        ...args,
-      ]);
-      return;
-    }
-    // Its stderr is a file: it must not believe it writes to the journal.
-    await startOrphan(process.execPath, args, { logFile: path.join(config.stateDir, 'watchdog.log'), unset: ['JOURNAL_STREAM'] });
-  } catch (err) {
-    rmSync(settings, { force: true });
-    throw err;
-  }
+  await startHelper('watchdog', ['--run', runId, '--starter', `${starter.pid}:${starter.startTime}`], config);
 }
 
 /** `PID:STARTTIME` from the command line: the starter, so that a reused pid is never taken for it. */

@@ -116,6 +116,17 @@ export function readMounts(): Mount[] {
 }
 
 /**
+ * Each mounted dataset's mountpoint: its first mount in the table, where
+ * ZFS mounted it. A bind mount or a propagated copy of it (a chroot's, a
+ * container's) comes later and names another path to the same files.
+ */
+export function mountpointsOf(mounts: readonly Mount[]): Map<string, string> {
+  const byDataset = new Map<string, string>();
+  for (const m of mounts) if (!byDataset.has(m.dataset)) byDataset.set(m.dataset, m.mountpoint);
+  return byDataset;
+}
+
+/**
  * The dataset a file path lives in: the deepest ZFS mountpoint above it.
  * `realPath` must already have symlinks resolved.
  */

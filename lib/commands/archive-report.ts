@@ -1,6 +1,6 @@
 // Human-readable output of `virtsnap gc` and `virtsnap verify`.
 import type { GcReport } from '../retention.js';
-import type { Verdict } from '../verify.js';
+import type { Verdict } from './verify.js';
 
 export function formatGc(report: GcReport, dryRun: boolean): string {
   const would = dryRun ? 'would ' : '';

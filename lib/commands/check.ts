@@ -5,15 +5,17 @@
 // CRITICAL: a running VM on a dataset sanoid snapshots with our hooks has no
 // RAM dump, or none newer than the critical age; a VM runs on one of our
 // overlays with no run holding it; a VM is stuck (no thaw could bring it
-// back). WARNING: the newest dump is older than the warning age; the
-// archive has manifests it cannot read, dumps whose header or size is wrong
-// (verify's cheap part; the sha256 is left to `virtsnap verify`), or dumps
-// `virtsnap gc` would delete.
+// back); the spool cannot hold the next run's dumps. WARNING: the newest
+// dump is older than the warning age; a dump has waited in the spool for
+// over an hour (the store is not taking it); the store has manifests it
+// cannot read, dumps whose header or size is wrong (verify's cheap part; the
+// sha256 is left to `virtsnap verify`), or dumps `virtsnap gc` would delete.
 import { existsSync } from 'node:fs';
-import { scanArchive } from '../archive.js';
+import { scanSpool } from '../spool.js';
+import type { DumpStore } from '../stores/store.js';
 import { sleep } from '../lock.js';
 import { unneededDumps } from '../retention.js';
-import { checkStructure } from '../verify.js';
+import { checkStructure } from '../dump-check.js';
 import type { Config } from '../config.js';
 import { age } from '../format.js';
 import type { LibvirtClient } from '../libvirt/virsh.js';
@@ -95,6 +97,9 @@ export const CLEAN_ARCHIVE: ArchiveFindings = { brokenManifests: 0, failingVerif
 
 /** The plugin's verdict from what `virtsnap status` knows. Pure. */
 /** `space`: where the dumps go and whether they fit (lib/commands/space.ts): the next run's (CRITICAL), what retention keeps (WARNING). */
+/** An hour: a dump waiting longer means the store is not taking it (the archiver retries every 30 s at most). */
+export const SPOOL_WAIT_WARN_SECONDS = 3600;
+
 export function judge(rows: DomainStatus[], sections: Section[], archive: ArchiveFindings, space: readonly SpaceVerdict[] = []): Verdict {
   const watched = sections.filter((s) => s.limits !== null);
   const critical: string[] = [];
@@ -124,6 +129,11 @@ export function judge(rows: DomainStatus[], sections: Section[], archive: Archiv
     if (s > w.critSeconds) critical.push(`${r.name} newest dump ${age(s)} old`);
     else if (s > w.warnSeconds) warning.push(`${r.name} newest dump ${age(s)} old`);
   }
+  const late = rows.filter((r) => r.waiting !== null && r.waiting.oldestSeconds > SPOOL_WAIT_WARN_SECONDS);
+  if (late.length > 0) {
+    const n = late.reduce((sum, r) => sum + r.waiting!.count, 0);
+    warning.push(`${n} RAM dump(s) of ${late.map((r) => r.name).join(', ')} waiting in the spool for over an hour (virtsnap archive says why)`);
+  }
   if (archive.brokenManifests > 0) warning.push(`${archive.brokenManifests} unreadable manifest(s) in the archive (virtsnap verify)`);
   if (archive.failingVerify > 0) warning.push(`${archive.failingVerify} RAM dump(s) fail verify (virtsnap verify)`);
   if (archive.unneeded > 0) warning.push(`${archive.unneeded} RAM dump(s) whose snapshots are all gone (virtsnap gc)`);
@@ -134,7 +144,8 @@ export function judge(rows: DomainStatus[], sections: Section[], archive: Archiv
   return { status: OK, line: `OK: ${checked} VM(s) on ${watched.length} dataset(s) have fresh RAM dumps${tail}` };
 }
 
-export async function check(config: Config, virsh: LibvirtClient, zfs: ZfsClient, override: Partial<Thresholds>, dataset?: string): Promise<Verdict> {
+export async function check(config: Config, clients: { virsh: LibvirtClient; zfs: ZfsClient; store: DumpStore }, override: Partial<Thresholds>, dataset?: string): Promise<Verdict> {
+  const { virsh, zfs, store } = clients;
   const ini = readSanoidConf(config.sanoidConf);
   if (ini === null) return { status: UNKNOWN, line: `UNKNOWN: ${config.sanoidConf} not found (VIRTSNAP_SANOID_CONF): cannot tell which datasets to watch` };
   const sections = sectionsOf(ini, override);
@@ -143,11 +154,13 @@ export async function check(config: Config, virsh: LibvirtClient, zfs: ZfsClient
   if (watched.length === 0) {
     return { status: UNKNOWN, line: `UNKNOWN: no section of ${config.sanoidConf} runs virtsnap's pre hook${dataset === undefined ? '' : ` for ${dataset}`}: nothing to watch` };
   }
-  const rows = await domainStatus(config, virsh, zfs, dataset);
-  const scan = scanArchive(config.archiveDir);
-  // Read without the archive lock: a post hook archiving, or gc deleting, has a
+  const rows = await domainStatus(config, virsh, zfs, store, dataset);
+  const scan = store.scan();
+  const spool = scanSpool(config);
+  const dumps = [...scan.dumps, ...spool.dumps];
+  // Read without the archive lock: the archiver storing, or gc deleting, has a
   // dump's manifest and memory file out of step for a moment. Look again.
-  let failing = scan.dumps.filter((d) => checkStructure(d.manifest) !== null);
+  let failing = dumps.filter((d) => checkStructure(d.manifest) !== null);
   if (failing.length > 0) {
     await sleep(2000);
     failing = failing.filter((d) => existsSync(d.manifestFile) && checkStructure(d.manifest) !== null);
@@ -158,9 +171,9 @@ export async function check(config: Config, virsh: LibvirtClient, zfs: ZfsClient
     rows,
     sections,
     {
-      brokenManifests: scan.broken.length,
+      brokenManifests: scan.broken.length + spool.broken.length,
       failingVerify: failing.length,
-      unneeded: (await unneededDumps(scan.dumps, zfs)).length,
+      unneeded: (await unneededDumps(dumps, zfs)).length,
     },
     space,
   );

@@ -8,11 +8,11 @@ import { can, FEATURES, stackLines, type Stack } from '../libvirt/stack.js';
 import { liveSaveOf } from '../plan.js';
 import { ancestry, firstUnsearchable, qemuIdentity, type DirStat, type Identity, type QemuConf } from '../libvirt/qemu-user.js';
 import { autosnaps, isYes, readSanoidConf, runsOurHooks, settingOf, type Ini } from '../sanoid/conf.js';
-import { scanArchive, type ArchivedDump } from '../archive.js';
+import { storeFor } from '../stores/index.js';
+import { type ArchivedDump } from '../manifest.js';
 import { latestInSnapshots } from '../ram-in-dataset.js';
 import { spaceReport } from './space.js';
-import { resticOf } from '../archive-store.js';
-import { TAG, type ResticClient } from '../restic.js';
+import { Restic, TAG, type ResticClient } from '../restic.js';
 import { datasetOfFile, isInSubtree, readMounts } from '../zfs.js';
 
 export type Severity = 'ok' | 'warn' | 'fail';
@@ -135,7 +135,7 @@ function checkSpace(config: Config, running: Domain[], ini: Ini | null, stack: S
   if (ini === null) return [];
   let archived: ArchivedDump[] = [];
   try {
-    archived = scanArchive(config.archiveDir).dumps;
+    archived = storeFor(config).scan().dumps;
   } catch {
     // an archive it cannot read is the archive dir check's finding
   }
@@ -144,17 +144,19 @@ function checkSpace(config: Config, running: Domain[], ini: Ini | null, stack: S
 }
 
 /**
- * VIRTSNAP_ARCHIVE=restic: the password file and the env file (which may
+ * VIRTSNAP_STORE=restic: the password file and the env file (which may
  * hold the repository's credentials) are private, and the repository
  * answers.
  */
-export async function checkRestic(config: Config, restic: ResticClient | null = resticOf(config)): Promise<Finding[]> {
-  if (config.archive.kind !== 'restic' || restic === null) return [];
+export async function checkRestic(config: Config, given: ResticClient | null = null): Promise<Finding[]> {
+  if (config.store.kind !== 'restic') return [];
+  const backend = config.store;
+  const restic = given ?? new Restic(backend);
   const findings: Finding[] = [];
   const secrets: [string, string][] = [];
-  const pw = config.archive.passwordFile ?? config.archive.env.RESTIC_PASSWORD_FILE ?? null;
+  const pw = backend.passwordFile ?? backend.env.RESTIC_PASSWORD_FILE ?? null;
   if (pw !== null) secrets.push([pw, `password file ${pw}`]);
-  if (config.configFile !== null && Object.keys(config.archive.env).length > 0) secrets.push([config.configFile, `env file ${config.configFile} (it gives restic ${Object.keys(config.archive.env).join(', ')})`]);
+  if (config.configFile !== null && Object.keys(backend.env).length > 0) secrets.push([config.configFile, `env file ${config.configFile} (it gives restic ${Object.keys(backend.env).join(', ')})`]);
   for (const [file, what] of secrets) {
     const st = statSync(file, { throwIfNoEntry: false });
     if (st === undefined) findings.push(fail('restic', `${what} does not exist: nothing can be archived into ${restic.repo}`));

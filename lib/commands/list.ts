@@ -1,6 +1,9 @@
-// `virtsnap list [--json] [DATASET]`: the RAM dumps in the archive.
-import { repoDumps, resticOf } from '../archive-store.js';
-import { listDumps, snapshotNames, storedAt, type ArchivedDump, type Manifest } from '../archive.js';
+// `virtsnap list [--json] [DATASET]`: the RAM dumps in the store, and those
+// waiting in the spool for the archiver.
+import { isWaiting, snapshotNames, storedAt, type ArchivedDump, type Manifest } from '../manifest.js';
+import { VirtsnapError } from '../errors.js';
+import { scanSpool } from '../spool.js';
+import type { DumpStore } from '../stores/store.js';
 import { hostname } from 'node:os';
 import { log } from '../log.js';
 import { follow, locate } from '../snapshot-id.js';
@@ -18,15 +21,19 @@ export interface ListedDump {
   sha256: string;
   createdAt: string;
   pauseMs: number | null;
+  /** Waiting in the spool for the archiver (restore and verify use it all the same). */
+  waiting: boolean;
 }
 
 /** The dumps, their snapshots under their current names (renamed or promoted ones are followed by guid). */
-export async function listArchived(config: Config, zfs: ZfsClient, dataset?: string): Promise<ListedDump[]> {
+export async function listArchived(config: Pick<Config, 'overlayDir'>, store: DumpStore, zfs: ZfsClient, dataset?: string): Promise<ListedDump[]> {
   if (dataset !== undefined) assertDatasetName(dataset, 'virtsnap list');
-  let dumps = listDumps(config.archiveDir);
+  const scan = store.scan();
+  const broken = scan.broken[0];
+  if (broken !== undefined) throw new VirtsnapError(broken.reason);
+  let dumps = [...scan.dumps, ...scanSpool(config).dumps];
   // No manifest here (another host that shares the restic repository): the repository's own.
-  const restic = resticOf(config);
-  if (dumps.length === 0 && restic !== null) dumps = await repoDumps(restic, { host: hostname() });
+  if (dumps.length === 0) dumps = await store.remote({ host: hostname() });
   const manifests = await currentManifests(dumps, zfs);
   return manifests
     .filter((m) => dataset === undefined || snapshotNames(m).some((s) => isInSubtree(datasetOfSnapshot(s), dataset)))
@@ -58,17 +65,19 @@ function toListed(m: Manifest): ListedDump {
     sha256: m.sha256,
     createdAt: m.times.frozenAt ?? m.times.startedAt,
     pauseMs: m.times.pauseMs,
+    waiting: isWaiting(m),
   };
 }
 
 export function formatList(dumps: ListedDump[]): string {
-  if (dumps.length === 0) return 'no RAM dumps in the archive\n';
-  const rows = dumps.map((d) => [
+  if (dumps.length === 0) return 'no RAM dumps\n';
+  const rows = [...dumps].sort((a, b) => a.createdAt.localeCompare(b.createdAt)).map((d) => [
     d.domain,
     d.createdAt.replace('T', ' ').replace(/\.\d+Z$/, 'Z'),
     `${(d.bytes / 1024 ** 2).toFixed(1)} MiB`,
     d.pauseMs === null ? '-' : `${d.pauseMs} ms`,
+    d.waiting ? 'spool' : 'stored',
     d.snapshots.join(' '),
   ]);
-  return table(['DOMAIN', 'TAKEN (UTC)', 'SIZE', 'PAUSE', 'SNAPSHOTS'], rows);
+  return table(['DOMAIN', 'TAKEN (UTC)', 'SIZE', 'PAUSE', 'WHERE', 'SNAPSHOTS'], rows);
 }

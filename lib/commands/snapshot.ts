@@ -1,6 +1,6 @@
 // `virtsnap snapshot DATASET [-r] [--name NAME]`: a one-off consistent
 // snapshot, the same freeze/thaw as the hooks with `zfs snapshot` between.
-import type { ArchivedDump } from '../archive.js';
+import type { ArchivedDump } from '../manifest.js';
 import { VirtsnapError } from '../errors.js';
 import type { Deps } from '../deps.js';
 import { thawRun } from '../thaw.js';
@@ -62,14 +62,14 @@ export async function oneOffSnapshot(options: SnapshotOptions, deps: Deps): Prom
     // No snapshot, so no dump is kept: that is the consequence, zfs's error the
     // cause. A VM that could not be thawed is said first, loudest.
     const { failures } = await thawRun(runIdOf(request), deps);
-    if (failures.length > 0) throw new VirtsnapError(`${failures.join('; ')} (and zfs snapshot failed: ${(snapshotError as Error).message})`);
+    if (failures.length > 0) throw new VirtsnapError(`${failures.map((f) => f.message).join('; ')} (and zfs snapshot failed: ${(snapshotError as Error).message})`);
     throw snapshotError;
   }
-  const { dumps } = await runPost(request, deps);
+  const { sealed: dumps } = await runPost(request, deps);
   // quiesce keeps no dump (unless the guest agent failed and ram stood in).
   const expected = plan.domains.filter((d) => d.action === 'freeze' && d.mode !== 'quiesce').length;
   if (dumps.length < expected) {
-    throw new VirtsnapError(`snapshot ${snapshot} was taken but only ${dumps.length} of ${expected} RAM dumps were archived (see above)`);
+    throw new VirtsnapError(`snapshot ${snapshot} was taken but only ${dumps.length} of ${expected} RAM dumps were kept (see above)`);
   }
   return { snapshots: [snapshot], plan, dumps };
 }

@@ -2,14 +2,15 @@
 // the next run's, and what sanoid's retention will keep. One report for
 // `virtsnap doctor` and `virtsnap check` (lib/space.ts has the rule).
 //
-//   the overlay dir    every dump is written there first: it must hold the
-//                      next run's (a live save may write twice the RAM)
-//   the archive dir    (VIRTSNAP_ARCHIVE=dir) keeps a dump per run kept
-//   each pool          (VIRTSNAP_RAM_STORE=dataset) every snapshot holds its
+//   the overlay dir    every dump is written there first, and waits in its
+//                      spool for the archiver: it must hold the next run's
+//                      (a live save may write twice the RAM) besides those
+//   the archive dir    (VIRTSNAP_STORE=dir) keeps a dump per run kept
+//   each pool          (VIRTSNAP_STORE=dataset) every snapshot holds its
 //                      RAM: a dump per run kept, in the VM's own pool
 // A restic repository's space is restic's to tell.
 import type { Config } from '../config.js';
-import type { ArchivedDump, Manifest } from '../archive.js';
+import type { ArchivedDump, Manifest } from '../manifest.js';
 import { freeBytes } from '../fsutil.js';
 import { datasetsOfDomains } from '../inventory.js';
 import type { Domain } from '../libvirt/virsh.js';
@@ -25,9 +26,9 @@ export interface SpaceFacts {
   /** Running and paused VMs. */
   running: Domain[];
   stack: Stack;
-  /** The archive dir's dumps (VIRTSNAP_ARCHIVE=dir). */
+  /** The store's dumps (their sizes tell the next ones'). */
   archived: ArchivedDump[];
-  /** The newest dump each VM has inside snapshots (VIRTSNAP_RAM_STORE=dataset). */
+  /** The newest dump each VM has inside snapshots (VIRTSNAP_STORE=dataset). */
   inSnapshots: Manifest[];
 }
 
@@ -43,12 +44,12 @@ export function spaceReport(f: SpaceFacts, free: (dir: string) => number | null 
   if (ours.length === 0) return [];
   const verdicts: SpaceVerdict[] = [];
   // The next run's dumps are written where the RAM goes first: the overlay dir (or, in dataset mode, the pool).
-  const inOverlayDir = f.config.ramStore === 'dataset' ? [] : ours;
+  const inOverlayDir = f.config.store.kind === 'dataset' ? [] : ours;
   const spool = free(f.config.overlayDir);
   if (spool !== null && inOverlayDir.length > 0) {
-    verdicts.push(judgeSpace(`VIRTSNAP_OVERLAY_DIR ${f.config.overlayDir}`, spool, inOverlayDir.map(({ d }) => ({ domain: d.name, dumpBytes: dumpNeed(d.memoryKiB, liveSaveOf(d, f.stack, f.config.live).live), kept: 1, heldBytes: 0 }))));
+    verdicts.push(judgeSpace(`the spool's filesystem (VIRTSNAP_OVERLAY_DIR ${f.config.overlayDir})`, spool, inOverlayDir.map(({ d }) => ({ domain: d.name, dumpBytes: dumpNeed(d.memoryKiB, liveSaveOf(d, f.stack, f.config.live).live), kept: 1, heldBytes: 0 }))));
   }
-  if (f.config.ramStore === 'archive' && f.config.archive.kind === 'dir') {
+  if (f.config.store.kind === 'dir') {
     const room = free(f.config.archiveDir);
     const needs: SpaceNeed[] = ours.map(({ d, kept }) => {
       const own = f.archived.filter((x) => x.manifest.domain.uuid === d.uuid);
@@ -56,7 +57,7 @@ export function spaceReport(f: SpaceFacts, free: (dir: string) => number | null 
     });
     if (room !== null) verdicts.push(judgeSpace(`VIRTSNAP_ARCHIVE_DIR ${f.config.archiveDir}`, room, needs));
   }
-  if (f.config.ramStore === 'dataset') {
+  if (f.config.store.kind === 'dataset') {
     // Per pool: its datasets share what is free; the snapshots there hold a dump per run kept.
     const mounts = readMounts();
     const byPool = new Map<string, { dir: string; needs: SpaceNeed[] }>();

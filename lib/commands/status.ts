@@ -1,15 +1,18 @@
 // `virtsnap status [DATASET]`: every domain, where its disks live, whether it
-// is on one of our overlays right now, and its latest RAM dump.
+// is on one of our overlays right now, its latest RAM dump, and the dumps
+// that wait in the spool for the archiver.
 import { latestInSnapshots } from '../ram-in-dataset.js';
 import { follow, locate } from '../snapshot-id.js';
-import { scanArchive, snapshotNames } from '../archive.js';
+import { isWaiting, snapshotNames } from '../manifest.js';
+import { oldestWaitSeconds, scanSpool, statsOf } from '../spool.js';
+import type { DumpStore } from '../stores/store.js';
 import { currentManifests } from './list.js';
 import type { Config } from '../config.js';
 import { age, table } from '../format.js';
 import { isInsideDir } from '../fsutil.js';
 import { datasetsOfDomains } from '../inventory.js';
 import { Journal } from '../journal.js';
-import { abandoned } from '../recovery.js';
+import { abandoned } from '../stuck.js';
 import type { LibvirtClient } from '../libvirt/virsh.js';
 import { assertDatasetName, isInSubtree, type ZfsClient } from '../zfs.js';
 
@@ -29,15 +32,24 @@ export interface DomainStatus {
   stuck: { since: string; step: string; staleSnapshots: string[] } | null;
   /** Its journal entry cannot be read (what was done to it is unknown): no run touches it until a person looks. */
   damagedEntry: string | null;
-  latestDump: { id: string; snapshots: string[]; takenAt: string; ageSeconds: number } | null;
+  latestDump: { id: string; snapshots: string[]; takenAt: string; ageSeconds: number; waiting: boolean } | null;
+  /** Its dumps waiting in the spool for the archiver, and how long the oldest has waited; null when none waits. */
+  waiting: { count: number; bytes: number; oldestSeconds: number } | null;
 }
 
-export async function domainStatus(config: Config, virsh: LibvirtClient, zfs: ZfsClient, dataset?: string, now = new Date()): Promise<DomainStatus[]> {
+export async function domainStatus(config: Config, virsh: Pick<LibvirtClient, 'domains'>, zfs: ZfsClient, store: DumpStore, dataset?: string, now = new Date()): Promise<DomainStatus[]> {
   if (dataset !== undefined) assertDatasetName(dataset, 'virtsnap status');
   const domains = await virsh.domains();
   const datasetsOf = datasetsOfDomains(domains);
-  const dumps = (await currentManifests(scanArchive(config.archiveDir).dumps, zfs)).map((manifest) => ({ manifest }));
-  // RAM inside snapshots (VIRTSNAP_RAM_STORE=dataset): the newest post recorded, while one of its snapshots exists.
+  const spool = scanSpool(config).dumps;
+  const waitingOf = (uuid: string): DomainStatus['waiting'] => {
+    const stats = statsOf(spool.filter((d) => d.manifest.domain.uuid === uuid));
+    return stats.count === 0 ? null : { count: stats.count, bytes: stats.bytes, oldestSeconds: oldestWaitSeconds(stats, now.getTime()) };
+  };
+  // A dump none of whose snapshots exists any more restores nothing: it is not a VM's latest (gc deletes it).
+  const dumps = (await currentManifests([...store.scan().dumps, ...spool], zfs)).filter((m) => m.snapshots.length > 0).map((manifest) => ({ manifest }));
+  dumps.sort((a, b) => a.manifest.times.startedAt.localeCompare(b.manifest.times.startedAt));
+  // RAM inside snapshots (VIRTSNAP_STORE=dataset): the newest post recorded, while one of its snapshots exists.
   const inSnapshots = latestInSnapshots(config.stateDir);
   if (inSnapshots.length > 0) {
     const census = await zfs.censusFor(inSnapshots.flatMap((m) => m.snapshots));
@@ -66,11 +78,12 @@ export async function domainStatus(config: Config, virsh: LibvirtClient, zfs: Zf
       stuck: stuckOf(e.domain.uuid),
       damagedEntry: null,
       latestDump: null,
+      waiting: waitingOf(e.domain.uuid),
     });
   }
   // A damaged entry of a domain libvirt does not know: named, whatever the DATASET asked for (its datasets are unknown).
   for (const x of damaged.filter((x) => !domains.some((d) => d.uuid === x.uuid))) {
-    result.push({ name: x.uuid, uuid: x.uuid, state: 'undefined', datasets: [], onOverlay: [], heldBy: null, stuck: null, damagedEntry: x.reason, latestDump: null });
+    result.push({ name: x.uuid, uuid: x.uuid, state: 'undefined', datasets: [], onOverlay: [], heldBy: null, stuck: null, damagedEntry: x.reason, latestDump: null, waiting: waitingOf(x.uuid) });
   }
   for (const d of [...domains].sort((a, b) => a.name.localeCompare(b.name))) {
     const datasets = datasetsOf.get(d.uuid) ?? [];
@@ -89,8 +102,9 @@ export async function domainStatus(config: Config, virsh: LibvirtClient, zfs: Zf
       damagedEntry: damageOf(d.uuid),
       latestDump:
         latest && takenAt
-          ? { id: latest.id, snapshots: snapshotNames(latest), takenAt, ageSeconds: Math.round((now.getTime() - Date.parse(takenAt)) / 1000) }
+          ? { id: latest.id, snapshots: snapshotNames(latest), takenAt, ageSeconds: Math.round((now.getTime() - Date.parse(takenAt)) / 1000), waiting: isWaiting(latest) }
           : null,
+      waiting: waitingOf(d.uuid),
     });
   }
   return result;
@@ -111,13 +125,20 @@ export function formatStatus(rows: DomainStatus[]): string {
         : r.onOverlay.length > 0
           ? `ON ${r.onOverlay.join(',')}${r.heldBy ? ` (run ${r.heldBy})` : ' (leftover: virtsnap recover)'}`
           : 'no',
-      r.latestDump ? `${age(r.latestDump.ageSeconds)} ago ${r.latestDump.snapshots[0] ?? ''}` : '-',
+      r.latestDump ? `${age(r.latestDump.ageSeconds)} ago ${r.latestDump.snapshots[0] ?? ''}${r.latestDump.waiting ? ' (in the spool)' : ''}` : '-',
     ]),
   );
+  const waiting = rows.flatMap((r) => (r.waiting === null ? [] : [r.waiting]));
+  const count = waiting.reduce((n, w) => n + w.count, 0);
+  const spoolLine =
+    count === 0
+      ? ''
+      : `\n${count} RAM dump(s) (${(waiting.reduce((n, w) => n + w.bytes, 0) / 1024 ** 2).toFixed(0)} MiB) wait in the spool for the archiver, the oldest for ${age(Math.max(...waiting.map((w) => w.oldestSeconds)))}: \`virtsnap list\` shows them, \`virtsnap archive\` stores them now\n`;
   const stuck = rows.filter((r) => r.stuck !== null);
   const damaged = rows.filter((r) => r.damagedEntry !== null);
   return (
     text +
+    spoolLine +
     damaged.map((r) => `\n${r.name}: ${r.damagedEntry}`).join('') +
     (damaged.length > 0 && stuck.length === 0 ? '\n' : '') +
     stuck

@@ -2,7 +2,7 @@
 // cores, the CPU and whether QEMU ran under KVM or TCG means little.
 import { readFileSync } from 'node:fs';
 import { cpus, release, totalmem } from 'node:os';
-import { bed, sh } from '../helpers/bed.js';
+import { bed, sh, stackUri } from '../helpers/bed.js';
 
 export interface Machine {
   cores: number;
@@ -36,7 +36,7 @@ export async function describeMachine(): Promise<Machine> {
     ramMiB: Math.round(totalmem() / 2 ** 20),
     kernel: release(),
     node: process.version,
-    libvirt: await firstLine('virsh', ['-c', 'qemu:///system', 'version'], /Using library/),
+    libvirt: await firstLine('virsh', ['-c', stackUri(), 'version', '--daemon'], /Running against daemon/),
     qemu: await firstLine('qemu-system-x86_64', ['--version']),
     sanoid: `${await firstLine(b.sanoid['2.1.0'], ['--version'])} (${b.sanoid['2.1.0']})`,
     zfs: await firstLine('dpkg-query', ['-W', '-f', '${Package} ${Version}\n', 'zfs-fuse']),

@@ -14,10 +14,25 @@ export interface Samples {
   stall: (RunSample & { guest: string })[];
   /** One whole sanoid run over four guests. */
   four: RunSample[];
+  /** virtsnap's defaults over 1, 4 and 8 guests in one run. */
+  scale: RunSample[];
+  /** A run with the archive read-only, then the archive back. */
+  drain: DrainSample[];
   compressors: (CompressorSample & { guest: string })[];
   dd: (DdSample & { guest: string })[];
   prune: { dumps: number; samples: PruneSample[] } | null;
   startup: StartupSample[];
+}
+
+export interface DrainSample {
+  rep: number;
+  guests: number;
+  /** The sanoid run, with the archive read-only. */
+  runMs: number;
+  /** Dumps waiting in the spool after it. */
+  waiting: number;
+  /** From the archive being writable again until the spool was empty. */
+  drainMs: number;
 }
 
 export interface Section {
@@ -171,6 +186,16 @@ export function bytesSection(s: Samples): Section {
   };
 }
 
+export function scaleSection(s: Samples): Section {
+  const rows = [...new Set(s.scale.map((r) => r.guests))].sort((a, b) => a - b).map((n) => {
+    const runs = s.scale.filter((r) => r.guests === n);
+    const ok = okRuns(runs);
+    return [String(n), ok.length ? spread(summarize(ok.map((r) => r.wallMs)), ms) : '–', ms(summarize(ok.map((r) => r.wallMs / n))?.median), ms(summarize(ok.map((r) => r.postMs))?.median), short(failure(runs) ?? '')];
+  });
+  const drain = s.drain.map((d) => [`${d.guests}, archive read-only for the run`, ms(d.runMs), `${d.waiting} dumps waited`, `spool empty ${ms(d.drainMs)} after the archive came back`, '']);
+  return { title: "How a run grows: virtsnap's defaults over 1, 4 and 8 guests in one sanoid run (wall, and per guest); then the spool after an archive outage", header: ['guests', 'wall', 'per guest', 'post hook', ''], rows: [...rows, ...drain] };
+}
+
 export function pruneSection(s: Samples): Section {
   const rows: string[][] = [];
   if (s.prune) {
@@ -217,11 +242,16 @@ export function targets(s: Samples): Target[] {
   const sh = stallOf(BIG, SHELL);
   const w4 = wallOf(s.four, DEFAULTS);
   const w4s = wallOf(s.four, SHELL);
+  const w1 = wallOf(s.stall.filter((r) => r.guest === SMALL), DEFAULTS);
+  const w1s = wallOf(s.stall.filter((r) => r.guest === SMALL), SHELL);
+  const drain = medianOf(s.drain.map((d) => d.drainMs));
   const stall = target('guest stall, defaults vs shell pair (512 MiB guest, live data)', sb, sh, 0.1, '×', `${ms(sb)} vs ${ms(sh)}`);
   if (!(s.guests.find((g) => g.key === BIG)?.filledMiB ?? 0)) stall.notComparable = 'the 512 MiB guest had no live data';
   return [
     stall,
     target('whole sanoid run over 4 guests, virtsnap vs shell pair', w4, w4s, 0.6, '×', `${ms(w4)} vs ${ms(w4s)}`),
+    target('whole sanoid run over 1 guest, virtsnap vs shell pair', w1, w1s, 1.0, '×', `${ms(w1)} vs ${ms(w1s)}`),
+    target('spool empty after the archive comes back (4 dumps, median)', drain, null, 60_000, 'ms', ms(drain)),
     target('archive vs raw dump (96 MiB guest, defaults)', archived, archived === null ? null : 1, 0.5, '×', `${mib(storedSmall)} vs ${mib(rawSmall)}`),
     target('prune hook per call, 1,000 dumps (median)', prune, null, 100, 'ms', ms(prune)),
     target('hook with nothing to do (pre, median)', pre, null, 150, 'ms', ms(pre)),
@@ -229,7 +259,7 @@ export function targets(s: Samples): Target[] {
 }
 
 export function sections(s: Samples): Section[] {
-  return [stallSection(s), sanoidSection(s), bytesSection(s), pruneSection(s), startupSection(s)];
+  return [stallSection(s), sanoidSection(s), scaleSection(s), bytesSection(s), pruneSection(s), startupSection(s)];
 }
 
 export function render(s: Samples): string {

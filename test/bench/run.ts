@@ -7,37 +7,39 @@
 //   the wall time of a whole sanoid run over 1 and over 4 guests;
 //   bytes per dump (raw, stored, gzip -1 / zstd -1) and the RAM save rate
 //     against a plain dd of the same size;
-//   prune per call with 1,000 dumps; hook start-up with nothing to do.
+//   prune per call with 1,000 dumps; hook start-up with nothing to do;
+//   how a run grows with 1, 4 and 8 guests; how long the spool takes to
+//   empty once an archive that was away comes back.
 //
 // Repetitions are interleaved (rep 1 of every variant, then rep 2, …) so a
 // disturbance from whatever else runs on the machine spreads over all
 // variants instead of landing on one. BENCH_REPS (default 3); BENCH_QUICK=1
-// for one repetition and no 4-guest run; BENCH_ONLY=stall,four,prune,startup
+// for one repetition and no 4-guest run; BENCH_ONLY=stall,four,scale,drain,prune,startup
 // for some parts (storage: lib/restic backend against the archive dir and ZFS, test/bench/storage.ts). Everything it creates is named vsbed-b-* / vsbed/vm/b-*
 // and removed at the end, also after a failure.
 import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { bed, removeDomains, sh, sleep, virsh, type Bed } from '../helpers/bed.js';
+import { bed, removeDomains, sh, sleep, stackUri, virsh, type Bed } from '../helpers/bed.js';
 import { destroyPatiently, earlierRuns, tryDestroy } from './cleanup.js';
-import { repoRoot } from '../helpers/virtsnap.js';
+import { repoRoot, Setup } from '../helpers/virtsnap.js';
 import { EventWatcher } from './events.js';
-import { bootGuest, BenchError, type BenchGuest } from './guests.js';
+import { bootGuest, BenchError, problemWith, type BenchGuest } from './guests.js';
 import { describeMachine, type Machine } from './machine.js';
 import { benchPrune } from './prune.js';
 import { ddWrite, referenceCompression } from './reference.js';
-import { BIG, render, sections, SMALL, targets, type Samples } from './report.js';
+import { BIG, DEFAULTS, render, sections, SMALL, targets, type DrainSample, type Samples } from './report.js';
 import { snapshotRun } from './snapshot-run.js';
 import { benchStartup } from './startup.js';
 import { benchStorage, renderStorage, type StorageSample } from './storage.js';
 import { benchStress, renderStress, type StressSample } from './stress.js';
 import { BYTES_VARIANTS, RUN_VARIANTS, STALL_VARIANTS, Variant, type VariantSpec } from './variants.js';
 
-const URI = 'qemu:///system';
+const URI = stackUri();
 const QUICK = process.env.BENCH_QUICK === '1';
 const REPS = QUICK ? 1 : positiveInt(process.env.BENCH_REPS ?? '3', 'BENCH_REPS');
 const STARTUP_REPS = 10;
 const SETTLE_MS = 10_000;
-const PARTS = ['startup', 'prune', 'stall', 'four', 'storage', 'stress'] as const;
+const PARTS = ['startup', 'prune', 'stall', 'four', 'scale', 'drain', 'storage', 'stress'] as const;
 /** Saves per variant in the stress part (the issue's floor is 30). */
 const STRESS_ROUNDS = positiveInt(process.env.BENCH_STRESS_ROUNDS ?? '30', 'BENCH_STRESS_ROUNDS');
 type Part = (typeof PARTS)[number];
@@ -46,7 +48,7 @@ const ONLY = onlyParts(process.env.BENCH_ONLY);
 const doing = (part: Part): boolean => ONLY.has(part) && !(part === 'four' && QUICK);
 const RESULTS = path.join(repoRoot, 'test/bench/results/latest.json');
 
-const DOMAINS = { [SMALL]: 'vsbed-b-g96', [BIG]: 'vsbed-b-g512', four: [1, 2, 3, 4].map((i) => `vsbed-b-four${i}`) };
+const DOMAINS = { [SMALL]: 'vsbed-b-g96', [BIG]: 'vsbed-b-g512', four: [1, 2, 3, 4].map((i) => `vsbed-b-four${i}`), scale: [1, 2, 3, 4, 5, 6, 7, 8].map((i) => `vsbed-b-scale${i}`) };
 /**
  * All datasets of this run live under one root named after its start, so a
  * dataset zfs-fuse keeps "busy" after a run (seen: for more than 15 minutes)
@@ -55,6 +57,12 @@ const DOMAINS = { [SMALL]: 'vsbed-b-g96', [BIG]: 'vsbed-b-g512', four: [1, 2, 3,
 const ROOT = `b-bench-${new Date().toISOString().replace(/[-:]/g, '').slice(0, 15)}`;
 /** Parents with one child dataset per guest: sanoid runs over the parent with recursive = zfs. */
 const PARENTS = { [SMALL]: `${ROOT}/one`, [BIG]: `${ROOT}/big`, four: `${ROOT}/quad` };
+/**
+ * The scale part's 8 guests, nested so that one `recursive = zfs` run over
+ * a level covers 1, 4 or 8 of them: L8/g1..g4, L8/L4/g5..g7, L8/L4/L1/g8.
+ */
+const SCALE = { 8: `${ROOT}/L8`, 4: `${ROOT}/L8/L4`, 1: `${ROOT}/L8/L4/L1` } as const;
+const SCALE_HOMES = ['L8/g1', 'L8/g2', 'L8/g3', 'L8/g4', 'L8/L4/g5', 'L8/L4/g6', 'L8/L4/g7', 'L8/L4/L1/g8'].map((d) => `${ROOT}/${d}`);
 
 function positiveInt(text: string, name: string): number {
   const n = Number(text);
@@ -88,8 +96,8 @@ function checkInterrupted(): void {
   if (interrupted) throw new BenchError('interrupted');
 }
 
-const allDomains = (): string[] => [DOMAINS[SMALL], DOMAINS[BIG], ...DOMAINS.four, 'vsbed-b-stress'];
-const SETUPS = ['b-bench-startup', 'b-bench-prune', 'b-stress', ...[...STALL_VARIANTS, ...BYTES_VARIANTS].map((v) => `b-bench-${v.name}`)];
+const allDomains = (): string[] => [DOMAINS[SMALL], DOMAINS[BIG], ...DOMAINS.four, ...DOMAINS.scale, 'vsbed-b-stress'];
+const SETUPS = ['b-bench-startup', 'b-bench-prune', 'b-stress', 'b-bench-drain', ...[...STALL_VARIANTS, ...BYTES_VARIANTS].map((v) => `b-bench-${v.name}`)];
 
 /** Removes all the bench makes (and only that): its domains, datasets, setups and files in the overlay dir. */
 async function cleanup(b: Bed): Promise<void> {
@@ -168,10 +176,73 @@ async function fourPart(b: Bed, variants: Map<string, Variant>, watcher: EventWa
   for (const g of four) await g.guest.stop();
 }
 
+/**
+ * How the run grows: 1, 4 and 8 guests in one sanoid run of virtsnap's
+ * defaults (wall time, and per guest); then, with 4 of them, how long the
+ * spool takes to empty once an archive that was read-only for the run is
+ * writable again.
+ */
+async function scalePart(b: Bed, variants: Map<string, Variant>, watcher: EventWatcher, samples: Samples): Promise<void> {
+  console.log('booting 8 guests of 96 MiB …');
+  const guests: BenchGuest[] = [];
+  for (const [i, name] of DOMAINS.scale.entries()) guests.push(await bootHeard(watcher, { name, dataset: `${b.vmDataset}/${SCALE_HOMES[i]}`, memoryMiB: 96 }));
+  const below = (n: 1 | 4 | 8) => guests.slice(8 - n);
+  try {
+    if (doing('scale')) {
+      for (let rep = 1; rep <= REPS; rep++) {
+        for (const n of [1, 4, 8] as const) {
+          checkInterrupted();
+          const s = await snapshotRun(variants.get(DEFAULTS)!, `${b.vmDataset}/${SCALE[n]}`, below(n), watcher, rep, URI);
+          samples.scale.push(s);
+          console.log(`  rep ${rep} ${n} guest(s): ${s.ok ? `sanoid run ${s.wallMs} ms, ${Math.round(s.wallMs / n)} ms per guest` : `failed: ${s.error}`}`);
+        }
+      }
+    }
+    if (doing('drain')) {
+      for (let rep = 1; rep <= REPS; rep++) {
+        checkInterrupted();
+        const d = await drainRun(b, `${b.vmDataset}/${SCALE[4]}`, below(4), rep);
+        samples.drain.push(d);
+        console.log(`  rep ${rep} 4 guests, archive read-only for the run: sanoid run ${d.runMs} ms, ${d.waiting} dumps waited, spool empty ${d.drainMs} ms after the archive came back`);
+      }
+    }
+  } finally {
+    for (const g of guests) await g.guest.stop();
+  }
+}
+
+/** One sanoid run with the archive dir read-only (a tmpfs remounted), then writable: how long until the spool is empty. */
+async function drainRun(b: Bed, dataset: string, guests: BenchGuest[], rep: number): Promise<DrainSample> {
+  const setup = await Setup.create('b-bench-drain', { VIRTSNAP_LOG: 'warn' });
+  const archive = path.join(setup.root, 'archive-tmpfs');
+  mkdirSync(archive, { recursive: true });
+  await sh('mount', ['-t', 'tmpfs', '-o', 'size=1g,mode=0700', 'tmpfs', archive]);
+  try {
+    setup.writeEnv({ VIRTSNAP_ARCHIVE_DIR: archive, VIRTSNAP_LOG: 'warn' });
+    await sh('mount', ['-o', 'remount,ro', archive]);
+    const started = Date.now();
+    // Far ahead of the other parts' clocks: every type is due.
+    const out = await setup.sanoid('2.1.0', setup.section(dataset, { recursive: 'zfs' }), ['--take-snapshots'], 1000 + rep);
+    const runMs = Date.now() - started;
+    if (out.code !== 0) throw new BenchError(`drain: sanoid failed: ${out.stderr}`);
+    for (const g of guests) {
+      const problem = await problemWith(g, 0, []);
+      if (problem !== null && !/MISMATCH|LOST|BUG|Oops|panic/.test(problem)) throw new BenchError(`drain: ${problem}`);
+    }
+    const waiting = setup.waiting().length;
+    await sh('mount', ['-o', 'remount,rw', archive]);
+    const back = Date.now();
+    await setup.spoolDrained(300_000);
+    return { rep, guests: guests.length, runMs, waiting, drainMs: Date.now() - back };
+  } finally {
+    await sh('umount', [archive]).catch(() => sh('umount', ['-l', archive]));
+  }
+}
+
 async function main(): Promise<number> {
   const b = await bed();
   const started = new Date();
-  const samples: Samples = { guests: [], stall: [], four: [], compressors: [], dd: [], prune: null, startup: [] };
+  const samples: Samples = { guests: [], stall: [], four: [], scale: [], drain: [], compressors: [], dd: [], prune: null, startup: [] };
   let machine: Machine | null = null;
   let stoppedBy: string | null = null;
   let watcher: EventWatcher | null = null;
@@ -212,12 +283,13 @@ async function main(): Promise<number> {
       console.log(renderStress(stress));
       checkInterrupted();
     }
-    if (doing('stall') || doing('four')) {
+    if (doing('stall') || doing('four') || doing('scale') || doing('drain')) {
       const variants = new Map<string, Variant>();
       for (const spec of [...STALL_VARIANTS, ...BYTES_VARIANTS]) variants.set(spec.name, await Variant.create(spec));
       watcher = await EventWatcher.start();
       if (doing('stall')) await stallPart(b, variants, watcher, samples);
       if (doing('four')) await fourPart(b, variants, watcher, samples);
+      if (doing('scale') || doing('drain')) await scalePart(b, variants, watcher, samples);
     }
   } catch (err) {
     stoppedBy = (err as Error).message;

@@ -82,7 +82,7 @@ export async function snapshotRun(
     if (rawFile && onRawFile && error === null) await onRawFile(g, rawFile);
     perGuest.push({ domain: g.guest.name, stallMs: stall.totalMs, longestPauseMs: stall.longestMs, pausesMs: stall.pausesMs, ...facts });
   }
-  variant.discardDumps();
+  await variant.discardDumps();
   return { variant: variant.name, rep, dataset, guests: guests.length, ok: error === null, error, wallMs, preMs, postMs, snapshots: created.length, perGuest };
 }
 

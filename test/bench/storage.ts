@@ -64,7 +64,7 @@ export async function benchStorage(names: { domain: string; dataset: string; set
     }
     const secondsPerSnapshot = (Date.now() - started) / 1000 / dumps;
     await guest.stop();
-    const files = setup.dumps().map((d) => d.manifest.memoryFile);
+    const files = (await setup.dumps()).map((d) => d.manifest.memoryFile);
     // Archive dir: each compressed as post would (and the .part thrown away).
     let archiveDirBytes = 0;
     let oneGzipBytes = 0;
@@ -92,7 +92,7 @@ export async function benchStorage(names: { domain: string; dataset: string; set
     for (const f of files) await restic.backup(path.dirname(f), [path.basename(f)], ['virtsnap', 'bench'], 'bench');
     const sample: StorageSample = {
       dumps,
-      rawBytesEach: setup.dumps().at(-1)!.manifest.bytes,
+      rawBytesEach: (await setup.dumps()).at(-1)!.manifest.bytes,
       oneGzipBytes,
       archiveDirBytes,
       zfs: { compression: compression!, usedBytes: sizeOf(used!), compressratio: ratio! },

@@ -10,7 +10,7 @@ const ds = `${b.vmDataset}/st-time`;
 await removeDomains('vsbed-st-time');
 if (await datasetExists(ds)) await zfsRetry(['destroy', '-r', ds], 60);
 const archive = await Setup.create('st-archive', { VIRTSNAP_LOG: 'warn' });
-const dataset = await Setup.create('st-dataset', { VIRTSNAP_RAM_STORE: 'dataset', VIRTSNAP_LOG: 'warn' });
+const dataset = await Setup.create('st-dataset', { VIRTSNAP_STORE: 'dataset', VIRTSNAP_LOG: 'warn' });
 const guest = await Guest.create({ name: 'vsbed-st-time', dataset: ds });
 await sh('zfs', ['set', 'compression=gzip', ds]);
 await guest.start();

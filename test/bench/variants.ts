@@ -5,7 +5,8 @@
 // archive and state dirs), so its dumps never mix with another's.
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { deleteDump, type Manifest } from '../../lib/archive.js';
+import { deleteDump } from '../../lib/archive.js';
+import { type Manifest } from '../../lib/manifest.js';
 import { LibvirtClient } from '../../lib/libvirt/virsh.js';
 import { hookCommand, shellQuote } from '../helpers/bed.js';
 import { hooks, repoRoot, Setup } from '../helpers/virtsnap.js';
@@ -97,7 +98,7 @@ export class Variant {
       const job = await new LibvirtClient({ uri }).completedJob(domain.uuid).catch(() => null);
       return { rawBytes: bytes, storedBytes: bytes, compression: null, libvirtDowntimeMs: job?.downtimeMs ?? null, saveMs: job?.elapsedMs ?? null, rawFile: bytes === null ? null : file };
     }
-    const dumps = this.setup.dumps().filter((d) => d.manifest.domain.uuid === domain.uuid);
+    const dumps = (await this.setup.dumps()).filter((d) => d.manifest.domain.uuid === domain.uuid);
     const newest = dumps.sort((a, b) => a.manifest.times.startedAt.localeCompare(b.manifest.times.startedAt)).at(-1);
     if (!newest) return { rawBytes: null, storedBytes: null, compression: null, libvirtDowntimeMs: null, saveMs: null, rawFile: null };
     // compression and raw come with VIRTSNAP_COMPRESS (branch compress); a manifest without them is a raw dump.
@@ -114,9 +115,9 @@ export class Variant {
   }
 
   /** Drops this variant's dumps of the bench's guests once measured: a 512 MiB guest's are big. */
-  discardDumps(): void {
+  async discardDumps(): Promise<void> {
     if (this.spec.kind === 'virtsnap') {
-      for (const d of this.setup.dumps()) deleteDump(d);
+      for (const d of (await this.setup.dumps())) deleteDump(d);
       return;
     }
     for (const f of safeList(this.setup.archiveDir)) if (f.endsWith('.mem')) rmSync(path.join(this.setup.archiveDir, f), { force: true });

@@ -9,7 +9,13 @@ import { run } from '../../lib/exec.js';
 import { CommandError } from '../../lib/errors.js';
 import { DEFAULT_WATCH, enoughProgress, oracleProblems, progressOf, stalled, type Progress, type WatchRule } from './oracle.js';
 
+/** The libvirt/QEMU stack the tests run against: Debian 12's on the host, or Debian 13's in the bed's chroot (test/bed/trixie). */
+export type Stack = 'bookworm' | 'trixie';
+
 export interface Bed {
+  stack: Stack;
+  /** That stack's libvirt: every virsh of the tests and every virtsnap setup talks to it. */
+  uri: string;
   dir: string;
   pool: string;
   vmDataset: string;
@@ -46,11 +52,34 @@ function bedEnv(): { dir: string; get: (k: string) => string } {
   return { dir, get };
 }
 
+/** VSBED_STACK (bookworm by default, or trixie): the stack this test process runs against. */
+export function wantedStack(): Stack {
+  const s = process.env.VSBED_STACK ?? 'bookworm';
+  if (s !== 'bookworm' && s !== 'trixie') throw new Error(`VSBED_STACK=${s}: use bookworm or trixie`);
+  return s;
+}
+
+/** The libvirt URI of the stack the tests run against (sync: the virsh helper needs it before bed() ran). */
+export function stackUri(): string {
+  if (wantedStack() === 'bookworm') return 'qemu:///system';
+  const { get } = bedEnv();
+  try {
+    return get('VSBED_TRIXIE_URI');
+  } catch {
+    throw new Error('VSBED_STACK=trixie, but the bed has no Debian 13 stack: run `sudo bash test/bed/up --trixie`');
+  }
+}
+
 /** The bed, checked to be up. Throws (never skips) when it is not. */
 export async function bed(): Promise<Bed> {
   if (cached) return cached;
   const { dir, get } = bedEnv();
+  const uri = stackUri();
+  // Every virsh the tests start (helpers, fault-bin's real one) talks to this stack unless told otherwise.
+  process.env.LIBVIRT_DEFAULT_URI = uri;
   const b: Bed = {
+    stack: wantedStack(),
+    uri,
     dir,
     pool: get('VSBED_POOL'),
     vmDataset: get('VSBED_VM_DATASET'),
@@ -65,9 +94,9 @@ export async function bed(): Promise<Bed> {
     consoleDir: get('VSBED_CONSOLE_DIR'),
   };
   try {
-    await sh('virsh', ['-c', 'qemu:///system', 'version']);
+    await sh('virsh', ['-c', uri, 'version']);
   } catch (err) {
-    throw new Error(`libvirtd is not answering: run \`sudo bash test/bed/up\` (${(err as Error).message})`);
+    throw new Error(`libvirtd (${b.stack}) is not answering: run \`sudo bash test/bed/up${b.stack === 'trixie' ? ' --trixie' : ''}\` (${(err as Error).message})`);
   }
   try {
     await sh('zpool', ['list', '-H', b.pool]);
@@ -111,7 +140,7 @@ export async function sh(command: string, args: string[], options: { timeoutMs?:
 }
 
 export async function virsh(...args: string[]): Promise<string> {
-  return sh('virsh', ['-q', '-c', 'qemu:///system', ...args]);
+  return sh('virsh', ['-q', '-c', stackUri(), ...args]);
 }
 
 export function sleep(ms: number): Promise<void> {

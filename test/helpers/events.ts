@@ -2,6 +2,7 @@
 // timestamps: how long a guest really stood still (Suspended -> Resumed),
 // which libvirt's "downtime" of a save does not tell.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { stackUri } from './bed.js';
 
 export interface LifecycleEvent {
   at: number;
@@ -50,7 +51,7 @@ export class EventWatch {
 
   /** Starts `virsh event --loop --event lifecycle --timestamp`; resolves once virsh listens. */
   static async start(): Promise<EventWatch> {
-    const child = spawn('stdbuf', ['-oL', 'virsh', '-c', 'qemu:///system', 'event', '--loop', '--event', 'lifecycle', '--timestamp'], {
+    const child = spawn('stdbuf', ['-oL', 'virsh', '-c', stackUri(), 'event', '--loop', '--event', 'lifecycle', '--timestamp'], {
       stdio: ['ignore', 'pipe', 'ignore'],
       env: { ...process.env, LC_ALL: 'C' },
     });

@@ -2,9 +2,11 @@
 import { chmodSync, existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { listDumps, type ArchivedDump } from '../../lib/archive.js';
+import { listDumps } from '../../lib/archive.js';
+import { type ArchivedDump } from '../../lib/manifest.js';
 import { run } from '../../lib/exec.js';
-import { bed, hookCommand, runSanoid, type SanoidRun, type SanoidVersion } from './bed.js';
+import { scanSpool } from '../../lib/spool.js';
+import { bed, hookCommand, runSanoid, sleep, stackUri, type SanoidRun, type SanoidVersion } from './bed.js';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 export const hooks = {
@@ -34,10 +36,13 @@ export class Setup {
 
   static async create(name: string, settings: Record<string, string> = {}): Promise<Setup> {
     const b = await bed();
+    settings = { VIRTSNAP_LIBVIRT_URI: b.uri, ...settings };
     const root = path.join(b.dir, 'tests', name);
     rmSync(root, { recursive: true, force: true });
     mkdirSync(root, { recursive: true, mode: 0o700 });
-    const overlayDir = settings.VIRTSNAP_OVERLAY_DIR ?? b.overlayDir;
+    // Its own overlay dir, so its own spool: an archiver of another setup (another archive dir) never takes its dumps.
+    const overlayDir = settings.VIRTSNAP_OVERLAY_DIR ?? path.join(b.overlayDir, name);
+    if (settings.VIRTSNAP_OVERLAY_DIR === undefined) rmSync(overlayDir, { recursive: true, force: true });
     // QEMU (user libvirt-qemu) must reach the overlays: traversable, not listable.
     mkdirSync(overlayDir, { recursive: true, mode: 0o711 });
     const s = new Setup(root, overlayDir, settings.VIRTSNAP_ARCHIVE_DIR);
@@ -47,6 +52,8 @@ export class Setup {
 
   writeEnv(settings: Record<string, string> = {}): void {
     const values: Record<string, string> = {
+      // The stack the tests run against (VSBED_STACK): every run of this setup talks to its libvirt.
+      VIRTSNAP_LIBVIRT_URI: stackUri(),
       VIRTSNAP_OVERLAY_DIR: this.overlayDir,
       VIRTSNAP_ARCHIVE_DIR: this.archiveDir,
       VIRTSNAP_STATE_DIR: this.stateDir,
@@ -85,8 +92,28 @@ export class Setup {
     return runSanoid(version, conf, args, { hoursAhead, configDir: this.sanoidDir });
   }
 
-  dumps(): ArchivedDump[] {
+  /**
+   * The dumps in the archive, once the archiver has stored every dump
+   * waiting in this setup's spool (post only seals them: lib/spool.ts).
+   * `{ waitForArchiver: false }`: as they are now.
+   */
+  async dumps(options: { waitForArchiver?: boolean } = {}): Promise<ArchivedDump[]> {
+    if (options.waitForArchiver !== false) await this.spoolDrained();
     return listDumps(this.archiveDir);
+  }
+
+  /** The dumps waiting in this setup's spool. */
+  waiting(): ArchivedDump[] {
+    return scanSpool({ overlayDir: this.overlayDir }).dumps;
+  }
+
+  /** Waits until the spool is empty; fails naming what still waits after `timeoutMs`. */
+  async spoolDrained(timeoutMs = 120_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.waiting().length > 0) {
+      if (Date.now() >= deadline) throw new Error(`the archiver left ${this.waiting().map((d) => d.manifest.id).join(', ')} in ${this.overlayDir}/spool for ${timeoutMs / 1000}s`);
+      await sleep(250);
+    }
   }
 
   journalFiles(): string[] {

@@ -74,7 +74,7 @@ describe('virtsnap check (Nagios plugin) and the metrics file', () => {
   it('WARNING for a dump that fails verify and one whose snapshots are gone; OK after gc', async () => {
     const run = await setup.sanoid('2.1.0', conf, ['--take-snapshots'], 3);
     assert.equal(run.code, 0, run.stderr);
-    const [oldest, ...rest] = setup.dumps().sort((a, b) => a.manifest.times.archivedAt.localeCompare(b.manifest.times.archivedAt));
+    const [oldest, ...rest] = (await setup.dumps()).sort((a, b) => a.manifest.times.archivedAt.localeCompare(b.manifest.times.archivedAt));
     assert.ok(oldest !== undefined && rest.length > 0, 'two dumps');
     // A damaged file (cut short) and snapshots destroyed by hand, without the prune hook.
     truncateSync(oldest.manifest.memoryFile, oldest.manifest.bytes - 4096);

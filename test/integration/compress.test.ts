@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, openSync, readFileSync, readSync, rmSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { snapshotNames, type Manifest } from '../../lib/archive.js';
+import { snapshotNames, type Manifest } from '../../lib/manifest.js';
 import { FORMAT_GZIP, FORMAT_RAW, readSaveImageHeader, streamOffset } from '../../lib/libvirt/save-image.js';
 import { assertWhole, bed, consoleMark, datasetExists, destroyDataset, Guest, lastTick, removeDomains, restoreOnClone, sh, watchDomain, zfsRetry, type Bed } from '../helpers/bed.js';
 import { Setup, virtsnap } from '../helpers/virtsnap.js';
@@ -39,7 +39,7 @@ describe('compressed RAM dumps (VIRTSNAP_COMPRESS)', () => {
     const [m] = JSON.parse(out.stdout) as Manifest[];
     assert.ok(m !== undefined, out.stdout);
     assert.equal(await guest.state(), 'running');
-    return setup.dumps().find((d) => d.manifest.id === m.id)!.manifest;
+    return (await setup.dumps()).find((d) => d.manifest.id === m.id)!.manifest;
   };
 
   before(async () => {

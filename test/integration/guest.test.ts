@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { assertWhole, bed, destroyDataset, Guest, mismatches, removeDomains, sh, sleep } from '../helpers/bed.js';
+import { assertWhole, bed, destroyDataset, Guest, mismatches, removeDomains, sh, sleep, stackUri } from '../helpers/bed.js';
 
 describe('test guest extras', () => {
   let dataset: string;
@@ -56,13 +56,13 @@ describe('test guest extras', () => {
     const offset = g.consoleSize();
     const frozen = path.join(scratch, 'frozen.img');
     // Not virsh() (-q): quiet virsh prints neither count.
-    const froze = (await sh('virsh', ['-c', 'qemu:///system', 'domfsfreeze', g.name])).trim();
+    const froze = (await sh('virsh', ['-c', stackUri(), 'domfsfreeze', g.name])).trim();
     try {
       assert.match(froze, /^Froze [1-9]\d* filesystem\(s\)$/);
       assert.equal(await g.agentCommand({ execute: 'guest-fsfreeze-status' }), '{"return":"frozen"}');
       copyFileSync(image, frozen);
     } finally {
-      const thawed = (await sh('virsh', ['-c', 'qemu:///system', 'domfsthaw', g.name])).trim();
+      const thawed = (await sh('virsh', ['-c', stackUri(), 'domfsthaw', g.name])).trim();
       assert.match(thawed, /^Thawed [1-9]\d* filesystem\(s\)$/);
       console.log(`virsh: ${froze} / ${thawed}`);
     }

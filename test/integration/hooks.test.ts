@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { snapshotNames, sha256File, type ArchivedDump } from '../../lib/archive.js';
+import { sha256File } from '../../lib/archive.js';
+import { snapshotNames, type ArchivedDump } from '../../lib/manifest.js';
 import { assertWhole, bed, destroyDataset, Guest, mountpointOf, removeDomains, restoreOnClone, snapshotsOf, virsh, type Bed, type SanoidVersion } from '../helpers/bed.js';
 import { leftovers, Setup } from '../helpers/virtsnap.js';
 
@@ -28,11 +29,12 @@ async function assertThawed(setup: Setup, guest: Guest, originals: Record<string
   assert.deepEqual(setup.journalFiles(), [], 'the journal must be empty after post');
 }
 
-function dumpsOf(setup: Setup, guest: Guest): ArchivedDump[] {
-  return setup.dumps().filter((d) => d.manifest.domain.name === guest.name);
+async function dumpsOf(setup: Setup, guest: Guest): Promise<ArchivedDump[]> {
+  return (await setup.dumps()).filter((d) => d.manifest.domain.name === guest.name);
 }
 
-async function assertRestoresSilently(guest: Guest, dump: ArchivedDump, snapshots = snapshotNames(dump.manifest)): Promise<void> {
+/** Restores `dump` onto a clone of each of `snapshots` (by default its first: a run's snapshots are taken at one instant). */
+async function assertRestoresSilently(guest: Guest, dump: ArchivedDump, snapshots = snapshotNames(dump.manifest).slice(0, 1)): Promise<void> {
   for (const snapshot of snapshots) {
     assertWhole(await restoreOnClone(guest, dump.manifest.memoryFile, snapshot), `dump ${dump.manifest.id} on ${snapshot}`);
   }
@@ -70,7 +72,7 @@ describe('pre/post snapshot hooks under sanoid', () => {
           const created = await takeSnapshots(setup, version, conf, dataset(), hoursAhead);
           assert.ok(created.length >= 1, `run ${run} took no snapshot`);
           await assertThawed(setup, guest, originals);
-          const dumps = dumpsOf(setup, guest);
+          const dumps = (await dumpsOf(setup, guest));
           assert.equal(dumps.length, run + 1, 'one dump per run');
           const dump = dumps[dumps.length - 1]!;
           assert.deepEqual(snapshotNames(dump.manifest).sort(), [...created].sort(), 'the dump lists every snapshot of its run');
@@ -84,10 +86,11 @@ describe('pre/post snapshot hooks under sanoid', () => {
         }
       });
 
-      it('every dump restores silently onto a clone of each of its snapshots', async () => {
-        const dumps = dumpsOf(setup, guest);
+      it('every dump restores silently; the first onto a clone of each of its snapshots (hourly and daily of one instant)', async () => {
+        const dumps = (await dumpsOf(setup, guest));
         assert.equal(dumps.length, 3);
-        for (const dump of dumps) await assertRestoresSilently(guest, dump);
+        await assertRestoresSilently(guest, dumps[0]!, snapshotNames(dumps[0]!.manifest));
+        for (const dump of dumps.slice(1)) await assertRestoresSilently(guest, dump);
       });
     });
   }
@@ -129,18 +132,18 @@ describe('pre/post snapshot hooks under sanoid', () => {
       const created = await takeSnapshots(setup, '2.1.0', conf, dataset(), 0);
       for (const [i, g] of guests.entries()) {
         await assertThawed(setup, g, originals[i]!);
-        const dumps = dumpsOf(setup, g);
+        const dumps = (await dumpsOf(setup, g));
         assert.equal(dumps.length, 1);
         assert.deepEqual(snapshotNames(dumps[0]!.manifest).sort(), created.filter((s) => s.startsWith(`${dataset()}@`)).sort());
       }
-      const b2 = dumpsOf(setup, guests[1]!)[0]!;
+      const b2 = (await dumpsOf(setup, guests[1]!))[0]!;
       assert.deepEqual(b2.manifest.disks.map((d) => d.target).sort(), ['vda', 'vdb'], 'the cdrom is not snapshotted');
-      assert.equal(dumpsOf(setup, off).length, 0, 'a shut-off guest has no RAM to dump');
+      assert.equal((await dumpsOf(setup, off)).length, 0, 'a shut-off guest has no RAM to dump');
       const offXml = path.join(await mountpointOf(`${dataset()}/off`), '.virtsnap', off.name, 'domain-inactive.xml');
       assert.match(readFileSync(offXml, 'utf8'), /<name>vsbed-shared-off<\/name>/);
       const nvramCopy = path.join(path.dirname(offXml), 'nvram.fd');
       assert.ok(readFileSync(nvramCopy).equals(readFileSync(off.nvramPath())), 'the UEFI variables travel in the snapshot');
-      for (const g of guests) await assertRestoresSilently(g, dumpsOf(setup, g)[0]!);
+      for (const g of guests) await assertRestoresSilently(g, (await dumpsOf(setup, g))[0]!);
     });
   });
 
@@ -168,7 +171,7 @@ describe('pre/post snapshot hooks under sanoid', () => {
       assert.equal(await guest.state(), 'paused', 'virtsnap must not resume a guest the user paused');
       assert.deepEqual(await guest.sources(), originals);
       assert.deepEqual(leftovers(setup.overlayDir, guest.name), []);
-      const [dump] = dumpsOf(setup, guest);
+      const [dump] = (await dumpsOf(setup, guest));
       assert.deepEqual(snapshotNames(dump!.manifest).sort(), [...created].sort());
       await assertRestoresSilently(guest, dump!);
     });
@@ -201,7 +204,7 @@ describe('pre/post snapshot hooks under sanoid', () => {
       for (const [i, g] of guests.entries()) {
         await assertThawed(setup, g, originals[i]!);
         const child = g.options.dataset;
-        const dumps = dumpsOf(setup, g);
+        const dumps = (await dumpsOf(setup, g));
         assert.equal(dumps.length, 1);
         assert.deepEqual(snapshotNames(dumps[0]!.manifest).sort(), created.filter((s) => s.startsWith(`${child}@`)).sort());
         await assertRestoresSilently(g, dumps[0]!);

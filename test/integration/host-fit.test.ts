@@ -6,14 +6,14 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { gatherHostFacts, hostGaps } from '../../lib/host-fit.js';
 import { LibvirtClient } from '../../lib/libvirt/virsh.js';
-import { bed, destroyDataset, Guest, mountpointOf, removeDomains, virsh, type Bed } from '../helpers/bed.js';
+import { bed, destroyDataset, Guest, mountpointOf, removeDomains, stackUri, virsh, type Bed } from '../helpers/bed.js';
 
 describe('host fit on the bed', () => {
   let b: Bed;
   let guest: Guest;
   let mountpoint = '';
   const dataset = () => `${b.vmDataset}/hf-fit`;
-  const client = new LibvirtClient({ uri: 'qemu:///system' });
+  const client = new LibvirtClient({ uri: stackUri() });
   const isRestored = (p: string) => p.startsWith(`${mountpoint}/`);
 
   before(async () => {

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { snapshotNames } from '../../lib/archive.js';
+import { snapshotNames } from '../../lib/manifest.js';
 import { assertWhole, bed, consoleMark, datasetExists, Guest, mountpointOf, removeDomains, sh, snapshotsOf, watchDomain, zfsRetry, type Bed } from '../helpers/bed.js';
 import { hooks, leftovers, runProgram, sanoidEnv, Setup, virtsnap, type Ran } from '../helpers/virtsnap.js';
 
@@ -82,7 +82,7 @@ describe('data identity and safe deletion', () => {
     assertOneLineError(await virtsnap(setup, ['snapshot', ds(), '--name', 'taken']), new RegExp(`snapshot ${ds()}@taken already exists: choose another --name`));
     await sh('zfs', ['snapshot', `${child()}@ctaken`]);
     assertOneLineError(await virtsnap(setup, ['snapshot', ds(), '-r', '--name', 'ctaken']), new RegExp(`snapshot ${child()}@ctaken already exists`));
-    assert.deepEqual(setup.dumps(), [], 'no dump, so none tied to the old snapshots');
+    assert.deepEqual((await setup.dumps()), [], 'no dump, so none tied to the old snapshots');
     await assertBackOnOwnDisks(guest, originals);
   });
 
@@ -98,7 +98,7 @@ describe('data identity and safe deletion', () => {
     const post = await runProgram(hooks.post, [], setup.env(sanoidEnv(ds(), 'dst', 'post')));
     assertOneLineError(post, /no RAM dump kept for "vsbed-id"/);
     assert.match(post.stderr, new RegExp(`RAM dump not tied to ${old}: it existed before the freeze \\(guid \\d+\\)`));
-    assert.deepEqual(setup.dumps(), []);
+    assert.deepEqual((await setup.dumps()), []);
     await assertBackOnOwnDisks(guest, originals);
   });
 
@@ -109,7 +109,7 @@ describe('data identity and safe deletion', () => {
     assertOneLineError(post, /no RAM dump kept/);
     assert.match(post.stderr, /not tied to .*@early_hourly: it does not exist/);
     await sh('zfs', ['snapshot', `${ds()}@early_hourly`]);
-    assert.deepEqual(setup.dumps(), []);
+    assert.deepEqual((await setup.dumps()), []);
     await assertBackOnOwnDisks(guest, originals);
   });
 
@@ -141,7 +141,7 @@ describe('data identity and safe deletion', () => {
     try {
       const snap = await virtsnap(setup, ['snapshot', ds(), '--name', 'out']);
       assert.equal(snap.code, 0, snap.stderr);
-      assert.equal(setup.dumps().length, 2, 'both guests dumped');
+      assert.equal((await setup.dumps()).length, 2, 'both guests dumped');
       await sh('zfs', ['snapshot', `${ds()}@later`]);
       const before = await snapshotsOf(ds());
 
@@ -178,7 +178,7 @@ describe('data identity and safe deletion', () => {
       const out = await virtsnap(setup, ['restore', `${ds()}@nv`, '--domain', 'vsbed-id-nv', '--clone', clone2()]);
       assert.equal(out.code, 0, out.stderr);
       assert.ok(readFileSync(nv.nvramPath()).equals(now), "the original's NVRAM is untouched");
-      const xml = await sh('virsh', ['-c', 'qemu:///system', 'dumpxml', '--inactive', 'vsbed-id-nv']);
+      const xml = await sh('virsh', ['-c', b.uri, 'dumpxml', '--inactive', 'vsbed-id-nv']);
       const used = /<nvram[^>]*>([^<]+)<\/nvram>/.exec(xml)?.[1];
       assert.ok(used && used !== nv.nvramPath(), `the clone has its own NVRAM file (${used})`);
       assert.ok(readFileSync(used).equals(atSnapshot), 'holding the variables of the snapshot');
@@ -194,8 +194,8 @@ describe('data identity and safe deletion', () => {
     assert.equal(one.code, 0, one.stderr);
     const two = await virtsnap(setup, ['snapshot', ds(), '--name', 'two']);
     assert.equal(two.code, 0, two.stderr);
-    const dumpOne = setup.dumps().find((d) => snapshotNames(d.manifest).includes(`${ds()}@one`) && d.manifest.domain.name === 'vsbed-id')!;
-    const dumpTwo = setup.dumps().find((d) => snapshotNames(d.manifest).includes(`${ds()}@two`) && d.manifest.domain.name === 'vsbed-id')!;
+    const dumpOne = (await setup.dumps()).find((d) => snapshotNames(d.manifest).includes(`${ds()}@one`) && d.manifest.domain.name === 'vsbed-id')!;
+    const dumpTwo = (await setup.dumps()).find((d) => snapshotNames(d.manifest).includes(`${ds()}@two`) && d.manifest.domain.name === 'vsbed-id')!;
     assert.ok(dumpOne && dumpTwo);
     assert.match(dumpOne.manifest.snapshots[0]!.guid ?? '', /^\d+$/, 'the manifest records the guid');
 
@@ -229,7 +229,7 @@ describe('data identity and safe deletion', () => {
 
     // A snapshot renamed after the promote (zfs-fuse mishandles renaming a
     // snapshot that is a clone's origin, so @nv, which moved with @one).
-    const dumpNv = setup.dumps().find((d) => d.manifest.domain.name === 'vsbed-id' && snapshotNames(d.manifest).includes(`${clone()}@nv`))!;
+    const dumpNv = (await setup.dumps()).find((d) => d.manifest.domain.name === 'vsbed-id' && snapshotNames(d.manifest).includes(`${clone()}@nv`))!;
     assert.ok(dumpNv, 'the promote moved @nv too, and gc followed it');
     await zfsRetry(['rename', `${clone()}@nv`, `${clone()}@nv-renamed`]);
     const gc2 = await virtsnap(setup, ['gc']);
@@ -248,7 +248,7 @@ describe('data identity and safe deletion', () => {
     await g.start();
     const snap = await virtsnap(setup, ['snapshot', ren(), '--name', 'r']);
     assert.equal(snap.code, 0, snap.stderr);
-    const dump = setup.dumps().find((d) => d.manifest.domain.name === 'vsbed-id-ren')!;
+    const dump = (await setup.dumps()).find((d) => d.manifest.domain.name === 'vsbed-id-ren')!;
     await g.remove();
     await zfsRetry(['rename', ren(), renamed()], 80); // zfs-fuse stays busy a while after the guest is gone
     const gc = await virtsnap(setup, ['gc']);
@@ -259,7 +259,7 @@ describe('data identity and safe deletion', () => {
     const mark = await consoleMark('vsbed-id-c2');
     const out = await virtsnap(setup, ['restore', `${renamed()}@r`, '--clone', clone2(), '--as', 'vsbed-id-c2']);
     assert.equal(out.code, 0, out.stderr);
-    const disks = await sh('virsh', ['-c', 'qemu:///system', 'domblklist', 'vsbed-id-c2']);
+    const disks = await sh('virsh', ['-c', b.uri, 'domblklist', 'vsbed-id-c2']);
     assert.ok(disks.includes(await mountpointOf(clone2())), disks);
     assertWhole(await watchDomain('vsbed-id-c2', mark), 'the renamed dataset\'s snapshot');
     await removeDomains('vsbed-id-c2');
@@ -270,7 +270,7 @@ describe('data identity and safe deletion', () => {
     const archive = setup.archiveDir;
     const victim = path.join(setup.root, 'victim.save');
     writeFileSync(victim, 'someone else');
-    const dump = setup.dumps().find((d) => d.manifest.domain.name === 'vsbed-id-out');
+    const dump = (await setup.dumps()).find((d) => d.manifest.domain.name === 'vsbed-id-out');
     assert.ok(dump, 'the dump of vsbed-id-out, alone on its snapshot');
     // Tampered: its paths point outside the archive.
     const m = JSON.parse(readFileSync(dump.manifestFile, 'utf8')) as Record<string, unknown>;
@@ -282,7 +282,7 @@ describe('data identity and safe deletion', () => {
     writeFileSync(path.join(setup.overlayDir, 'myvm.save'), 'a virsh save of the user');
     mkdirSync(path.join(setup.overlayDir, 'myvm.meta'), { recursive: true });
     // Its snapshot is destroyed (and so the other dump of that run): the dumps themselves are virtsnap's to delete.
-    const sameRun = setup.dumps().filter((d) => snapshotNames(d.manifest).some((n) => snapshotNames(dump.manifest).includes(n))).map((d) => d.manifest.id);
+    const sameRun = (await setup.dumps()).filter((d) => snapshotNames(d.manifest).some((n) => snapshotNames(dump.manifest).includes(n))).map((d) => d.manifest.id);
     for (const name of snapshotNames(dump.manifest)) await zfsRetry(['destroy', name]);
 
     const gc = await virtsnap(setup, ['gc', '--json']);

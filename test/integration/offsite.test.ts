@@ -1,5 +1,5 @@
 // Off the host (issue 12), on the bed: RAM inside the snapshot
-// (VIRTSNAP_RAM_STORE=dataset) with real sanoid runs, and restore on
+// (VIRTSNAP_STORE=dataset) with real sanoid runs, and restore on
 // "host B": a config that sees only what came over by syncoid.
 import assert from 'node:assert/strict';
 import { copyFileSync, existsSync, readdirSync, rmSync } from 'node:fs';
@@ -28,7 +28,7 @@ async function assertResumedSilently(name: string, counterAtSnapshot: number): P
   assert.ok(Number(/TICK (\d+)/.exec(w.text)![1]) >= counterAtSnapshot);
 }
 
-describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.0', () => {
+describe('RAM inside the snapshot (VIRTSNAP_STORE=dataset), real sanoid 2.1.0', () => {
   let b: Bed;
   let setup: Setup;
   let guest: Guest;
@@ -42,7 +42,7 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
     await removeDomains(name, `${name}-r1`, `${name}-r2`, `${name}-r3`, `${name}-b`);
     for (const n of [1, 2, 3]) await destroyDataset(clone(n), 180);
     await destroyDataset(dataset(), 180);
-    setup = await Setup.create('o-dataset', { VIRTSNAP_RAM_STORE: 'dataset' });
+    setup = await Setup.create('o-dataset', { VIRTSNAP_STORE: 'dataset' });
     guest = await Guest.create({ name, dataset: dataset() });
     await guest.start();
   });
@@ -65,7 +65,7 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
       assert.equal(run.code, 0, run.stderr);
       assert.equal(await guest.state(), 'running');
       assert.deepEqual(liveDumpFiles(await mountpointOf(dataset()), name), [], 'post removed the RAM from the live dataset');
-      assert.deepEqual(setup.dumps(), [], 'nothing in the archive');
+      assert.deepEqual((await setup.dumps()), [], 'nothing in the archive');
       assert.deepEqual(setup.journalFiles(), []);
     }
     const snaps = await snapshotsOf(dataset());
@@ -178,7 +178,7 @@ describe('RAM inside the snapshot (VIRTSNAP_RAM_STORE=dataset), real sanoid 2.1.
     const gone = before.filter((s) => !now.includes(s));
     assert.ok(gone.length >= 1, `sanoid pruned: before ${before.join(' ')}, now ${now.join(' ')}`);
     // No copy anywhere else: the snapshot was the only holder of that RAM.
-    assert.deepEqual(setup.dumps(), []);
+    assert.deepEqual((await setup.dumps()), []);
     assert.deepEqual(liveDumpFiles(await mountpointOf(dataset()), name), []);
   });
 
@@ -237,7 +237,7 @@ describe('archive dir on a replicated dataset: restore on host B from the receiv
 `;
     const run = await setup.sanoid('2.1.0', conf, ['--take-snapshots']);
     assert.equal(run.code, 0, run.stderr);
-    assert.equal(setup.dumps().length, 1, 'one dump archived');
+    assert.equal((await setup.dumps()).length, 1, 'one dump archived');
     // The VMs first, then the archive: syncoid's own sync snapshot of the archive holds the dumps post just wrote.
     const vm = await runSyncoid(dataset(), `${pool}/o-ar`, ['--no-sync-snap', '--quiet']);
     assert.equal(vm.code, 0, vm.stdout + vm.stderr);
@@ -249,7 +249,7 @@ describe('archive dir on a replicated dataset: restore on host B from the receiv
     const dry = await virtsnap(hostB, ['restore', hourly, '--clone', `${pool}/o-ar-b`, '--as', `${name}-b`, '--dry-run']);
     assert.equal(dry.code, 0, dry.stderr + dry.stdout);
     const plan = JSON.parse(dry.stdout) as { domains: { dump: { id: string } | null }[] };
-    assert.equal(plan.domains[0]?.dump?.id, setup.dumps()[0]!.manifest.id, 'the received snapshot found its dump by guid');
+    assert.equal(plan.domains[0]?.dump?.id, (await setup.dumps())[0]!.manifest.id, 'the received snapshot found its dump by guid');
     const out = await restoreAs(hostB, hourly, `${pool}/o-ar-b`, `${name}-b`);
     assert.equal(out.code, 0, out.stderr + out.stdout);
     await assertResumedSilently(`${name}-b`, counter);

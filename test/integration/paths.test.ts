@@ -5,11 +5,13 @@
 // snapshot, and a pause-mode dump restored by hand. One writing guest serves
 // them all; after each, the promises hold (the guest runs on its own disks,
 // nothing of ours is left, every restore is whole).
+import { makeClients } from '../../lib/deps.js';
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { listDumps, snapshotNames } from '../../lib/archive.js';
+import { listDumps } from '../../lib/archive.js';
+import { snapshotNames } from '../../lib/manifest.js';
 import { loadConfig } from '../../lib/config.js';
 import { readSaveImageHeader } from '../../lib/libvirt/save-image.js';
 import { LibvirtClient } from '../../lib/libvirt/virsh.js';
@@ -75,7 +77,7 @@ describe('failure paths (issue 20), on the bed', () => {
       writeFileSync(repoFile, `${url}\n`, { mode: 0o600 });
       await sh('restic', ['init', '--repository-version', '2'], { env: { RESTIC_REPOSITORY_FILE: repoFile, RESTIC_PASSWORD_FILE: pwFile } });
       // Everything restic needs only in the env file, in restic's own words; nothing in virtsnap's settings.
-      setup.writeEnv({ VIRTSNAP_ARCHIVE: 'restic', VIRTSNAP_LOG: 'debug' });
+      setup.writeEnv({ VIRTSNAP_STORE: 'restic', VIRTSNAP_LOG: 'debug' });
       writeFileSync(setup.envFile, `${readFileSync(setup.envFile, 'utf8')}export RESTIC_REPOSITORY_FILE=${repoFile} # holds the URL and its password\nRESTIC_PASSWORD_FILE=${pwFile}\nRESTIC_CACHE_DIR=${path.join(setup.root, 'cache')}\n`, { mode: 0o600 });
     });
     after(async () => {
@@ -87,7 +89,7 @@ describe('failure paths (issue 20), on the bed', () => {
       assert.equal(pre.code, 0, pre.stderr);
       assert.equal(post.code, 0, post.stderr);
       await assertBack(setup);
-      const dumps = setup.dumps();
+      const dumps = (await setup.dumps());
       assert.equal(dumps.length, 1);
       assert.equal(dumps[0]!.manifest.store?.kind, 'restic');
       const list = await virtsnap(setup, ['list', '--json']);
@@ -153,7 +155,7 @@ describe('failure paths (issue 20), on the bed', () => {
       assert.equal(prune.code, 0, prune.stderr);
       const gc = await virtsnap(setup, ['gc']);
       assert.equal(gc.code, 0, gc.stderr);
-      const dumps = setup.dumps();
+      const dumps = (await setup.dumps());
       assert.equal(dumps.length, 1, 'the dump is kept: the copy in the other pool needs it');
       assert.deepEqual(snapshotNames(dumps[0]!.manifest), [`${k.pool}/paths-rep@rep`], 'it follows the copy');
       const mark = await consoleMark('vsbed-paths-rep');
@@ -165,7 +167,7 @@ describe('failure paths (issue 20), on the bed', () => {
       await destroyDataset(`${k.pool}/paths-rep`, 180);
       const gone = await virtsnap(setup, ['gc']);
       assert.equal(gone.code, 0, gone.stderr);
-      assert.deepEqual(setup.dumps(), [], 'no copy left: the dump goes');
+      assert.deepEqual((await setup.dumps()), [], 'no copy left: the dump goes');
     });
   });
 
@@ -173,7 +175,7 @@ describe('failure paths (issue 20), on the bed', () => {
     let setup: Setup;
     const deps = () => {
       const config = loadConfig({ VIRTSNAP_CONFIG: setup.envFile });
-      return { virsh: new LibvirtClient({ uri: config.libvirtUri }), zfs: new ZfsClient(), config };
+      return { ...makeClients(config), config };
     };
     const request = (snap: string, mode: 'clone' | 'rollback') => ({
       snapshot: `${dataset()}@${snap}`,
@@ -248,7 +250,7 @@ describe('failure paths (issue 20), on the bed', () => {
       const { pre, post } = await hooksRun(setup, 'dmg');
       assert.equal(pre.code, 0, pre.stderr);
       assert.equal(post.code, 0, post.stderr);
-      assert.equal(setup.dumps().length, 1, 'the guest was frozen and dumped');
+      assert.equal((await setup.dumps()).length, 1, 'the guest was frozen and dumped');
       await assertBack(setup);
       const status = await virtsnap(setup, ['status']);
       assert.match(status.stdout, /0badc0de-0000-4000-8000-000000000000 .*JOURNAL DAMAGED/);
@@ -266,7 +268,7 @@ describe('failure paths (issue 20), on the bed', () => {
 
   describe('RAM inside the snapshot on a pool too full for it', () => {
     it('the VM is not frozen (one ERROR line names it), its snapshot is taken; check says the RAM does not fit', async () => {
-      const setup = await Setup.create('paths-full', { VIRTSNAP_RAM_STORE: 'dataset' });
+      const setup = await Setup.create('paths-full', { VIRTSNAP_STORE: 'dataset' });
       mkdirSync(setup.sanoidDir, { recursive: true });
       writeFileSync(path.join(setup.sanoidDir, 'sanoid.conf'), setup.section(dataset()));
       const used = Number((await sh('zfs', ['get', '-H', '-p', '-o', 'value', 'used', dataset()])).trim());

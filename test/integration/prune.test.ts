@@ -6,7 +6,7 @@ import { closeSync, copyFileSync, existsSync, openSync, readFileSync, rmSync, tr
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { run } from '../../lib/exec.js';
-import { snapshotNames, type Manifest } from '../../lib/archive.js';
+import { snapshotNames, type Manifest } from '../../lib/manifest.js';
 import { bed, destroyDataset, Guest, hookCommand, removeDomains, snapshotsOf, zfsRetry, type Bed, type SanoidVersion } from '../helpers/bed.js';
 import { hooks, Setup, virtsnap } from '../helpers/virtsnap.js';
 
@@ -56,7 +56,7 @@ describe('prune hook under sanoid: a dump goes with the last of its snapshots', 
         };
 
         await sanoid(['--take-snapshots'], 0);
-        const [a] = setup.dumps();
+        const [a] = (await setup.dumps());
         assert.ok(a);
         assert.equal(a.manifest.snapshots.length, 2, 'run A: one hourly and one daily, one dump');
         const [aHourly] = byName(snapshotNames(a.manifest), '_hourly');
@@ -66,7 +66,7 @@ describe('prune hook under sanoid: a dump goes with the last of its snapshots', 
         await sanoid(['--prune-snapshots'], 1);
         const snaps = await snapshotsOf(dataset());
         assert.ok(!snaps.includes(aHourly!), 'sanoid pruned the first hourly');
-        let dumps = setup.dumps();
+        let dumps = (await setup.dumps());
         assert.equal(dumps.length, 2);
         assert.deepEqual(snapshotNames(dumps[0]!.manifest), [aDaily], 'the dump stays, for the daily only');
         assert.ok(existsSync(a.manifest.memoryFile));
@@ -76,7 +76,7 @@ describe('prune hook under sanoid: a dump goes with the last of its snapshots', 
         await sanoid(['--prune-snapshots'], 25);
         const left = await snapshotsOf(dataset());
         assert.ok(!left.includes(aDaily!), 'sanoid pruned the first daily');
-        dumps = setup.dumps();
+        dumps = (await setup.dumps());
         assert.equal(dumps.length, 1, 'dumps A (daily gone) and B (hourly gone) are deleted');
         assert.ok(!existsSync(a.manifest.memoryFile) && !existsSync(bDump.manifest.memoryFile));
         assert.deepEqual(snapshotNames(dumps[0]!.manifest).sort(), left.sort(), 'the last dump names exactly the snapshots left');
@@ -87,7 +87,7 @@ describe('prune hook under sanoid: a dump goes with the last of its snapshots', 
           env: setup.env({ SANOID_SCRIPT: 'prune', SANOID_TARGET: dataset(), SANOID_SNAPNAME: 'autosnap_1999-01-01_00:00:00_hourly' }),
         });
         assert.equal(out.stderr, '');
-        assert.equal(setup.dumps().length, 1);
+        assert.equal((await setup.dumps()).length, 1);
       });
     });
   }
@@ -115,7 +115,7 @@ describe('prune hook under sanoid: a dump goes with the last of its snapshots', 
         const out = await virtsnap(setup, ['snapshot', dataset(), '--name', name]);
         assert.equal(out.code, 0, out.stderr);
       }
-      const [one, two] = setup.dumps();
+      const [one, two] = (await setup.dumps());
       assert.ok(one && two);
       const dir = path.dirname(one.manifest.memoryFile);
       // A copy into the archive that a crash cut short, named as virtsnap names them.
@@ -151,11 +151,11 @@ describe('prune hook under sanoid: a dump goes with the last of its snapshots', 
       assert.match(real.stdout, /not ours, left alone: .*crashed\.save/);
       rmSync(broken);
       rmSync(foreign);
-      assert.deepEqual(setup.dumps().map((d) => d.manifest.id), [two.manifest.id]);
+      assert.deepEqual((await setup.dumps()).map((d) => d.manifest.id), [two.manifest.id]);
     });
 
     it('verify: a good dump passes; a truncated one and one with a flipped byte fail', async () => {
-      const [good] = setup.dumps();
+      const [good] = (await setup.dumps());
       assert.ok(good);
       const ok = await virtsnap(setup, ['verify', dataset()]);
       assert.equal(ok.code, 0, ok.stdout + ok.stderr);

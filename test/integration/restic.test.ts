@@ -1,4 +1,4 @@
-// The restic archive backend on the bed (VIRTSNAP_ARCHIVE=restic:REPO): 24
+// The restic store on the bed (VIRTSNAP_STORE=restic:REPO): 8
 // consecutive dumps of a guest that keeps rewriting part of its RAM go into
 // one restic repository (a local one under the setup's dir); the repository
 // is measured against one gzip-compressed dump of the same guest; the 1st
@@ -9,14 +9,16 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { resticStoreOf, stageFile, type Manifest } from '../../lib/archive.js';
-import { localDump } from '../../lib/archive-store.js';
+import { stageFile } from '../../lib/archive.js';
+import { resticStoreOf, type Manifest } from '../../lib/manifest.js';
+import { storeFor } from '../../lib/stores/index.js';
 import { loadConfig } from '../../lib/config.js';
 import { Restic, TAG } from '../../lib/restic.js';
 import { assertWhole, bed, consoleMark, datasetExists, destroyDataset, Guest, removeDomains, sh, watchDomain, zfsRetry, type Bed } from '../helpers/bed.js';
 import { Setup, virtsnap } from '../helpers/virtsnap.js';
 
-const DUMPS = Number(process.env.RESTIC_TEST_DUMPS ?? 24);
+// 8 in npm test (the bench stores 24 of them: test/bench/storage.ts); RESTIC_TEST_DUMPS for more.
+const DUMPS = Number(process.env.RESTIC_TEST_DUMPS ?? 8);
 const DOMAIN = 'vsbed-rst-g';
 const CLONE_DOMAIN = 'vsbed-rst-clone';
 
@@ -24,7 +26,7 @@ async function duBytes(dir: string): Promise<number> {
   return Number((await sh('du', ['-sb', dir])).split(/\s/)[0]);
 }
 
-describe('restic archive backend (VIRTSNAP_ARCHIVE=restic:REPO)', () => {
+describe('restic archive backend (VIRTSNAP_STORE=restic:REPO)', () => {
   let b: Bed;
   let setup: Setup;
   let guest: Guest;
@@ -44,7 +46,7 @@ describe('restic archive backend (VIRTSNAP_ARCHIVE=restic:REPO)', () => {
     repo = path.join(setup.root, 'repo');
     const pw = path.join(setup.root, 'restic.pw');
     writeFileSync(pw, 'not-a-secret-but-0600\n', { mode: 0o600 });
-    setup.writeEnv({ VIRTSNAP_OVERLAY_DIR: setup.overlayDir, VIRTSNAP_ARCHIVE: `restic:${repo}`, VIRTSNAP_RESTIC_PASSWORD_FILE: pw, VIRTSNAP_LOG: 'warn' });
+    setup.writeEnv({ VIRTSNAP_OVERLAY_DIR: setup.overlayDir, VIRTSNAP_STORE: `restic:${repo}`, VIRTSNAP_RESTIC_PASSWORD_FILE: pw, VIRTSNAP_LOG: 'warn' });
     await sh('restic', ['init', '--repository-version', '2', '--repo', repo, '--password-file', pw]);
     restic = new Restic({ repo, passwordFile: pw, env: {} });
     // 160 MiB, a tenth of it (16 MiB) random and rewritten 1 MiB at a time, round and round (test/bed/guest/fill): what changes between runs is
@@ -66,7 +68,7 @@ describe('restic archive backend (VIRTSNAP_ARCHIVE=restic:REPO)', () => {
       const out = await virtsnap(setup, ['snapshot', dataset(), '--name', `r${i}`, '--json']);
       assert.equal(out.code, 0, `${out.stderr}${out.stdout}`);
       const [m] = JSON.parse(out.stdout) as Manifest[];
-      const local = setup.dumps().find((d) => d.manifest.id === m!.id)!.manifest;
+      const local = (await setup.dumps()).find((d) => d.manifest.id === m!.id)!.manifest;
       assert.equal(resticStoreOf(local)?.repo, repo);
       assert.equal(existsSync(local.memoryFile), false, 'no .save beside a restic dump');
       dumps.push(local);
@@ -75,7 +77,7 @@ describe('restic archive backend (VIRTSNAP_ARCHIVE=restic:REPO)', () => {
     assert.equal((await restic.snapshots([TAG])).length, DUMPS);
     const config = loadConfig(setup.env());
     // One compressed dump of the same guest: the last one, as the archive dir would store it.
-    const last = await localDump(dumps.at(-1)!, config);
+    const last = await storeFor(config).fetch(dumps.at(-1)!);
     const gzFile = path.join(setup.root, 'one.save.gz');
     const staged = await stageFile(last.manifest.memoryFile, gzFile, 'gzip');
     rmSync(`${gzFile}.part`, { force: true });
@@ -87,7 +89,7 @@ describe('restic archive backend (VIRTSNAP_ARCHIVE=restic:REPO)', () => {
       `${DUMPS} dumps of a 160 MiB guest (16 MiB random, rewritten): raw ${mib(dumps.at(-1)!.bytes)} MiB each, one gzip dump ${mib(staged.bytes)} MiB; ` +
         `restic repo du ${mib(du)} MiB (${(du / staged.bytes).toFixed(2)}x one compressed dump; target <= 4x), stats raw-data ${mib(raw)} MiB; ${(perDump / 1000).toFixed(1)} s per snapshot`,
     );
-    // Lenient: the 24 dumps take less than the archive dir would with each gzip-compressed (the target is reported above).
+    // Lenient: the dumps take less than the archive dir would with each gzip-compressed (the target is reported above).
     assert.ok(du <= DUMPS * staged.bytes, `repo ${du} bytes against ${DUMPS} compressed dumps of ${staged.bytes}`);
   });
 
@@ -146,7 +148,7 @@ describe('restic archive backend (VIRTSNAP_ARCHIVE=restic:REPO)', () => {
     assert.equal(gc.code, 0, gc.stderr);
     assert.match(gc.stdout, /restic prune: done/);
     assert.equal((await restic.snapshots([TAG])).length, DUMPS - gone.length);
-    assert.equal(setup.dumps().length, DUMPS - gone.length);
+    assert.equal((await setup.dumps()).length, DUMPS - gone.length);
     const after = await duBytes(repo);
     console.log(`# gc: ${gone.length} dumps forgotten, repo ${(before / 1024 ** 2).toFixed(1)} -> ${(after / 1024 ** 2).toFixed(1)} MiB`);
     assert.ok(after < before, `repo shrank: ${before} -> ${after}`);

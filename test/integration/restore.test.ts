@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { snapshotNames, type Manifest } from '../../lib/archive.js';
+import { snapshotNames, type Manifest } from '../../lib/manifest.js';
 import { assertWhole, bed, consoleMark, destroyDataset, Guest, lastTick, mountpointOf, removeDomains, sh, virsh, watchDomain, type Bed } from '../helpers/bed.js';
 import { hooks, Setup, virtsnap } from '../helpers/virtsnap.js';
 
@@ -112,7 +112,7 @@ describe('virtsnap snapshot and restore', () => {
     await removeDomains('vsbed-rs-paused');
   });
 
-  it('status shows each VM, its dataset, that it is not on an overlay, and its latest dump', async () => {
+  it('status shows each VM, its dataset, that it is not on an overlay, and its latest dump with a snapshot (@two was destroyed by the rollback)', async () => {
     const out = await virtsnap(setup, ['status', '--json', dataset()]);
     assert.equal(out.code, 0, out.stderr);
     const rows = JSON.parse(out.stdout) as { name: string; state: string; datasets: string[]; onOverlay: string[]; latestDump: { snapshots: string[] } | null }[];
@@ -121,7 +121,7 @@ describe('virtsnap snapshot and restore', () => {
     assert.equal(rs.state, 'running');
     assert.deepEqual(rs.datasets, [dataset()]);
     assert.deepEqual(rs.onOverlay, []);
-    assert.deepEqual(rs.latestDump?.snapshots, [`${dataset()}@two`]);
+    assert.deepEqual(rs.latestDump?.snapshots, [`${dataset()}@one`]);
     assert.equal(rows.find((r) => r.name === 'vsbed-rs-off')?.latestDump, null);
   });
 
@@ -145,7 +145,7 @@ describe('virtsnap snapshot and restore', () => {
     assert.notEqual(missing.code, 0);
     assert.match(missing.stderr, /snapshot vsbed\/vm\/rs@nope does not exist/);
 
-    const dump = setup.dumps().find((d) => snapshotNames(d.manifest).includes(`${dataset()}@one`))!;
+    const dump = (await setup.dumps()).find((d) => snapshotNames(d.manifest).includes(`${dataset()}@one`))!;
     const at = Math.floor(dump.manifest.bytes / 2);
     const flipped = readFileSync(dump.manifest.memoryFile).subarray(at, at + 1)[0]! ^ 0xff;
     const fd = openSync(dump.manifest.memoryFile, 'r+');

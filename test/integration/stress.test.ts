@@ -37,7 +37,7 @@ describe('restore stress: saves of a busy guest on a starved host, each restored
   });
 
   it('the plan says how this stack saves the guest: live only where QEMU keeps every page (KVM, or QEMU >= 9.0), else paused, with the reason', async () => {
-    const stack = parseVirshVersion(await sh('virsh', ['-c', 'qemu:///system', 'version', '--daemon']));
+    const stack = parseVirshVersion(await sh('virsh', ['-c', b.uri, 'version', '--daemon']));
     const trust = liveSaveTrust(stack, b.virtType);
     const dry = await virtsnap(setup, ['snapshot', dataset(), '--dry-run']);
     assert.equal(dry.code, 0, dry.stderr);

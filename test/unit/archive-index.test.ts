@@ -5,7 +5,8 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync 
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, beforeEach, describe, it } from 'node:test';
-import { archiveDump, scanArchive, setSnapshots, snapshotNames, type ArchivedDump } from '../../lib/archive.js';
+import { archiveDump, scanArchive, setSnapshots } from '../../lib/archive.js';
+import { snapshotNames, type ArchivedDump } from '../../lib/manifest.js';
 import { dumpsNaming, indexFile } from '../../lib/archive-index.js';
 import type { SnapshotRef } from '../../lib/snapshot-id.js';
 

@@ -4,7 +4,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { archiveDump, domainDir, listDumps, moveAndHash, scanArchive, sha256File, snapshotNames, type ArchiveInput } from '../../lib/archive.js';
+import { archiveDump, domainDir, listDumps, moveAndHash, scanArchive, sha256File, type ArchiveInput } from '../../lib/archive.js';
+import { snapshotNames } from '../../lib/manifest.js';
 import { legacyRef } from '../../lib/snapshot-id.js';
 import { VirtsnapError } from '../../lib/errors.js';
 

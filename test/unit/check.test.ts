@@ -25,9 +25,9 @@ const conf = parseIni(`
 `);
 
 function row(name: string, s: Partial<DomainStatus>): DomainStatus {
-  return { name, uuid: name, state: 'running', datasets: ['tank/vm/a'], onOverlay: [], heldBy: null, stuck: null, damagedEntry: null, latestDump: null, ...s };
+  return { name, uuid: name, state: 'running', datasets: ['tank/vm/a'], onOverlay: [], heldBy: null, stuck: null, damagedEntry: null, latestDump: null, waiting: null, ...s };
 }
-const dump = (ageSeconds: number) => ({ id: 'x', snapshots: ['tank/vm@s'], takenAt: '', ageSeconds });
+const dump = (ageSeconds: number) => ({ id: 'x', snapshots: ['tank/vm@s'], takenAt: '', ageSeconds, waiting: false });
 
 describe('virtsnap check', () => {
   it('watches the sections that run our pre hook, with sanoid monitoring defaults by their periods', () => {
@@ -57,6 +57,10 @@ describe('virtsnap check', () => {
     assert.equal(warned.status, WARNING);
     assert.match(warned.line, /^WARNING: 2 unreadable manifest\(s\) in the archive \(virtsnap verify\), 1 RAM dump\(s\) fail verify \(virtsnap verify\), 3 RAM dump\(s\) whose snapshots are all gone \(virtsnap gc\) \| /);
     assert.equal(judge([row('tmp', { datasets: ['tank/vm/scratch'] })], w, CLEAN_ARCHIVE).status, OK, 'its own section (autosnap = no) wins over the recursive parent');
+    assert.equal(judge([row('web', { latestDump: dump(60), waiting: { count: 1, bytes: 1, oldestSeconds: 600 } })], w, CLEAN_ARCHIVE).status, OK, 'a dump waiting minutes for the archiver');
+    const late = judge([row('web', { latestDump: dump(60), waiting: { count: 2, bytes: 1, oldestSeconds: 3700 } })], w, CLEAN_ARCHIVE);
+    assert.equal(late.status, WARNING);
+    assert.match(late.line, /^WARNING: 2 RAM dump\(s\) of web waiting in the spool for over an hour \(virtsnap archive says why\)/);
     assert.equal(UNKNOWN, 3);
   });
 

@@ -7,10 +7,11 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, wri
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { archiveDump, hashStored, listDumps, worthCompressing, type ArchiveInput, type Compression, type Manifest } from '../../lib/archive.js';
+import { archiveDump, hashStored, listDumps, worthCompressing, type ArchiveInput } from '../../lib/archive.js';
+import { type Compression, type Manifest } from '../../lib/manifest.js';
 import { FORMAT_GZIP, FORMAT_OFFSET, HEADER_BYTES, readSaveImageHeader, readSaveImageXml, rewriteSaveImageXml, streamOffset, withFormat } from '../../lib/libvirt/save-image.js';
 import { legacyRef } from '../../lib/snapshot-id.js';
-import { checkDump, checkStructure } from '../../lib/verify.js';
+import { checkDump, checkStructure } from '../../lib/dump-check.js';
 
 const UUID = '4aa4739f-40fb-4dd3-b355-8e408c5e68f7';
 const XML = `<domain type='kvm'><name>web</name><uuid>${UUID}</uuid></domain>`;

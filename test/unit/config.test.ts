@@ -45,7 +45,6 @@ describe('loadConfig', () => {
       libvirtUri: 'qemu:///system',
       overlayDir: '/var/lib/virtsnap/overlay',
       archiveDir: '/var/lib/virtsnap/archive',
-      ramStore: 'archive',
       stateDir: '/var/lib/virtsnap/state',
       sanoidConf: '/etc/sanoid/sanoid.conf',
       live: 'auto',
@@ -61,39 +60,43 @@ describe('loadConfig', () => {
       watchdog: 'auto',
       metricsFile: null,
       compression: 'gzip',
-      archive: { kind: 'dir' },
+      store: { kind: 'dir' },
       lockTimeoutMs: 120_000,
       configFile: empty,
     });
   });
 
-  it('VIRTSNAP_ARCHIVE: dir, or restic:REPO with an absolute password file; anything else is one line', () => {
+  it('VIRTSNAP_STORE: dir, dataset, or restic:REPO with an absolute password file; the settings of earlier versions still read; anything else is one line', () => {
     const c = (env: Record<string, string>) => loadConfig({ VIRTSNAP_CONFIG: empty, ...env });
-    assert.deepEqual(c({ VIRTSNAP_ARCHIVE: 'dir' }).archive, { kind: 'dir' });
-    assert.deepEqual(c({ VIRTSNAP_ARCHIVE: 'restic:sftp:h:/r', VIRTSNAP_RESTIC_PASSWORD_FILE: '/etc/virtsnap/restic.pw' }).archive, {
+    assert.deepEqual(c({ VIRTSNAP_STORE: 'dir' }).store, { kind: 'dir' });
+    assert.deepEqual(c({ VIRTSNAP_STORE: 'dataset' }).store, { kind: 'dataset' });
+    assert.deepEqual(c({ VIRTSNAP_RAM_STORE: 'dataset' }).store, { kind: 'dataset' }, 'VIRTSNAP_RAM_STORE of 0.x');
+    assert.deepEqual(c({ VIRTSNAP_ARCHIVE: 'dir' }).store, { kind: 'dir' }, 'VIRTSNAP_ARCHIVE of 0.x');
+    assert.throws(() => c({ VIRTSNAP_RAM_STORE: 'dataset', VIRTSNAP_ARCHIVE: 'dir' }), /^ConfigError: VIRTSNAP_RAM_STORE and VIRTSNAP_ARCHIVE name two places for the RAM dumps: set VIRTSNAP_STORE alone/);
+    assert.deepEqual(c({ VIRTSNAP_STORE: 'restic:sftp:h:/r', VIRTSNAP_RESTIC_PASSWORD_FILE: '/etc/virtsnap/restic.pw' }).store, {
       kind: 'restic',
       repo: 'sftp:h:/r',
       passwordFile: '/etc/virtsnap/restic.pw',
       env: {},
     });
-    assert.throws(() => c({ VIRTSNAP_ARCHIVE: 'restic:/r' }), /^ConfigError: VIRTSNAP_RESTIC_PASSWORD_FILE is not set: [^\n]*$/);
-    assert.throws(() => c({ VIRTSNAP_ARCHIVE: 'restic:/r', VIRTSNAP_RESTIC_PASSWORD_FILE: 'pw' }), /VIRTSNAP_RESTIC_PASSWORD_FILE=pw is not an absolute path/);
-    assert.throws(() => c({ VIRTSNAP_ARCHIVE: 'borg:/r' }), /^ConfigError: VIRTSNAP_ARCHIVE is not dir, restic:REPO/);
-    assert.throws(() => c({ VIRTSNAP_ARCHIVE: 'restic:' }), /VIRTSNAP_ARCHIVE=restic names no repository/);
+    assert.throws(() => c({ VIRTSNAP_STORE: 'restic:/r' }), /^ConfigError: VIRTSNAP_RESTIC_PASSWORD_FILE is not set: [^\n]*$/);
+    assert.throws(() => c({ VIRTSNAP_STORE: 'restic:/r', VIRTSNAP_RESTIC_PASSWORD_FILE: 'pw' }), /VIRTSNAP_RESTIC_PASSWORD_FILE=pw is not an absolute path/);
+    assert.throws(() => c({ VIRTSNAP_STORE: 'borg:/r' }), /^ConfigError: VIRTSNAP_STORE is not dir, restic:REPO/);
+    assert.throws(() => c({ VIRTSNAP_STORE: 'restic:' }), /VIRTSNAP_STORE=restic names no repository/);
     // A URL with a password is never echoed.
-    assert.throws(() => c({ VIRTSNAP_ARCHIVE: 'rest:https://u:secret@h/' }), (err: Error) => !err.message.includes('secret'));
+    assert.throws(() => c({ VIRTSNAP_STORE: 'rest:https://u:secret@h/' }), (err: Error) => !err.message.includes('secret'));
   });
 
   it('restic from the env file alone: its repository, password and the rest reach restic, and only restic', () => {
     const file = envFile(
       'restic.env',
-      ['VIRTSNAP_ARCHIVE=restic', 'export RESTIC_REPOSITORY_FILE=/etc/virtsnap/repo # the URL holds a password', 'RESTIC_PASSWORD_FILE=/etc/virtsnap/pw', 'AWS_ACCESS_KEY_ID=AKIA', ''].join('\n'),
+      ['VIRTSNAP_STORE=restic', 'export RESTIC_REPOSITORY_FILE=/etc/virtsnap/repo # the URL holds a password', 'RESTIC_PASSWORD_FILE=/etc/virtsnap/pw', 'AWS_ACCESS_KEY_ID=AKIA', ''].join('\n'),
     );
     const c = loadConfig({ VIRTSNAP_CONFIG: file });
-    assert.deepEqual(c.archive, { kind: 'restic', repo: null, passwordFile: null, env: { RESTIC_REPOSITORY_FILE: '/etc/virtsnap/repo', RESTIC_PASSWORD_FILE: '/etc/virtsnap/pw', AWS_ACCESS_KEY_ID: 'AKIA' } });
+    assert.deepEqual(c.store, { kind: 'restic', repo: null, passwordFile: null, env: { RESTIC_REPOSITORY_FILE: '/etc/virtsnap/repo', RESTIC_PASSWORD_FILE: '/etc/virtsnap/pw', AWS_ACCESS_KEY_ID: 'AKIA' } });
     assert.equal(process.env.AWS_ACCESS_KEY_ID, undefined, 'not in virtsnap\'s own environment (every other program it runs would see it)');
-    assert.throws(() => loadConfig({ VIRTSNAP_CONFIG: envFile('norepo.env', 'VIRTSNAP_ARCHIVE=restic\nRESTIC_PASSWORD_FILE=/p\n') }), /names no repository/);
-    assert.throws(() => loadConfig({ VIRTSNAP_CONFIG: envFile('nopw.env', 'VIRTSNAP_ARCHIVE=restic\nRESTIC_REPOSITORY=/r\n') }), /VIRTSNAP_RESTIC_PASSWORD_FILE is not set/);
+    assert.throws(() => loadConfig({ VIRTSNAP_CONFIG: envFile('norepo.env', 'VIRTSNAP_STORE=restic\nRESTIC_PASSWORD_FILE=/p\n') }), /names no repository/);
+    assert.throws(() => loadConfig({ VIRTSNAP_CONFIG: envFile('nopw.env', 'VIRTSNAP_STORE=restic\nRESTIC_REPOSITORY=/r\n') }), /VIRTSNAP_RESTIC_PASSWORD_FILE is not set/);
   });
 
   it('VIRTSNAP_COMPRESS: gzip or yes compress, no stores raw, anything else is one line', () => {

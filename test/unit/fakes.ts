@@ -2,16 +2,21 @@
 // watchdog: the narrow interfaces of lib/deps.ts, with failures on command.
 // They model what matters to those modules (which image each disk is on,
 // block jobs and their readiness, domain jobs, pause reasons), nothing more.
-import { closeSync, mkdtempSync, openSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { REPO_MANIFEST } from '../../lib/stores/restic.js';
+import type { ResticClient, ResticSnapshot } from '../../lib/restic.js';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Config } from '../../lib/config.js';
 import type { Deps, RunImages, RunLibvirt, RunZfs } from '../../lib/deps.js';
 import { LibvirtError, VirtsnapError } from '../../lib/errors.js';
 import { QemuImgMissingError, type OverlaySpec } from '../../lib/libvirt/qemu-img.js';
+import { storeFor } from '../../lib/stores/index.js';
 import { Journal, type JournalEntry } from '../../lib/journal.js';
 import type { Disk } from '../../lib/libvirt/domain-xml.js';
 import { parseVersion, type Stack } from '../../lib/libvirt/stack.js';
+import { HEADER_BYTES } from '../../lib/libvirt/save-image.js';
 import type { CompletedJob, Domain, DomainState } from '../../lib/libvirt/virsh.js';
 import { ownerOf } from '../../lib/owner.js';
 import { noStop } from '../../lib/signals.js';
@@ -329,7 +334,6 @@ export function fakeConfig(root: string): Config {
     libvirtUri: 'test:///fake',
     overlayDir: path.join(root, 'overlay'),
     archiveDir: path.join(root, 'archive'),
-    ramStore: 'archive',
     stateDir: path.join(root, 'state'),
     sanoidConf: path.join(root, 'sanoid.conf'),
     live: 'auto',
@@ -347,7 +351,7 @@ export function fakeConfig(root: string): Config {
     metricsFile: null,
     // The fakes' memory files are not save images; the archive tests compress real ones.
     compression: 'gzip',
-    archive: { kind: 'dir' },
+    store: { kind: 'dir' },
     configFile: null,
   };
 }
@@ -355,7 +359,7 @@ export function fakeConfig(root: string): Config {
 export function fakeDeps(virsh = new FakeLibvirt(), zfs = new FakeZfs()): Deps & { virsh: FakeLibvirt; zfs: FakeZfs; images: FakeImages; journal: FlakyJournal; root: string } {
   const root = mkdtempSync(path.join(tmpdir(), 'virtsnap-fake-'));
   const config = fakeConfig(root);
-  return { virsh, zfs, images: new FakeImages(virsh.calls), config, journal: new FlakyJournal(config.stateDir), owner: ownerOf(process.pid), worker: ownerOf(process.pid), stop: noStop, root };
+  return { virsh, zfs, images: new FakeImages(virsh.calls), config, journal: new FlakyJournal(config.stateDir), owner: ownerOf(process.pid), worker: ownerOf(process.pid), stop: noStop, store: storeFor(config), root };
 }
 
 /** A journal entry of a domain frozen by a run whose owner (pid 999999999) is gone. */
@@ -399,4 +403,86 @@ export function onOverlays(d: FakeDomain, overlays: Record<string, string>): voi
     const disk = d.disks.get(target)!;
     d.disks.set(target, { source: overlay, backing: disk.source });
   }
+}
+
+/** A restic repository in memory: each snapshot keeps copies of what it backed up. */
+export class FakeRestic implements ResticClient {
+  readonly repo = '/backup/repo';
+  snaps: (ResticSnapshot & { files: Map<string, Buffer> })[] = [];
+  calls: string[] = [];
+  private n = 0;
+  async backup(cwd: string, paths: string[], tags: string[], host: string): Promise<string> {
+    this.calls.push(`backup ${paths.join(' ')}`);
+    const files = new Map<string, Buffer>();
+    const add = (rel: string): void => {
+      const abs = path.join(cwd, rel);
+      if (statSync(abs).isDirectory()) {
+        for (const f of ['domain.xml', REPO_MANIFEST]) if (existsSync(path.join(abs, f))) files.set(`/${rel}/${f}`, readFileSync(path.join(abs, f)));
+      } else files.set(`/${rel}`, readFileSync(abs));
+    };
+    paths.forEach(add);
+    const id = createHash('sha256').update(String(++this.n)).digest('hex');
+    this.snaps.push({ id, short_id: id.slice(0, 8), time: new Date().toISOString(), hostname: host, tags, paths: paths.map((p) => path.join(cwd, p)), files });
+    return id.slice(0, 8);
+  }
+  async snapshots(tags: string[]): Promise<ResticSnapshot[]> {
+    return this.snaps.filter((s) => tags.every((t) => s.tags.includes(t)));
+  }
+  async dumpText(snapshot: string, file: string): Promise<string> {
+    return this.snaps.find((s) => s.id.startsWith(snapshot))!.files.get(file)!.toString();
+  }
+  async fileSize(snapshot: string, file: string): Promise<number | null> {
+    return this.snaps.find((s) => s.id.startsWith(snapshot))?.files.get(file)?.length ?? null;
+  }
+  async restoreFile(snapshot: string, file: string, targetDir: string): Promise<void> {
+    this.calls.push(`restore ${file}`);
+    writeFileSync(path.join(targetDir, file), this.snaps.find((s) => s.id.startsWith(snapshot))!.files.get(file)!, { mode: 0o644 });
+  }
+  async forget(ids: string[]): Promise<void> {
+    this.calls.push(`forget ${ids.join(' ')}`);
+    this.snaps = this.snaps.filter((s) => !ids.some((i) => s.id.startsWith(i)));
+  }
+  async prune(): Promise<void> {
+    this.calls.push('prune');
+  }
+  async check(): Promise<void> {}
+  async rawSize(): Promise<number> {
+    return 0;
+  }
+}
+
+
+/** A complete libvirt save image (v2, raw) of `bytes` stream bytes filled with `fill`: what a freeze leaves in the overlay dir. */
+export function saveImage(file: string, fill: string, uuid = `u-${fill}`, bytes = 65536): string {
+  const header = Buffer.alloc(HEADER_BYTES);
+  header.write('LibvirtQemudSave', 0, 16, 'latin1');
+  header.writeUInt32LE(2, 16);
+  header.writeUInt32LE(1024, 20);
+  const xml = Buffer.alloc(1024);
+  xml.write(`<domain><name>${fill}</name><uuid>${uuid}</uuid></domain>`);
+  writeFileSync(file, Buffer.concat([header, xml, Buffer.alloc(bytes, fill)]), { mode: 0o600 });
+  return file;
+}
+
+/**
+ * The journal entry of a domain a thaw has brought back (step committed,
+ * tied to tank/vm@snap), with its memory file and meta dir in the overlay
+ * dir as a freeze names them: what DumpStore.seal takes.
+ */
+export function committedEntry(config: Pick<Config, 'overlayDir'>, name: string, stamp = '20240102T030405.000Z'): JournalEntry {
+  mkdirSync(config.overlayDir, { recursive: true, mode: 0o700 });
+  const uuid8 = createHash('sha256').update(name).digest('hex').slice(0, 8);
+  const tag = `${stamp}-${uuid8}`;
+  const base = path.join(config.overlayDir, `${name}.${tag}`);
+  mkdirSync(`${base}.meta`, { recursive: true, mode: 0o700 });
+  writeFileSync(`${base}.meta/domain.xml`, `<domain><name>${name}</name></domain>`);
+  const uuid = `${uuid8}-0000-4000-8000-000000000000`;
+  const d = { name, uuid, disks: new Map() } as unknown as FakeDomain;
+  return frozenEntry(d, {}, {
+    step: 'committed',
+    tag,
+    memoryFile: saveImage(`${base}.save`, name, uuid),
+    metaDir: `${base}.meta`,
+    tied: [{ name: 'tank/vm@snap', frozenAs: 'tank/vm@snap', guid: '777', createtxg: '5', creation: 1, mountpoint: '/tank/vm' }],
+  });
 }

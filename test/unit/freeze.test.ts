@@ -334,7 +334,7 @@ describe('freeze modes', () => {
     onOwnDisks(a);
     const result = await thawRun('tank/vm@snap', deps);
     assert.ok(!a.fsFrozen);
-    assert.deepEqual([result.failures, result.discarded, result.dumps], [[], [], []]);
+    assert.deepEqual([result.failures, result.discarded, result.sealed], [[], [], []]);
     assert.deepEqual(deps.journal.list(), []);
   });
 
@@ -404,6 +404,6 @@ describe('freeze modes', () => {
     a.reason = 'user';
     const result = await thawRun('tank/vm@snap', deps);
     assert.equal(a.state, 'paused');
-    assert.deepEqual(result.discarded, ['a']);
+    assert.deepEqual(result.discarded.map((d) => d.name), ['a']);
   });
 });

@@ -6,7 +6,7 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import type { Manifest } from '../../lib/archive.js';
+import type { Manifest } from '../../lib/manifest.js';
 import { addOutcome, recordRun, renderMetrics } from '../../lib/metrics.js';
 import { fakeConfig } from './fakes.js';
 
@@ -45,6 +45,22 @@ describe('metrics', () => {
     assert.equal(web('virtsnap_guest_pause_milliseconds'), '150');
     assert.deepEqual(get('virtsnap_failures_total')!.metrics.map((m) => [m.labels!.domain, m.value]), [['db', '1'], ['web "1"', '0']]);
     assert.equal(get('virtsnap_run_failures_total')!.metrics[0]!.value, '1');
+    assert.equal(get('virtsnap_spool_dumps'), undefined, 'no spool gauges without a look at the spool');
+  });
+
+  it('the archiver counts what it stored; the spool gauges say what waits and since when (its age: time() minus it)', () => {
+    let state = addOutcome({ domains: {}, runFailures: 0 }, { dumps: [manifest('web', 'u1', '2026-11-23T10:00:00Z')], failed: [] });
+    state = addOutcome(state, { dumps: [], failed: [], archived: [manifest('web', 'u1', '2026-11-23T10:00:00Z')] });
+    const sealedAt = Date.parse('2026-11-23T10:00:05Z');
+    const families = parsePrometheus(renderMetrics(state, { count: 2, bytes: 2468, oldestSealedAt: sealedAt }));
+    const value = (name: string) => families.find((f) => f.name === name)!.metrics[0]!.value;
+    assert.equal(value('virtsnap_archived_total'), '1');
+    assert.equal(value('virtsnap_spool_dumps'), '2');
+    assert.equal(value('virtsnap_spool_bytes'), '2468');
+    assert.equal(value('virtsnap_spool_oldest_timestamp_seconds'), String(sealedAt / 1000));
+    const empty = parsePrometheus(renderMetrics(state, { count: 0, bytes: 0, oldestSealedAt: null }));
+    assert.equal(empty.find((f) => f.name === 'virtsnap_spool_dumps')!.metrics[0]!.value, '0');
+    assert.equal(empty.find((f) => f.name === 'virtsnap_spool_oldest_timestamp_seconds'), undefined, 'nothing waits: no oldest');
   });
 
   it('recordRun writes the file (0644, node_exporter reads it) and keeps counting across runs; off without VIRTSNAP_METRICS_FILE', async () => {

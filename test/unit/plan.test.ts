@@ -74,7 +74,7 @@ function inventory(domains: Domain[], more: Partial<Inventory> = {}): Inventory 
     ]),
     datasetOfOverlayDir: null,
     stack: DEBIAN12,
-    damagedEntries: new Map(),
+    blockedEntries: new Map(),
     freeBytes: new Map(),
     problems: [],
     ...more,
@@ -343,7 +343,7 @@ describe('planFreeze', () => {
   it('a domain whose journal entry is damaged is left alone and named; the others are frozen', () => {
     const a = dom('a', 'running', [disk('vda', '/tank/vm/a.qcow2')]);
     const c = dom('c', 'running', [disk('vda', '/tank/vm/c.qcow2')]);
-    const plan = planFreeze(request, inventory([a, c], { damagedEntries: new Map([[a.uuid, 'journal entry /s/journal/x.json is damaged (not JSON)']]) }), config);
+    const plan = planFreeze(request, inventory([a, c], { blockedEntries: new Map([[a.uuid, 'journal entry /s/journal/x.json is damaged (not JSON)']]) }), config);
     assert.deepEqual(plan.domains.map((d) => d.name), ['c']);
     assert.deepEqual(plan.problems, []);
     assert.equal(plan.notFrozen.length, 1);
@@ -360,7 +360,7 @@ describe('planFreeze', () => {
     assert.deepEqual(tight.domains.map((d) => d.name), ['a']);
     assert.match(tight.notFrozen[0]!.reason, new RegExp(`^domain "c" gets no RAM this run: its dump may take 256 MiB and ${config.overlayDir} has 44 MiB left for it; its snapshot is only crash-consistent`));
     // RAM inside the dataset: the pool's space counts, and a save with the guest paused needs the RAM once.
-    const ds = { ...config, ramStore: 'dataset' as const, live: 'no' as const };
+    const ds: Config = { ...config, store: { kind: 'dataset' }, live: 'no' };
     const inPool = planFreeze(request, inventory(two, { freeBytes: new Map([['/tank/vm', 200 * 1024 ** 2], [config.overlayDir, 10 ** 12]]) }), ds);
     assert.deepEqual(inPool.domains.map((d) => d.name), ['a']);
     assert.match(inPool.notFrozen[0]!.reason, /^domain "c" gets no RAM this run: its dump may take 160 MiB and \/tank\/vm has 40 MiB left/);
@@ -507,8 +507,8 @@ describe('modes', () => {
   });
 });
 
-describe('planFreeze with VIRTSNAP_RAM_STORE=dataset', () => {
-  const inDataset = (): Config => ({ ...config, ramStore: 'dataset' });
+describe('planFreeze with VIRTSNAP_STORE=dataset', () => {
+  const inDataset = (): Config => ({ ...config, store: { kind: 'dataset' } });
   it('the memory file goes into the VM dataset\'s .virtsnap/<domain>/, named by the freeze tag', () => {
     const d = dom('web', 'running', [disk('vda', '/tank/vm/a.qcow2')]);
     const plan = planFreeze(request, inventory([d]), inDataset());

@@ -10,6 +10,7 @@ import { HEADER_BYTES } from '../../lib/libvirt/save-image.js';
 import { diskIdentity, inDatasetDumps, inDatasetProblem, ramInDatasetProblem, removeLiveRam, type InDatasetManifest } from '../../lib/ram-in-dataset.js';
 import { legacyRef, refsAt } from '../../lib/snapshot-id.js';
 import { thawDomain } from '../../lib/thaw.js';
+import { storeFor } from '../../lib/stores/index.js';
 import { fakeDeps, frozenEntry, onOverlays } from './fakes.js';
 
 const ID = '20261123T190000.000Z-0123abcd';
@@ -55,7 +56,7 @@ function dataset() {
 
 describe('RAM inside the dataset', () => {
   it('the plan refuses a VM spread over two datasets, or on an unmounted one, naming it and the way out', () => {
-    assert.match(ramInDatasetProblem('web', ['tank/a', 'tank/b'], '/tank/a')!, /"web" has disks in tank\/a and tank\/b.*VIRTSNAP_RAM_STORE=archive/);
+    assert.match(ramInDatasetProblem('web', ['tank/a', 'tank/b'], '/tank/a')!, /"web" has disks in tank\/a and tank\/b.*VIRTSNAP_STORE=dir/);
     assert.match(ramInDatasetProblem('web', ['tank/a'], undefined)!, /tank\/a of domain "web" is not mounted/);
     assert.equal(ramInDatasetProblem('web', ['tank/a'], '/tank/a'), null);
   });
@@ -93,6 +94,8 @@ describe('RAM inside the dataset', () => {
     for (const step of ['frozen', 'committing'] as const) {
       const t = dataset();
       const deps = fakeDeps();
+      deps.config.store = { kind: 'dataset' };
+      deps.store = storeFor(deps.config);
       const d = deps.virsh.add('web', 'u-web', { vda: '/tank/vm/web.img' });
       onOverlays(d, { vda: '/ov/web.qcow2' });
       const entry = frozenEntry(d, { vda: '/ov/web.qcow2' }, { step, tag: ID, memoryFile: t.save, ramInDataset: { dataset: 'tank/vm', mountpoint: t.mp, dir: t.dir }, tied: [legacyRef('tank/vm@snap')] });
@@ -105,7 +108,7 @@ describe('RAM inside the dataset', () => {
       };
       const outcome = await thawDomain(entry, deps, { keepDump: true });
       assert.equal(liveAtCommit, 0, `step ${step}: no RAM in the live dataset when the disks move`);
-      assert.ok(outcome !== null && typeof outcome === 'object' && 'manifest' in outcome, 'reported as a dump inside its snapshots');
+      assert.equal(outcome.dump.kind === 'sealed' && outcome.dump.dump.manifest.memoryFile.startsWith('tank/vm@snap:'), true, 'reported as a dump inside its snapshots');
       assert.deepEqual(deps.journal.list(), []);
     }
   });

@@ -1,7 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import type { Manifest } from '../../lib/archive.js';
+import type { Manifest } from '../../lib/manifest.js';
 import type { SnapshotRef } from '../../lib/snapshot-id.js';
 import { inRestoredDatasets, isZvolOf, linksDown, planRestore, renameDomainXml, rewriteDiskPaths, type RestoreFacts, type RestoreRequest } from '../../lib/restore-plan.js';
 import { splitSnapshot } from '../../lib/zfs.js';

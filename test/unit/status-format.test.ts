@@ -39,7 +39,7 @@ describe('table', () => {
 });
 
 function row(s: Partial<DomainStatus> & { name: string }): DomainStatus {
-  return { uuid: 'u', state: 'running', datasets: [], onOverlay: [], heldBy: null, stuck: null, damagedEntry: null, latestDump: null, ...s };
+  return { uuid: 'u', state: 'running', datasets: [], onOverlay: [], heldBy: null, stuck: null, damagedEntry: null, latestDump: null, waiting: null, ...s };
 }
 
 describe('formatStatus', () => {
@@ -49,7 +49,7 @@ describe('formatStatus', () => {
 
   it('a table with one line per domain, aligned', () => {
     const out = formatStatus([
-      row({ name: 'web', datasets: ['tank/vm/web'], latestDump: { id: 'd1', snapshots: ['tank/vm/web@autosnap_1_hourly', 'tank/vm@x'], takenAt: '2024-01-01T00:00:00Z', ageSeconds: 90 } }),
+      row({ name: 'web', datasets: ['tank/vm/web'], latestDump: { id: 'd1', snapshots: ['tank/vm/web@autosnap_1_hourly', 'tank/vm@x'], takenAt: '2024-01-01T00:00:00Z', ageSeconds: 90, waiting: false } }),
       row({ name: 'database-server', state: 'shut off', datasets: ['tank/a', 'tank/b'] }),
     ]);
     const lines = out.trimEnd().split('\n');
@@ -96,7 +96,7 @@ describe('formatStatus', () => {
       [30 * 86400, '30d'],
     ];
     for (const [seconds, text] of ages) {
-      const out = formatStatus([row({ name: 'web', latestDump: { id: 'd', snapshots: ['tank/vm@s'], takenAt: '2024-01-01T00:00:00Z', ageSeconds: seconds } })]);
+      const out = formatStatus([row({ name: 'web', latestDump: { id: 'd', snapshots: ['tank/vm@s'], takenAt: '2024-01-01T00:00:00Z', ageSeconds: seconds, waiting: false } })]);
       assert.ok(out.includes(`${text} ago tank/vm@s`), `${seconds}: ${out}`);
     }
   });

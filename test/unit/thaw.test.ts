@@ -1,14 +1,17 @@
 // Thaw, recover, discard and the watchdog's rule against in-memory libvirt
 // and ZFS that fail on command: each fault step of the integration suite, fast.
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { listDumps } from '../../lib/archive.js';
 import { HEADER_BYTES } from '../../lib/libvirt/save-image.js';
 import { legacyRef } from '../../lib/snapshot-id.js';
-import { abandoned, discardEntry, recover } from '../../lib/recovery.js';
+import { discardEntry, recover } from '../../lib/recovery.js';
+import { abandoned } from '../../lib/stuck.js';
 import { StuckError, thawDomain, thawRun } from '../../lib/thaw.js';
+import { drainSpool } from '../../lib/archiver.js';
+import { scanSpool } from '../../lib/spool.js';
 import { overdue, verdict } from '../../lib/watchdog.js';
 import { ownerOf } from '../../lib/owner.js';
 import { fakeDeps, frozenEntry, onOverlays } from './fakes.js';
@@ -28,7 +31,7 @@ function setup(disks: Record<string, string> = { vda: '/tank/vm/web-vda.qcow2' }
 describe('thaw', () => {
   it('commits every disk back, removes the journal entry, keeps no dump when told not to', async () => {
     const { deps, d, entry } = setup({ vda: '/tank/vm/a.qcow2', vdb: '/tank/vm/b.qcow2' }, { vda: OV, vdb: OV2 });
-    assert.equal(await thawDomain(entry, deps, { keepDump: false }), null);
+    assert.deepEqual(await thawDomain(entry, deps, { keepDump: false }), { back: { kind: 'committed' }, dump: { kind: 'discarded', reason: 'its freeze was undone' } });
     assert.equal(d.disks.get('vda')!.source, '/tank/vm/a.qcow2');
     assert.equal(d.disks.get('vdb')!.source, '/tank/vm/b.qcow2');
     assert.deepEqual(deps.journal.list(), []);
@@ -81,7 +84,7 @@ describe('thaw', () => {
     deps.zfs.take('tank/vm@snap');
     deps.journal.failAfter = 0;
     const dump = await thawDomain(entry, deps, { keepDump: true });
-    assert.equal(dump, null);
+    assert.deepEqual(dump, { back: { kind: 'committed' }, dump: { kind: 'discarded', reason: 'the journal cannot record which snapshots hold the RAM dump' } });
     assert.equal(d.disks.get('vda')!.source, '/tank/vm/web-vda.qcow2');
   });
 
@@ -89,7 +92,7 @@ describe('thaw', () => {
     const { deps, d, entry } = setup();
     deps.zfs.take('tank/vm@snap');
     deps.zfs.gone.add('tank/vm');
-    assert.equal(await thawDomain(entry, deps, { keepDump: true }), null);
+    assert.deepEqual(await thawDomain(entry, deps, { keepDump: true }), { back: { kind: 'committed' }, dump: { kind: 'discarded', reason: 'no snapshot of this run holds the disks as they were when the RAM was saved' } });
     assert.equal(d.disks.get('vda')!.source, '/tank/vm/web-vda.qcow2');
     assert.deepEqual(deps.journal.list(), []);
   });
@@ -150,7 +153,7 @@ describe('thaw', () => {
     assert.equal(b.disks.get('vda')!.source, '/tank/vm/b.qcow2');
   });
 
-  it('thawRun brings every domain back onto its own disks before it archives (compresses) any dump', async () => {
+  it('thawRun seals each dump into the spool with renames only; the archiver hashes, compresses and stores them after the run', async () => {
     const deps = fakeDeps();
     mkdirSync(deps.config.overlayDir, { recursive: true });
     const saveImage = (name: string): string => {
@@ -166,24 +169,21 @@ describe('thaw', () => {
     const domains = ['a', 'b'].map((name) => {
       const d = deps.virsh.add(name, `u-${name}`, { vda: `/tank/vm/${name}.qcow2` });
       onOverlays(d, { vda: `/ov/${name}.qcow2` });
-      deps.journal.write(frozenEntry(d, { vda: `/ov/${name}.qcow2` }, { step: 'committing', tied, memoryFile: saveImage(name) }));
+      deps.journal.write(frozenEntry(d, { vda: `/ov/${name}.qcow2` }, { step: 'committing', tied, memoryFile: saveImage(name), tag: `20240102T030405.000Z-0000000${name}` }));
       return d;
     });
-    // When b's disk is committed, nothing may have been archived yet.
-    let archivedBeforeLastCommit: boolean | null = null;
-    const commit = deps.virsh.activeCommit.bind(deps.virsh);
-    deps.virsh.activeCommit = async (uuid: string, target: string) => {
-      if (uuid === 'u-b') archivedBeforeLastCommit = existsSync(path.join(deps.config.archiveDir, 'a'));
-      return commit(uuid, target);
-    };
+    const inodes = ['a', 'b'].map((n) => statSync(path.join(deps.config.overlayDir, `${n}.save`)).ino);
     const result = await thawRun('tank/vm@snap', deps);
     assert.deepEqual(result.failures, []);
-    assert.equal(archivedBeforeLastCommit, false);
     assert.deepEqual(domains.map((d) => d.disks.get('vda')!.source), ['/tank/vm/a.qcow2', '/tank/vm/b.qcow2']);
-    // Staged in parallel: either may finish first.
-    assert.deepEqual(result.dumps.map((d) => [d.manifest.domain.name, d.manifest.compression]).sort(), [['a', 'gzip'], ['b', 'gzip']]);
-    assert.equal(listDumps(deps.config.archiveDir).length, 2);
+    assert.deepEqual(result.sealed.map((d) => [d.manifest.domain.name, d.manifest.store?.kind, d.manifest.compression, d.manifest.sha256]).sort(), [['a', 'spool', null, ''], ['b', 'spool', null, '']]);
+    assert.deepEqual(result.sealed.map((d) => statSync(d.manifest.memoryFile).ino).sort(), [...inodes].sort(), 'renamed into the spool, never copied');
+    assert.equal(existsSync(deps.config.archiveDir), false, 'nothing archived within the run');
     assert.deepEqual(deps.journal.list(), []);
+    const drained = await drainSpool({ config: deps.config, store: deps.store }, { backoffMs: 10, maxBackoffMs: 10, patienceMs: 0 });
+    assert.equal(drained.kind, 'drained');
+    assert.deepEqual(listDumps(deps.config.archiveDir).map((d) => [d.manifest.domain.name, d.manifest.compression, d.manifest.store]).sort(), [['a', 'gzip', undefined], ['b', 'gzip', undefined]]);
+    assert.deepEqual(scanSpool(deps.config).dumps, []);
   });
 });
 
@@ -225,7 +225,7 @@ describe('discard leaves what a snapshot needs', () => {
     const { deps, d, entry } = setup();
     d.disks.set('vda', { source: '/tank/vm/web-vda.qcow2', backing: null });
     deps.journal.write({ ...entry, step: 'committed' });
-    await assert.rejects(discardEntry(deps, 'web'), /only keeps the RAM dump .* until the archive takes it/);
+    await assert.rejects(discardEntry(deps, 'web'), /only keeps the RAM dump .* until it is sealed into the spool/);
     assert.equal(deps.journal.list().length, 1);
   });
 });

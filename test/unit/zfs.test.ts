@@ -8,6 +8,7 @@ import {
   isDatasetName,
   isInSubtree,
   parseMounts,
+  mountpointsOf,
   type Mount,
 } from '../../lib/zfs.js';
 import { UsageError } from '../../lib/errors.js';
@@ -43,6 +44,11 @@ describe('parseMounts', () => {
 
   it('an empty table gives no mounts', () => {
     assert.deepEqual(parseMounts(''), []);
+  });
+
+  it("a dataset's mountpoint is its first mount: a chroot's or container's bind copy (seen: the bed's Debian 13 root) comes later", () => {
+    const table = ['tank/vm /tank/vm zfs rw 0 0', 'tank/vm /var/lib/chroot/tank/vm zfs rw 0 0', ''].join('\n');
+    assert.deepEqual([...mountpointsOf(parseMounts(table))], [['tank/vm', '/tank/vm']]);
   });
 });
 

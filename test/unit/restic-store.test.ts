@@ -1,14 +1,16 @@
-// The restic archive backend's store logic (lib/archive-store.ts) against a fake restic client.
+// The restic store's own logic (lib/stores/restic.ts) against a fake restic client; the store behind the DumpStore interface is in stores.test.ts.
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { publishDump, resticStoreOf, resticStoreProblem, scanArchive, storedAt, type ArchiveInput, type Manifest } from '../../lib/archive.js';
-import { forgetStored, gcRestic, localDump, releaseFetched, REPO_MANIFEST, repoDumps, stageForArchive } from '../../lib/archive-store.js';
+import { publishDump, scanArchive, type ArchiveInput } from '../../lib/archive.js';
+import { resticStoreOf, resticStoreProblem, storedAt, type Manifest } from '../../lib/manifest.js';
+import { forgetStored, gcRestic, localDump, releaseFetched, REPO_MANIFEST, repoDumps, stageResticDump } from '../../lib/stores/restic.js';
+import { FakeRestic } from './fakes.js';
 import type { Config } from '../../lib/config.js';
-import { redactRepo, resticAdvice, resticEnv, shownRepo, type ResticClient, type ResticSnapshot } from '../../lib/restic.js';
+import { redactRepo, resticAdvice, resticEnv, shownRepo } from '../../lib/restic.js';
 import { CommandError } from '../../lib/errors.js';
 import { legacyRef } from '../../lib/snapshot-id.js';
 
@@ -22,52 +24,6 @@ afterEach(() => {
   releaseFetched();
   rmSync(dir, { recursive: true, force: true });
 });
-
-/** A restic repository in memory: each snapshot keeps copies of what it backed up. */
-class FakeRestic implements ResticClient {
-  readonly repo = '/backup/repo';
-  snaps: (ResticSnapshot & { files: Map<string, Buffer> })[] = [];
-  calls: string[] = [];
-  private n = 0;
-  async backup(cwd: string, paths: string[], tags: string[], host: string): Promise<string> {
-    this.calls.push(`backup ${paths.join(' ')}`);
-    const files = new Map<string, Buffer>();
-    const add = (rel: string): void => {
-      const abs = path.join(cwd, rel);
-      if (statSync(abs).isDirectory()) {
-        for (const f of ['domain.xml', REPO_MANIFEST]) if (existsSync(path.join(abs, f))) files.set(`/${rel}/${f}`, readFileSync(path.join(abs, f)));
-      } else files.set(`/${rel}`, readFileSync(abs));
-    };
-    paths.forEach(add);
-    const id = createHash('sha256').update(String(++this.n)).digest('hex');
-    this.snaps.push({ id, short_id: id.slice(0, 8), time: new Date().toISOString(), hostname: host, tags, paths: paths.map((p) => path.join(cwd, p)), files });
-    return id.slice(0, 8);
-  }
-  async snapshots(tags: string[]): Promise<ResticSnapshot[]> {
-    return this.snaps.filter((s) => tags.every((t) => s.tags.includes(t)));
-  }
-  async dumpText(snapshot: string, file: string): Promise<string> {
-    return this.snaps.find((s) => s.id.startsWith(snapshot))!.files.get(file)!.toString();
-  }
-  async fileSize(snapshot: string, file: string): Promise<number | null> {
-    return this.snaps.find((s) => s.id.startsWith(snapshot))?.files.get(file)?.length ?? null;
-  }
-  async restoreFile(snapshot: string, file: string, targetDir: string): Promise<void> {
-    this.calls.push(`restore ${file}`);
-    writeFileSync(path.join(targetDir, file), this.snaps.find((s) => s.id.startsWith(snapshot))!.files.get(file)!, { mode: 0o644 });
-  }
-  async forget(ids: string[]): Promise<void> {
-    this.calls.push(`forget ${ids.join(' ')}`);
-    this.snaps = this.snaps.filter((s) => !ids.some((i) => s.id.startsWith(i)));
-  }
-  async prune(): Promise<void> {
-    this.calls.push('prune');
-  }
-  async check(): Promise<void> {}
-  async rawSize(): Promise<number> {
-    return 0;
-  }
-}
 
 const data = randomBytes(64 * 1024);
 
@@ -93,13 +49,13 @@ function inputs(): ArchiveInput {
   };
 }
 
-function config(): Pick<Config, 'archive' | 'archiveDir' | 'stateDir'> {
-  return { archive: { kind: 'restic', repo: '/backup/repo', passwordFile: '/etc/pw', env: {} }, archiveDir: path.join(dir, 'archive'), stateDir: path.join(dir, 'state') };
+function config(): Pick<Config, 'archiveDir' | 'stateDir'> {
+  return { archiveDir: path.join(dir, 'archive'), stateDir: path.join(dir, 'state') };
 }
 
 async function archived(restic: FakeRestic): Promise<Manifest> {
   const input = inputs();
-  const staged = await stageForArchive(config(), input, 'host1', restic);
+  const staged = await stageResticDump(config().archiveDir, input, restic, 'host1');
   assert.equal(existsSync(input.memoryFile), true, 'the memory file stays until the manifest is written');
   return publishDump(staged).manifest;
 }
@@ -129,8 +85,8 @@ describe('restic store', () => {
   it('archived again after a crash between backup and manifest: the snapshot found by its tag is used, no second backup', async () => {
     const restic = new FakeRestic();
     const input = inputs();
-    await stageForArchive(config(), input, 'host1', restic); // crashed before publishDump
-    const m = publishDump(await stageForArchive(config(), inputs(), 'host1', restic)).manifest;
+    await stageResticDump(config().archiveDir, input, restic, 'host1'); // crashed before publishDump
+    const m = publishDump(await stageResticDump(config().archiveDir, inputs(), restic, 'host1')).manifest;
     assert.equal(restic.calls.filter((c) => c.startsWith('backup')).length, 1);
     assert.equal(restic.snaps.length, 1);
     assert.equal(resticStoreOf(m)?.snapshot, restic.snaps[0]!.id);
@@ -145,13 +101,13 @@ describe('restic store', () => {
     await forgetStored(m, restic); // forgotten already: fine
     await forgetStored({ ...m, store: undefined }, restic);
     assert.deepEqual(restic.calls.filter((c) => c.startsWith('forget')).length, 2);
-    await assert.rejects(forgetStored(m, null), /is in restic repository \/backup\/repo, and VIRTSNAP_ARCHIVE does not name it: set VIRTSNAP_ARCHIVE=restic:\/backup\/repo/);
+    await assert.rejects(forgetStored(m, null), /is in restic repository \/backup\/repo, and VIRTSNAP_STORE does not name it: set VIRTSNAP_STORE=restic:\/backup\/repo/);
   });
 
   it('localDump: the raw image in a private temp dir under the state dir, 0600, gone after release', async () => {
     const restic = new FakeRestic();
     const m = await archived(restic);
-    const local = await localDump(m, config(), restic);
+    const local = await localDump(m, config().stateDir, restic);
     assert.deepEqual(readFileSync(local.manifest.memoryFile), data);
     assert.equal(statSync(local.manifest.memoryFile).mode & 0o777, 0o600);
     assert.equal(statSync(path.dirname(local.manifest.memoryFile)).mode & 0o777, 0o700);
@@ -160,7 +116,7 @@ describe('restic store', () => {
     local.release();
     assert.equal(existsSync(path.dirname(local.manifest.memoryFile)), false);
     const plain = { ...m, store: undefined };
-    assert.equal((await localDump(plain, config(), restic)).manifest, plain, 'a dir dump is its own file');
+    assert.equal((await localDump(plain, config().stateDir, restic)).manifest, plain, 'a dir dump is its own file');
   });
 
   it('repoDumps: the manifests from the repo, as scanArchive gives them (another host, no local manifests)', async () => {
@@ -187,7 +143,7 @@ describe('restic store', () => {
 
   it('a retry takes a snapshot of this dump only when it is whole and this host\'s: an incomplete one is forgotten and backed up again, another host\'s left alone', async () => {
     const restic = new FakeRestic();
-    await stageForArchive(config(), inputs(), 'host1', restic); // a backup that got this far, then post died
+    await stageResticDump(config().archiveDir, inputs(), restic, 'host1'); // a backup that got this far, then post died
     // restic's exit 3: the snapshot exists, but holds only part of the memory file.
     const first = restic.snaps[0]!;
     first.files.set(`/web.${ID}.save`, data.subarray(0, 10));
@@ -197,7 +153,7 @@ describe('restic store', () => {
     writeFileSync(path.join(other, `web.${ID}.save`), 'not the RAM');
     await restic.backup(other, [`web.${ID}.save`], ['virtsnap', `virtsnap-id=${ID}`], 'host2');
     const again = inputs();
-    const m = publishDump(await stageForArchive(config(), again, 'host1', restic)).manifest;
+    const m = publishDump(await stageResticDump(config().archiveDir, again, restic, 'host1')).manifest;
     const stored = restic.snaps.find((s) => s.id === resticStoreOf(m)!.snapshot)!;
     assert.notEqual(stored.id, first.id, 'the incomplete snapshot is not used');
     assert.equal(stored.hostname, 'host1');

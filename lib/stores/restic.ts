@@ -1,7 +1,7 @@
-// Where a dump's bytes are kept: the archive dir (lib/archive.ts), or a
-// restic repository (VIRTSNAP_ARCHIVE=restic:REPO). The one place that knows
-// the difference: post stores through here, prune forgets through here, and
-// verify and restore get the memory file as a local path from here.
+// A restic repository as a store (VIRTSNAP_STORE=restic:REPO): the
+// archiver stores through here, prune forgets through here, verify and
+// restore get the memory file as a local path from here, and a host without
+// the manifests reads them from the repository.
 //
 // A dump in restic is one restic snapshot of the RAW save image (never
 // gzip: compressed streams defeat restic's content-defined chunking, which
@@ -10,36 +10,26 @@
 // `virtsnap`, `virtsnap-id=<id>` and `virtsnap-domain=<name>`. The archive
 // dir keeps the manifest (with `store`) and the meta dir, no `.save`: prune,
 // gc, list and status read local manifests as always, without starting restic.
-import { chmodSync, lstatSync, mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdtempSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { deleteDump, domainDir, DUMP_ID, dumpTimes, readManifestValue, resticStoreOf, resticStoreProblem, sha256File, stageDump, type ArchivedDump, type ArchiveInput, type Manifest, type ResticStore, type StagedDump } from './archive.js';
-import type { Config } from './config.js';
-import { VirtsnapError } from './errors.js';
-import { ensureDir, ensureDirBelow, PRIVATE_FILE, removeIfExists, writeJsonAtomic } from './fsutil.js';
-import { log } from './log.js';
-import { domainTag, guidTag, idTag, Restic, TAG, type ResticClient, type ResticSnapshot } from './restic.js';
+import { deleteDump, domainDir, publishDump, scanArchive, sha256File, withArchiveLock, type ArchiveInput, type StagedDump } from '../archive.js';
+import type { Config, ResticBackend } from '../config.js';
+import { VirtsnapError } from '../errors.js';
+import { ensureDir, ensureDirBelow, PRIVATE_FILE, removeIfExists, writeJsonAtomic } from '../fsutil.js';
+import type { JournalEntry } from '../journal.js';
+import { log } from '../log.js';
+import { buildManifest, DUMP_ID, factsOf, newestOf, readManifest, readManifestValue, resticStoreOf, resticStoreProblem, type ArchivedDump, type Manifest, type ResticStore } from '../manifest.js';
+import { domainTag, guidTag, idTag, Restic, TAG, type ResticClient, type ResticSnapshot } from '../restic.js';
+import type { SnapshotRef } from '../snapshot-id.js';
+import { dropWaiting, sealIntoSpool } from '../spool.js';
+import type { DumpStore, LocalDump, StoreCollect, StoreScan } from './store.js';
 
 /** The manifest's name inside the meta dir of a restic snapshot. */
 export const REPO_MANIFEST = 'virtsnap-manifest.json';
 
-/** The restic client for the configured repository, or null with the archive dir. */
-export function resticOf(config: Pick<Config, 'archive'>): ResticClient | null {
-  return config.archive.kind === 'restic' ? new Restic(config.archive) : null;
-}
-
 /** A restic tag cannot hold a comma (restic splits on it). */
 function tagSafe(text: string): string {
   return text.replace(/,/g, '_');
-}
-
-/**
- * The slow half of archiving, outside the archive lock, into whichever
- * store VIRTSNAP_ARCHIVE names; publishDump (under the lock) is the same
- * for both.
- */
-export async function stageForArchive(config: Pick<Config, 'archive' | 'archiveDir'>, input: ArchiveInput, host: string, restic: ResticClient | null = resticOf(config)): Promise<StagedDump> {
-  if (restic === null) return stageDump(config.archiveDir, input);
-  return stageResticDump(config.archiveDir, input, restic, host);
 }
 
 /**
@@ -59,7 +49,8 @@ export async function stageResticDump(archiveDir: string, input: ArchiveInput, r
   const save = `/${path.basename(input.memoryFile)}`;
   const meta = `/${path.basename(metaDir)}`;
   const { sha256, bytes } = await sha256File(input.memoryFile);
-  const existing = await storedAlready(restic, input, { host, sha256, bytes, save, meta });
+  const want = { host, sha256, bytes, save, meta };
+  const existing = await storedAlready(restic, input, want);
   let snapshot: string;
   if (existing !== undefined) {
     snapshot = existing.id;
@@ -88,6 +79,8 @@ export async function stageResticDump(archiveDir: string, input: ArchiveInput, r
       bytes,
       compression: null,
       store,
+      // What the repository holds, read back: its manifest, and the memory file's size as stored.
+      check: () => wholeProblem(restic, { id: snapshot, short_id: snapshot.slice(0, 8), time: '', hostname: host, tags: [], paths: [] }, want),
       // The snapshot exists and the manifest names it: only now may the memory file go.
       commit: () => removeIfExists(input.memoryFile),
     },
@@ -131,23 +124,8 @@ async function wholeProblem(restic: ResticClient, s: ResticSnapshot, want: { sha
 }
 
 /** The manifest publishDump will write, without `store` and with the archive's names (the copy in the repo). */
-function repoManifest(input: ArchiveInput, sha256: string, bytes: number): Omit<Manifest, 'store'> {
-  return {
-    format: 'virtsnap-dump/2',
-    id: input.id,
-    domain: input.domain,
-    snapshots: input.snapshots,
-    types: input.types,
-    memoryFile: `${input.id}.save`,
-    bytes,
-    sha256,
-    compression: null,
-    metaDir: `${input.id}.meta`,
-    disks: input.disks,
-    times: dumpTimes(input),
-    libvirtUri: input.libvirtUri,
-    hostname: input.hostname,
-  };
+function repoManifest(input: ArchiveInput, sha256: string, bytes: number): Manifest {
+  return buildManifest(input, { memoryFile: `${input.id}.save`, bytes, sha256, compression: null, metaDir: `${input.id}.meta` });
 }
 
 /**
@@ -162,7 +140,7 @@ export async function forgetStored(m: Manifest, restic: ResticClient | null): Pr
   const store = resticStoreOf(m);
   if (store === null) return;
   if (restic === null || restic.repo !== store.repo) {
-    throw new VirtsnapError(`RAM dump ${m.id} is in restic repository ${store.repo}, and VIRTSNAP_ARCHIVE does not name it: set VIRTSNAP_ARCHIVE=restic:${store.repo} to prune it`);
+    throw new VirtsnapError(`RAM dump ${m.id} is in restic repository ${store.repo}, and VIRTSNAP_STORE does not name it: set VIRTSNAP_STORE=restic:${store.repo} to prune it`);
   }
   await restic.forget([store.snapshot]);
 }
@@ -191,12 +169,6 @@ export function releaseFetched(): void {
   for (const dir of [...fetched]) removeFetched(dir);
 }
 
-/** A dump's memory file as a local path, and how to let it go. */
-export interface LocalDump {
-  /** The manifest with `memoryFile` a local file (for a restic dump, the fetched copy; no `store`). */
-  manifest: Manifest;
-  release(): void;
-}
 
 /**
  * The memory file as a local path. From the archive dir: the file itself.
@@ -204,13 +176,13 @@ export interface LocalDump {
  * dir, the file 0600 (RAM dumps are secrets), removed by release(), or at
  * process exit at the latest.
  */
-export async function localDump(m: Manifest, config: Pick<Config, 'archive' | 'stateDir'>, restic: ResticClient | null = resticOf(config)): Promise<LocalDump> {
+export async function localDump(m: Manifest, stateDir: string, restic: ResticClient | null): Promise<LocalDump> {
   const store = resticStoreOf(m);
   if (store === null) return { manifest: m, release: () => undefined };
   if (restic === null || restic.repo !== store.repo) {
-    throw new VirtsnapError(`RAM dump ${m.id} is in restic repository ${store.repo}: set VIRTSNAP_ARCHIVE=restic:${store.repo} (and VIRTSNAP_RESTIC_PASSWORD_FILE) to read it`);
+    throw new VirtsnapError(`RAM dump ${m.id} is in restic repository ${store.repo}: set VIRTSNAP_STORE=restic:${store.repo} (and VIRTSNAP_RESTIC_PASSWORD_FILE) to read it`);
   }
-  const parent = path.join(config.stateDir, 'fetch');
+  const parent = path.join(stateDir, 'fetch');
   ensureDir(parent, 0o700);
   const dir = mkdtempSync(path.join(parent, `${m.id}-`));
   fetched.add(dir);
@@ -303,4 +275,99 @@ export async function gcRestic(restic: ResticClient, dumps: ArchivedDump[], dryR
     .map((s) => `restic snapshot ${s.short_id} (${s.tags.find((t) => t.startsWith('virtsnap-id=')) ?? 'no id'}, host ${s.hostname}) in ${restic.repo}: no manifest here names it (left alone; another host's, or \`restic forget ${s.short_id}\` by hand)`);
   if (!dryRun) await restic.prune();
   return { pruned: !dryRun, unknown };
+}
+
+export type ResticConfig = Pick<Config, 'archiveDir' | 'overlayDir' | 'stateDir' | 'lockTimeoutMs' | 'libvirtUri'>;
+
+/** The restic repository as a store: its bytes in restic, its manifests (with `store`) and meta dirs in the archive dir. */
+export class ResticDumpStore implements DumpStore {
+  readonly kind = 'restic' as const;
+  readonly spooled = true;
+  readonly where: string;
+
+  constructor(
+    private readonly config: ResticConfig,
+    readonly restic: ResticClient,
+    private readonly host: string,
+  ) {
+    this.where = `restic:${restic.repo}`;
+  }
+
+  static of(config: ResticConfig, backend: ResticBackend, host: string): ResticDumpStore {
+    return new ResticDumpStore(config, new Restic(backend), host);
+  }
+
+  seal(entry: JournalEntry, tied: SnapshotRef[]): ArchivedDump {
+    return sealIntoSpool(entry, tied, this.config, this.host);
+  }
+
+  /**
+   * From the spool into the repository: one snapshot of the raw image and the
+   * meta dir (one an earlier try made is used only when it is ours and whole:
+   * stageResticDump), the repository's copy checked, then the manifest here,
+   * then the spool's files go.
+   */
+  async keep(waiting: ArchivedDump): Promise<ArchivedDump> {
+    const m = waiting.manifest;
+    const manifestFile = path.join(domainDir(this.config.archiveDir, m.domain.name), `${m.id}.json`);
+    // Published by an archiver killed before the spool's files went: only they are left to go.
+    if (existsSync(manifestFile)) {
+      const prior = { manifest: readManifest(manifestFile), manifestFile };
+      if (resticStoreOf(prior.manifest) !== null) {
+        dropWaiting(waiting);
+        return prior;
+      }
+    }
+    const staged = await stageResticDump(this.config.archiveDir, { ...factsOf(m), memoryFile: m.memoryFile, metaDir: m.metaDir }, this.restic, this.host);
+    const problem = await staged.staged.check();
+    if (problem !== null) throw new VirtsnapError(`the repository's copy of RAM dump ${m.id} is not whole (${problem}): it stays in the spool`);
+    const archived = await withArchiveLock(this.config.stateDir, this.config.lockTimeoutMs, () => publishDump(staged));
+    dropWaiting(waiting);
+    return archived;
+  }
+
+  async drop(dump: ArchivedDump): Promise<number> {
+    return deleteStoredDump(dump, this.restic);
+  }
+
+  fetch(m: Manifest): Promise<LocalDump> {
+    return localDump(m, this.config.stateDir, this.restic);
+  }
+
+  scan(): StoreScan {
+    return scanArchive(this.config.archiveDir);
+  }
+
+  newest(): Manifest[] {
+    return newestOf(this.scan().dumps);
+  }
+
+  remote(options: { host: string; guids?: ReadonlySet<string>; exclude?: ReadonlySet<string> }): Promise<ArchivedDump[]> {
+    return repoDumps(this.restic, options);
+  }
+
+  readonly deepCheckName = 'restic check --read-data';
+
+  async deepCheck(): Promise<string | null> {
+    try {
+      await this.restic.check('100%');
+      return null;
+    } catch (err) {
+      return (err as Error).message;
+    }
+  }
+
+  /**
+   * `restic prune`, and the virtsnap snapshots no manifest here names,
+   * reported (never forgotten: another host may own them). Called after
+   * the archive lock is let go: a prune may take hours.
+   */
+  async collect(dryRun: boolean): Promise<StoreCollect> {
+    try {
+      const gc = await gcRestic(this.restic, this.scan().dumps, dryRun);
+      return { kept: gc.unknown, pruned: gc.pruned };
+    } catch (err) {
+      return { kept: [`restic repository ${this.restic.repo}: ${(err as Error).message}; run \`virtsnap gc\` again`], pruned: false };
+    }
+  }
 }

@@ -1,24 +1,12 @@
-// `virtsnap verify`: is each RAM dump still what `virsh restore` needs?
-// Header (magic, version, format, XML length), the embedded domain XML
+// Is a RAM dump's memory file still what `virsh restore` needs? Header (magic, version, format, XML length), the embedded domain XML
 // (parses, names the manifest's domain), and the sha256 in the manifest;
 // a gzip dump is decompressed too (zlib's CRC), and what comes out must be
 // what libvirt wrote (the manifest's raw sha256).
 import { statSync } from 'node:fs';
-import { localDump, resticOf } from './archive-store.js';
-import type { Config } from './config.js';
-import { hashStored, resticStoreOf, scanArchive, storedAt, sha256File, snapshotNames, type Manifest } from './archive.js';
+import { hashStored, sha256File } from './archive.js';
+import { hashKnown, resticStoreOf, type Manifest } from './manifest.js';
 import { parseDomainXml } from './libvirt/domain-xml.js';
 import { FORMAT_GZIP, HEADER_BYTES, readRegion, readSaveImageHeader, readSaveImageXml, SAVE_FORMATS, streamOffset, type SaveImageHeader } from './libvirt/save-image.js';
-import { datasetOfSnapshot, isInSubtree, isDatasetName } from './zfs.js';
-
-export interface Verdict {
-  id: string;
-  domain: string;
-  file: string;
-  ok: boolean;
-  /** What is wrong, or 'ok'. */
-  detail: string;
-}
 
 /** gzip's magic and method (deflate): the first bytes of every member (RFC 1952). */
 const GZIP_MAGIC = Buffer.from([0x1f, 0x8b, 0x08]);
@@ -79,10 +67,14 @@ export function checkStructure(m: SavedImage): string | null {
   return null;
 }
 
-/** The problem with a dump's memory file, or null when it is sound: its structure, then its sha256. */
+/**
+ * The problem with a dump's memory file, or null when it is sound: its
+ * structure, then its sha256 (a dump waiting in the spool has none yet: its
+ * structure is all there is to check).
+ */
 export async function checkDump(m: Manifest): Promise<string | null> {
   const problem = checkStructure(m);
-  if (problem !== null) return problem;
+  if (problem !== null || !hashKnown(m)) return problem;
   let hashes;
   try {
     hashes = await hashStored(m.memoryFile, readSaveImageHeader(m.memoryFile));
@@ -99,48 +91,4 @@ export async function checkDump(m: Manifest): Promise<string | null> {
     return `decompressed, it is not the image libvirt wrote (sha256 ${hashes.raw.sha256}, ${hashes.raw.bytes} bytes; the manifest says ${m.raw.sha256}, ${m.raw.bytes})`;
   }
   return null;
-}
-
-/**
- * `target`: a dataset (its subtree's dumps) or a domain name; all dumps when
- * absent. A dump in restic is fetched to a private temp file, checked and
- * removed. `deep`, with restic: `restic check --read-data` too (the
- * repository's own check of every pack; reads the whole repository).
- */
-export async function verifyArchive(config: Pick<Config, 'archiveDir' | 'archive' | 'stateDir'>, target?: string, options: { deep?: boolean } = {}): Promise<Verdict[]> {
-  const scan = scanArchive(config.archiveDir);
-  const verdicts: Verdict[] = scan.broken.map((b) => ({ id: b.file, domain: '?', file: b.file, ok: false, detail: b.reason }));
-  const matches = (m: Manifest): boolean => {
-    if (target === undefined) return true;
-    if (m.domain.name === target) return true;
-    return isDatasetName(target) && snapshotNames(m).some((s) => isInSubtree(datasetOfSnapshot(s), target));
-  };
-  const restic = resticOf(config);
-  for (const { manifest } of scan.dumps.filter((d) => matches(d.manifest))) {
-    const store = resticStoreOf(manifest);
-    const file = storedAt(manifest);
-    let problem: string | null;
-    try {
-      const local = await localDump(manifest, config, restic);
-      try {
-        problem = await checkDump(local.manifest);
-      } finally {
-        local.release();
-      }
-    } catch (err) {
-      if (store === null) throw err;
-      problem = `cannot fetch it from restic: ${(err as Error).message}`;
-    }
-    verdicts.push({ id: manifest.id, domain: manifest.domain.name, file, ok: problem === null, detail: problem ?? 'ok' });
-  }
-  if (options.deep === true && restic !== null) {
-    let detail = 'ok';
-    try {
-      await restic.check('100%');
-    } catch (err) {
-      detail = (err as Error).message;
-    }
-    verdicts.push({ id: `restic check --read-data`, domain: '-', file: restic.repo, ok: detail === 'ok', detail });
-  }
-  return verdicts;
 }

@@ -1,0 +1,55 @@
+// `virtsnap verify [--deep] [DATASET|DOMAIN]`: is each RAM dump still what
+// `virsh restore` needs? Every dump of the store (fetched to a private temp
+// file when its bytes are elsewhere, lib/stores/) and every dump waiting in
+// the spool (its structure: it has no sha256 until the archiver stores it).
+import type { Config } from '../config.js';
+import { checkDump } from '../dump-check.js';
+import { snapshotNames, storedAt, type ArchivedDump, type Manifest } from '../manifest.js';
+import { scanSpool } from '../spool.js';
+import type { DumpStore } from '../stores/store.js';
+import { datasetOfSnapshot, isDatasetName, isInSubtree } from '../zfs.js';
+
+export interface Verdict {
+  id: string;
+  domain: string;
+  file: string;
+  ok: boolean;
+  /** What is wrong, or 'ok'. */
+  detail: string;
+}
+
+function matches(m: Manifest, target: string | undefined): boolean {
+  if (target === undefined || m.domain.name === target) return true;
+  return isDatasetName(target) && snapshotNames(m).some((s) => isInSubtree(datasetOfSnapshot(s), target));
+}
+
+/**
+ * `target`: a dataset (its subtree's dumps) or a domain name; all dumps
+ * when absent. `deep`: the store's own check of everything it holds too
+ * (restic: `restic check --read-data`, which reads the whole repository).
+ */
+export async function verifyDumps(config: Pick<Config, 'overlayDir'>, store: DumpStore, target?: string, options: { deep?: boolean } = {}): Promise<Verdict[]> {
+  const scan = store.scan();
+  const spool = scanSpool(config);
+  const verdicts: Verdict[] = [...scan.broken, ...spool.broken].map((b) => ({ id: b.file, domain: '?', file: b.file, ok: false, detail: b.reason }));
+  const dumps: ArchivedDump[] = [...spool.dumps, ...scan.dumps].filter((d) => matches(d.manifest, target));
+  for (const { manifest } of dumps) {
+    let problem: string | null;
+    try {
+      const local = await store.fetch(manifest);
+      try {
+        problem = await checkDump(local.manifest);
+      } finally {
+        local.release();
+      }
+    } catch (err) {
+      problem = `cannot read it from ${store.where}: ${(err as Error).message}`;
+    }
+    verdicts.push({ id: manifest.id, domain: manifest.domain.name, file: storedAt(manifest), ok: problem === null, detail: problem ?? 'ok' });
+  }
+  if (options.deep === true && store.deepCheck !== undefined) {
+    const problem = await store.deepCheck();
+    verdicts.push({ id: store.deepCheckName ?? 'deep check', domain: '-', file: store.where, ok: problem === null, detail: problem ?? 'ok' });
+  }
+  return verdicts;
+}

@@ -116,13 +116,17 @@ export function readMounts(): Mount[] {
 }
 
 /**
- * Each mounted dataset's mountpoint: its first mount in the table, where
- * ZFS mounted it. A bind mount or a propagated copy of it (a chroot's, a
- * container's) comes later and names another path to the same files.
+ * Each mounted dataset's mountpoint. A dataset bind-mounted elsewhere, or
+ * propagated into a chroot's or a container's tree (seen: the bed's Debian
+ * 13 root), is in the table once per path, in no order to rely on: the
+ * shortest path is where ZFS mounted it, the copies live below some root.
  */
 export function mountpointsOf(mounts: readonly Mount[]): Map<string, string> {
   const byDataset = new Map<string, string>();
-  for (const m of mounts) if (!byDataset.has(m.dataset)) byDataset.set(m.dataset, m.mountpoint);
+  for (const m of mounts) {
+    const known = byDataset.get(m.dataset);
+    if (known === undefined || m.mountpoint.length < known.length) byDataset.set(m.dataset, m.mountpoint);
+  }
   return byDataset;
 }
 

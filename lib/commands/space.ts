@@ -18,7 +18,7 @@ import { liveSaveOf } from '../plan.js';
 import { autosnaps, nearestSection, recursionOf, runsKept, runsOurHooks, type Ini } from '../sanoid/conf.js';
 import { dumpNeed, judgeSpace, type SpaceNeed, type SpaceVerdict } from '../space.js';
 import type { Stack } from '../libvirt/stack.js';
-import { poolOf, readMounts } from '../zfs.js';
+import { mountpointsOf, poolOf, readMounts } from '../zfs.js';
 
 export interface SpaceFacts {
   config: Config;
@@ -63,7 +63,7 @@ export function spaceReport(f: SpaceFacts, free: (dir: string) => number | null 
     const byPool = new Map<string, { dir: string; needs: SpaceNeed[] }>();
     for (const { d, kept, datasets } of ours) {
       const ds = datasets[0]!;
-      const mount = mounts.find((m) => m.dataset === ds)?.mountpoint;
+      const mount = mountpointsOf(mounts).get(ds);
       if (mount === undefined) continue;
       const pool = byPool.get(poolOf(ds)) ?? { dir: mount, needs: [] };
       const newest = f.inSnapshots.find((m) => m.domain.uuid === d.uuid)?.bytes;

@@ -28,6 +28,8 @@ export interface Bed {
   archiveDir: string;
   stateDir: string;
   consoleDir: string;
+  /** The Debian 13 root (test/bed/trixie), when the bed has that stack: its package test runs in it. */
+  trixieRoot: string | null;
 }
 
 export type SanoidVersion = '2.1.0' | '2.2.0';
@@ -92,6 +94,13 @@ export async function bed(): Promise<Bed> {
     archiveDir: get('VSBED_ARCHIVE_DIR'),
     stateDir: get('VSBED_STATE_DIR'),
     consoleDir: get('VSBED_CONSOLE_DIR'),
+    trixieRoot: (() => {
+      try {
+        return get('VSBED_TRIXIE_ROOT');
+      } catch {
+        return null;
+      }
+    })(),
   };
   try {
     await sh('virsh', ['-c', uri, 'version']);
@@ -689,10 +698,12 @@ export async function runSanoid(
   version: SanoidVersion,
   conf: string,
   args: string[],
-  options: { hoursAhead?: number; env?: Record<string, string>; configDir?: string } = {},
+  options: { hoursAhead?: number; env?: Record<string, string>; configDir?: string; root?: string; program?: string } = {},
 ): Promise<SanoidRun> {
   const b = await bed();
-  const dir = mkdtempSync('/tmp/vsbed-sanoid-');
+  // In a Debian root (the package test on Debian 13), sanoid sees the bed's dir, not this host's /tmp.
+  const tmp = options.root === undefined ? '/tmp' : path.join(b.dir, 'tests');
+  const dir = mkdtempSync(path.join(tmp, 'vsbed-sanoid-'));
   mkdirSync(path.join(dir, 'cache'));
   mkdirSync(path.join(dir, 'run'));
   const configDir = options.configDir ?? dir;
@@ -708,9 +719,10 @@ export async function runSanoid(
     env.FAKETIME = `+${options.hoursAhead}h`;
     env.FAKETIME_DONT_FAKE_MONOTONIC = '1';
   }
-  const argv = [b.sanoid[version], '--configdir', configDir, '--cache-dir', path.join(dir, 'cache'), '--run-dir', path.join(dir, 'run'), ...args];
+  const argv = [options.program ?? b.sanoid[version], '--configdir', configDir, '--cache-dir', path.join(dir, 'cache'), '--run-dir', path.join(dir, 'run'), ...args];
+  const command = ['/usr/bin/env', '-i', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...argv];
   try {
-    const out = await run('/usr/bin/env', ['-i', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...argv], { timeoutMs: 600_000 });
+    const out = options.root === undefined ? await run(command[0]!, command.slice(1), { timeoutMs: 600_000 }) : await run('chroot', [options.root, ...command], { timeoutMs: 600_000 });
     return { ...out, code: 0 };
   } catch (err) {
     const e = err as { status?: number; stderr?: string; message: string };

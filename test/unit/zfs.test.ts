@@ -46,9 +46,13 @@ describe('parseMounts', () => {
     assert.deepEqual(parseMounts(''), []);
   });
 
-  it("a dataset's mountpoint is its first mount: a chroot's or container's bind copy (seen: the bed's Debian 13 root) comes later", () => {
-    const table = ['tank/vm /tank/vm zfs rw 0 0', 'tank/vm /var/lib/chroot/tank/vm zfs rw 0 0', ''].join('\n');
-    assert.deepEqual([...mountpointsOf(parseMounts(table))], [['tank/vm', '/tank/vm']]);
+  it("a dataset's mountpoint is its shortest mount path: a chroot's or container's copy (seen: the bed's Debian 13 root) lives below a root, first or last in the table", () => {
+    for (const table of [
+      ['tank/vm /tank/vm zfs rw 0 0', 'tank/vm /var/lib/chroot/tank/vm zfs rw 0 0', ''],
+      ['tank/vm /var/lib/chroot/tank/vm zfs rw 0 0', 'tank/vm /tank/vm zfs rw 0 0', ''],
+    ]) {
+      assert.deepEqual([...mountpointsOf(parseMounts(table.join('\n')))], [['tank/vm', '/tank/vm']]);
+    }
   });
 });
 

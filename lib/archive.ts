@@ -11,7 +11,8 @@ import { Transform } from 'node:stream';
 import { createGunzip, createGzip, gzipSync } from 'node:zlib';
 import path from 'node:path';
 import { VirtsnapError } from './errors.js';
-import { FORMAT_GZIP, FORMAT_RAW, readRegion, readSaveImageHeader, streamOffset, withFormat, type SaveImageHeader } from './libvirt/save-image.js';
+import { FORMAT_GZIP, FORMAT_RAW, FORMAT_ZSTD, readRegion, readSaveImageHeader, streamOffset, withFormat, type SaveImageHeader } from './libvirt/save-image.js';
+import { filter } from './exec.js';
 import { assertOwnDir, ensureDirBelow, exists, fileSafe, fsyncDir, openExclusive, privacyProblem, PRIVATE_FILE, removeIfExists, writeJsonAtomic } from './fsutil.js';
 import { withLock } from './lock.js';
 import { buildManifest, DUMP_ID, readManifest, type ArchivedDump, type Compression, type DumpFacts, type Manifest, type ResticStore } from './manifest.js';
@@ -68,40 +69,45 @@ export interface StoredHashes {
   raw?: { sha256: string; bytes: number };
 }
 
+/** How long a stream through zstd may take: a dump of many GiB at a few MiB/s on a busy host. */
+const ZSTD_TIMEOUT_MS = 3600_000;
+
 /**
- * Hashes a memory file in one read. A gzip image's stream is decompressed
- * on the way (zlib checks its CRC and length), so a damaged stream throws
- * the ZlibError here even where no sha256 was recorded.
+ * Hashes a memory file in one read. A compressed image's stream is
+ * decompressed on the way (zlib checks gzip's CRC and length, zstd its own
+ * checksum), so a damaged stream throws here even where no sha256 was
+ * recorded: a zlib error has a Z_* code, zstd's a CommandError.
  */
 export async function hashStored(file: string, header: SaveImageHeader | null): Promise<StoredHashes> {
-  if (header === null || header.format !== FORMAT_GZIP) return sha256File(file);
+  if (header === null || (header.format !== FORMAT_GZIP && header.format !== FORMAT_ZSTD)) return sha256File(file);
   const offset = streamOffset(header);
   const stored = new HashingCounter();
   let raw: HashingCounter | null = null;
-  await pipeline(
-    createReadStream(file),
-    stored,
-    async function* (source: AsyncIterable<Buffer>) {
-      // The head (header and XML) is hashed as it was before compression, then left out.
-      const head: Buffer[] = [];
-      let seen = 0;
-      for await (const chunk of source) {
-        if (seen >= offset) {
-          yield chunk;
-          continue;
-        }
-        const take = Math.min(chunk.length, offset - seen);
-        head.push(chunk.subarray(0, take));
-        seen += take;
-        if (seen === offset) raw = new HashingCounter(withFormat(Buffer.concat(head), header, FORMAT_RAW));
-        if (take < chunk.length) yield chunk.subarray(take);
+  const splitHead = async function* (source: AsyncIterable<Buffer>) {
+    // The head (header and XML) is hashed as it was before compression, then left out.
+    const head: Buffer[] = [];
+    let seen = 0;
+    for await (const chunk of source) {
+      if (seen >= offset) {
+        yield chunk;
+        continue;
       }
-    },
-    createGunzip(),
-    async function* (source: AsyncIterable<Buffer>) {
-      for await (const chunk of source) raw!.update(chunk);
-    },
-  );
+      const take = Math.min(chunk.length, offset - seen);
+      head.push(chunk.subarray(0, take));
+      seen += take;
+      if (seen === offset) raw = new HashingCounter(withFormat(Buffer.concat(head), header, FORMAT_RAW));
+      if (take < chunk.length) yield chunk.subarray(take);
+    }
+  };
+  const intoRaw = async function* (source: AsyncIterable<Buffer>) {
+    for await (const chunk of source) raw!.update(chunk);
+  };
+  if (header.format === FORMAT_GZIP) {
+    await pipeline(createReadStream(file), stored, splitHead, createGunzip(), intoRaw);
+  } else {
+    const z = await filter('zstd', ['-d', '-q', '-c'], { timeoutMs: ZSTD_TIMEOUT_MS });
+    await Promise.all([pipeline(createReadStream(file), stored, splitHead, z.stdin), pipeline(z.stdout, intoRaw), z.done]);
+  }
   const r = raw as HashingCounter | null;
   return {
     sha256: stored.hash.digest('hex'),
@@ -216,6 +222,47 @@ async function stageGzip(src: string, dest: string, { header, head }: { header: 
   };
 }
 
+/**
+ * As stageGzip, with the zstd program (`zstd -1`; Node 20 has no zstd) and
+ * format word 5: what libvirt 10.4 and later write with save_image_format =
+ * "zstd", and read back by running zstd themselves.
+ */
+async function stageZstd(src: string, dest: string, { header, head }: { header: SaveImageHeader; head: Buffer }): Promise<Staged> {
+  const tmp = `${dest}.part`;
+  const raw = new HashingCounter(head);
+  const stored = new HashingCounter();
+  const fd = openExclusive(tmp);
+  try {
+    const z = await filter('zstd', ['-1', '-q', '-c'], { timeoutMs: ZSTD_TIMEOUT_MS });
+    await Promise.all([
+      pipeline(createReadStream(src, { start: head.length }), raw, z.stdin),
+      pipeline(
+        z.stdout,
+        async function* (source: AsyncIterable<Buffer>) {
+          yield withFormat(head, header, FORMAT_ZSTD);
+          yield* source;
+        },
+        stored,
+        createWriteStream(tmp, { fd }),
+      ),
+      z.done,
+    ]);
+    fsyncFile(tmp);
+  } catch (err) {
+    removeIfExists(tmp);
+    throw err;
+  }
+  const sha256 = stored.hash.digest('hex');
+  return {
+    sha256,
+    bytes: stored.bytes,
+    compression: 'zstd',
+    raw: { sha256: raw.hash.digest('hex'), bytes: head.length + raw.bytes },
+    check: () => partProblem(tmp, sha256, stored.bytes),
+    commit: () => commitPart(src, tmp, dest),
+  };
+}
+
 /** What is wrong with a written copy (`<dest>.part`), read back, against what was hashed as it was written. */
 async function partProblem(tmp: string, sha256: string, bytes: number): Promise<string | null> {
   const back = await sha256File(tmp);
@@ -223,8 +270,9 @@ async function partProblem(tmp: string, sha256: string, bytes: number): Promise<
 }
 
 /**
- * Hashes `src` and gets it ready to become `dest`. Compressed (`gzip`, a
- * raw save image): one streaming pass into `dest.part` (stageGzip).
+ * Hashes `src` and gets it ready to become `dest`. Compressed (gzip or
+ * zstd, a raw save image): one streaming pass into `dest.part` (stageGzip,
+ * stageZstd).
  * Otherwise, same filesystem: the file is read once to hash it, and commit
  * is a rename; across filesystems: one streaming pass copies and hashes
  * into `dest.part`. Commit renames that and only then removes the source.
@@ -233,8 +281,8 @@ async function partProblem(tmp: string, sha256: string, bytes: number): Promise<
  */
 export async function stageFile(src: string, dest: string, compression: Compression | null = null): Promise<Staged> {
   const dir = path.dirname(dest);
-  const compressible = compression === 'gzip' ? compressibleHead(src) : null;
-  if (compressible !== null) return stageGzip(src, dest, compressible);
+  const compressible = compression !== null ? compressibleHead(src) : null;
+  if (compressible !== null) return compression === 'zstd' ? stageZstd(src, dest, compressible) : stageGzip(src, dest, compressible);
   const sameFs = statSync(src).dev === statSync(dir).dev;
   if (sameFs) {
     chmodSync(src, PRIVATE_FILE);

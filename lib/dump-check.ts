@@ -6,10 +6,13 @@ import { statSync } from 'node:fs';
 import { hashStored, sha256File } from './archive.js';
 import { hashKnown, resticStoreOf, type Manifest } from './manifest.js';
 import { parseDomainXml } from './libvirt/domain-xml.js';
-import { FORMAT_GZIP, HEADER_BYTES, readRegion, readSaveImageHeader, readSaveImageXml, SAVE_FORMATS, streamOffset, type SaveImageHeader } from './libvirt/save-image.js';
+import { FORMAT_GZIP, FORMAT_ZSTD, HEADER_BYTES, readRegion, readSaveImageHeader, readSaveImageXml, SAVE_FORMATS, streamOffset, type SaveImageHeader } from './libvirt/save-image.js';
+import { CommandError } from './errors.js';
 
 /** gzip's magic and method (deflate): the first bytes of every member (RFC 1952). */
 const GZIP_MAGIC = Buffer.from([0x1f, 0x8b, 0x08]);
+/** A zstd frame's magic number, little-endian (RFC 8878). */
+const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
 
 /**
  * What shows of a gzip stream without decompressing it: its magic right
@@ -49,7 +52,7 @@ export function checkStructure(m: SavedImage): string | null {
   if (!header.complete) return 'incomplete save image (magic LibvirtQemudPart): the save never finished';
   if (header.version < 1 || header.version > 2) return `unknown save image version ${header.version}`;
   if (header.format >= SAVE_FORMATS.length) return `unknown save image format ${header.format}`;
-  if (m.compression === 'gzip' && header.format !== FORMAT_GZIP) {
+  if ((m.compression === 'gzip' && header.format !== FORMAT_GZIP) || (m.compression === 'zstd' && header.format !== FORMAT_ZSTD)) {
     return `header says format ${SAVE_FORMATS[header.format]}, the manifest says ${m.compression}`;
   }
   if (header.dataLength <= 0 || HEADER_BYTES + header.dataLength >= size) {
@@ -64,6 +67,9 @@ export function checkStructure(m: SavedImage): string | null {
   if (uuid !== m.domain.uuid) return `embedded domain XML is for ${uuid}, manifest says ${m.domain.uuid}`;
   if (size !== m.bytes) return `size ${size} differs from the manifest's ${m.bytes}`;
   if (header.format === FORMAT_GZIP) return gzipProblem(m, header, size);
+  if (header.format === FORMAT_ZSTD && !readRegion(m.memoryFile, streamOffset(header), ZSTD_MAGIC.length).equals(ZSTD_MAGIC)) {
+    return `header says zstd, but no zstd frame starts at byte ${streamOffset(header)}`;
+  }
   return null;
 }
 
@@ -79,9 +85,10 @@ export async function checkDump(m: Manifest): Promise<string | null> {
   try {
     hashes = await hashStored(m.memoryFile, readSaveImageHeader(m.memoryFile));
   } catch (err) {
-    // zlib's errors carry a Z_* code (Z_DATA_ERROR, Z_BUF_ERROR): the stream itself is damaged.
-    if (!/^Z_/.test(String((err as NodeJS.ErrnoException).code))) throw err;
-    const damaged = `its gzip stream does not decompress (${(err as Error).message})`;
+    // zlib's errors carry a Z_* code (Z_DATA_ERROR, Z_BUF_ERROR), zstd's exit status is a CommandError: the stream itself is damaged.
+    const zstd = err instanceof CommandError && err.command === 'zstd' && err.status !== 127;
+    if (!/^Z_/.test(String((err as NodeJS.ErrnoException).code)) && !zstd) throw err;
+    const damaged = `its ${zstd ? 'zstd' : 'gzip'} stream does not decompress (${(err as Error).message})`;
     // Changed since it was archived (the usual case), or stored damaged: the sha256 tells, read again only now.
     const { sha256 } = await sha256File(m.memoryFile);
     return sha256 !== m.sha256 ? `sha256 ${sha256} differs from the manifest's ${m.sha256}: ${damaged}` : `stored damaged: ${damaged}`;

@@ -12,6 +12,7 @@
 // once per destroyed snapshot, mostly with nothing to do: that start-up is
 // most of what they cost.
 import { closeSync, openSync } from 'node:fs';
+import type { Readable, Writable } from 'node:stream';
 import { CommandError, oneLine } from './errors.js';
 
 export interface RunOptions {
@@ -106,6 +107,51 @@ export async function run(command: string, args: readonly string[], options: Run
   if (out.status === 0) return result;
   // Killed at our limit (our own timer's SIGKILL); any other death by signal is a crash, not a timeout.
   throw new CommandError(command, args, out.status ?? -1, asItself(command, out.status, oneLine(out.stderr || out.stdout)), out.timedOut, out.stdout);
+}
+
+/** A program that data streams through (zstd): its stdin and stdout, and how it ended. */
+export interface Filter {
+  stdin: Writable;
+  stdout: Readable;
+  /** Resolves once it exited 0; rejects with a CommandError (its stderr) otherwise, or when it outlived `timeoutMs`. */
+  done: Promise<void>;
+}
+
+/**
+ * Starts `command` as a filter: what is written to its stdin comes out of
+ * its stdout. Same rules as run(): no shell, LC_ALL=C, a timeout that kills
+ * its process group.
+ */
+export async function filter(command: string, args: readonly string[], options: RunOptions = {}): Promise<Filter> {
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const { spawn } = await childProcess();
+  const child = spawn(command, [...args], { env: commandEnv(options.env, options.unset), stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+  let stderr = '';
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+  const done = new Promise<void>((resolve, reject) => {
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      try {
+        if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
+      } catch {
+        child.kill('SIGKILL');
+      }
+    }, timeoutMs);
+    child.once('error', (err: NodeJS.ErrnoException) => {
+      if (child.pid !== undefined) return;
+      clearTimeout(timer);
+      const f = startFailure(err);
+      reject(new CommandError(command, args, f.status, asItself(command, f.status, f.stderr), false, ''));
+    });
+    child.once('close', (status) => {
+      if (child.pid === undefined) return;
+      clearTimeout(timer);
+      if (status === 0) resolve();
+      else reject(new CommandError(command, args, status ?? -1, asItself(command, status, oneLine(stderr)), timedOut, ''));
+    });
+  });
+  return { stdin: child.stdin, stdout: child.stdout, done };
 }
 
 /**

@@ -37,9 +37,9 @@ export interface Manifest {
   /** Its sha256: '' for a dump waiting in the spool (the archiver hashes it as it stores it). */
   sha256: string;
   /**
-   * How the stream after header and XML is stored: gzip (compressed in post,
-   * the header's format word says so too), or null, as libvirt wrote it.
-   * Absent in dumps from before 0.3: null.
+   * How the stream after header and XML is stored: gzip or zstd (compressed
+   * by the archiver, the header's format word says so too), or null, as
+   * libvirt wrote it. Absent in dumps from before 0.3: null.
    */
   compression?: Compression | null;
   /** The image as libvirt wrote it, before compression: what QEMU reads on restore. Only for compressed dumps. */
@@ -161,7 +161,8 @@ export interface ArchivedDump {
 }
 
 /** How virtsnap compresses a dump (VIRTSNAP_COMPRESS). */
-export type Compression = 'gzip';
+/** How the stream of a stored save image is compressed: gzip (every libvirt reads it), zstd (libvirt 10.4 and later). */
+export type Compression = 'gzip' | 'zstd';
 
 /** The names virtsnap gives a dump's files: `<stamp>-<uuid8>` (see plan.ts). */
 export const DUMP_ID = /^\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}$/;

@@ -50,6 +50,8 @@ export interface RestoreFacts {
   asNameTaken: boolean;
   /** Domains a snapshot run holds right now (in the journal): on overlays, or about to be. */
   frozen?: { name: string; datasets: string[] }[];
+  /** Why this host cannot restore a zstd save image (its libvirt, or no zstd program), or null when it can (lib/libvirt/stack.ts). */
+  zstdUnreadable?: string | null;
 }
 
 export interface DomainRestore {
@@ -131,6 +133,11 @@ export function planRestore(request: RestoreRequest, facts: RestoreFacts, newUui
   const dumps = facts.dumps.filter((d) => request.domain === undefined || d.manifest.domain.name === request.domain);
   problems.push(...(facts.snapshotProblems ?? []));
   for (const d of dumps) if (d.problem !== null) problems.push(`RAM dump ${d.manifest.id} of ${JSON.stringify(d.manifest.domain.name)} is bad (${d.problem}): refusing to restore it`);
+  for (const d of dumps) {
+    if (d.problem === null && d.manifest.compression === 'zstd' && facts.zstdUnreadable) {
+      problems.push(`RAM dump ${d.manifest.id} of ${JSON.stringify(d.manifest.domain.name)} is a zstd save image, and ${facts.zstdUnreadable}: restore it on a host whose libvirt is 10.4 or later; nothing was changed`);
+    }
+  }
   for (const d of dumps) {
     if ((d.hostAccess ?? []).length > 0 && !request.trustDumpXml) {
       problems.push(

@@ -34,6 +34,8 @@ import { hostAccessOf, parseDomainXml } from './libvirt/domain-xml.js';
 import { readSaveImageXml, rewriteSaveImageXml } from './libvirt/save-image.js';
 import type { LibvirtClient } from './libvirt/virsh.js';
 import { sleep, waitUntil } from './lock.js';
+import { run } from './exec.js';
+import { readsZstd, UNKNOWN_STACK } from './libvirt/stack.js';
 import { log } from './log.js';
 import { inRestoredDatasets, isZvolOf, linksDown, planRestore, renameDomainXml, rewriteDiskPaths, setNvramPath, type DomainRestore, type RestoreFacts, type RestorePlan, type RestoreRequest } from './restore-plan.js';
 import { checkDump } from './dump-check.js';
@@ -149,7 +151,7 @@ async function dumpsInSnapshot(request: RestoreRequest, deps: RestoreDeps): Prom
   const props = (await deps.zfs.snapshotProps([dataset])).props.get(request.snapshot);
   try {
     await deps.zfs.clone(request.snapshot, probe, { mountpoint: mountDir, readonly: 'on' });
-    const probeMount = readMounts().find((m) => m.dataset === probe)?.mountpoint;
+    const probeMount = mountpointsOf(readMounts()).get(probe);
     if (probeMount === undefined) return { dumps: [], seen: [], problems: [`cannot read ${request.snapshot}: its clone ${probe} did not mount at ${mountDir}, so whether it holds RAM is unknown; nothing was changed`] };
     const result: InSnapshot = { dumps: [], problems: [], seen: [] };
     for (const found of inDatasetDumps(probeMount)) {
@@ -208,6 +210,13 @@ async function whatTheXmlNeeds(xml: string, manifest: Manifest, deps: RestoreDep
 /** The facts that can change while a person reads the plan: snapshots, domains and their states, what runs hold, the clone target. */
 type LiveFacts = Pick<RestoreFacts, 'snapshots' | 'domains' | 'mounts' | 'frozen' | 'cloneTargetExists' | 'asNameTaken'>;
 
+/** Why libvirt here cannot read a zstd save image, or null (asked only when a dump is one). */
+async function zstdUnreadable(deps: RestoreDeps): Promise<string | null> {
+  const stack = await deps.virsh.stack().catch(() => UNKNOWN_STACK);
+  const installed = await run('zstd', ['--version'], { timeoutMs: 10_000 }).then(() => true, () => false);
+  return readsZstd(stack, installed);
+}
+
 /** `ownRun`: this restore's own holds, which are not another run's. */
 async function liveFacts(request: RestoreRequest, deps: RestoreDeps, ownRun: string | null = null): Promise<LiveFacts> {
   const { dataset } = splitSnapshot(request.snapshot);
@@ -237,7 +246,8 @@ async function gatherFacts(request: RestoreRequest, deps: RestoreDeps, fetched: 
   let snapshotProblems: string[] = [];
   let ramInSnapshot: InSnapshot['seen'] = [];
   if (dumps.length === 0 && live.snapshots.includes(request.snapshot)) ({ dumps, problems: snapshotProblems, seen: ramInSnapshot } = await dumpsInSnapshot(request, deps));
-  return { ...live, dumps, snapshotProblems, ramInSnapshot };
+  const zstd = dumps.some((d) => d.manifest.compression === 'zstd') ? await zstdUnreadable(deps) : null;
+  return { ...live, dumps, snapshotProblems, ramInSnapshot, zstdUnreadable: zstd };
 }
 
 /** A plan, with the request and facts it was made from: executeRestore looks at the facts again before it acts. */
@@ -323,7 +333,7 @@ interface Paths {
 /** Where the datasets' files are once cloned or rolled back, from where the dump knew them. */
 function pathsAfter(plan: RestorePlan): Paths {
   const table = readMounts();
-  const mountpoints = new Map(table.map((m) => [m.dataset, m.mountpoint]));
+  const mountpoints = mountpointsOf(table);
   const paths: Paths = { mounts: [], zvols: [], table };
   for (const ds of plan.datasets) {
     const target = plan.cloneOf[ds] ?? ds;
@@ -554,7 +564,7 @@ function ramInRestored(dump: Manifest, plan: RestorePlan, paths: Paths): string 
 /** Where a dataset of the plan is mounted now that it is cloned (its clone) or rolled back (itself). */
 function restoredMount(dataset: string, plan: RestorePlan, paths: Paths): string | undefined {
   const target = plan.cloneOf[dataset] ?? dataset;
-  return paths.table.find((m) => m.dataset === target)?.mountpoint;
+  return mountpointsOf(paths.table).get(target);
 }
 
 /**

@@ -4,7 +4,8 @@ import path from 'node:path';
 import type { Config } from '../config.js';
 import { Journal } from '../journal.js';
 import type { Domain, LibvirtClient } from '../libvirt/virsh.js';
-import { can, FEATURES, stackLines, type Stack } from '../libvirt/stack.js';
+import { can, compressionFor, FEATURES, readsZstd, stackLines, type Stack } from '../libvirt/stack.js';
+import { run } from '../exec.js';
 import { liveSaveOf } from '../plan.js';
 import { ancestry, firstUnsearchable, qemuIdentity, type DirStat, type Identity, type QemuConf } from '../libvirt/qemu-user.js';
 import { autosnaps, isYes, readSanoidConf, runsOurHooks, settingOf, type Ini } from '../sanoid/conf.js';
@@ -234,7 +235,27 @@ export async function doctor(config: Config, virsh: LibvirtClient): Promise<Find
     (all) => all.filter((d) => d.state === 'running' || d.state === 'paused'),
     () => [] as Domain[],
   );
-  return [...judgeStack(virsh.uri, stack), ...judgeLiveSaves(stack, running, config.live), ...(await doctorOffline(config, ini)), ...checkSpace(config, running, ini, stack)];
+  const zstd = await run('zstd', ['--version'], { timeoutMs: 10_000 }).then(
+    () => true,
+    () => false,
+  );
+  return [
+    ...judgeStack(virsh.uri, stack),
+    ...judgeLiveSaves(stack, running, config.live),
+    judgeCompression(config, stack, zstd),
+    ...(await doctorOffline(config, ini)),
+    ...checkSpace(config, running, ini, stack),
+  ];
+}
+
+/** How the archiver will compress dumps here (VIRTSNAP_COMPRESS on this stack: lib/libvirt/stack.ts compressionFor). Pure. */
+export function judgeCompression(config: Pick<Config, 'compression' | 'store'>, stack: Stack, zstdInstalled: boolean): Finding {
+  if (config.store.kind !== 'dir') return ok('compression', config.store.kind === 'restic' ? 'restic compresses and deduplicates the raw dumps itself' : 'RAM inside the snapshots is kept as libvirt wrote it');
+  const { compression, note } = compressionFor(config.compression, stack, zstdInstalled);
+  if (note !== null) return warn('compression', note);
+  if (compression === null) return ok('compression', 'dumps are stored as libvirt wrote them (VIRTSNAP_COMPRESS=no)');
+  const why = compression === 'zstd' ? 'this libvirt restores zstd save images' : config.compression === 'gzip' ? 'VIRTSNAP_COMPRESS=gzip' : readsZstd(stack, zstdInstalled);
+  return ok('compression', `dumps are stored ${compression}-compressed (${why}); \`virsh restore\` reads them as they are`);
 }
 
 /** What doctor checks beside libvirt itself. */

@@ -26,6 +26,8 @@ export const FORMAT_OFFSET = 28;
 export const SAVE_FORMATS = ['raw', 'gzip', 'bzip2', 'xz', 'lzop', 'zstd', 'sparse'] as const;
 export const FORMAT_RAW = 0;
 export const FORMAT_GZIP = 1;
+/** libvirt 10.4 and later read it (lib/libvirt/stack.ts zstdImage). */
+export const FORMAT_ZSTD = 5;
 const COMPLETE = 'LibvirtQemudSave';
 const PARTIAL = 'LibvirtQemudPart';
 

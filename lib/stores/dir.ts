@@ -5,10 +5,14 @@ import { existsSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { deleteDump, domainDir, publishDump, scanArchive, stageFile, withArchiveLock } from '../archive.js';
 import type { Config } from '../config.js';
+import { run } from '../exec.js';
+import { compressionFor, UNKNOWN_STACK } from '../libvirt/stack.js';
+import { LibvirtClient } from '../libvirt/virsh.js';
+import { log } from '../log.js';
 import { VirtsnapError } from '../errors.js';
 import { ensureDirBelow, removeIfExists } from '../fsutil.js';
 import type { JournalEntry } from '../journal.js';
-import { factsOf, newestOf, readManifest, type ArchivedDump, type Manifest } from '../manifest.js';
+import { factsOf, newestOf, readManifest, type ArchivedDump, type Compression, type Manifest } from '../manifest.js';
 import type { SnapshotRef } from '../snapshot-id.js';
 import { dropWaiting, sealIntoSpool } from '../spool.js';
 import { checkDump } from '../dump-check.js';
@@ -20,6 +24,8 @@ export class DirStore implements DumpStore {
   readonly kind = 'dir' as const;
   readonly spooled = true;
   readonly where: string;
+  /** VIRTSNAP_COMPRESS on this stack, asked once (libvirt's version, whether zstd is installed). */
+  private compression: Promise<Compression | null> | null = null;
 
   constructor(
     private readonly config: DirConfig,
@@ -62,15 +68,33 @@ export class DirStore implements DumpStore {
       await locked(() => rmSync(manifestFile, { force: true }));
     }
     removeIfExists(`${dest}.part`); // a copy an archiver killed mid-way left
-    const staged = await stageFile(m.memoryFile, dest, this.config.compression);
+    const compression = await this.compressionHere();
+    const staged = await stageFile(m.memoryFile, dest, compression);
     const problem = await staged.check();
     if (problem !== null) {
       removeIfExists(`${dest}.part`);
       throw new VirtsnapError(`${problem}: RAM dump ${m.id} stays in the spool`);
     }
-    const archived = await locked(() => publishDump({ dir, input: { ...factsOf(m), memoryFile: m.memoryFile, metaDir: m.metaDir, compression: this.config.compression }, memoryFile: dest, staged }));
+    const archived = await locked(() => publishDump({ dir, input: { ...factsOf(m), memoryFile: m.memoryFile, metaDir: m.metaDir, compression }, memoryFile: dest, staged }));
     dropWaiting(waiting);
     return archived;
+  }
+
+  /** How dumps are compressed here (libvirt/stack.ts compressionFor); said once when the setting cannot be followed. */
+  private compressionHere(): Promise<Compression | null> {
+    this.compression ??= (async () => {
+      const setting = this.config.compression;
+      if (setting === null || setting === 'gzip') return setting;
+      const stack = await new LibvirtClient({ uri: this.config.libvirtUri }).stack().catch(() => UNKNOWN_STACK);
+      const zstd = await run('zstd', ['--version'], { timeoutMs: 10_000 }).then(
+        () => true,
+        () => false,
+      );
+      const { compression, note } = compressionFor(setting, stack, zstd);
+      if (note !== null) log.warn(note);
+      return compression;
+    })();
+    return this.compression;
   }
 
   async drop(dump: ArchivedDump): Promise<number> {

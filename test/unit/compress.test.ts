@@ -9,7 +9,7 @@ import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { archiveDump, hashStored, listDumps, worthCompressing, type ArchiveInput } from '../../lib/archive.js';
 import { type Compression, type Manifest } from '../../lib/manifest.js';
-import { FORMAT_GZIP, FORMAT_OFFSET, HEADER_BYTES, readSaveImageHeader, readSaveImageXml, rewriteSaveImageXml, streamOffset, withFormat } from '../../lib/libvirt/save-image.js';
+import { FORMAT_GZIP, FORMAT_OFFSET, FORMAT_ZSTD, HEADER_BYTES, readSaveImageHeader, readSaveImageXml, rewriteSaveImageXml, streamOffset, withFormat } from '../../lib/libvirt/save-image.js';
 import { legacyRef } from '../../lib/snapshot-id.js';
 import { checkDump, checkStructure } from '../../lib/dump-check.js';
 
@@ -253,5 +253,29 @@ describe('a dump that does not compress is stored raw', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('zstd (VIRTSNAP_COMPRESS=zstd or auto, libvirt 10.4 and later)', () => {
+  it('header and XML as they were (format word 5), the stream through `zstd -1`; verify decompresses it back to the raw image', async () => {
+    const image = saveImage();
+    const { manifest } = await archive(image, 'zstd');
+    assert.equal(manifest.compression, 'zstd');
+    assert.equal(readSaveImageHeader(manifest.memoryFile)!.format, FORMAT_ZSTD);
+    assert.ok(manifest.bytes < image.length / 2, `${manifest.bytes} of ${image.length}`);
+    assert.deepEqual(manifest.raw, { sha256: sha256(image), bytes: image.length });
+    assert.equal(checkStructure(manifest), null);
+    assert.equal(await checkDump(manifest), null);
+    const hashes = await hashStored(manifest.memoryFile, readSaveImageHeader(manifest.memoryFile));
+    assert.equal(hashes.raw?.sha256, sha256(image));
+  });
+
+  it('one byte changed inside the zstd stream: verify fails and names it; no zstd frame where the header says zstd: check fails', async () => {
+    const { manifest } = await archive(saveImage(), 'zstd');
+    flipByte(manifest.memoryFile, streamOffset({ dataLength: DATA_LEN }) + 5000);
+    const stored = { ...manifest, sha256: sha256(readFileSync(manifest.memoryFile)) };
+    assert.match((await checkDump(stored))!, /^stored damaged: its zstd stream does not decompress \(|^decompressed, it is not the image libvirt wrote/);
+    flipByte(manifest.memoryFile, streamOffset({ dataLength: DATA_LEN }));
+    assert.match(checkStructure(manifest)!, /no zstd frame starts at byte 2140/);
   });
 });

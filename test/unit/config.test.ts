@@ -59,7 +59,7 @@ describe('loadConfig', () => {
       restoreTimeoutMs: 600_000,
       watchdog: 'auto',
       metricsFile: null,
-      compression: 'gzip',
+      compression: 'auto',
       store: { kind: 'dir' },
       lockTimeoutMs: 120_000,
       configFile: empty,
@@ -99,10 +99,12 @@ describe('loadConfig', () => {
     assert.throws(() => loadConfig({ VIRTSNAP_CONFIG: envFile('nopw.env', 'VIRTSNAP_STORE=restic\nRESTIC_REPOSITORY=/r\n') }), /VIRTSNAP_RESTIC_PASSWORD_FILE is not set/);
   });
 
-  it('VIRTSNAP_COMPRESS: gzip or yes compress, no stores raw, anything else is one line', () => {
-    for (const v of ['gzip', 'GZIP', 'yes', 'on', '1']) assert.equal(loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_COMPRESS: v }).compression, 'gzip', v);
+  it('VIRTSNAP_COMPRESS: auto (yes), gzip or zstd compress, no stores raw, anything else is one line', () => {
+    for (const v of ['auto', 'yes', 'on', '1']) assert.equal(loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_COMPRESS: v }).compression, 'auto', v);
+    for (const v of ['gzip', 'GZIP']) assert.equal(loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_COMPRESS: v }).compression, 'gzip', v);
+    assert.equal(loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_COMPRESS: 'zstd' }).compression, 'zstd');
     for (const v of ['no', 'off', 'false', '0']) assert.equal(loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_COMPRESS: v }).compression, null, v);
-    assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_COMPRESS: 'xz' }), /^VIRTSNAP_COMPRESS=xz is not gzip, yes or no$/);
+    assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_COMPRESS: 'xz' }), /^VIRTSNAP_COMPRESS=xz is not auto, gzip, zstd or no$/);
     assertConfigError(() => loadConfig({ VIRTSNAP_CONFIG: empty, VIRTSNAP_COMPRESS: ' ' }), /^VIRTSNAP_COMPRESS is empty/);
   });
 

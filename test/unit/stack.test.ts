@@ -1,7 +1,7 @@
 // What this libvirt and QEMU can do (lib/libvirt/stack.ts): the one place that knows versions.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { atLeast, can, liveSaveTrust, parseVersion, parseVirshVersion, stackLines, UNKNOWN_STACK } from '../../lib/libvirt/stack.js';
+import { atLeast, can, compressionFor, liveSaveTrust, parseVersion, parseVirshVersion, readsZstd, stackLines, UNKNOWN_STACK } from '../../lib/libvirt/stack.js';
 
 // `virsh version --daemon` of Debian 12's and Debian 13's stacks, as printed.
 const DEBIAN12 = `Compiled against library: libvirt 9.0.0
@@ -25,6 +25,19 @@ describe('the stack', () => {
     assert.deepEqual(parseVirshVersion('Compiled against library: libvirt 9.0.0\n'), UNKNOWN_STACK);
     assert.deepEqual(parseVersion('7.2'), { major: 7, minor: 2, micro: 0, text: '7.2' });
     assert.equal(parseVersion('x'), null);
+  });
+
+  it('VIRTSNAP_COMPRESS on a stack: auto is zstd where libvirt reads it and zstd is installed, gzip elsewhere; zstd asked for where it cannot be read is gzip, said', () => {
+    const d12 = parseVirshVersion(DEBIAN12);
+    const d13 = parseVirshVersion(DEBIAN13);
+    assert.deepEqual(compressionFor('auto', d13, true), { compression: 'zstd', note: null });
+    assert.deepEqual(compressionFor('auto', d12, true), { compression: 'gzip', note: null });
+    assert.deepEqual(compressionFor('auto', d13, false), { compression: 'gzip', note: null });
+    assert.deepEqual(compressionFor('gzip', d13, true), { compression: 'gzip', note: null });
+    assert.deepEqual(compressionFor(null, d13, true), { compression: null, note: null });
+    assert.match(compressionFor('zstd', d12, true).note!, /^VIRTSNAP_COMPRESS=zstd, but libvirt 9\.0\.0 cannot restore zstd save images \(10\.4 can\): storing gzip instead$/);
+    assert.equal(readsZstd(d13, true), null);
+    assert.match(readsZstd(d13, false)!, /zstd program, which libvirt runs to read them, is not installed/);
   });
 
   it('features by the libvirt that brought them', () => {

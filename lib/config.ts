@@ -8,6 +8,7 @@ import { createRequire } from 'node:module';
 import type { Compression } from './manifest.js';
 import { ConfigError } from './errors.js';
 import { parseModePolicy, type ModePolicy } from './mode.js';
+import { settingDefaults } from './settings.js';
 
 // dotenv is CommonJS: required, it loads in half the time an ESM import of it takes (~8 ms of CPU less on every hook call).
 const dotenv = createRequire(import.meta.url)('dotenv') as typeof import('dotenv');
@@ -50,8 +51,12 @@ export interface Config {
   lockTimeoutMs: number;
   /** Prometheus textfile written after every run (lib/metrics.ts), or null. */
   metricsFile: string | null;
-  /** How post stores RAM dumps in the archive: gzip-compressed (lib/archive.ts), or null, as libvirt wrote them. */
-  compression: Compression | null;
+  /**
+   * How the archiver stores RAM dumps in the archive dir (lib/archive.ts):
+   * `auto` (zstd where this host's libvirt reads zstd save images and zstd
+   * is installed, else gzip), gzip, zstd, or null, as libvirt wrote them.
+   */
+  compression: Compression | 'auto' | null;
   /**
    * Where RAM dumps live (VIRTSNAP_STORE): the archive dir, a restic
    * repository (the manifests stay in the archive dir), or inside the
@@ -91,38 +96,8 @@ export interface ResticBackend {
 
 export const DEFAULT_CONFIG_FILE = '/etc/virtsnap/virtsnap.env';
 
-const defaults: Record<string, string> = {
-  VIRTSNAP_LIBVIRT_URI: 'qemu:///system',
-  VIRTSNAP_OVERLAY_DIR: '/var/lib/virtsnap/overlay',
-  VIRTSNAP_ARCHIVE_DIR: '/var/lib/virtsnap/archive',
-  VIRTSNAP_STATE_DIR: '/var/lib/virtsnap/state',
-  VIRTSNAP_SANOID_CONF: '/etc/sanoid/sanoid.conf',
-  // auto: live, except where QEMU is known to lose pages in a live save (TCG before QEMU 9.0).
-  VIRTSNAP_LIVE: 'auto',
-  // ram, pause or quiesce, optionally per sanoid type: ram,hourly=quiesce
-  VIRTSNAP_MODE: 'ram',
-  VIRTSNAP_QUIESCE_FALLBACK: 'ram',
-  VIRTSNAP_AGENT_TIMEOUT: '10',
-  VIRTSNAP_PAUSE_MAX: '60',
-  VIRTSNAP_PARALLEL: '4',
-  VIRTSNAP_SAVE_TIMEOUT: '600',
-  VIRTSNAP_COMMIT_TIMEOUT: '300',
-  VIRTSNAP_DEFINE_TIMEOUT: '120',
-  VIRTSNAP_RESTORE_TIMEOUT: '600',
-  VIRTSNAP_LOCK_TIMEOUT: '120',
-  VIRTSNAP_LOG: 'info',
-  // How the watchdog is started: auto (systemd-run where systemd runs) or detached.
-  VIRTSNAP_WATCHDOG: 'auto',
-  // Empty: no metrics file.
-  VIRTSNAP_METRICS_FILE: '',
-  // gzip (yes) or no. On by default: about a third of the raw bytes on the
-  // bed, compressed in post once the VMs are back on their own disks.
-  VIRTSNAP_COMPRESS: 'gzip',
-  // dir (the archive dir), restic:REPO (a path, sftp:, s3:, rest:, as restic takes it), or dataset (inside the snapshots).
-  VIRTSNAP_STORE: 'dir',
-  // The restic repository's password, one line, in a file (0600): required with restic:REPO.
-  VIRTSNAP_RESTIC_PASSWORD_FILE: '',
-};
+/** The defaults, from the one table of settings (lib/settings.ts). */
+const defaults: Record<string, string> = settingDefaults();
 
 /** Settings of earlier versions, still read (storeOf). */
 const LEGACY = ['VIRTSNAP_ARCHIVE', 'VIRTSNAP_RAM_STORE'];
@@ -230,13 +205,13 @@ function count(values: Record<string, string>, key: string): number {
   return n;
 }
 
-function compressionOf(values: Record<string, string>, key: string): Compression | null {
+function compressionOf(values: Record<string, string>, key: string): Compression | 'auto' | null {
   const value = nonEmpty(values, key).toLowerCase();
-  if (value === 'gzip') return 'gzip';
+  if (value === 'gzip' || value === 'zstd' || value === 'auto') return value;
   try {
-    return yesNo(values, key) ? 'gzip' : null;
+    return yesNo(values, key) ? 'auto' : null;
   } catch {
-    throw new ConfigError(`${key}=${value} is not gzip, yes or no`);
+    throw new ConfigError(`${key}=${value} is not auto, gzip, zstd or no`);
   }
 }
 

@@ -20,6 +20,8 @@ export interface DomainMetrics {
   dumpBytes: number | null;
   commitSeconds: number | null;
   dumps: number;
+  /** The shortest sanoid period of the newest dump's snapshot types: how old its newest dump gets between runs. */
+  periodSeconds?: number | null;
   /** Dumps the archiver stored (absent in state from before the spool). */
   archived?: number;
   failures: number;
@@ -45,6 +47,15 @@ function empty(name: string): DomainMetrics {
   return { name, lastSuccess: null, pauseMs: null, saveSeconds: null, dumpBytes: null, commitSeconds: null, dumps: 0, failures: 0 };
 }
 
+/** sanoid's snapshot types and their periods (frequently: sanoid's default frequent_period, 15 minutes). */
+const PERIODS: Record<string, number> = { frequently: 900, hourly: 3600, daily: 86_400, weekly: 7 * 86_400, monthly: 30 * 86_400, yearly: 365 * 86_400 };
+
+/** The shortest period among `types`, or null when none is a sanoid type (a manual `virtsnap snapshot`). */
+export function periodOf(types: readonly string[]): number | null {
+  const periods = types.map((t) => PERIODS[t]).filter((p): p is number => p !== undefined);
+  return periods.length === 0 ? null : Math.min(...periods);
+}
+
 /** Adds one run's outcome to the state. Pure. */
 export function addOutcome(state: MetricsState, outcome: RunOutcome): MetricsState {
   const domains = { ...state.domains };
@@ -55,6 +66,7 @@ export function addOutcome(state: MetricsState, outcome: RunOutcome): MetricsSta
     d.saveSeconds = m.times.saveMs === null ? null : m.times.saveMs / 1000;
     d.dumpBytes = m.bytes;
     d.commitSeconds = m.times.commitMs === undefined || m.times.commitMs === null ? null : m.times.commitMs / 1000;
+    d.periodSeconds = periodOf(m.types) ?? d.periodSeconds ?? null;
     d.dumps++;
     domains[m.domain.uuid] = d;
   }
@@ -80,6 +92,7 @@ const SERIES: { name: string; type: 'gauge' | 'counter'; help: string; value: (d
   { name: 'virtsnap_guest_pause_milliseconds', type: 'gauge', help: "How long the guest's vCPUs were stopped for its newest dump.", value: (d) => d.pauseMs },
   { name: 'virtsnap_save_seconds', type: 'gauge', help: 'How long the RAM save of the newest dump took.', value: (d) => d.saveSeconds },
   { name: 'virtsnap_dump_bytes', type: 'gauge', help: 'Size of the newest RAM dump.', value: (d) => d.dumpBytes },
+  { name: 'virtsnap_snapshot_period_seconds', type: 'gauge', help: "The shortest sanoid period of the newest dump's snapshots: how old the newest dump gets between runs.", value: (d) => d.periodSeconds ?? null },
   { name: 'virtsnap_commit_seconds', type: 'gauge', help: 'How long committing the overlays back took for the newest dump.', value: (d) => d.commitSeconds },
   { name: 'virtsnap_dumps_total', type: 'counter', help: 'RAM dumps kept (sealed into the spool, or inside their snapshots).', value: (d) => d.dumps },
   { name: 'virtsnap_archived_total', type: 'counter', help: 'RAM dumps the archiver moved from the spool into the store.', value: (d) => d.archived ?? 0 },

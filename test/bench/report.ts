@@ -1,5 +1,5 @@
 // The bench's table, from its raw samples (pure: `npm run bench` prints it
-// and saves it beside the samples in results/latest.json).
+// and saves it beside the samples in results/latest-<stack>.json).
 import { table } from '../../lib/format.js';
 import type { PruneSample } from './prune.js';
 import type { CompressorSample, DdSample } from './reference.js';
@@ -78,7 +78,7 @@ function failure(runs: RunSample[]): string | null {
   return failed.length === runs.length ? what : `${failed.length}/${runs.length} ${what}`;
 }
 
-/** A failure's line cut for the table (results/latest.json has it whole). */
+/** A failure's line cut for the table (results/latest-<stack>.json has it whole). */
 function short(text: string, max = 110): string {
   return text.length > max ? `${text.slice(0, max - 1)}…` : text;
 }

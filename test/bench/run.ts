@@ -15,11 +15,12 @@
 // disturbance from whatever else runs on the machine spreads over all
 // variants instead of landing on one. BENCH_REPS (default 3); BENCH_QUICK=1
 // for one repetition and no 4-guest run; BENCH_ONLY=stall,four,scale,drain,prune,startup
-// for some parts (storage: lib/restic backend against the archive dir and ZFS, test/bench/storage.ts). Everything it creates is named vsbed-b-* / vsbed/vm/b-*
+// for some parts (storage: lib/restic backend against the archive dir and ZFS, test/bench/storage.ts);
+// BENCH_VARIANTS=shell,virtsnap for some variants of the stall part. Everything it creates is named vsbed-b-* / vsbed/vm/b-*
 // and removed at the end, also after a failure.
 import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { bed, removeDomains, sh, sleep, stackUri, virsh, type Bed } from '../helpers/bed.js';
+import { bed, removeDomains, sh, sleep, stackUri, virsh, wantedStack, type Bed } from '../helpers/bed.js';
 import { destroyPatiently, earlierRuns, tryDestroy } from './cleanup.js';
 import { repoRoot, Setup } from '../helpers/virtsnap.js';
 import { EventWatcher } from './events.js';
@@ -46,7 +47,8 @@ type Part = (typeof PARTS)[number];
 /** BENCH_ONLY=stall,prune runs only those parts (for working on one of them); the 4-guest run is `four`. */
 const ONLY = onlyParts(process.env.BENCH_ONLY);
 const doing = (part: Part): boolean => ONLY.has(part) && !(part === 'four' && QUICK);
-const RESULTS = path.join(repoRoot, 'test/bench/results/latest.json');
+/** One results file per stack (VSBED_STACK): the README sets them side by side. */
+const RESULTS = path.join(repoRoot, `test/bench/results/latest-${wantedStack()}.json`);
 
 const DOMAINS = { [SMALL]: 'vsbed-b-g96', [BIG]: 'vsbed-b-g512', four: [1, 2, 3, 4].map((i) => `vsbed-b-four${i}`), scale: [1, 2, 3, 4, 5, 6, 7, 8].map((i) => `vsbed-b-scale${i}`) };
 /**
@@ -115,9 +117,13 @@ async function cleanup(b: Bed): Promise<void> {
   for (const d of allDomains()) rmSync(path.join(b.consoleDir, `${d}.log`), { force: true });
 }
 
+/** BENCH_VARIANTS=shell,virtsnap: only these variants in the stall part (for working on one comparison). */
+const VARIANTS = process.env.BENCH_VARIANTS ? new Set(process.env.BENCH_VARIANTS.split(',').map((v) => v.trim())) : null;
+
 function specsFor(guest: string): VariantSpec[] {
   // Bytes variants store the same snapshot raw and compressed: the small guest says enough.
-  return guest === SMALL ? [...STALL_VARIANTS, ...BYTES_VARIANTS] : STALL_VARIANTS;
+  const all = guest === SMALL ? [...STALL_VARIANTS, ...BYTES_VARIANTS] : STALL_VARIANTS;
+  return VARIANTS === null ? all : all.filter((v) => VARIANTS.has(v.name));
 }
 
 /** Boots a guest and makes sure the event watcher hears it start: without that, every stall would read 0. */
@@ -307,7 +313,7 @@ async function main(): Promise<number> {
       startedAt: started.toISOString(),
       finishedAt: finished.toISOString(),
       durationS: Math.round((finished.getTime() - started.getTime()) / 1000),
-      settings: { reps: REPS, quick: QUICK, datasets: `${b.vmDataset}/${ROOT}`, parts: PARTS.filter(doing), sanoid: '2.1.0', startupReps: STARTUP_REPS },
+      settings: { stack: wantedStack(), reps: REPS, quick: QUICK, datasets: `${b.vmDataset}/${ROOT}`, parts: PARTS.filter(doing), sanoid: '2.1.0', startupReps: STARTUP_REPS },
       stoppedBy,
       machine,
       variants: [...STALL_VARIANTS, ...BYTES_VARIANTS].map(({ name, what, settings }) => ({ name, what, settings })),

@@ -158,7 +158,7 @@ function readEnvFile(file: string, explicit: boolean): { path: string | null; va
   const values = dotenv.parse(text);
   for (const key of Object.keys(values)) {
     if (key.startsWith('VIRTSNAP_') && !known.has(key)) {
-      throw new ConfigError(`unknown setting ${key} in ${file}: see README.md for the settings virtsnap knows`);
+      throw new ConfigError(`unknown setting ${key} in ${file}: see \`man virtsnap\` (ENVIRONMENT) for the settings virtsnap knows`);
     }
   }
   return { path: file, values };

@@ -2,7 +2,8 @@
 // stores a gzip save image that is at most half the raw dump, verifies, fails
 // verify with one byte of its stream changed, restores as a clone with
 // `virtsnap restore` and with plain `virsh restore` (libvirt decompresses it
-// itself), and turns back into the raw image with the README's commands.
+// itself), and turns back into the raw image with the commands of
+// doc/operations.md "Compressed RAM dumps".
 // A raw dump (VIRTSNAP_COMPRESS=no) still verifies and restores.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -86,9 +87,9 @@ describe('compressed RAM dumps (VIRTSNAP_COMPRESS)', () => {
     await destroyDataset(clone(), 180);
   });
 
-  it("the README's commands turn it back into the raw image libvirt wrote (the manifest's raw sha256)", async () => {
+  it("the documented commands turn it back into the raw image libvirt wrote (the manifest's raw sha256)", async () => {
     const out = path.join(setup.root, 'raw.save');
-    // As in README "Compressed RAM dumps", word for word.
+    // As in doc/operations.md "Compressed RAM dumps", word for word.
     const script = `
       f=${JSON.stringify(gz.memoryFile)}; out=${JSON.stringify(out)}
       off=$(( 92 + $(od -A n -t u4 -j 20 -N 4 "$f") ))

@@ -211,7 +211,7 @@ describe('archive dir on a replicated dataset: restore on host B from the receiv
     await removeDomains(name, `${name}-b`);
     for (const ds of [`${pool}/o-ar-b`, `${pool}/o-ar`, `${pool}/o-arch`, dataset(), archive()]) await destroyDataset(ds, 180);
     await zfsRetry(['create', archive()]);
-    // The README: the archive's mountpoint is root's alone (0700), and that travels with it.
+    // doc/offsite.md: the archive's mountpoint is root's alone (0700), and that travels with it.
     chmodSync(await mountpointOf(archive()), 0o700);
     setup = await Setup.create('o-archive', { VIRTSNAP_ARCHIVE_DIR: await mountpointOf(archive()) });
     guest = await Guest.create({ name, dataset: dataset() });
@@ -225,7 +225,7 @@ describe('archive dir on a replicated dataset: restore on host B from the receiv
 
   it('sanoid with the hooks, the archive in its own section; syncoid for both; host B restores running, oracle silent', async () => {
     counter = lastTick(guest.consoleSince(0));
-    // As in the README: the VMs' section with the hooks, the archive's without.
+    // As in doc/offsite.md: the VMs' section with the hooks, the archive's without.
     const conf = `${setup.section(dataset(), { hourly: '2', daily: '1' })}
 [${archive()}]
   autosnap = yes

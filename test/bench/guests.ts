@@ -3,7 +3,7 @@
 // overlay or with RAM and disks that disagree (the oracle's MISMATCH) has
 // found a bug, not a slow path: it stops and says so.
 import { isDeepStrictEqual } from 'node:util';
-import { Guest, type GuestOptions } from '../helpers/bed.js';
+import { Guest, memoryOf, type GuestOptions } from '../helpers/bed.js';
 import { oracleProblems } from '../helpers/oracle.js';
 
 export class BenchError extends Error {
@@ -24,7 +24,7 @@ export async function bootGuest(options: GuestOptions): Promise<BenchGuest> {
   await guest.start();
   // The 512 MiB guest is measured holding its live data, never while still filling.
   if (options.fillMiB) await guest.waitForFill();
-  return { guest, originals: await guest.sources(), memoryMiB: options.memoryMiB ?? 96, filledMiB: options.fillMiB ?? 0 };
+  return { guest, originals: await guest.sources(), memoryMiB: memoryOf(options), filledMiB: options.fillMiB ?? 0 };
 }
 
 /**

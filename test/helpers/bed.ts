@@ -276,6 +276,15 @@ export interface GuestOptions {
   pace?: number;
 }
 
+/**
+ * A guest's RAM when a test does not say: 96 MiB, 128 with the guest agent
+ * (qemu-ga and its libraries in the initramfs left the memory oracle's 16 MiB
+ * no room on QEMU 10: it was OOM-killed at boot).
+ */
+export function memoryOf(options: Pick<GuestOptions, 'memoryMiB' | 'agent'>): number {
+  return options.memoryMiB ?? (options.agent ? 128 : 96);
+}
+
 /** The memory oracle's size and pause, and the disk oracle's pace, when a test does not say. */
 export const DEFAULT_MEM_MIB = 16;
 const DEFAULT_MEM_PAUSE_MS = 50;
@@ -357,7 +366,7 @@ export class Guest {
     }
     const xml = `<domain type='${b.virtType}'>
   <name>${xmlEscape(options.name)}</name>
-  <memory unit='MiB'>${options.memoryMiB ?? 96}</memory>
+  <memory unit='MiB'>${memoryOf(options)}</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type>
     <kernel>${b.kernel}</kernel><initrd>${b.initrd}</initrd>
@@ -398,6 +407,11 @@ export class Guest {
     this.bootOffset = offset;
     await virsh('start', this.name);
     await this.waitForConsole(/TICK \d+/, offset, BOOT_TIMEOUT_MS);
+    // A memory oracle that died at boot (OOM) would only show as "no sweeps" at the first restore.
+    if (this.memoryOracle) {
+      const text = await this.waitForConsole(/VSBED MEM (?:up|failed)|Killed process \d+ \(vsbed-memorac/, offset, BOOT_TIMEOUT_MS);
+      if (!/VSBED MEM up/.test(text)) throw new Error(`${this.name}: the memory oracle did not start (${/Killed process/.test(text) ? 'OOM-killed: give the guest more memoryMiB' : 'mmap failed'})`);
+    }
     if (this.options.fsDisk) await this.waitForExtra(/VSBED FS up[^\n]*/, BOOT_TIMEOUT_MS);
     if (this.options.agent) {
       await this.waitForExtra(/VSBED AGENT up[^\n]*/, BOOT_TIMEOUT_MS);

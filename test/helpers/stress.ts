@@ -21,7 +21,6 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { cpus } from 'node:os';
 import { rmSync } from 'node:fs';
 import path from 'node:path';
-import { listDumps } from '../../lib/archive.js';
 import { Guest, sh, sleep, virsh, zfsRetry, type Watch } from './bed.js';
 import type { WatchRule } from './oracle.js';
 import { cli, runProgram, type Setup } from './virtsnap.js';
@@ -127,7 +126,7 @@ export async function stressRestores(o: StressOptions): Promise<StressResult> {
 async function virtsnapSave(o: StressOptions, snap: string, env: Record<string, string>): Promise<string> {
   const out = await runProgram(cli, ['snapshot', o.dataset, '--name', snap], o.setup.env(env));
   if (out.code !== 0) throw new Error(`virtsnap snapshot: ${out.stderr.trim().split('\n').pop()}`);
-  const dump = listDumps(o.setup.archiveDir).find((d) => d.manifest.snapshots.some((r) => r.name === `${o.dataset}@${snap}`));
+  const dump = (await o.setup.dumps()).find((d) => d.manifest.snapshots.some((r) => r.name === `${o.dataset}@${snap}`));
   if (dump === undefined) throw new Error(`virtsnap snapshot kept no dump for ${o.dataset}@${snap}`);
   // The dump's file only: its manifest goes with the next gc (its snapshot is destroyed below).
   return dump.manifest.memoryFile;

@@ -10,7 +10,6 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { listDumps } from '../../lib/archive.js';
 import { snapshotNames } from '../../lib/manifest.js';
 import { loadConfig } from '../../lib/config.js';
 import { readSaveImageHeader } from '../../lib/libvirt/save-image.js';
@@ -298,7 +297,7 @@ describe('failure paths (issue 20), on the bed', () => {
       const out = await virtsnap(setup, ['snapshot', dataset(), '--name', 'byhand', '--mode', 'pause']);
       assert.equal(out.code, 0, out.stderr);
       await assertBack(setup);
-      const dump = listDumps(setup.archiveDir)[0]!;
+      const dump = (await setup.dumps())[0]!;
       // The stored copy (gzip by default): header and XML as they are, was_running included.
       assert.equal(readSaveImageHeader(dump.manifest.memoryFile)?.wasRunning, true);
       assertWhole(await restoreOnClone(guest, dump.manifest.memoryFile, `${dataset()}@byhand`, {}, []), 'a plain virsh restore of the pause-mode dump');

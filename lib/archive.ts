@@ -12,7 +12,7 @@ import { createGunzip, createGzip, gzipSync } from 'node:zlib';
 import path from 'node:path';
 import { VirtsnapError } from './errors.js';
 import { FORMAT_GZIP, FORMAT_RAW, FORMAT_ZSTD, readRegion, readSaveImageHeader, streamOffset, withFormat, type SaveImageHeader } from './libvirt/save-image.js';
-import { filter } from './exec.js';
+import { filter, type Filter } from './exec.js';
 import { assertOwnDir, ensureDirBelow, exists, fileSafe, fsyncDir, openExclusive, privacyProblem, PRIVATE_FILE, removeIfExists, writeJsonAtomic } from './fsutil.js';
 import { withLock } from './lock.js';
 import { buildManifest, DUMP_ID, readManifest, type ArchivedDump, type Compression, type DumpFacts, type Manifest, type ResticStore } from './manifest.js';
@@ -73,6 +73,18 @@ export interface StoredHashes {
 const ZSTD_TIMEOUT_MS = 3600_000;
 
 /**
+ * Waits for the pipelines into and out of a filter and for the filter
+ * itself. When the filter fails (zstd on a damaged stream exits early), its
+ * own error is the one thrown, not the EPIPE of the pipeline feeding it.
+ */
+async function throughFilter(f: Filter, pipes: Promise<unknown>[]): Promise<void> {
+  const [done, ...rest] = await Promise.allSettled([f.done, ...pipes]);
+  if (done!.status === 'rejected') throw done!.reason;
+  const failed = rest.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed !== undefined) throw failed.reason;
+}
+
+/**
  * Hashes a memory file in one read. A compressed image's stream is
  * decompressed on the way (zlib checks gzip's CRC and length, zstd its own
  * checksum), so a damaged stream throws here even where no sha256 was
@@ -106,7 +118,7 @@ export async function hashStored(file: string, header: SaveImageHeader | null): 
     await pipeline(createReadStream(file), stored, splitHead, createGunzip(), intoRaw);
   } else {
     const z = await filter('zstd', ['-d', '-q', '-c'], { timeoutMs: ZSTD_TIMEOUT_MS });
-    await Promise.all([pipeline(createReadStream(file), stored, splitHead, z.stdin), pipeline(z.stdout, intoRaw), z.done]);
+    await throughFilter(z, [pipeline(createReadStream(file), stored, splitHead, z.stdin), pipeline(z.stdout, intoRaw)]);
   }
   const r = raw as HashingCounter | null;
   return {
@@ -234,7 +246,7 @@ async function stageZstd(src: string, dest: string, { header, head }: { header: 
   const fd = openExclusive(tmp);
   try {
     const z = await filter('zstd', ['-1', '-q', '-c'], { timeoutMs: ZSTD_TIMEOUT_MS });
-    await Promise.all([
+    await throughFilter(z, [
       pipeline(createReadStream(src, { start: head.length }), raw, z.stdin),
       pipeline(
         z.stdout,
@@ -245,7 +257,6 @@ async function stageZstd(src: string, dest: string, { header, head }: { header: 
         stored,
         createWriteStream(tmp, { fd }),
       ),
-      z.done,
     ]);
     fsyncFile(tmp);
   } catch (err) {

@@ -274,7 +274,7 @@ describe('zstd (VIRTSNAP_COMPRESS=zstd or auto, libvirt 10.4 and later)', () => 
     const { manifest } = await archive(saveImage(), 'zstd');
     flipByte(manifest.memoryFile, streamOffset({ dataLength: DATA_LEN }) + 5000);
     const stored = { ...manifest, sha256: sha256(readFileSync(manifest.memoryFile)) };
-    assert.match((await checkDump(stored))!, /^stored damaged: its zstd stream does not decompress \(|^decompressed, it is not the image libvirt wrote/);
+    assert.match((await checkDump(stored))!, /^stored damaged: its zstd stream does not decompress \(/);
     flipByte(manifest.memoryFile, streamOffset({ dataLength: DATA_LEN }));
     assert.match(checkStructure(manifest)!, /no zstd frame starts at byte 2140/);
   });

@@ -10,7 +10,7 @@ import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
 import { createGunzip, createGzip, gzipSync } from 'node:zlib';
 import path from 'node:path';
-import { VirtsnapError } from './errors.js';
+import { type CommandError, VirtsnapError } from './errors.js';
 import { FORMAT_GZIP, FORMAT_RAW, FORMAT_ZSTD, readRegion, readSaveImageHeader, streamOffset, withFormat, type SaveImageHeader } from './libvirt/save-image.js';
 import { filter, type Filter } from './exec.js';
 import { assertOwnDir, ensureDirBelow, exists, fileSafe, fsyncDir, openExclusive, privacyProblem, PRIVATE_FILE, removeIfExists, writeJsonAtomic } from './fsutil.js';
@@ -69,8 +69,10 @@ export interface StoredHashes {
   raw?: { sha256: string; bytes: number };
 }
 
-/** How long a stream through zstd may take: a dump of many GiB at a few MiB/s on a busy host. */
-const ZSTD_TIMEOUT_MS = 3600_000;
+/** How long a stream of `bytes` through zstd may take: an hour, and a second for each MiB (a slow archive on a busy host). */
+function zstdTimeoutMs(bytes: number): number {
+  return 3600_000 + Math.ceil(bytes / 2 ** 20) * 1000;
+}
 
 /**
  * Waits for the pipelines into and out of a filter and for the filter
@@ -79,9 +81,12 @@ const ZSTD_TIMEOUT_MS = 3600_000;
  */
 async function throughFilter(f: Filter, pipes: Promise<unknown>[]): Promise<void> {
   const [done, ...rest] = await Promise.allSettled([f.done, ...pipes]);
+  const failed = rest.filter((r): r is PromiseRejectedResult => r.status === 'rejected').map((r) => r.reason as NodeJS.ErrnoException);
+  // A full or failing disk under our own end (ENOSPC, EIO) kills zstd by SIGPIPE: that disk error is the news, not zstd's death.
+  const ours = failed.find((e) => e.code !== 'EPIPE' && e.code !== 'ERR_STREAM_PREMATURE_CLOSE');
+  if (ours !== undefined && (done!.status === 'fulfilled' || (done!.reason as CommandError).status < 0)) throw ours;
   if (done!.status === 'rejected') throw done!.reason;
-  const failed = rest.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failed !== undefined) throw failed.reason;
+  if (failed[0] !== undefined) throw failed[0];
 }
 
 /**
@@ -117,7 +122,7 @@ export async function hashStored(file: string, header: SaveImageHeader | null): 
   if (header.format === FORMAT_GZIP) {
     await pipeline(createReadStream(file), stored, splitHead, createGunzip(), intoRaw);
   } else {
-    const z = await filter('zstd', ['-d', '-q', '-c'], { timeoutMs: ZSTD_TIMEOUT_MS });
+    const z = await filter('zstd', ['-d', '-q', '-c'], { timeoutMs: zstdTimeoutMs(statSync(file).size) });
     await throughFilter(z, [pipeline(createReadStream(file), stored, splitHead, z.stdin), pipeline(z.stdout, intoRaw)]);
   }
   const r = raw as HashingCounter | null;
@@ -245,7 +250,7 @@ async function stageZstd(src: string, dest: string, { header, head }: { header: 
   const stored = new HashingCounter();
   const fd = openExclusive(tmp);
   try {
-    const z = await filter('zstd', ['-1', '-q', '-c'], { timeoutMs: ZSTD_TIMEOUT_MS });
+    const z = await filter('zstd', ['-1', '-q', '-c'], { timeoutMs: zstdTimeoutMs(statSync(src).size) });
     await throughFilter(z, [
       pipeline(createReadStream(src, { start: head.length }), raw, z.stdin),
       pipeline(

@@ -20,11 +20,11 @@ import { alarm, startHelper } from './detached.js';
 import { LockTimeoutError } from './errors.js';
 import { sleep, withLock } from './lock.js';
 import { log } from './log.js';
-import type { ArchivedDump } from './manifest.js';
+import { DUMP_ID, readManifest, type ArchivedDump } from './manifest.js';
 import { recordArchived } from './metrics.js';
-import { scanSpool, spoolDir } from './spool.js';
+import { DumpGoneError, scanSpool, spoolDir } from './spool.js';
 import type { DumpStore } from './stores/store.js';
-import { readdirSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 
 export interface ArchiverDeps {
   config: Config;
@@ -110,7 +110,7 @@ async function drainRounds(deps: ArchiverDeps, options: ArchiverOptions, started
         archived.push(outcome.dump);
         backoff = options.backoffMs;
       } else if (outcome.kind === 'skipped') skipped++;
-      else failure = outcome.reason;
+      else if (outcome.kind === 'failed') failure = outcome.reason;
     }
     if (failure === null && skipped === 0) continue;
     if (failure !== null && Date.now() - started >= options.patienceMs) return failure;
@@ -119,32 +119,41 @@ async function drainRounds(deps: ArchiverDeps, options: ArchiverOptions, started
   }
 }
 
-type KeepOutcome = { kind: 'kept'; dump: ArchivedDump } | { kind: 'skipped' } | { kind: 'failed'; reason: string };
+type KeepOutcome = { kind: 'kept'; dump: ArchivedDump } | { kind: 'gone' } | { kind: 'skipped' } | { kind: 'failed'; reason: string };
 
-/** One waiting dump into the store, under its own lock. */
+/** One waiting dump into the store, under its own lock, as its manifest says now (prune or gc may have changed it since the scan). */
 async function keepOne(deps: ArchiverDeps, dump: ArchivedDump): Promise<KeepOutcome> {
   const m = dump.manifest;
   const ctx = { domain: m.domain.name };
   const t0 = Date.now();
   try {
-    const kept = await withWaitingDump(deps.config, m.id, () => deps.store.keep(dump));
+    const kept = await withWaitingDump(deps.config, m.id, () => {
+      if (!existsSync(dump.manifestFile)) return null; // dropped or stored meanwhile
+      return deps.store.keep({ manifest: readManifest(dump.manifestFile, 'spool'), manifestFile: dump.manifestFile });
+    });
+    if (kept === null) return { kind: 'gone' };
     const waited = Math.round((Date.now() - Date.parse(m.times.archivedAt)) / 1000);
     log.info(`RAM dump ${m.id} stored in ${deps.store.where} in ${Date.now() - t0} ms, ${waited} s after it was sealed`, ctx);
     await recordArchived(deps.config, kept.manifest);
     return { kind: 'kept', dump: kept };
   } catch (err) {
-    // prune or gc is deciding on this dump right now: after them.
+    // prune, gc or a restore holds this dump right now: after them.
     if (err instanceof LockTimeoutError && err.message.includes(`dump-${m.id}.lock`)) return { kind: 'skipped' };
+    // Its memory file is gone and no store holds it: retrying would fail for ever; said once, loudly.
+    if (err instanceof DumpGoneError) {
+      log.error(err.message, ctx);
+      return { kind: 'gone' };
+    }
     const reason = (err as Error).message;
     log.warn(`RAM dump ${m.id} waits in the spool: ${reason}; trying again`, ctx);
     return { kind: 'failed', reason };
   }
 }
 
-/** Whether any dump waits in the spool: one readdir, for the pre hook. */
+/** Whether any dump waits in the spool: one readdir (the pre hook), named as scanSpool names them. */
 export function spoolHasDumps(config: Pick<Config, 'overlayDir'>): boolean {
   try {
-    return readdirSync(spoolDir(config)).some((f) => f.endsWith('.json') && !f.startsWith('.'));
+    return readdirSync(spoolDir(config)).some((f) => f.endsWith('.json') && DUMP_ID.test(f.slice(0, -'.json'.length)));
   } catch {
     return false;
   }

@@ -86,7 +86,8 @@ export async function checkDump(m: Manifest): Promise<string | null> {
     hashes = await hashStored(m.memoryFile, readSaveImageHeader(m.memoryFile));
   } catch (err) {
     // zlib's errors carry a Z_* code (Z_DATA_ERROR, Z_BUF_ERROR), zstd's exit status is a CommandError: the stream itself is damaged.
-    const zstd = err instanceof CommandError && err.command === 'zstd' && err.status !== 127;
+    // Only zstd's own verdict on the stream (exit 1): not a timeout, a kill, or zstd that could not run.
+    const zstd = err instanceof CommandError && err.command === 'zstd' && !err.timedOut && err.status >= 1 && err.status < 126;
     if (!/^Z_/.test(String((err as NodeJS.ErrnoException).code)) && !zstd) throw err;
     const damaged = `its ${zstd ? 'zstd' : 'gzip'} stream does not decompress (${(err as Error).message})`;
     // Changed since it was archived (the usual case), or stored damaged: the sha256 tells, read again only now.

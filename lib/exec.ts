@@ -75,8 +75,9 @@ export async function run(command: string, args: readonly string[], options: Run
     let stderr = '';
     let timedOut = false;
     let startError: NodeJS.ErrnoException | null = null;
-    child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    // Null when the spawn itself failed (EMFILE): the 'error' handler below answers then.
+    child.stdout?.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
+    child.stderr?.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
     const timer = setTimeout(() => {
       timedOut = true;
       // The whole group: whatever the program started goes with it.
@@ -127,7 +128,6 @@ export async function filter(command: string, args: readonly string[], options: 
   const { spawn } = await childProcess();
   const child = spawn(command, [...args], { env: commandEnv(options.env, options.unset), stdio: ['pipe', 'pipe', 'pipe'], detached: true });
   let stderr = '';
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
   const done = new Promise<void>((resolve, reject) => {
     let timedOut = false;
     const timer = setTimeout(() => {
@@ -151,7 +151,21 @@ export async function filter(command: string, args: readonly string[], options: 
       else reject(new CommandError(command, args, status ?? -1, asItself(command, status, oneLine(stderr)), timedOut, ''));
     });
   });
+  // Listened to once the 'error' handler is on: a spawn that fails (EMFILE) leaves the pipes null.
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+  if (child.stdin === null || child.stdout === null) {
+    await done;
+    throw new CommandError(command, args, 126, `could not start ${command}`, false, '');
+  }
   return { stdin: child.stdin, stdout: child.stdout, done };
+}
+
+/** Whether `program` can be run here (`program --version` answers): the zstd libvirt and the archiver need, for one. */
+export async function hasProgram(program: string): Promise<boolean> {
+  return run(program, ['--version'], { timeoutMs: 10_000 }).then(
+    () => true,
+    () => false,
+  );
 }
 
 /**

@@ -9,6 +9,7 @@ import type { Config } from './config.js';
 import { ensureDir, PRIVATE_DIR, writeFileAtomic, writeJsonAtomic } from './fsutil.js';
 import { withLock } from './lock.js';
 import { log } from './log.js';
+import { DEFAULT_POLICY, keepsRam, type ModePolicy } from './mode.js';
 import { spoolStats, type SpoolStats } from './spool.js';
 
 export interface DomainMetrics {
@@ -47,17 +48,23 @@ function empty(name: string): DomainMetrics {
   return { name, lastSuccess: null, pauseMs: null, saveSeconds: null, dumpBytes: null, commitSeconds: null, dumps: 0, failures: 0 };
 }
 
-/** sanoid's snapshot types and their periods (frequently: sanoid's default frequent_period, 15 minutes). */
+/** sanoid's snapshot types and their periods (frequently: sanoid's default frequent_period, 15 minutes; a different one is not read). */
 const PERIODS: Record<string, number> = { frequently: 900, hourly: 3600, daily: 86_400, weekly: 7 * 86_400, monthly: 30 * 86_400, yearly: 365 * 86_400 };
 
-/** The shortest period among `types`, or null when none is a sanoid type (a manual `virtsnap snapshot`). */
-export function periodOf(types: readonly string[]): number | null {
-  const periods = types.map((t) => PERIODS[t]).filter((p): p is number => p !== undefined);
+/**
+ * How often a dump of these types comes: the shortest period among
+ * `types` whose runs keep RAM (VIRTSNAP_MODE: a midnight run of
+ * frequently, hourly and daily keeps RAM for all three, but with
+ * `ram,frequently=quiesce,hourly=quiesce` the next dump comes a day later).
+ * null when none is a sanoid type that keeps RAM (a manual `virtsnap snapshot`).
+ */
+export function periodOf(types: readonly string[], policy: ModePolicy = DEFAULT_POLICY): number | null {
+  const periods = types.filter((t) => keepsRam(t, policy)).map((t) => PERIODS[t]).filter((p): p is number => p !== undefined);
   return periods.length === 0 ? null : Math.min(...periods);
 }
 
 /** Adds one run's outcome to the state. Pure. */
-export function addOutcome(state: MetricsState, outcome: RunOutcome): MetricsState {
+export function addOutcome(state: MetricsState, outcome: RunOutcome, policy: ModePolicy = DEFAULT_POLICY): MetricsState {
   const domains = { ...state.domains };
   for (const m of outcome.dumps) {
     const d = { ...(domains[m.domain.uuid] ?? empty(m.domain.name)), name: m.domain.name };
@@ -66,7 +73,7 @@ export function addOutcome(state: MetricsState, outcome: RunOutcome): MetricsSta
     d.saveSeconds = m.times.saveMs === null ? null : m.times.saveMs / 1000;
     d.dumpBytes = m.bytes;
     d.commitSeconds = m.times.commitMs === undefined || m.times.commitMs === null ? null : m.times.commitMs / 1000;
-    d.periodSeconds = periodOf(m.types) ?? d.periodSeconds ?? null;
+    d.periodSeconds = periodOf(m.types, policy) ?? d.periodSeconds ?? null;
     d.dumps++;
     domains[m.domain.uuid] = d;
   }
@@ -154,7 +161,7 @@ async function update(config: Config, outcome: RunOutcome): Promise<void> {
       } catch {
         // first run, or a damaged file: start counting again
       }
-      state = addOutcome(state, outcome);
+      state = addOutcome(state, outcome, config.mode);
       ensureDir(config.stateDir, PRIVATE_DIR, 'VIRTSNAP_STATE_DIR');
       writeJsonAtomic(stateFile, state);
       // Read by node_exporter, which does not run as root; it holds no secret.

@@ -77,6 +77,11 @@ export function modeOfRun(types: readonly string[], policy: ModePolicy): ModeCho
   return { mode: strongest.mode, why: named.length === 1 ? list : `${list}: ${strongest.mode} is the strongest` };
 }
 
+/** Whether a run of `type` alone keeps RAM (ram or pause), as `policy` says. */
+export function keepsRam(type: string, policy: ModePolicy): boolean {
+  return (policy.byType[type.toLowerCase()] ?? policy.fallback) !== 'quiesce';
+}
+
 export function formatPolicy(policy: ModePolicy): string {
   return [policy.fallback, ...Object.entries(policy.byType).map(([t, m]) => `${t}=${m}`)].join(',');
 }

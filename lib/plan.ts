@@ -230,8 +230,27 @@ function modeOfDomain(domain: Domain, runMode: Mode, config: Config): DomainMode
   return { mode: 'quiesce', fallback: config.quiesceFallback, note: null };
 }
 
-function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config: Config, datasets: ReadonlySet<string>, runMode: Mode): DomainPlan | null {
-  const tag = `${inv.stamp}-${domain.uuid.slice(0, 8)}`;
+/**
+ * A dump's id (its tag): the run's stamp and the domain's first 8 UUID
+ * digits, the one form every manifest has (manifest.ts DUMP_ID). Two
+ * domains of one run whose UUIDs share those digits (hand-made UUIDs) get
+ * the stamp a millisecond apart: in the flat spool, a lock or a restic tag,
+ * one id is one dump.
+ */
+export function tagFor(stamp: string, uuid: string, taken: Set<string>): string {
+  let ms = Date.parse(`${stamp.slice(0, 4)}-${stamp.slice(4, 6)}-${stamp.slice(6, 8)}T${stamp.slice(9, 11)}:${stamp.slice(11, 13)}:${stamp.slice(13)}`);
+  for (;;) {
+    const tag = `${new Date(ms).toISOString().replace(/[-:]/g, '')}-${uuid.slice(0, 8)}`;
+    if (!taken.has(tag)) {
+      taken.add(tag);
+      return tag;
+    }
+    ms += 1;
+  }
+}
+
+function planDomain(domain: Domain, request: RunRequest, inv: Inventory, config: Config, datasets: ReadonlySet<string>, runMode: Mode, tags: Set<string>): DomainPlan | null {
+  const tag = tagFor(inv.stamp, domain.uuid, tags);
   const base = path.join(config.overlayDir, `${fileSafe(domain.name)}.${tag}`);
   const disks = planDisks(domain, inv, datasets, base);
   const frozen = disks.filter((d) => d.skip === null);
@@ -375,6 +394,7 @@ export function planFreeze(request: RunRequest, inv: Inventory, config: Config):
   const domains: DomainPlan[] = [];
   const onOverlays: FreezePlan['onOverlays'] = [];
   const notFrozen: FreezePlan['notFrozen'] = [];
+  const tags = new Set<string>();
   for (const domain of [...inv.domains].sort((a, b) => a.name.localeCompare(b.name))) {
     const onOverlay = leftovers(domain, inv, datasets, config);
     if (onOverlay.length > 0) {
@@ -382,7 +402,7 @@ export function planFreeze(request: RunRequest, inv: Inventory, config: Config):
       onOverlays.push({ name: domain.name, uuid: domain.uuid, reason: onOverlay.join('; ') });
       continue;
     }
-    const plan = planDomain(domain, request, inv, config, datasets, runMode.mode);
+    const plan = planDomain(domain, request, inv, config, datasets, runMode.mode, tags);
     if (plan === null) continue;
     const damage = inv.blockedEntries.get(domain.uuid);
     if (damage !== undefined) {

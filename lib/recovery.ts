@@ -13,6 +13,7 @@ import type { JournalEntry } from './journal.js';
 import { log } from './log.js';
 import { abandoned } from './stuck.js';
 import { startArchiver } from './archiver.js';
+import { isWaiting } from './manifest.js';
 // thaw.js (and the archive, save-image and XML code under it) loads only when
 // there is something to recover: every pre hook calls recover, and the
 // hooks' start-up is most of what a run with nothing to do costs.
@@ -68,7 +69,7 @@ export async function recover(deps: Deps, options: RecoverOptions): Promise<Reco
     }
   }
   if (result.sealed.length + withoutDump.length > 0) await recordRun(deps.config, { dumps: result.sealed.map((d) => d.manifest), failed: withoutDump });
-  if (result.sealed.some((d) => d.manifest.store?.kind === 'spool')) await startArchiver(deps.config);
+  if (result.sealed.some((d) => isWaiting(d.manifest))) await startArchiver(deps.config);
   return result;
 }
 

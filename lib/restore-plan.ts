@@ -135,7 +135,7 @@ export function planRestore(request: RestoreRequest, facts: RestoreFacts, newUui
   for (const d of dumps) if (d.problem !== null) problems.push(`RAM dump ${d.manifest.id} of ${JSON.stringify(d.manifest.domain.name)} is bad (${d.problem}): refusing to restore it`);
   for (const d of dumps) {
     if (d.problem === null && d.manifest.compression === 'zstd' && facts.zstdUnreadable) {
-      problems.push(`RAM dump ${d.manifest.id} of ${JSON.stringify(d.manifest.domain.name)} is a zstd save image, and ${facts.zstdUnreadable}: restore it on a host whose libvirt is 10.4 or later; nothing was changed`);
+      problems.push(`RAM dump ${d.manifest.id} of ${JSON.stringify(d.manifest.domain.name)} is a zstd save image, and ${facts.zstdUnreadable}: restore it where it can be read; nothing was changed`);
     }
   }
   for (const d of dumps) {

@@ -19,6 +19,7 @@ import { buildManifest, fileInSnapshotOf, isWaiting, type ArchivedDump, type Man
 import { withWaitingDump } from './archiver.js';
 import { scanSpool } from './spool.js';
 import type { DumpStore, LocalDump } from './stores/store.js';
+import { knownDumps } from './stores/index.js';
 import { inDatasetDumps, inDatasetProblem, ramFileName, removeLiveRam } from './ram-in-dataset.js';
 import type { Config } from './config.js';
 import { LibvirtError, VirtsnapError, ZfsError } from './errors.js';
@@ -34,7 +35,7 @@ import { hostAccessOf, parseDomainXml } from './libvirt/domain-xml.js';
 import { readSaveImageXml, rewriteSaveImageXml } from './libvirt/save-image.js';
 import type { LibvirtClient } from './libvirt/virsh.js';
 import { sleep, waitUntil } from './lock.js';
-import { run } from './exec.js';
+import { hasProgram } from './exec.js';
 import { readsZstd, UNKNOWN_STACK } from './libvirt/stack.js';
 import { log } from './log.js';
 import { inRestoredDatasets, isZvolOf, linksDown, planRestore, renameDomainXml, rewriteDiskPaths, setNvramPath, type DomainRestore, type RestoreFacts, type RestorePlan, type RestoreRequest } from './restore-plan.js';
@@ -76,7 +77,7 @@ async function settled(call: Promise<void>, done: () => Promise<boolean>, what: 
 async function dumpsOf(request: RestoreRequest, deps: RestoreDeps, fetched: LocalDump[]): Promise<RestoreFacts['dumps']> {
   const { dataset, snapname } = splitSnapshot(request.snapshot);
   // Stored, or waiting in the spool for the archiver: a restore takes either.
-  const local = [...deps.store.scan().dumps, ...scanSpool(deps.config).dumps];
+  const local = knownDumps(deps.store, deps.config).dumps;
   const census = await deps.zfs.guidCensus([poolOf(dataset)]);
   const tiedHere = (dumps: ArchivedDump[]): Manifest[] =>
     dumps.flatMap(({ manifest }) => {
@@ -213,8 +214,7 @@ type LiveFacts = Pick<RestoreFacts, 'snapshots' | 'domains' | 'mounts' | 'frozen
 /** Why libvirt here cannot read a zstd save image, or null (asked only when a dump is one). */
 async function zstdUnreadable(deps: RestoreDeps): Promise<string | null> {
   const stack = await deps.virsh.stack().catch(() => UNKNOWN_STACK);
-  const installed = await run('zstd', ['--version'], { timeoutMs: 10_000 }).then(() => true, () => false);
-  return readsZstd(stack, installed);
+  return readsZstd(stack, await hasProgram('zstd'));
 }
 
 /** `ownRun`: this restore's own holds, which are not another run's. */

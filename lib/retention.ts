@@ -19,7 +19,7 @@ import { assertOwnDir } from './fsutil.js';
 import { Journal } from './journal.js';
 import { log } from './log.js';
 import type { PruneEvent } from './sanoid/env.js';
-import { dropWaiting, scanSpool, SPOOL_NAME } from './spool.js';
+import { scanSpool, SPOOL_NAME, spoolDir, spooled } from './spool.js';
 import type { DumpStore } from './stores/store.js';
 import { locate, type SnapshotRef } from './snapshot-id.js';
 import { datasetOfSnapshot, type GuidCensus, type ZfsClient } from './zfs.js';
@@ -147,17 +147,19 @@ async function settle(dump: ArchivedDump, fate: Fate, config: Config, store: Dum
   if (fate.kind === 'keep') return { kind: 'unchanged' };
   const waiting = isWaiting(dump.manifest);
   const act = async (): Promise<Settled> => {
+    // A waiting dump as it is now, under its lock: the archiver may have stored it and let it go since the scan.
+    if (waiting && !dryRun && !existsSync(dump.manifestFile)) return { kind: 'unchanged' };
     if (fate.kind === 'update') {
       if (!dryRun) setSnapshots(dump, fate.snapshots);
       return { kind: 'updated', snapshots: fate.snapshots.map((r) => r.name) };
     }
-    const freedBytes = dryRun ? sizeOf(dump.manifest.memoryFile) : waiting ? dropWaiting(dump) : await store.drop(dump);
+    const freedBytes = dryRun ? sizeOf(dump.manifest.memoryFile) : waiting ? await store.discard(dump) : await store.drop(dump);
     return { kind: 'deleted', gone: fate.gone, freedBytes };
   };
   try {
     return waiting && !dryRun ? await withWaitingDump(config, dump.manifest.id, act) : await act();
   } catch (err) {
-    if (err instanceof LockTimeoutError) return { kind: 'kept', reason: 'the archiver is storing it right now: the next prune or gc takes it from the store' };
+    if (err instanceof LockTimeoutError) return { kind: 'kept', reason: 'the archiver or a restore holds it right now: the next prune or gc looks again' };
     // Kept, and the other dumps still settled: the next prune or gc tries again.
     return { kind: 'kept', reason: (err as Error).message };
   }
@@ -225,6 +227,9 @@ function sweepOverlayDir(config: Config): { strays: string[]; foreign: GcReport[
   return result;
 }
 
+/** How old spool files without a manifest must be before gc takes them for left over. */
+const SPOOL_STRAY_MS = 3600_000;
+
 /**
  * Leftovers of ours in a dir of the state dir: entries named as we name
  * them (`ours`), of the kind we make, untouched for `maxAgeMs`.
@@ -257,7 +262,8 @@ function staleFetches(config: Config): string[] {
 
 /** Settings files (STATE_DIR/settings/) whose helper never started or died before it read them: a helper takes its own within a second. */
 function staleSettings(config: Config): string[] {
-  return stale(path.join(config.stateDir, 'settings'), /^[0-9a-f-]{36}\.env$/, 'file', 3600_000);
+  // STATE_DIR/watchdog/ held them before the archiver came (0.1): they may hold a restic URL.
+  return ['settings', 'watchdog'].flatMap((d) => stale(path.join(config.stateDir, d), /^[0-9a-f-]{36}\.env$/, 'file', 3600_000));
 }
 
 /**
@@ -298,9 +304,14 @@ export async function collectGarbage(config: Config, zfs: Pick<ZfsClient, 'censu
     const journal = new Journal(config.stateDir).scan();
     const inFlight = new Set([...journal.entries.map((e) => e.tag), ...spool.dumps.map((d) => d.manifest.id)]);
     const damagedClaims = journal.damaged.map((d) => d.uuid.slice(0, 8));
+    // Spool files without a manifest: a drop cut short, or a seal under way or cut short. Only an hour after
+    // they were renamed in, and looked at again now: a seal takes milliseconds, and its journal entry goes only after its manifest is written.
+    const now = Date.now();
+    const unsealed = spool.unsealed.filter((u) => now - u.sealedAtMs > SPOOL_STRAY_MS && !damagedClaims.some((c) => u.id.endsWith(`-${c}`)));
+    const claimedNow = new Set(new Journal(config.stateDir).list().map((e) => e.tag));
     const strays = [
       ...scan.strays.filter((f) => !inFlight.has(halfWrittenId(f) ?? '')),
-      ...spool.unsealed.filter((u) => !inFlight.has(u.id) && !damagedClaims.some((c) => u.id.endsWith(`-${c}`))).map((u) => u.path),
+      ...unsealed.filter((u) => !inFlight.has(u.id) && !claimedNow.has(u.id) && !existsSync(spooled(spoolDir(config), u.id).manifest)).map((u) => u.path),
     ];
     for (const stray of [...strays, ...overlay.strays, ...staleFetches(config), ...staleSettings(config)]) {
       report.removed.push(stray);

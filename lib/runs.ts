@@ -9,6 +9,7 @@ import { planFreeze, runIdOf, type FreezePlan, type RunRequest } from './plan.js
 import { recover } from './recovery.js';
 import { abandoned, stuckDomains } from './stuck.js';
 import { spoolHasDumps, startArchiver } from './archiver.js';
+import { isWaiting } from './manifest.js';
 // freeze.js and thaw.js load when a run has a domain to freeze or thaw (see recovery.ts).
 import type { ThawResult } from './thaw.js';
 import { startWatchdog } from './watchdog.js';
@@ -60,7 +61,7 @@ export async function runPre(request: RunRequest, deps: Deps, options: PreOption
   // journal, maybe on overlays: finish it first, or they would block this run.
   await recover(deps, { force: false, quietIfLive: true });
   // Dumps left waiting (an archiver that gave up, a reboot): an archiver for them, outside this run.
-  if (spoolHasDumps(deps.config)) await startArchiver(deps.config);
+  if (deps.store.spooled && spoolHasDumps(deps.config)) await startArchiver(deps.config);
   const plan = await planWhenFree(request, deps, options);
   const dataset = request.targets.join(',');
   // Loud, but not a reason to leave the other VMs unfrozen: the pre hook still
@@ -90,7 +91,7 @@ export async function runPost(request: RunRequest, deps: Deps): Promise<ThawResu
   const { thawRun, withoutDump } = await import('./thaw.js');
   const result = await thawRun(runIdOf(request), deps, { keepDump: true }, { datasets: request.targets, snapnames: request.snapnames });
   await recordRun(deps.config, { dumps: result.sealed.map((d) => d.manifest), failed: withoutDump(result) });
-  if (result.sealed.some((d) => d.manifest.store?.kind === 'spool')) await startArchiver(deps.config);
+  if (result.sealed.some((d) => isWaiting(d.manifest))) await startArchiver(deps.config);
   const failures = [...result.failures.map((f) => f.message), ...stuckDomains(request.targets, [], deps.journal).map((s) => s.message)];
   if (failures.length > 0) {
     throw new VirtsnapError(failures.length === 1 ? failures[0]! : `${failures.length} domains could not be thawed (see above)`);

@@ -3,8 +3,7 @@
 // scripts/settings.ts writes the man page's ENVIRONMENT section,
 // examples/virtsnap.env and doc/settings.md from it (test/unit/settings.test.ts
 // fails when any of them differs from what it would write). In the texts,
-// `code` is a literal (bold in the man page) and a blank line starts a
-// paragraph.
+// `code` is a literal (bold in the man page, its hyphens \-).
 
 export type SettingKind = 'uri' | 'path' | 'choice' | 'seconds' | 'count' | 'file' | 'text';
 
@@ -76,7 +75,7 @@ export const SETTINGS: readonly Setting[] = [
     default: 'auto',
     kind: 'choice',
     summary: 'How the archiver compresses dumps in the archive dir: `auto`, `gzip`, `zstd` or `no`.',
-    text: '`auto` (also `yes`): zstd where this host\'s libvirt restores zstd save images (10.4 and later) and zstd is installed, gzip elsewhere. Either stays a save image `virsh restore` reads as it is. zstd -1 ran 4x as fast as gzip -1 for the same size on the bed; a dump is read where it is restored, so a replica on an older libvirt needs `gzip`. Not used with restic (it compresses and deduplicates itself).',
+    text: '`auto` (also `yes`): zstd where this host\'s libvirt restores zstd save images (10.4 and later) and zstd is installed, gzip elsewhere. Either stays a save image `virsh restore` reads as it is. `zstd -1` ran 4x as fast as `gzip -1` for the same size on the bed; a dump is read where it is restored, so a replica on an older libvirt needs `gzip`. Not used with restic (it compresses and deduplicates itself).',
   },
   { name: 'VIRTSNAP_WATCHDOG', default: 'auto', kind: 'choice', summary: 'How the watchdog and the archiver are started: `auto` (systemd-run where systemd is PID 1, else detached) or `detached`.', text: '' },
   { name: 'VIRTSNAP_METRICS_FILE', default: '', kind: 'file', summary: "A Prometheus textfile for node_exporter's textfile collector, rewritten after every run and every dump stored.", text: 'Empty: none.', example: '/var/lib/prometheus/node-exporter/virtsnap.prom' },

@@ -42,6 +42,27 @@ export class NothingToSealError extends VirtsnapError {
   override name = 'NothingToSealError';
 }
 
+/**
+ * A waiting dump whose memory file is gone from the spool while no store
+ * holds it (deleted by hand, a disk error): nothing is left to store. The
+ * archiver says so once and removes its manifest, instead of retrying.
+ */
+export class DumpGoneError extends VirtsnapError {
+  override name = 'DumpGoneError';
+}
+
+/**
+ * The check every store's keep makes before it reads a waiting dump's
+ * memory file (after it looked for a copy it stored already): its bytes
+ * are there, or it is gone for good and its manifest goes (DumpGoneError).
+ */
+export function assertWaitingBytes(waiting: ArchivedDump): void {
+  if (existsSync(waiting.manifest.memoryFile)) return;
+  const names = waiting.manifest.snapshots.map((r) => r.name).join(', ');
+  dropWaiting(waiting);
+  throw new DumpGoneError(`RAM dump ${waiting.manifest.id} waited in the spool without its memory file, and no store holds it: ${names || 'its snapshots'} have no RAM; its manifest is removed`);
+}
+
 /** Why a thawed domain's dump cannot be sealed, or null: the memory file is there and complete. */
 function memoryProblem(file: string): string | null {
   if (!existsSync(file)) return `memory file ${file} is missing`;
@@ -63,6 +84,8 @@ export function sealIntoSpool(entry: JournalEntry, tied: SnapshotRef[], config: 
   const dir = spoolDir(config);
   ensureDirBelow(dir, 'VIRTSNAP_OVERLAY_DIR');
   const to = spooled(dir, entry.tag);
+  // Sealed already by a thaw killed after the manifest, before the journal entry went.
+  if (!existsSync(entry.memoryFile) && existsSync(to.manifest) && existsSync(to.save)) return { manifest: readManifest(to.manifest, 'spool'), manifestFile: to.manifest };
   // An earlier seal may have moved it already (killed before the manifest).
   const from = existsSync(entry.memoryFile) ? entry.memoryFile : to.save;
   const problem = memoryProblem(from);
@@ -88,37 +111,49 @@ export interface SpoolScan {
   dumps: ArchivedDump[];
   /** Manifests that cannot be read: kept, named. */
   broken: { file: string; reason: string }[];
-  /** Files of ours without a manifest: a seal cut short (its journal entry finishes it) or left over. */
-  unsealed: { id: string; path: string }[];
+  /**
+   * Files of ours without a manifest: a seal under way or cut short (its
+   * journal entry finishes it), or a drop cut short. `sealedAtMs`: when it
+   * was renamed in (its ctime).
+   */
+  unsealed: { id: string; path: string; sealedAtMs: number }[];
   /** Anything else: never touched. */
   foreign: { path: string; reason: string }[];
 }
 
-/** What waits in the spool. A missing spool is an empty one. */
+/**
+ * What waits in the spool. A missing spool is an empty one. Read while the
+ * archiver, prune or gc may take a dump away: a file gone between the
+ * listing and its read is a dump gone, not a broken one.
+ */
 export function scanSpool(config: Pick<Config, 'overlayDir'>): SpoolScan {
   const scan: SpoolScan = { dumps: [], broken: [], unsealed: [], foreign: [] };
   const dir = spoolDir(config);
   let names: string[];
   try {
     names = readdirSync(dir).sort();
-  } catch {
-    return scan;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return scan;
+    throw new VirtsnapError(`cannot read the spool ${dir} (VIRTSNAP_OVERLAY_DIR): ${(err as Error).message}`);
   }
   const sealed = new Set<string>();
   for (const f of names.filter((n) => n.endsWith('.json') && DUMP_ID.test(n.slice(0, -'.json'.length)))) {
     const id = f.slice(0, -'.json'.length);
     sealed.add(id);
+    const file = path.join(dir, f);
     try {
-      scan.dumps.push({ manifest: readManifest(path.join(dir, f), 'spool'), manifestFile: path.join(dir, f) });
+      scan.dumps.push({ manifest: readManifest(file, 'spool'), manifestFile: file });
     } catch (err) {
-      scan.broken.push({ file: path.join(dir, f), reason: (err as Error).message });
+      if (existsSync(file)) scan.broken.push({ file, reason: (err as Error).message });
     }
   }
   for (const f of names) {
     const m = /^(.+)\.(save|meta|json)$/.exec(f);
     const p = path.join(dir, f);
-    if (m !== null && DUMP_ID.test(m[1]!) && !lstatSync(p).isSymbolicLink()) {
-      if (!sealed.has(m[1]!)) scan.unsealed.push({ id: m[1]!, path: p });
+    const st = lstatSync(p, { throwIfNoEntry: false });
+    if (st === undefined) continue; // taken away meanwhile
+    if (m !== null && DUMP_ID.test(m[1]!) && !st.isSymbolicLink()) {
+      if (!sealed.has(m[1]!)) scan.unsealed.push({ id: m[1]!, path: p, sealedAtMs: st.ctimeMs });
       continue;
     }
     // writeJsonAtomic's temp names: a seal that was killed while writing its manifest.

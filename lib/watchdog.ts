@@ -22,6 +22,7 @@ import { abandoned } from './stuck.js';
 import type { JournalEntry } from './journal.js';
 import { thawDomain } from './thaw.js';
 import { startArchiver } from './archiver.js';
+import { isWaiting } from './manifest.js';
 
 /** How often the watchdog looks: with a thaw of a few seconds, VMs are back well within a minute. */
 export const WATCH_INTERVAL_MS = 2_000;
@@ -124,7 +125,7 @@ async function resumeOverdue(entries: JournalEntry[], deps: Deps, ctx: { dataset
       if (back.kind === 'elsewhere') continue; // post came meanwhile
       const kept = dump.kind === 'sealed' ? 'its RAM dump is kept for the snapshot taken meanwhile' : 'no snapshot of the run was taken while it was paused, so no RAM dump is kept';
       await alarm('watchdog', `${JSON.stringify(e.domain.name)} was still paused ${limit}s (VIRTSNAP_PAUSE_MAX) after the run froze it, waiting for post: resumed it; ${kept}`, ctx);
-      if (dump.kind === 'sealed' && dump.dump.manifest.store?.kind === 'spool') await startArchiver(deps.config);
+      if (dump.kind === 'sealed' && isWaiting(dump.dump.manifest)) await startArchiver(deps.config);
     } catch (err) {
       await alarm('watchdog', `${JSON.stringify(e.domain.name)} has been paused for more than VIRTSNAP_PAUSE_MAX (${limit}s) and could not be resumed: ${(err as Error).message}`, ctx);
     }

@@ -111,15 +111,38 @@ export function parseMounts(table: string): Mount[] {
   return mounts;
 }
 
+/**
+ * Mounted ZFS filesystems from /proc/self/mountinfo: only mounts of a
+ * dataset's root (field 4 is `/`). A bind mount of a directory inside a
+ * dataset (`mount --bind /tank/vm/images /img`) names the dataset as its
+ * source too, and would pass for a mountpoint of all of it.
+ */
+export function parseMountinfo(table: string): Mount[] {
+  const mounts: Mount[] = [];
+  for (const line of table.split('\n')) {
+    const dash = line.indexOf(' - ');
+    if (dash < 0) continue;
+    const [, , , root, mountpoint] = line.slice(0, dash).split(' ');
+    const [type, source] = line.slice(dash + 3).split(' ');
+    if (root !== '/' || mountpoint === undefined || source === undefined) continue;
+    if (type !== 'zfs' && type !== 'fuse.zfs') continue;
+    const dataset = unescapeMount(source);
+    if (dataset.includes('@')) continue;
+    mounts.push({ dataset, mountpoint: unescapeMount(mountpoint) });
+  }
+  return mounts;
+}
+
 export function readMounts(): Mount[] {
-  return parseMounts(readFileSync('/proc/self/mounts', 'utf8'));
+  return parseMountinfo(readFileSync('/proc/self/mountinfo', 'utf8'));
 }
 
 /**
- * Each mounted dataset's mountpoint. A dataset bind-mounted elsewhere, or
- * propagated into a chroot's or a container's tree (seen: the bed's Debian
- * 13 root), is in the table once per path, in no order to rely on: the
- * shortest path is where ZFS mounted it, the copies live below some root.
+ * Each mounted dataset's mountpoint. A dataset bind-mounted whole
+ * elsewhere, or propagated into a chroot's or a container's tree (seen: the
+ * bed's Debian 13 root), is in the table once per path, in no order to rely
+ * on: the shortest path is where ZFS mounted it, the copies live below some
+ * root. (Binds of a directory inside it are not mounts of it: readMounts.)
  */
 export function mountpointsOf(mounts: readonly Mount[]): Map<string, string> {
   const byDataset = new Map<string, string>();

@@ -11,8 +11,7 @@
 // cannot read, dumps whose header or size is wrong (verify's cheap part; the
 // sha256 is left to `virtsnap verify`), or dumps `virtsnap gc` would delete.
 import { existsSync } from 'node:fs';
-import { scanSpool } from '../spool.js';
-import type { DumpStore } from '../stores/store.js';
+import { knownDumps, type DumpStore } from '../stores/index.js';
 import { sleep } from '../lock.js';
 import { unneededDumps } from '../retention.js';
 import { checkStructure } from '../dump-check.js';
@@ -156,8 +155,8 @@ export async function check(config: Config, clients: { virsh: LibvirtClient; zfs
   }
   const rows = await domainStatus(config, virsh, zfs, store, dataset);
   const scan = store.scan();
-  const spool = scanSpool(config);
-  const dumps = [...scan.dumps, ...spool.dumps];
+  const known = knownDumps(store, config);
+  const dumps = known.dumps;
   // Read without the archive lock: the archiver storing, or gc deleting, has a
   // dump's manifest and memory file out of step for a moment. Look again.
   let failing = dumps.filter((d) => checkStructure(d.manifest) !== null);
@@ -171,7 +170,7 @@ export async function check(config: Config, clients: { virsh: LibvirtClient; zfs
     rows,
     sections,
     {
-      brokenManifests: scan.broken.length + spool.broken.length,
+      brokenManifests: known.broken.length,
       failingVerify: failing.length,
       unneeded: (await unneededDumps(dumps, zfs)).length,
     },

@@ -5,7 +5,7 @@ import type { Config } from '../config.js';
 import { Journal } from '../journal.js';
 import type { Domain, LibvirtClient } from '../libvirt/virsh.js';
 import { can, compressionFor, FEATURES, readsZstd, stackLines, type Stack } from '../libvirt/stack.js';
-import { run } from '../exec.js';
+import { hasProgram } from '../exec.js';
 import { liveSaveOf } from '../plan.js';
 import { ancestry, firstUnsearchable, qemuIdentity, type DirStat, type Identity, type QemuConf } from '../libvirt/qemu-user.js';
 import { autosnaps, isYes, readSanoidConf, runsOurHooks, settingOf, type Ini } from '../sanoid/conf.js';
@@ -235,10 +235,7 @@ export async function doctor(config: Config, virsh: LibvirtClient): Promise<Find
     (all) => all.filter((d) => d.state === 'running' || d.state === 'paused'),
     () => [] as Domain[],
   );
-  const zstd = await run('zstd', ['--version'], { timeoutMs: 10_000 }).then(
-    () => true,
-    () => false,
-  );
+  const zstd = await hasProgram('zstd');
   return [
     ...judgeStack(virsh.uri, stack),
     ...judgeLiveSaves(stack, running, config.live),

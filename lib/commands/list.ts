@@ -2,8 +2,7 @@
 // waiting in the spool for the archiver.
 import { isWaiting, snapshotNames, storedAt, type ArchivedDump, type Manifest } from '../manifest.js';
 import { VirtsnapError } from '../errors.js';
-import { scanSpool } from '../spool.js';
-import type { DumpStore } from '../stores/store.js';
+import { knownDumps, type DumpStore } from '../stores/index.js';
 import { hostname } from 'node:os';
 import { log } from '../log.js';
 import { follow, locate } from '../snapshot-id.js';
@@ -28,10 +27,10 @@ export interface ListedDump {
 /** The dumps, their snapshots under their current names (renamed or promoted ones are followed by guid). */
 export async function listArchived(config: Pick<Config, 'overlayDir'>, store: DumpStore, zfs: ZfsClient, dataset?: string): Promise<ListedDump[]> {
   if (dataset !== undefined) assertDatasetName(dataset, 'virtsnap list');
-  const scan = store.scan();
-  const broken = scan.broken[0];
+  const known = knownDumps(store, config);
+  const broken = known.broken[0];
   if (broken !== undefined) throw new VirtsnapError(broken.reason);
-  let dumps = [...scan.dumps, ...scanSpool(config).dumps];
+  let dumps = known.dumps;
   // No manifest here (another host that shares the restic repository): the repository's own.
   if (dumps.length === 0) dumps = await store.remote({ host: hostname() });
   const manifests = await currentManifests(dumps, zfs);

@@ -5,7 +5,7 @@ import { latestInSnapshots } from '../ram-in-dataset.js';
 import { follow, locate } from '../snapshot-id.js';
 import { isWaiting, snapshotNames } from '../manifest.js';
 import { oldestWaitSeconds, scanSpool, statsOf } from '../spool.js';
-import type { DumpStore } from '../stores/store.js';
+import { knownDumps, type DumpStore } from '../stores/index.js';
 import { currentManifests } from './list.js';
 import type { Config } from '../config.js';
 import { age, table } from '../format.js';
@@ -47,7 +47,7 @@ export async function domainStatus(config: Config, virsh: Pick<LibvirtClient, 'd
     return stats.count === 0 ? null : { count: stats.count, bytes: stats.bytes, oldestSeconds: oldestWaitSeconds(stats, now.getTime()) };
   };
   // A dump none of whose snapshots exists any more restores nothing: it is not a VM's latest (gc deletes it).
-  const dumps = (await currentManifests([...store.scan().dumps, ...spool], zfs)).filter((m) => m.snapshots.length > 0).map((manifest) => ({ manifest }));
+  const dumps = (await currentManifests(knownDumps(store, config).dumps, zfs)).filter((m) => m.snapshots.length > 0).map((manifest) => ({ manifest }));
   dumps.sort((a, b) => a.manifest.times.startedAt.localeCompare(b.manifest.times.startedAt));
   // RAM inside snapshots (VIRTSNAP_STORE=dataset): the newest post recorded, while one of its snapshots exists.
   const inSnapshots = latestInSnapshots(config.stateDir);

@@ -5,8 +5,7 @@
 import type { Config } from '../config.js';
 import { checkDump } from '../dump-check.js';
 import { snapshotNames, storedAt, type ArchivedDump, type Manifest } from '../manifest.js';
-import { scanSpool } from '../spool.js';
-import type { DumpStore } from '../stores/store.js';
+import { knownDumps, type DumpStore } from '../stores/index.js';
 import { datasetOfSnapshot, isDatasetName, isInSubtree } from '../zfs.js';
 
 export interface Verdict {
@@ -29,10 +28,9 @@ function matches(m: Manifest, target: string | undefined): boolean {
  * (restic: `restic check --read-data`, which reads the whole repository).
  */
 export async function verifyDumps(config: Pick<Config, 'overlayDir'>, store: DumpStore, target?: string, options: { deep?: boolean } = {}): Promise<Verdict[]> {
-  const scan = store.scan();
-  const spool = scanSpool(config);
-  const verdicts: Verdict[] = [...scan.broken, ...spool.broken].map((b) => ({ id: b.file, domain: '?', file: b.file, ok: false, detail: b.reason }));
-  const dumps: ArchivedDump[] = [...spool.dumps, ...scan.dumps].filter((d) => matches(d.manifest, target));
+  const known = knownDumps(store, config);
+  const verdicts: Verdict[] = known.broken.map((b) => ({ id: b.file, domain: '?', file: b.file, ok: false, detail: b.reason }));
+  const dumps: ArchivedDump[] = known.dumps.filter((d) => matches(d.manifest, target));
   for (const { manifest } of dumps) {
     let problem: string | null;
     try {

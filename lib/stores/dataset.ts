@@ -9,7 +9,7 @@
 import { rmSync } from 'node:fs';
 import { DirStore, type DirConfig } from './dir.js';
 import { VirtsnapError } from '../errors.js';
-import { NothingToSealError } from '../spool.js';
+import { dropWaiting, NothingToSealError } from '../spool.js';
 import { factsOfEntry, type JournalEntry } from '../journal.js';
 import { log } from '../log.js';
 import { buildManifest, newestOf, type ArchivedDump, type Manifest } from '../manifest.js';
@@ -64,6 +64,11 @@ export class DatasetStore implements DumpStore {
 
   async keep(waiting: ArchivedDump): Promise<ArchivedDump> {
     throw new VirtsnapError(`RAM dump ${waiting.manifest.id} waits in the spool, and VIRTSNAP_STORE=dataset keeps RAM inside the snapshots: set VIRTSNAP_STORE to the store it was sealed for (dir or restic:REPO) so that the archiver takes it`);
+  }
+
+  /** Nothing of a waiting dump is in the snapshots: its spool files only (left from when the store was another). */
+  async discard(waiting: ArchivedDump): Promise<number> {
+    return dropWaiting(waiting);
   }
 
   /** A dump inside snapshots is never dropped by us (sanoid's pruning frees it); one in the archive dir from before, as the dir store does. */

@@ -5,7 +5,7 @@ import { existsSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { deleteDump, domainDir, publishDump, scanArchive, stageFile, withArchiveLock } from '../archive.js';
 import type { Config } from '../config.js';
-import { run } from '../exec.js';
+import { hasProgram } from '../exec.js';
 import { compressionFor, UNKNOWN_STACK } from '../libvirt/stack.js';
 import { LibvirtClient } from '../libvirt/virsh.js';
 import { log } from '../log.js';
@@ -14,7 +14,7 @@ import { ensureDirBelow, removeIfExists } from '../fsutil.js';
 import type { JournalEntry } from '../journal.js';
 import { factsOf, newestOf, readManifest, type ArchivedDump, type Compression, type Manifest } from '../manifest.js';
 import type { SnapshotRef } from '../snapshot-id.js';
-import { dropWaiting, sealIntoSpool } from '../spool.js';
+import { assertWaitingBytes, dropWaiting, sealIntoSpool } from '../spool.js';
 import { checkDump } from '../dump-check.js';
 import { NOTHING_TO_COLLECT, type DumpStore, type LocalDump, type StoreCollect, type StoreScan } from './store.js';
 
@@ -67,6 +67,7 @@ export class DirStore implements DumpStore {
       }
       await locked(() => rmSync(manifestFile, { force: true }));
     }
+    assertWaitingBytes(waiting);
     removeIfExists(`${dest}.part`); // a copy an archiver killed mid-way left
     const compression = await this.compressionHere();
     const staged = await stageFile(m.memoryFile, dest, compression);
@@ -86,15 +87,17 @@ export class DirStore implements DumpStore {
       const setting = this.config.compression;
       if (setting === null || setting === 'gzip') return setting;
       const stack = await new LibvirtClient({ uri: this.config.libvirtUri }).stack().catch(() => UNKNOWN_STACK);
-      const zstd = await run('zstd', ['--version'], { timeoutMs: 10_000 }).then(
-        () => true,
-        () => false,
-      );
+      const zstd = await hasProgram('zstd');
       const { compression, note } = compressionFor(setting, stack, zstd);
       if (note !== null) log.warn(note);
       return compression;
     })();
     return this.compression;
+  }
+
+  async discard(waiting: ArchivedDump): Promise<number> {
+    removeIfExists(path.join(domainDir(this.config.archiveDir, waiting.manifest.domain.name), `${waiting.manifest.id}.save.part`));
+    return dropWaiting(waiting);
   }
 
   async drop(dump: ArchivedDump): Promise<number> {

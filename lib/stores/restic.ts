@@ -21,7 +21,7 @@ import { log } from '../log.js';
 import { buildManifest, DUMP_ID, factsOf, newestOf, readManifest, readManifestValue, resticStoreOf, resticStoreProblem, type ArchivedDump, type Manifest, type ResticStore } from '../manifest.js';
 import { domainTag, guidTag, idTag, Restic, TAG, type ResticClient, type ResticSnapshot } from '../restic.js';
 import type { SnapshotRef } from '../snapshot-id.js';
-import { dropWaiting, sealIntoSpool } from '../spool.js';
+import { assertWaitingBytes, dropWaiting, sealIntoSpool } from '../spool.js';
 import type { DumpStore, LocalDump, StoreCollect, StoreScan } from './store.js';
 
 /** The manifest's name inside the meta dir of a restic snapshot. */
@@ -318,6 +318,7 @@ export class ResticDumpStore implements DumpStore {
         return prior;
       }
     }
+    assertWaitingBytes(waiting);
     const staged = await stageResticDump(this.config.archiveDir, { ...factsOf(m), memoryFile: m.memoryFile, metaDir: m.metaDir }, this.restic, this.host);
     const problem = await staged.staged.check();
     if (problem !== null) throw new VirtsnapError(`the repository's copy of RAM dump ${m.id} is not whole (${problem}): it stays in the spool`);
@@ -328,6 +329,13 @@ export class ResticDumpStore implements DumpStore {
 
   async drop(dump: ArchivedDump): Promise<number> {
     return deleteStoredDump(dump, this.restic);
+  }
+
+  /** An archiver killed after its backup left a snapshot of this dump (a secret): forgotten with it. Another host's is never touched. */
+  async discard(waiting: ArchivedDump): Promise<number> {
+    const mine = (await this.restic.snapshots([TAG, idTag(waiting.manifest.id)])).filter((s) => s.hostname === this.host);
+    if (mine.length > 0) await this.restic.forget(mine.map((s) => s.id));
+    return dropWaiting(waiting);
   }
 
   fetch(m: Manifest): Promise<LocalDump> {

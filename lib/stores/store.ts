@@ -57,6 +57,12 @@ export interface DumpStore {
   keep(waiting: ArchivedDump): Promise<ArchivedDump>;
   /** prune, gc: a stored dump's bytes, then its manifest (a crash in between leaves a manifest for the next gc). Returns the bytes freed here. */
   drop(dump: ArchivedDump): Promise<number>;
+  /**
+   * prune, gc: a dump waiting in the spool that no snapshot needs (its own
+   * lock held): what an archiver killed half-way left of it in the store
+   * (a `.part`, a restic snapshot of this host), then its spool files.
+   */
+  discard(waiting: ArchivedDump): Promise<number>;
   /** verify, restore: the memory file as a local path. */
   fetch(m: Manifest): Promise<LocalDump>;
   /** The dumps it holds, with what else it found (list, gc, status, check, verify, restore). */

@@ -230,6 +230,9 @@ describe('the Debian package', () => {
     assert.deepEqual([...dumps[0]!.snapshots].sort(), [...snaps].sort(), 'one dump for the three snapshots of the run');
     assert.ok(dumps[0]!.memoryFile.startsWith(`${VAR}/archive/vsbed-deb/`), dumps[0]!.memoryFile);
     assert.equal((statSync(t.path(dumps[0]!.memoryFile)).mode & 0o777).toString(8), '600');
+    // VIRTSNAP_COMPRESS=auto, as the package sets it: zstd where libvirt reads it (Debian 13's 11.3), gzip on Debian 12's 9.0.
+    const stored = JSON.parse(readFileSync(t.path(dumps[0]!.memoryFile.replace(/\.save$/, '.json')), 'utf8')) as { compression: string | null };
+    assert.equal(stored.compression, t.root === '' ? 'gzip' : 'zstd');
     assert.equal((await t.run(CLI, ['verify'], cliEnv)).code, 0);
     const check = await t.run(CLI, ['check'], cliEnv);
     assert.equal(check.code, 0, check.stdout);

@@ -13,6 +13,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:f
 import path from 'node:path';
 import { after, before, beforeEach, describe, it, type TestContext } from 'node:test';
 import { snapshotNames } from '../../lib/manifest.js';
+import { shellQuote } from '../helpers/bed.js';
 import { assertWhole, bed, consoleMark, datasetExists, destroyDataset, Guest, hookCommand, removeDomains, restoreOnClone, sh, sleep, snapshotsOf, virsh, wantedStack, watchDomain, type Bed } from '../helpers/bed.js';
 import { cli, hooks, leftovers, repoRoot, runProgram, sanoidEnv, Setup, type Ran } from '../helpers/virtsnap.js';
 
@@ -53,7 +54,7 @@ const KILL_SANOID_TREE = [
 /** Restarts the stack's libvirtd, its guests running on: Debian 13's by its bed script, Debian 12's here (never the other stack's daemon). */
 const RESTART_LIBVIRTD =
   wantedStack() === 'trixie'
-    ? `bash ${path.join(repoRoot, 'test/bed/trixie')} restart-libvirtd`
+    ? `bash ${shellQuote(path.join(repoRoot, 'test/bed/trixie'))} restart-libvirtd`
     : 'for p in $(pgrep -x libvirtd); do [ "$(readlink /proc/$p/root)" = / ] && kill $p; done; for i in $(seq 100); do pgrep -x libvirtd | while read p; do [ "$(readlink /proc/$p/root)" = / ] && echo $p; done | grep -q . || break; sleep 0.1; done; libvirtd -d; for i in $(seq 100); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.2; done';
 
 /**

@@ -1,5 +1,5 @@
-// lib/ imports one way: no module reaches itself through its imports (type
-// imports aside, and the lazy `await import()`s that keep a hook's start-up
+// lib/ imports one way: no module reaches itself through its imports and
+// re-exports (type ones aside, and the lazy `await import()`s that keep a hook's start-up
 // small are loads at run time, not layers).
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
@@ -20,7 +20,7 @@ function graph(): Map<string, string[]> {
   const g = new Map<string, string[]>();
   for (const file of modules(lib)) {
     const text = readFileSync(file, 'utf8');
-    const deps = [...text.matchAll(/^import (?!type )[^;]*?from '(\.[^']+)'/gms)].map((m) => path.resolve(path.dirname(file), m[1]!.replace(/\.js$/, '.ts')));
+    const deps = [...text.matchAll(/^(?:import|export) (?!type )[^;]*?from '(\.[^']+)'/gms)].map((m) => path.resolve(path.dirname(file), m[1]!.replace(/\.js$/, '.ts')));
     g.set(file, deps.filter((d) => d.startsWith(lib)));
   }
   return g;

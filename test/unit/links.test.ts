@@ -252,6 +252,7 @@ describe('files the man page names', () => {
 
   it('every one exists: in the repository, or made by the Debian package from a file that does', () => {
     const named = filesNamedBy(readFileSync(manPage, 'utf8'));
+    assert.ok(named.installed.length > 0, 'the man page names files under /usr/share/doc/virtsnap');
     const docs = packagedDocs(readFileSync(debBuild, 'utf8'), repoRoot);
     for (const rel of named.installed) {
       assert.ok(docs.has(rel), `the man page names /usr/share/doc/virtsnap/${rel}, which packaging/deb/build does not install`);

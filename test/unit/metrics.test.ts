@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import type { Manifest } from '../../lib/manifest.js';
-import { addOutcome, recordRun, renderMetrics } from '../../lib/metrics.js';
+import { addOutcome, periodOf, recordRun, renderMetrics } from '../../lib/metrics.js';
+import { parseModePolicy } from '../../lib/mode.js';
 import { fakeConfig } from './fakes.js';
 
 const parsePrometheus = createRequire(import.meta.url)('parse-prometheus-text-format') as (text: string) => { name: string; type: string; metrics: { labels?: Record<string, string>; value: string }[] }[];
@@ -77,5 +78,14 @@ describe('metrics', () => {
     } finally {
       rmSync(root, { recursive: true, force: true });
     }
+  });
+});
+
+describe('periodOf', () => {
+  it('the shortest period of the types that keep RAM: with frequently and hourly quiesced, a midnight run is a day apart from the next dump', () => {
+    assert.equal(periodOf(['frequently', 'hourly', 'daily']), 900);
+    assert.equal(periodOf(['frequently', 'hourly', 'daily'], parseModePolicy('ram,frequently=quiesce,hourly=quiesce')), 86_400);
+    assert.equal(periodOf([]), null);
+    assert.equal(periodOf(['hourly'], parseModePolicy('quiesce')), null);
   });
 });

@@ -10,7 +10,8 @@ import { parseDomainXml, type Disk } from '../../lib/libvirt/domain-xml.js';
 import type { Domain, DomainState } from '../../lib/libvirt/virsh.js';
 import { parseVersion, UNKNOWN_STACK, type Stack } from '../../lib/libvirt/stack.js';
 import { modeOfRun } from '../../lib/mode.js';
-import { SAVE_DOWNTIME_LIMIT_MS, planFreeze, runIdOf, type RunRequest } from '../../lib/plan.js';
+import { SAVE_DOWNTIME_LIMIT_MS, planFreeze, runIdOf, tagFor, type RunRequest } from '../../lib/plan.js';
+import { DUMP_ID } from '../../lib/manifest.js';
 
 const OVERLAY = '/var/lib/virtsnap/overlay';
 const STAMP = '20240102T030405.678Z';
@@ -533,5 +534,16 @@ describe('planFreeze with VIRTSNAP_STORE=dataset', () => {
     const p = planFreeze(request, inventory([d]), config).domains[0]!;
     assert.equal(p.ramInDataset, null);
     assert.ok(p.memoryFile!.startsWith(`${OVERLAY}/`));
+  });
+});
+
+describe('tagFor: one id, one dump', () => {
+  it('two domains of one run whose UUIDs share their first 8 digits get stamps a millisecond apart', () => {
+    const taken = new Set<string>();
+    const a = tagFor('20261207T195509.110Z', 'aabbccdd-1111-4000-8000-000000000001', taken);
+    const b = tagFor('20261207T195509.110Z', 'aabbccdd-2222-4000-8000-000000000002', taken);
+    const c = tagFor('20261207T195509.110Z', 'eeff0011-2222-4000-8000-000000000002', taken);
+    assert.deepEqual([a, b, c], ['20261207T195509.110Z-aabbccdd', '20261207T195509.111Z-aabbccdd', '20261207T195509.110Z-eeff0011']);
+    for (const t of [a, b, c]) assert.match(t, DUMP_ID);
   });
 });

@@ -8,6 +8,7 @@ import {
   isDatasetName,
   isInSubtree,
   parseMounts,
+  parseMountinfo,
   mountpointsOf,
   type Mount,
 } from '../../lib/zfs.js';
@@ -53,6 +54,23 @@ describe('parseMounts', () => {
     ]) {
       assert.deepEqual([...mountpointsOf(parseMounts(table.join('\n')))], [['tank/vm', '/tank/vm']]);
     }
+  });
+});
+
+describe('parseMountinfo', () => {
+  it("only mounts of a dataset's root: a bind of a directory inside it is not a mountpoint of the dataset", () => {
+    const table = [
+      '46 27 0:41 / /tank rw,relatime shared:1 - fuse.zfs tank rw',
+      '47 46 0:42 / /tank/vm rw,relatime shared:2 - zfs tank/vm rw,xattr',
+      '90 27 0:42 /images /img rw,relatime shared:2 - zfs tank/vm rw,xattr',
+      '91 27 0:42 / /var/lib/chroot/tank/vm rw,relatime shared:2 - zfs tank/vm rw,xattr',
+      '92 27 0:44 / /srv/win\\04010 rw - zfs tank/win\\04010 rw',
+      '93 27 0:45 / /run tmpfs rw - tmpfs tmpfs rw',
+      '',
+    ].join('\n');
+    const mounts = parseMountinfo(table);
+    assert.deepEqual(mounts.map((m) => [m.dataset, m.mountpoint]), [['tank', '/tank'], ['tank/vm', '/tank/vm'], ['tank/vm', '/var/lib/chroot/tank/vm'], ['tank/win 10', '/srv/win 10']]);
+    assert.equal(mountpointsOf(mounts).get('tank/vm'), '/tank/vm');
   });
 });
 

@@ -9,13 +9,29 @@ export interface Owner {
   startTime: string;
 }
 
+/** /proc/<pid>/stat's fields after the command name: [0] the state, [19] the start time. */
+function statFields(pid: number): string[] | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Alive: it exists and is not a zombie. A process killed with -9 stays a
+ * zombie until its parent reaps it (an orphan's reaper, PID 1, may take a
+ * second or longer): it holds no lock and does nothing any more.
+ */
 export function processIsAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
   }
+  const state = statFields(pid)?.[0];
+  return state !== 'Z' && state !== 'X';
 }
 
 function bootId(): string {
@@ -27,12 +43,7 @@ function bootId(): string {
 }
 
 function startTimeOf(pid: number): string | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
-  } catch {
-    return null;
-  }
+  return statFields(pid)?.[19] ?? null;
 }
 
 export function ownerOf(pid: number): Owner {

@@ -47,3 +47,24 @@ describe('lock takeover', () => {
     }
   });
 });
+
+describe('a holder killed with -9', () => {
+  it('counts as dead while it is a zombie its parent has not reaped yet (fault 25: the archiver killed, `virtsnap archive` right after)', async () => {
+    const { ownerIsAlive, ownerOf, processIsAlive } = await import('../../lib/owner.js');
+    // The grandchild's parent becomes `sleep 3`, which never reaps it: killed, it stays a zombie for 3 s.
+    const sh = spawn('sh', ['-c', 'sleep 100 & echo $!; exec sleep 3'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const pid = await new Promise<number>((resolve) => sh.stdout.once('data', (b: Buffer) => resolve(Number(b.toString().trim()))));
+    const owner = ownerOf(pid);
+    assert.equal(ownerIsAlive(owner), true);
+    process.kill(pid, 'SIGKILL');
+    let state = '';
+    for (let i = 0; i < 100 && state !== 'Z'; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+      state = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[0]!;
+    }
+    assert.equal(state, 'Z', 'a zombie, not reaped');
+    assert.equal(processIsAlive(pid), false);
+    assert.equal(ownerIsAlive(owner), false);
+    sh.kill('SIGKILL');
+  });
+});

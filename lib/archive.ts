@@ -210,8 +210,8 @@ async function stageGzip(src: string, dest: string, { header, head }: { header: 
   const raw = new HashingCounter(head);
   const stored = new HashingCounter();
   const fd = openExclusive(tmp); // never through a symlink planted at the temp name (O_EXCL|O_NOFOLLOW)
-  try {
-    await pipeline(
+  await writePart(tmp, () =>
+    pipeline(
       createReadStream(src, { start: head.length }),
       raw,
       createGzip({ level: GZIP_LEVEL }),
@@ -221,21 +221,33 @@ async function stageGzip(src: string, dest: string, { header, head }: { header: 
       },
       stored,
       createWriteStream(tmp, { fd }),
-    );
+    ),
+  );
+  return stagedPart('gzip', { src, tmp, dest, head, raw, stored });
+}
+
+/** Runs `write` into `tmp` and fsyncs it; on failure the half-written copy goes (a full archive should not stay full of it until gc; the source is untouched). */
+async function writePart(tmp: string, write: () => Promise<unknown>): Promise<void> {
+  try {
+    await write();
     fsyncFile(tmp);
   } catch (err) {
-    // A full archive should not stay full of a half-written copy until gc; the source is untouched.
     removeIfExists(tmp);
     throw err;
   }
-  const sha256 = stored.hash.digest('hex');
+}
+
+/** A written `tmp` as Staged: what was hashed on the way, its read-back check and its commit. */
+function stagedPart(compression: 'gzip' | 'zstd', p: { src: string; tmp: string; dest: string; head: Buffer; raw: HashingCounter; stored: HashingCounter }): Staged {
+  const sha256 = p.stored.hash.digest('hex');
+  const bytes = p.stored.bytes;
   return {
     sha256,
-    bytes: stored.bytes,
-    compression: 'gzip',
-    raw: { sha256: raw.hash.digest('hex'), bytes: head.length + raw.bytes },
-    check: () => partProblem(tmp, sha256, stored.bytes),
-    commit: () => commitPart(src, tmp, dest),
+    bytes,
+    compression,
+    raw: { sha256: p.raw.hash.digest('hex'), bytes: p.head.length + p.raw.bytes },
+    check: () => partProblem(p.tmp, sha256, bytes),
+    commit: () => commitPart(p.src, p.tmp, p.dest),
   };
 }
 
@@ -248,9 +260,12 @@ async function stageZstd(src: string, dest: string, { header, head }: { header: 
   const tmp = `${dest}.part`;
   const raw = new HashingCounter(head);
   const stored = new HashingCounter();
-  const fd = openExclusive(tmp);
-  try {
-    const z = await filter('zstd', ['-1', '-q', '-c'], { timeoutMs: zstdTimeoutMs(statSync(src).size) });
+  const out = createWriteStream(tmp, { fd: openExclusive(tmp) });
+  await writePart(tmp, async () => {
+    const z = await filter('zstd', ['-1', '-q', '-c'], { timeoutMs: zstdTimeoutMs(statSync(src).size) }).catch((err: unknown) => {
+      out.destroy(); // its fd, which no pipeline will close now (a retrying archiver would pile them up)
+      throw err;
+    });
     await throughFilter(z, [
       pipeline(createReadStream(src, { start: head.length }), raw, z.stdin),
       pipeline(
@@ -260,23 +275,11 @@ async function stageZstd(src: string, dest: string, { header, head }: { header: 
           yield* source;
         },
         stored,
-        createWriteStream(tmp, { fd }),
+        out,
       ),
     ]);
-    fsyncFile(tmp);
-  } catch (err) {
-    removeIfExists(tmp);
-    throw err;
-  }
-  const sha256 = stored.hash.digest('hex');
-  return {
-    sha256,
-    bytes: stored.bytes,
-    compression: 'zstd',
-    raw: { sha256: raw.hash.digest('hex'), bytes: head.length + raw.bytes },
-    check: () => partProblem(tmp, sha256, stored.bytes),
-    commit: () => commitPart(src, tmp, dest),
-  };
+  });
+  return stagedPart('zstd', { src, tmp, dest, head, raw, stored });
 }
 
 /** What is wrong with a written copy (`<dest>.part`), read back, against what was hashed as it was written. */

@@ -56,6 +56,18 @@ function startFailure(err: NodeJS.ErrnoException): { status: number; stderr: str
   return { status: 126, stderr: err.message };
 }
 
+/** Kills `child`'s whole process group (whatever the program started goes with it) once `timeoutMs` passed. */
+function killGroupAfter(child: import('node:child_process').ChildProcess, timeoutMs: number, onTimeout: () => void): NodeJS.Timeout {
+  return setTimeout(() => {
+    onTimeout();
+    try {
+      if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
+    } catch {
+      child.kill('SIGKILL');
+    }
+  }, timeoutMs);
+}
+
 export async function run(command: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const { spawn } = await childProcess();
@@ -78,15 +90,7 @@ export async function run(command: string, args: readonly string[], options: Run
     // Null when the spawn itself failed (EMFILE): the 'error' handler below answers then.
     child.stdout?.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
     child.stderr?.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    const timer = setTimeout(() => {
-      timedOut = true;
-      // The whole group: whatever the program started goes with it.
-      try {
-        if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
-      } catch {
-        child.kill('SIGKILL');
-      }
-    }, timeoutMs);
+    const timer = killGroupAfter(child, timeoutMs, () => (timedOut = true));
     child.once('error', (err: NodeJS.ErrnoException) => {
       // Only a program that could not be started ends here (no 'close' is guaranteed then).
       if (child.pid !== undefined) return;
@@ -130,14 +134,7 @@ export async function filter(command: string, args: readonly string[], options: 
   let stderr = '';
   const done = new Promise<void>((resolve, reject) => {
     let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      try {
-        if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
-      } catch {
-        child.kill('SIGKILL');
-      }
-    }, timeoutMs);
+    const timer = killGroupAfter(child, timeoutMs, () => (timedOut = true));
     child.once('error', (err: NodeJS.ErrnoException) => {
       if (child.pid !== undefined) return;
       clearTimeout(timer);

@@ -75,15 +75,20 @@ function zstdTimeoutMs(bytes: number): number {
 }
 
 /**
- * Waits for the pipelines into and out of a filter and for the filter
- * itself. When the filter fails (zstd on a damaged stream exits early), its
- * own error is the one thrown, not the EPIPE of the pipeline feeding it.
+ * Waits for the pipelines into and out of a filter (`pipes[0]` feeds it)
+ * and for the filter itself. When the filter fails (zstd on a damaged
+ * stream exits early), its own error is the one thrown, not the EPIPE of
+ * the pipeline feeding it.
  */
-async function throughFilter(f: Filter, pipes: Promise<unknown>[]): Promise<void> {
+async function throughFilter(f: Filter, pipes: [Promise<unknown>, ...Promise<unknown>[]]): Promise<void> {
   const [done, ...rest] = await Promise.allSettled([f.done, ...pipes]);
   const failed = rest.filter((r): r is PromiseRejectedResult => r.status === 'rejected').map((r) => r.reason as NodeJS.ErrnoException);
+  const ownError = (e: NodeJS.ErrnoException) => e.code !== 'EPIPE' && e.code !== 'ERR_STREAM_PREMATURE_CLOSE';
+  // Reading our own file failed (EIO): zstd only saw its input end early, and would call the stream damaged.
+  const feed = rest[0]!;
+  if (feed.status === 'rejected' && ownError(feed.reason as NodeJS.ErrnoException)) throw feed.reason;
   // A full or failing disk under our own end (ENOSPC, EIO) kills zstd by SIGPIPE: that disk error is the news, not zstd's death.
-  const ours = failed.find((e) => e.code !== 'EPIPE' && e.code !== 'ERR_STREAM_PREMATURE_CLOSE');
+  const ours = failed.find(ownError);
   if (ours !== undefined && (done!.status === 'fulfilled' || (done!.reason as CommandError).status < 0)) throw ours;
   if (done!.status === 'rejected') throw done!.reason;
   if (failed[0] !== undefined) throw failed[0];

@@ -24,6 +24,12 @@ export interface RunOptions {
   cwd?: string;
   /** Variables of our own environment the program must not see. */
   unset?: readonly string[];
+  /**
+   * Killed when virtsnap dies (`setpriv --pdeathsig KILL`): the program runs
+   * in a process group of its own, so a killed archiver would otherwise
+   * leave its restic backup writing beside the next archiver's.
+   */
+  dieWithUs?: boolean;
 }
 
 export interface RunResult {
@@ -72,7 +78,8 @@ export async function run(command: string, args: readonly string[], options: Run
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const { spawn } = await childProcess();
   const out = await new Promise<{ stdout: string; stderr: string; status: number | null; signal: NodeJS.Signals | null; timedOut: boolean; startError: NodeJS.ErrnoException | null }>((resolve) => {
-    const child = spawn(command, [...args], {
+    const [program, argv] = options.dieWithUs === true ? ['setpriv', ['--pdeathsig', 'KILL', '--', command, ...args]] : [command, [...args]];
+    const child = spawn(program, argv, {
       env: commandEnv(options.env, options.unset),
       ...(options.cwd !== undefined ? { cwd: options.cwd } : {}),
       // stdin must not be a socket (node's default pipe): Debian's bash, in
@@ -171,7 +178,7 @@ export async function hasProgram(program: string): Promise<boolean> {
  * denied` (126) about a program it could not run.
  */
 export function asItself(command: string, exitCode: number | null, stderr: string): string {
-  const text = stderr.replace(/^(?:\/bin\/|\/usr\/bin\/)?(?:ba)?sh: (?:line \d+: )?/, '');
+  const text = stderr.replace(/^(?:\/bin\/|\/usr\/bin\/)?(?:ba)?sh: (?:line \d+: )?|^setpriv: failed to execute [^:]*: /, '');
   if (exitCode === 127 && /command not found|No such file/i.test(text)) return `${command}: command not found (is it installed, and on PATH?)`;
   if (exitCode === 126) return `${command}: cannot be run (${text.replace(/^.*?: /, '')})`;
   return text;

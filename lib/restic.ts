@@ -151,7 +151,7 @@ export class Restic implements ResticClient {
   private async restic(args: string[], options: { cwd?: string; timeoutMs?: number } = {}): Promise<string> {
     for (let attempt = 1; ; attempt++) {
       try {
-        return (await run('restic', args, { timeoutMs: options.timeoutMs ?? this.timeoutMs, env: this.env.env, unset: this.env.unset, ...(options.cwd !== undefined ? { cwd: options.cwd } : {}) })).stdout;
+        return (await run('restic', args, { timeoutMs: options.timeoutMs ?? this.timeoutMs, env: this.env.env, unset: this.env.unset, dieWithUs: true, ...(options.cwd !== undefined ? { cwd: options.cwd } : {}) })).stdout;
       } catch (err) {
         if (!(err instanceof CommandError)) throw err;
         // restic 0.14 cannot wait for a lock (--retry-lock came in 0.16): a forget or prune holds the repo

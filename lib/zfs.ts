@@ -90,6 +90,8 @@ export function isInSubtree(dataset: string, root: string): boolean {
 export interface Mount {
   dataset: string;
   mountpoint: string;
+  /** The dataset's own directory mounted there: `/` for the dataset itself, `/images` for a bind of a directory inside it. */
+  root?: string;
 }
 
 /** /proc/self/mounts escapes space, tab, newline and backslash as octal. */
@@ -112,10 +114,11 @@ export function parseMounts(table: string): Mount[] {
 }
 
 /**
- * Mounted ZFS filesystems from /proc/self/mountinfo: only mounts of a
- * dataset's root (field 4 is `/`). A bind mount of a directory inside a
+ * Mounted ZFS filesystems from /proc/self/mountinfo, with the directory of
+ * the dataset each one shows (field 4): a bind of a directory inside a
  * dataset (`mount --bind /tank/vm/images /img`) names the dataset as its
- * source too, and would pass for a mountpoint of all of it.
+ * source too. A disk under it is still in that dataset; the bind is no
+ * mountpoint of the dataset (mountpointsOf).
  */
 export function parseMountinfo(table: string): Mount[] {
   const mounts: Mount[] = [];
@@ -124,11 +127,11 @@ export function parseMountinfo(table: string): Mount[] {
     if (dash < 0) continue;
     const [, , , root, mountpoint] = line.slice(0, dash).split(' ');
     const [type, source] = line.slice(dash + 3).split(' ');
-    if (root !== '/' || mountpoint === undefined || source === undefined) continue;
+    if (root === undefined || mountpoint === undefined || source === undefined) continue;
     if (type !== 'zfs' && type !== 'fuse.zfs') continue;
     const dataset = unescapeMount(source);
     if (dataset.includes('@')) continue;
-    mounts.push({ dataset, mountpoint: unescapeMount(mountpoint) });
+    mounts.push({ dataset, mountpoint: unescapeMount(mountpoint), root: unescapeMount(root) });
   }
   return mounts;
 }
@@ -142,11 +145,12 @@ export function readMounts(): Mount[] {
  * elsewhere, or propagated into a chroot's or a container's tree (seen: the
  * bed's Debian 13 root), is in the table once per path, in no order to rely
  * on: the shortest path is where ZFS mounted it, the copies live below some
- * root. (Binds of a directory inside it are not mounts of it: readMounts.)
+ * root. Binds of a directory inside it are not mounts of it.
  */
 export function mountpointsOf(mounts: readonly Mount[]): Map<string, string> {
   const byDataset = new Map<string, string>();
   for (const m of mounts) {
+    if (m.root !== undefined && m.root !== '/') continue;
     const known = byDataset.get(m.dataset);
     if (known === undefined || m.mountpoint.length < known.length) byDataset.set(m.dataset, m.mountpoint);
   }

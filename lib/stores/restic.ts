@@ -331,10 +331,20 @@ export class ResticDumpStore implements DumpStore {
     return deleteStoredDump(dump, this.restic);
   }
 
-  /** An archiver killed after its backup left a snapshot of this dump (a secret): forgotten with it. Another host's is never touched. */
+  /**
+   * An archiver killed after its backup left a snapshot of this dump (a
+   * secret): forgotten with it, where the repository answers. Another host's
+   * is never touched. The spool is freed either way: the repository is away
+   * exactly when dumps pile up there.
+   */
   async discard(waiting: ArchivedDump): Promise<number> {
-    const mine = (await this.restic.snapshots([TAG, idTag(waiting.manifest.id)])).filter((s) => s.hostname === this.host);
-    if (mine.length > 0) await this.restic.forget(mine.map((s) => s.id));
+    const id = waiting.manifest.id;
+    try {
+      const mine = (await this.restic.snapshots([TAG, idTag(id)])).filter((s) => s.hostname === this.host);
+      if (mine.length > 0) await this.restic.forget(mine.map((s) => s.id));
+    } catch (err) {
+      log.warn(`could not look in ${this.where} for a half-stored copy of RAM dump ${id} (${(err as Error).message}): \`virtsnap gc\` names one if it is there`, { domain: waiting.manifest.domain.name });
+    }
     return dropWaiting(waiting);
   }
 

@@ -175,3 +175,32 @@ describe('filesystem errors end in one line', () => {
     assert.equal(asFsError(new TypeError('a bug')), null, 'a bug still gets its stack trace');
   });
 });
+
+describe('dieWithUs', () => {
+  it('a program run with dieWithUs dies with virtsnap (kill -9), and a missing one is named as itself', async () => {
+    const { spawn } = await import('node:child_process');
+    const exec = new URL('../../lib/exec.js', import.meta.url).href;
+    // A virtsnap process running `sleep` the way the archiver runs restic; its length (300.<our pid>) is its name tag.
+    const secs = `300.${process.pid}`;
+    const code = `import { run } from ${JSON.stringify(exec)}; run('sleep', [${JSON.stringify(secs)}], { dieWithUs: true, timeoutMs: 600000 }); setInterval(() => {}, 1000);`;
+    const parent = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: 'ignore' });
+    const running = async (): Promise<boolean> => {
+      try {
+        await run('pgrep', ['-f', `^sleep ${secs}$`]);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    for (let i = 0; i < 100 && !(await running()); i++) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(await running(), 'the program started');
+    parent.kill('SIGKILL');
+    let gone = false;
+    for (let i = 0; i < 100 && !gone; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      gone = !(await running());
+    }
+    assert.ok(gone, 'the program died with its parent');
+    await assert.rejects(run('virtsnap-no-such-program', [], { dieWithUs: true }), /virtsnap-no-such-program: command not found/);
+  });
+});

@@ -58,7 +58,7 @@ describe('parseMounts', () => {
 });
 
 describe('parseMountinfo', () => {
-  it("only mounts of a dataset's root: a bind of a directory inside it is not a mountpoint of the dataset", () => {
+  it("a bind of a directory inside a dataset holds that dataset's files, and is no mountpoint of the dataset", () => {
     const table = [
       '46 27 0:41 / /tank rw,relatime shared:1 - fuse.zfs tank rw',
       '47 46 0:42 / /tank/vm rw,relatime shared:2 - zfs tank/vm rw,xattr',
@@ -69,8 +69,15 @@ describe('parseMountinfo', () => {
       '',
     ].join('\n');
     const mounts = parseMountinfo(table);
-    assert.deepEqual(mounts.map((m) => [m.dataset, m.mountpoint]), [['tank', '/tank'], ['tank/vm', '/tank/vm'], ['tank/vm', '/var/lib/chroot/tank/vm'], ['tank/win 10', '/srv/win 10']]);
+    assert.deepEqual(mounts.map((m) => [m.dataset, m.mountpoint, m.root]), [
+      ['tank', '/tank', '/'],
+      ['tank/vm', '/tank/vm', '/'],
+      ['tank/vm', '/img', '/images'],
+      ['tank/vm', '/var/lib/chroot/tank/vm', '/'],
+      ['tank/win 10', '/srv/win 10', '/'],
+    ]);
     assert.equal(mountpointsOf(mounts).get('tank/vm'), '/tank/vm');
+    assert.equal(datasetOfFile('/img/web.qcow2', mounts)?.dataset, 'tank/vm', 'a disk reached through the bind is frozen with its dataset');
   });
 });
 

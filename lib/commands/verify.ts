@@ -2,6 +2,7 @@
 // `virsh restore` needs? Every dump of the store (fetched to a private temp
 // file when its bytes are elsewhere, lib/stores/) and every dump waiting in
 // the spool (its structure: it has no sha256 until the archiver stores it).
+import { existsSync } from 'node:fs';
 import type { Config } from '../config.js';
 import { checkDump } from '../dump-check.js';
 import { snapshotNames, storedAt, type ArchivedDump, type Manifest } from '../manifest.js';
@@ -27,21 +28,31 @@ function matches(m: Manifest, target: string | undefined): boolean {
  * when absent. `deep`: the store's own check of everything it holds too
  * (restic: `restic check --read-data`, which reads the whole repository).
  */
+async function problemOf(store: DumpStore, manifest: Manifest): Promise<string | null> {
+  try {
+    const local = await store.fetch(manifest);
+    try {
+      return await checkDump(local.manifest);
+    } finally {
+      local.release();
+    }
+  } catch (err) {
+    return `cannot read it from ${store.where}: ${(err as Error).message}`;
+  }
+}
+
 export async function verifyDumps(config: Pick<Config, 'overlayDir'>, store: DumpStore, target?: string, options: { deep?: boolean } = {}): Promise<Verdict[]> {
   const known = knownDumps(store, config);
   const verdicts: Verdict[] = known.broken.map((b) => ({ id: b.file, domain: '?', file: b.file, ok: false, detail: b.reason }));
   const dumps: ArchivedDump[] = known.dumps.filter((d) => matches(d.manifest, target));
-  for (const { manifest } of dumps) {
-    let problem: string | null;
-    try {
-      const local = await store.fetch(manifest);
-      try {
-        problem = await checkDump(local.manifest);
-      } finally {
-        local.release();
-      }
-    } catch (err) {
-      problem = `cannot read it from ${store.where}: ${(err as Error).message}`;
+  for (const dump of dumps) {
+    let { manifest } = dump;
+    let problem = await problemOf(store, manifest);
+    // Read without its lock: a waiting dump the archiver stored meanwhile is gone from the spool. Its stored copy is checked instead.
+    const moved = problem !== null && !existsSync(dump.manifestFile) ? knownDumps(store, config).dumps.find((d) => d.manifest.id === manifest.id) : undefined;
+    if (moved !== undefined) {
+      manifest = moved.manifest;
+      problem = await problemOf(store, manifest);
     }
     verdicts.push({ id: manifest.id, domain: manifest.domain.name, file: storedAt(manifest), ok: problem === null, detail: problem ?? 'ok' });
   }

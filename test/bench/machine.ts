@@ -37,7 +37,8 @@ export async function describeMachine(): Promise<Machine> {
     kernel: release(),
     node: process.version,
     libvirt: await firstLine('virsh', ['-c', stackUri(), 'version', '--daemon'], /Running against daemon/),
-    qemu: await firstLine('qemu-system-x86_64', ['--version']),
+    // The stack's own (Debian 13's QEMU in its root is not the host's qemu-system-x86_64).
+    qemu: await firstLine('virsh', ['-c', stackUri(), 'version', '--daemon'], /Running hypervisor/),
     sanoid: `${await firstLine(b.sanoid['2.1.0'], ['--version'])} (${b.sanoid['2.1.0']})`,
     zfs: await firstLine('dpkg-query', ['-W', '-f', '${Package} ${Version}\n', 'zfs-fuse']),
     virtType: b.virtType,

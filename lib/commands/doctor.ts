@@ -5,7 +5,7 @@ import type { Config } from '../config.js';
 import { Journal } from '../journal.js';
 import type { Domain, LibvirtClient } from '../libvirt/virsh.js';
 import { can, compressionFor, FEATURES, readsZstd, stackLines, type Stack } from '../libvirt/stack.js';
-import { hasProgram } from '../exec.js';
+import { hasProgram, run } from '../exec.js';
 import { liveSaveOf } from '../plan.js';
 import { ancestry, firstUnsearchable, qemuIdentity, type DirStat, type Identity, type QemuConf } from '../libvirt/qemu-user.js';
 import { autosnaps, isYes, readSanoidConf, runsOurHooks, settingOf, type Ini } from '../sanoid/conf.js';
@@ -245,6 +245,42 @@ export async function doctor(config: Config, virsh: LibvirtClient): Promise<Find
   ];
 }
 
+/**
+ * VIRTSNAP_STORE=dataset puts guest RAM (disk-encryption keys among it)
+ * into the dataset and its snapshots: whoever reads the dataset reads it.
+ * Pure: `shares` is each dataset's sharenfs/sharesmb, `allowed` the text
+ * of `zfs allow` (null: could not be asked).
+ */
+export function judgeSharedRam(datasets: { dataset: string; shares: Record<string, string>; allowed: string | null }[]): Finding[] {
+  const findings: Finding[] = [];
+  for (const d of datasets) {
+    const shared = Object.entries(d.shares).filter(([, v]) => v !== 'off' && v !== '-' && v !== '');
+    if (shared.length > 0) findings.push(warn('RAM in dataset', `${d.dataset} is shared (${shared.map(([k, v]) => `${k}=${v}`).join(', ')}): everyone the share reaches can read its VMs' RAM in .zfs/snapshot; keep RAM out of it (VIRTSNAP_STORE=dir) or stop sharing it`));
+    const delegated = d.allowed === null ? [] : d.allowed.split('\n').filter((l) => /\b(send|clone|mount|snapshot)\b/.test(l) && /^\s*(user|group|everyone)/.test(l));
+    if (delegated.length > 0) findings.push(warn('RAM in dataset', `${d.dataset}: \`zfs allow\` lets others send, clone or mount it (${delegated.map((l) => l.trim()).join('; ')}): they can read its VMs' RAM from any snapshot`));
+  }
+  if (datasets.length > 0 && findings.length === 0) {
+    findings.push(ok('RAM in dataset', `${datasets.map((d) => d.dataset).join(', ')}: not shared${datasets.some((d) => d.allowed === null) ? ' (zfs allow could not be asked)' : ', nothing delegated'}; every replica of them holds the VMs' RAM too`));
+  }
+  return findings;
+}
+
+/** The datasets that take RAM with VIRTSNAP_STORE=dataset: those of sanoid's sections with our hooks. */
+async function checkSharedRam(config: Config, ini: Ini | null): Promise<Finding[]> {
+  if (config.store.kind !== 'dataset' || ini === null) return [];
+  const datasets = [...ini.keys()].filter((s) => runsOurHooks(ini, s) && autosnaps(ini, s));
+  const facts = [];
+  for (const dataset of datasets) {
+    const out = await run('zfs', ['get', '-H', '-o', 'property,value', 'sharenfs,sharesmb', dataset], { timeoutMs: 30_000 }).catch(() => null);
+    if (out === null) continue; // not there: the sanoid.conf check names it
+    const shares = Object.fromEntries(out.stdout.split('\n').filter((l) => l !== '').map((l) => l.split('\t') as [string, string]));
+    // zfs-fuse has no `zfs allow` (it wants pyzfs): then who may send it is not known.
+    const allowed = await run('zfs', ['allow', dataset], { timeoutMs: 30_000 }).then((r) => r.stdout, () => null);
+    facts.push({ dataset, shares, allowed });
+  }
+  return judgeSharedRam(facts);
+}
+
 /** How the archiver will compress dumps here (VIRTSNAP_COMPRESS on this stack: lib/libvirt/stack.ts compressionFor). Pure. */
 export function judgeCompression(config: Pick<Config, 'compression' | 'store'>, stack: Stack, zstdInstalled: boolean): Finding {
   if (config.store.kind !== 'dir') return ok('compression', config.store.kind === 'restic' ? 'restic compresses and deduplicates the raw dumps itself' : 'RAM inside the snapshots is kept as libvirt wrote it');
@@ -265,6 +301,7 @@ async function doctorOffline(config: Config, ini: Ini | null): Promise<Finding[]
     ...(await checkRestic(config)),
     ...checkAppArmor(config),
     ...checkJournal(config),
+    ...(await checkSharedRam(config, ini)),
   ];
 }
 

@@ -1,6 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { checkHookPaths, checkSanoidConf, formatFindings, judgeQemuAccess, type Finding } from '../../lib/commands/doctor.js';
+import { checkHookPaths, checkSanoidConf, formatFindings, judgeQemuAccess, judgeSharedRam, type Finding } from '../../lib/commands/doctor.js';
 import { judgeSpace } from '../../lib/space.js';
 import { firstUnsearchable, parseQemuConf, resolveIdentity, type DirStat } from '../../lib/libvirt/qemu-user.js';
 import { parseIni } from '../../lib/sanoid/conf.js';
@@ -311,5 +311,27 @@ describe('space where the dumps go, against the next run and what retention keep
     assert.equal(w.level, 'warn');
     assert.match(w.text, /keeps up to 10 dumps per VM, 6\.0 GiB more than \/a holds now for web/);
     assert.equal(judgeSpace('/a', 6 * GiB, needs).level, 'ok');
+  });
+});
+
+describe('RAM in a shared dataset (VIRTSNAP_STORE=dataset)', () => {
+  const off = { sharenfs: 'off', sharesmb: 'off' };
+  it('warns where the dataset is shared over NFS or SMB, naming the property', () => {
+    const f = judgeSharedRam([{ dataset: 'tank/vm', shares: { sharenfs: 'rw=@10.0.0.0/24', sharesmb: 'off' }, allowed: '' }]);
+    assert.equal(f.length, 1);
+    assert.equal(f[0]!.severity, 'warn');
+    assert.match(f[0]!.detail, /^tank\/vm is shared \(sharenfs=rw=@10\.0\.0\.0\/24\): .*RAM/);
+  });
+  it('warns where zfs allow lets a user send, clone or mount it', () => {
+    const allowed = '---- Permissions on tank/vm ---------\nLocal+Descendent permissions:\n\tuser backup send,snapshot\n';
+    const f = judgeSharedRam([{ dataset: 'tank/vm', shares: off, allowed }]);
+    assert.equal(f.length, 1);
+    assert.match(f[0]!.detail, /zfs allow.*user backup send,snapshot/);
+  });
+  it('says ok, and that replicas hold the RAM too, where nothing is shared; zfs-fuse without zfs allow is said', () => {
+    const [f] = judgeSharedRam([{ dataset: 'tank/vm', shares: off, allowed: null }]);
+    assert.equal(f!.severity, 'ok');
+    assert.match(f!.detail, /not shared \(zfs allow could not be asked\); every replica/);
+    assert.deepEqual(judgeSharedRam([]), []);
   });
 });

@@ -1,7 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { parseDomainXml } from '../../lib/libvirt/domain-xml.js';
+import { hostAccessOf, parseDomainXml } from '../../lib/libvirt/domain-xml.js';
 import { LibvirtError } from '../../lib/errors.js';
 
 function fixture(name: string): string {
@@ -201,5 +201,16 @@ describe('the guest agent channel', () => {
     assert.equal(parseDomainXml(xml(agent(''))).agent, 'unknown');
     assert.equal(parseDomainXml(xml(spice)).agent, 'none');
     assert.equal(parseDomainXml(xml('')).agent, 'none');
+  });
+});
+
+describe('hostAccessOf: what a dump from a shared repository must not define as root unasked (--trust-dump-xml)', () => {
+  it('names QEMU arguments of its own and host directories passed through; a plain guest has none', () => {
+    const plain = "<domain type='kvm'><name>web</name><devices><disk type='file' device='disk'><source file='/tank/vm/web.qcow2'/><target dev='vda'/></disk></devices></domain>";
+    assert.deepEqual(hostAccessOf(plain), []);
+    const qemu = "<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><name>web</name><qemu:commandline><qemu:arg value='-set'/></qemu:commandline></domain>";
+    assert.deepEqual(hostAccessOf(qemu), ['<qemu:commandline> or <qemu:override> (QEMU arguments of its own)']);
+    const fs = "<domain type='kvm'><devices><filesystem type='mount'><source dir='/'/><target dir='host'/></filesystem></devices></domain>";
+    assert.deepEqual(hostAccessOf(fs), ['<filesystem> (a host directory passed through)']);
   });
 });

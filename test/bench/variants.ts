@@ -8,7 +8,7 @@ import path from 'node:path';
 import { deleteDump } from '../../lib/archive.js';
 import { type Manifest } from '../../lib/manifest.js';
 import { LibvirtClient } from '../../lib/libvirt/virsh.js';
-import { hookCommand, shellQuote } from '../helpers/bed.js';
+import { hookCommand, shellQuote, stackUri } from '../helpers/bed.js';
 import { hooks, repoRoot, Setup } from '../helpers/virtsnap.js';
 
 export interface VariantSpec {
@@ -68,7 +68,7 @@ export class Variant {
     const env: Record<string, string> =
       this.spec.kind === 'virtsnap'
         ? { VIRTSNAP_CONFIG: this.setup.envFile }
-        : { BENCH_OVERLAY_DIR: this.setup.overlayDir, BENCH_DUMP_DIR: this.setup.archiveDir, ...this.spec.settings };
+        : { BENCH_OVERLAY_DIR: this.setup.overlayDir, BENCH_DUMP_DIR: this.setup.archiveDir, BENCH_URI: stackUri(), ...this.spec.settings };
     const [pre, post] = this.spec.kind === 'virtsnap' ? [hooks.pre, hooks.post] : ['shell-pre', 'shell-post'].map((f) => path.join(repoRoot, 'test/bench', f));
     return this.setup.section(dataset, {
       recursive: 'zfs',

@@ -286,6 +286,11 @@ export class ZfsClient {
     return (await this.zfs(['get', '-H', '-o', 'value', name, dataset], `cannot read ${name} of ${dataset}`)).trim();
   }
 
+  /** What `zfs allow` says of `dataset` (who else may send, clone or mount it); null where zfs cannot tell (zfs-fuse has no `zfs allow`: it wants pyzfs). */
+  async delegations(dataset: string): Promise<string | null> {
+    return this.zfs(['allow', dataset], `cannot read the delegations of ${dataset}`).catch(() => null);
+  }
+
   /**
    * guid, createtxg and creation of the snapshots of `datasets` (not of
    * their children). A dataset ZFS does not know is listed in `unknown`.

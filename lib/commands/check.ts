@@ -155,7 +155,7 @@ export async function check(config: Config, clients: { virsh: LibvirtClient; zfs
   }
   const rows = await domainStatus(config, virsh, zfs, store, dataset);
   const scan = store.scan();
-  const known = knownDumps(store, config);
+  const known = knownDumps(store, config, scan);
   const dumps = known.dumps;
   // Read without the archive lock: the archiver storing, or gc deleting, has a
   // dump's manifest and memory file out of step for a moment. Look again.

@@ -5,7 +5,7 @@ import type { Config } from '../config.js';
 import { Journal } from '../journal.js';
 import type { Domain, LibvirtClient } from '../libvirt/virsh.js';
 import { can, compressionFor, FEATURES, readsZstd, stackLines, type Stack } from '../libvirt/stack.js';
-import { hasProgram, run } from '../exec.js';
+import { hasProgram } from '../exec.js';
 import { liveSaveOf } from '../plan.js';
 import { ancestry, firstUnsearchable, qemuIdentity, type DirStat, type Identity, type QemuConf } from '../libvirt/qemu-user.js';
 import { autosnaps, isYes, readSanoidConf, runsOurHooks, settingOf, type Ini } from '../sanoid/conf.js';
@@ -14,7 +14,7 @@ import { type ArchivedDump } from '../manifest.js';
 import { latestInSnapshots } from '../ram-in-dataset.js';
 import { spaceReport } from './space.js';
 import { Restic, TAG, type ResticClient } from '../restic.js';
-import { datasetOfFile, isInSubtree, readMounts } from '../zfs.js';
+import { datasetOfFile, isInSubtree, readMounts, ZfsClient } from '../zfs.js';
 
 export type Severity = 'ok' | 'warn' | 'fail';
 
@@ -266,17 +266,22 @@ export function judgeSharedRam(datasets: { dataset: string; shares: Record<strin
 }
 
 /** The datasets that take RAM with VIRTSNAP_STORE=dataset: those of sanoid's sections with our hooks. */
-async function checkSharedRam(config: Config, ini: Ini | null): Promise<Finding[]> {
+async function checkSharedRam(config: Config, ini: Ini | null, zfs: Pick<ZfsClient, 'property' | 'delegations'> = new ZfsClient()): Promise<Finding[]> {
   if (config.store.kind !== 'dataset' || ini === null) return [];
   const datasets = [...ini.keys()].filter((s) => runsOurHooks(ini, s) && autosnaps(ini, s));
   const facts = [];
   for (const dataset of datasets) {
-    const out = await run('zfs', ['get', '-H', '-o', 'property,value', 'sharenfs,sharesmb', dataset], { timeoutMs: 30_000 }).catch(() => null);
-    if (out === null) continue; // not there: the sanoid.conf check names it
-    const shares = Object.fromEntries(out.stdout.split('\n').filter((l) => l !== '').map((l) => l.split('\t') as [string, string]));
-    // zfs-fuse has no `zfs allow` (it wants pyzfs): then who may send it is not known.
-    const allowed = await run('zfs', ['allow', dataset], { timeoutMs: 30_000 }).then((r) => r.stdout, () => null);
-    facts.push({ dataset, shares, allowed });
+    const shares: Record<string, string> = {};
+    try {
+      for (const name of ['sharenfs', 'sharesmb']) {
+        const value = await zfs.property(dataset, name);
+        if (value !== null) shares[name] = value;
+      }
+    } catch {
+      continue; // zfs cannot read it: the sanoid.conf and space checks name a dataset that is not there
+    }
+    if (Object.keys(shares).length === 0) continue; // not there
+    facts.push({ dataset, shares, allowed: await zfs.delegations(dataset) });
   }
   return judgeSharedRam(facts);
 }

@@ -8,7 +8,7 @@ import type { Config } from '../config.js';
 import { DatasetStore } from './dataset.js';
 import { DirStore } from './dir.js';
 import { ResticDumpStore } from './restic.js';
-import type { DumpStore } from './store.js';
+import type { DumpStore, StoreScan } from './store.js';
 
 export type StoreConfig = Pick<Config, 'store' | 'archiveDir' | 'overlayDir' | 'stateDir' | 'compression' | 'lockTimeoutMs' | 'libvirtUri'>;
 
@@ -27,9 +27,9 @@ export function storeFor(config: StoreConfig, host = hostname()): DumpStore {
  * Every dump this host knows, once each: the store's and those waiting in
  * the spool. A killed archiver can leave a dump in both for a moment; the
  * stored copy wins unless its memory file should be here and is not.
+ * `scan`: the store's, where the caller has it already (a scan reads every manifest).
  */
-export function knownDumps(store: DumpStore, config: Pick<Config, 'overlayDir'>): { dumps: ArchivedDump[]; broken: { file: string; reason: string }[] } {
-  const scan = store.scan();
+export function knownDumps(store: DumpStore, config: Pick<Config, 'overlayDir'>, scan: StoreScan = store.scan()): { dumps: ArchivedDump[]; broken: { file: string; reason: string }[] } {
   const spool = scanSpool(config);
   const byId = new Map<string, ArchivedDump>();
   for (const d of spool.dumps) byId.set(d.manifest.id, d);

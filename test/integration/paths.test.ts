@@ -147,6 +147,8 @@ describe('failure paths (issue 20), on the bed', () => {
       const k = await backup();
       const out = await virtsnap(setup, ['snapshot', dataset(), '--name', 'rep']);
       assert.equal(out.code, 0, out.stderr);
+      // Stored first, as it is long before sanoid prunes: a prune that finds the archiver storing the dump leaves it to the next prune or gc.
+      await setup.spoolDrained();
       await sh('bash', ['-c', `zfs send ${dataset()}@rep | zfs recv -u ${k.pool}/paths-rep`]);
       await sh('zfs', ['set', 'mountpoint=/' + `${k.pool}/paths-rep`, `${k.pool}/paths-rep`]).catch(() => undefined);
       await zfsRetry(['destroy', `${dataset()}@rep`]);
